@@ -1,0 +1,1 @@
+"""Pytest plugin of Ratchet's test kit (registered through the ``pytest11`` entry point)."""
