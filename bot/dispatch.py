@@ -1,0 +1,144 @@
+"""Running plugin handlers: per-room order, a global concurrency bound, timeouts and isolation.
+
+Every job belongs to a *lane*, ``(room_id, plugin_name)``: jobs of one lane run one after another in submission
+order, so a plugin sees a room's events in timeline order; different lanes run concurrently, at most
+``max_concurrency`` at a time. A plugin that hangs in one room therefore delays only its own next events in that room,
+never another plugin or another room. Each job is cancelled after ``timeout`` seconds; an exception is logged with its
+traceback and reported to ``on_error``; neither escapes the dispatcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+__all__ = ["Dispatcher", "JobOutcome"]
+
+log = logging.getLogger(__name__)
+
+Lane = tuple[str, str]
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended: ``ok``, ``error`` (an exception), ``timeout`` or ``cancelled``."""
+
+    status: str
+    error: BaseException | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class _Job:
+    run: Callable[[], Awaitable[object]]
+    label: str
+    future: asyncio.Future[JobOutcome]
+
+
+@dataclass
+class _LaneState:
+    queue: deque[_Job] = field(default_factory=deque)
+    worker: asyncio.Task[None] | None = None
+
+
+class Dispatcher:
+    """Runs submitted coroutines in per-lane order under a concurrency bound and a timeout."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 8,
+        timeout: float = 60.0,
+        on_error: Callable[[Lane, str, JobOutcome], None] | None = None,
+    ) -> None:
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self.timeout = timeout
+        self._lanes: dict[Lane, _LaneState] = {}
+        self._on_error = on_error
+        self._closed = False
+
+    def submit(self, lane: Lane, run: Callable[[], Awaitable[object]], label: str = "") -> asyncio.Future[JobOutcome]:
+        """Queue ``run()`` on ``lane``; the returned future resolves with its :class:`JobOutcome` (never raises)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[JobOutcome] = loop.create_future()
+        if self._closed:
+            fut.set_result(JobOutcome("cancelled"))
+            return fut
+        state = self._lanes.setdefault(lane, _LaneState())
+        state.queue.append(_Job(run, label, fut))
+        if state.worker is None or state.worker.done():
+            state.worker = loop.create_task(self._work(lane, state), name=f"lane {lane[0]} {lane[1]}")
+        return fut
+
+    @property
+    def busy(self) -> int:
+        """Jobs queued or running."""
+        return sum(len(s.queue) + (1 if s.worker and not s.worker.done() else 0) for s in self._lanes.values())
+
+    async def _work(self, lane: Lane, state: _LaneState) -> None:
+        while state.queue and not self._closed:
+            job = state.queue[0]
+            outcome = await self._run(lane, job)
+            state.queue.popleft()
+            if not job.future.done():
+                job.future.set_result(outcome)
+        if self._lanes.get(lane) is state and not state.queue:
+            del self._lanes[lane]
+
+    async def _run(self, lane: Lane, job: _Job) -> JobOutcome:
+        start = time.monotonic()
+        try:
+            async with self._sem:
+                start = time.monotonic()
+                await asyncio.wait_for(job.run(), self.timeout)
+            return JobOutcome("ok", seconds=time.monotonic() - start)
+        except TimeoutError as exc:
+            outcome = JobOutcome("timeout", exc, time.monotonic() - start)
+            log.error(
+                "plugin %s: %s did not finish within %.0fs and was cancelled", lane[1], job.label, self.timeout
+            )
+        except asyncio.CancelledError:
+            if self._closed:
+                return JobOutcome("cancelled", seconds=time.monotonic() - start)
+            raise
+        except Exception as exc:
+            outcome = JobOutcome("error", exc, time.monotonic() - start)
+            log.error("plugin %s: %s raised", lane[1], job.label, exc_info=exc)
+        if self._on_error is not None:
+            try:
+                self._on_error(lane, job.label, outcome)
+            except Exception:
+                log.exception("error callback failed")
+        return outcome
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every queued job; True if all finished."""
+        deadline = time.monotonic() + timeout
+        while self._lanes:
+            workers = [s.worker for s in self._lanes.values() if s.worker and not s.worker.done()]
+            if not workers:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(workers, timeout=remaining)
+        return True
+
+    async def close(self) -> None:
+        """Cancel whatever is still queued or running; pending futures resolve as ``cancelled``."""
+        self._closed = True
+        workers = []
+        for state in list(self._lanes.values()):
+            for job in state.queue:
+                if not job.future.done():
+                    job.future.set_result(JobOutcome("cancelled"))
+            if state.worker and not state.worker.done():
+                state.worker.cancel()
+                workers.append(state.worker)
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+        self._lanes.clear()

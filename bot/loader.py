@@ -1,0 +1,129 @@
+"""Finding and importing plugin code: ``plugin_dirs`` from the config, the ``ratchet.plugins`` entry point group,
+and the plugins bundled in the repository's ``plugins/`` folder, in that order (so an operator can override a bundled
+plugin by name).
+
+Plugins from folders are imported under the synthetic package ``ratchet_plugins`` so that they never shadow or
+collide with installed modules, and so that a reload can drop exactly their modules from ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+import types
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from bot.plugin import Plugin
+
+__all__ = ["BUNDLED_DIR", "PluginLoadError", "available_plugins", "import_plugin"]
+
+#: The repository's folder of bundled plugins.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "plugins"
+_NAMESPACE = "ratchet_plugins"
+ENTRY_POINT_GROUP = "ratchet.plugins"
+
+
+class PluginLoadError(Exception):
+    """A plugin could not be found, imported or instantiated; the message names the plugin."""
+
+
+def _ensure_namespace() -> None:
+    if _NAMESPACE not in sys.modules:
+        pkg = types.ModuleType(_NAMESPACE)
+        pkg.__path__ = []  # a package with no files of its own
+        sys.modules[_NAMESPACE] = pkg
+
+
+def _find_in_dir(directory: Path, name: str) -> Path | None:
+    package = directory / name / "__init__.py"
+    if package.is_file():
+        return package
+    module = directory / f"{name}.py"
+    return module if module.is_file() else None
+
+
+def available_plugins(plugin_dirs: Sequence[Path] = ()) -> dict[str, str]:
+    """Every plugin name that can be loaded, mapped to where it comes from."""
+    found: dict[str, str] = {}
+    for directory in [*plugin_dirs, BUNDLED_DIR]:
+        if not directory.is_dir():
+            continue
+        for entry in sorted(directory.iterdir()):
+            name = entry.stem if entry.suffix == ".py" else entry.name
+            if name.startswith(("_", ".")) or name in found:
+                continue
+            if _find_in_dir(directory, name):
+                found[name] = str(directory)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(ep.name, f"entry point {ep.value}")
+    return found
+
+
+def _forget(module_name: str) -> None:
+    for key in [k for k in sys.modules if k == module_name or k.startswith(module_name + ".")]:
+        del sys.modules[key]
+
+
+def _import_file(name: str, path: Path) -> types.ModuleType:
+    _ensure_namespace()
+    module_name = f"{_NAMESPACE}.{name}"
+    _forget(module_name)
+    importlib.invalidate_caches()
+    locations = [str(path.parent)] if path.name == "__init__.py" else None
+    spec = importlib.util.spec_from_file_location(module_name, path, submodule_search_locations=locations)
+    if spec is None or spec.loader is None:
+        raise PluginLoadError(f"plugin {name}: cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        _forget(module_name)
+        raise
+    return module
+
+
+def _plugin_class(name: str, module: types.ModuleType) -> type[Plugin]:
+    explicit = getattr(module, "__plugin__", None)
+    if explicit is not None:
+        if not (inspect.isclass(explicit) and issubclass(explicit, Plugin)):
+            raise PluginLoadError(f"plugin {name}: __plugin__ is not a Plugin subclass")
+        return explicit
+    candidates = [
+        obj
+        for obj in vars(module).values()
+        if inspect.isclass(obj)
+        and issubclass(obj, Plugin)
+        and obj is not Plugin
+        and obj.__module__.startswith(module.__name__)
+    ]
+    if len(candidates) != 1:
+        what = "no Plugin subclass" if not candidates else "several Plugin subclasses"
+        raise PluginLoadError(f"plugin {name}: module defines {what}; set __plugin__ = YourClass")
+    return candidates[0]
+
+
+def import_plugin(name: str, plugin_dirs: Sequence[Path] = ()) -> type[Plugin]:
+    """Import (or re-import, for a reload) plugin ``name`` and return its Plugin class."""
+    for directory in [*plugin_dirs, BUNDLED_DIR]:
+        path = _find_in_dir(directory, name)
+        if path is not None:
+            return _plugin_class(name, _import_file(name, path))
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            module_name = ep.value.split(":")[0]
+            _forget(module_name)
+            target = ep.load()
+            if inspect.isclass(target) and issubclass(target, Plugin):
+                return target
+            if isinstance(target, types.ModuleType):
+                return _plugin_class(name, target)
+            raise PluginLoadError(f"plugin {name}: entry point {ep.value} is not a Plugin class or module")
+    raise PluginLoadError(
+        f"plugin {name}: not found (looked in {', '.join(str(d) for d in [*plugin_dirs, BUNDLED_DIR])} "
+        f"and the '{ENTRY_POINT_GROUP}' entry points)"
+    )

@@ -1,0 +1,209 @@
+"""The plugin base class and the decorators that declare a plugin's handlers.
+
+A plugin is a class deriving from :class:`Plugin`; its methods become handlers through decorators::
+
+    from bot import Plugin, command, on_message, on_event, every, Context
+
+    class Greeter(Plugin):
+        @command("hello", aliases=["hi"], help="Say hello")
+        async def hello(self, ctx: Context, name: str = "world"):
+            await ctx.reply(f"Hello, {name}!")
+
+The decorators only attach metadata; the runtime collects it when the plugin is loaded, so a plugin module has no
+side effects at import time and can be reloaded.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bot.commands import CommandSpec
+
+if TYPE_CHECKING:
+    from bot.runtime import BotAPI
+
+__all__ = [
+    "Access",
+    "CommandHandler",
+    "EventHandler",
+    "MessageHandler",
+    "Plugin",
+    "ScheduledTask",
+    "collect_handlers",
+    "command",
+    "every",
+    "on_event",
+    "on_message",
+]
+
+Handler = Callable[..., Awaitable[Any]]
+_ATTR = "__ratchet_handlers__"
+
+
+class Access(enum.Enum):
+    """Who may run a command (see ``command(..., access=...)``)."""
+
+    ANYONE = "anyone"
+    ADMIN = "admin"  # the bot's admins from the config
+
+
+@dataclass(frozen=True)
+class CommandHandler:
+    """A declared command: its parsed signature and who may run it."""
+
+    spec: CommandSpec
+    func: Handler
+    access: Access = Access.ANYONE
+    power_level: int | None = None
+
+
+@dataclass(frozen=True)
+class MessageHandler:
+    """A passive handler called for text messages whose body matches ``pattern``."""
+
+    pattern: re.Pattern[str]
+    func: Handler
+
+
+@dataclass(frozen=True)
+class EventHandler:
+    """A handler for every event of a type (a nio event class, or a Matrix type string like ``m.reaction``)."""
+
+    event_type: type | str
+    func: Handler
+
+
+@dataclass(frozen=True)
+class ScheduledTask:
+    """A coroutine method run every ``seconds`` while the plugin is loaded."""
+
+    seconds: float
+    func: Handler
+    run_at_start: bool = False
+
+
+def _attach(func: Handler, info: object) -> Handler:
+    if not inspect.iscoroutinefunction(func):
+        raise TypeError(f"{func.__qualname__}: Ratchet handlers must be `async def`")
+    getattr(func, _ATTR, None) or setattr(func, _ATTR, [])
+    getattr(func, _ATTR).append(info)
+    return func
+
+
+def command(
+    name: str | None = None,
+    *,
+    aliases: list[str] | tuple[str, ...] = (),
+    help: str | None = None,
+    admin: bool = False,
+    power_level: int | None = None,
+) -> Callable[[Handler], Handler]:
+    """Declare a command handler ``async def f(self, ctx, arg: type, ...)``.
+
+    Arguments are parsed from the handler's annotations (see :mod:`bot.commands` for the supported types); wrong or
+    missing arguments are answered with the command's usage. ``admin=True`` restricts it to the bot's admins;
+    ``power_level=N`` to users with at least that power level in the room.
+    """
+
+    def decorate(func: Handler) -> Handler:
+        spec = CommandSpec.from_function(func, name=name or func.__name__, aliases=aliases, help=help)
+        access = Access.ADMIN if admin else Access.ANYONE
+        return _attach(func, ("command", spec, access, power_level))
+
+    return decorate
+
+
+def on_message(pattern: str | re.Pattern[str], flags: int = 0) -> Callable[[Handler], Handler]:
+    """Declare a handler ``async def f(self, ctx, match)`` for text messages matching ``pattern`` (re.search)."""
+    compiled = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
+
+    def decorate(func: Handler) -> Handler:
+        return _attach(func, ("message", compiled))
+
+    return decorate
+
+
+def on_event(event_type: type | str) -> Callable[[Handler], Handler]:
+    """Declare a handler ``async def f(self, ctx)`` for every room event of ``event_type``.
+
+    ``event_type`` is a nio event class (``nio.ReactionEvent``, ``nio.RoomMemberEvent``...) or a Matrix event type
+    string (``"m.reaction"``); strings also match event types nio does not know.
+    """
+
+    def decorate(func: Handler) -> Handler:
+        return _attach(func, ("event", event_type))
+
+    return decorate
+
+
+def every(seconds: float, *, run_at_start: bool = False) -> Callable[[Handler], Handler]:
+    """Declare a scheduled task ``async def f(self)`` run every ``seconds`` while the plugin is loaded."""
+    if seconds <= 0:
+        raise ValueError("every(): seconds must be positive")
+
+    def decorate(func: Handler) -> Handler:
+        return _attach(func, ("every", seconds, run_at_start))
+
+    return decorate
+
+
+@dataclass
+class Handlers:
+    """Everything one plugin instance declared, bound to the instance."""
+
+    commands: list[CommandHandler] = field(default_factory=list)
+    messages: list[MessageHandler] = field(default_factory=list)
+    events: list[EventHandler] = field(default_factory=list)
+    tasks: list[ScheduledTask] = field(default_factory=list)
+
+
+def collect_handlers(plugin: Plugin) -> Handlers:
+    """Bind and gather the decorated methods of ``plugin``."""
+    found = Handlers()
+    for attr in dir(type(plugin)):
+        func = getattr(type(plugin), attr, None)
+        infos = getattr(func, _ATTR, None)
+        if not infos:
+            continue
+        bound = getattr(plugin, attr)
+        for info in infos:
+            kind = info[0]
+            if kind == "command":
+                _, spec, access, level = info
+                found.commands.append(CommandHandler(spec, bound, access, level))
+            elif kind == "message":
+                found.messages.append(MessageHandler(info[1], bound))
+            elif kind == "event":
+                found.events.append(EventHandler(info[1], bound))
+            elif kind == "every":
+                found.tasks.append(ScheduledTask(info[1], bound, info[2]))
+    return found
+
+
+class Plugin:
+    """Base class of every Ratchet plugin.
+
+    Attributes set by the runtime before :meth:`start`:
+
+    * ``name``: the plugin's name (its key under ``plugins:`` in the config);
+    * ``config``: its options (a mapping, or the plugin's typed ``Config`` schema instance if it declares one);
+    * ``bot``: the :class:`~bot.runtime.BotAPI` facade (send messages, find DMs, who am I);
+    * ``log``: a logger named ``ratchet.plugin.<name>``.
+    """
+
+    name: str
+    config: Any
+    bot: BotAPI
+    log: logging.Logger
+
+    async def start(self) -> None:
+        """Called once after loading; open resources here. An exception here unloads the plugin."""
+
+    async def stop(self) -> None:
+        """Called before unloading (shutdown or reload); release resources here."""

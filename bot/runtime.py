@@ -1,0 +1,371 @@
+"""The runtime: start, sync, hand events to plugins, stop cleanly.
+
+``Bot.run()`` opens the session (one device forever), loads the configured plugins and syncs until asked to stop.
+Each sync batch goes through the same steps:
+
+1. invites are accepted or rejected by ``invites.accept_from``;
+2. room keys that arrived as to-device messages unlock events that were waiting for them;
+3. each joined room's new events are filtered (history, own messages, catch-up window) and routed to plugins;
+   events that cannot be decrypted yet are persisted and their keys requested;
+4. the batch's sync token is persisted once its events, and those of every earlier batch, are handled.
+
+SIGINT/SIGTERM stop the loop, give running handlers a few seconds, save state and exit within 10 seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from typing import Any
+
+from nio import (
+    EncryptionError,
+    Event,
+    InviteMemberEvent,
+    LocalProtocolError,
+    MegolmEvent,
+    RoomKeyEvent,
+    SyncError,
+    SyncResponse,
+)
+
+from bot.api import BotAPI
+from bot.client import RatchetClient, backoff_delay
+from bot.config import Config
+from bot.dispatch import Dispatcher, JobOutcome
+from bot.host import PluginHost
+from bot.loader import PluginLoadError
+from bot.session import open_session
+from bot.state import StateStore
+from bot.sync import CatchUpPolicy, TokenCommitter, select_events
+
+__all__ = ["Bot", "BotStats"]
+
+log = logging.getLogger("ratchet")
+
+#: Long-poll timeout of /sync, in milliseconds.
+SYNC_TIMEOUT_MS = 30_000
+#: The sync filter: enough timeline per room that a short outage leaves no gap.
+SYNC_FILTER: dict[str, Any] = {"room": {"timeline": {"limit": 100}}}
+#: Seconds that running handlers get to finish when the bot is stopped.
+SHUTDOWN_GRACE = 6.0
+
+
+class BotStats:
+    """Counters exposed to the admin plugin and the tests."""
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self.events_routed = 0
+        self.utd_waiting = 0
+        self.utd_total = 0
+        self.utd_recovered = 0
+        self.sync_errors = 0
+
+
+class Bot:
+    """One bot account: its session, its plugins and its sync loop."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.client: RatchetClient | None = None
+        self.state: StateStore | None = None
+        self.api: BotAPI | None = None
+        self.host: PluginHost | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.stats = BotStats()
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._committer = TokenCommitter()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._invites_done: set[str] = set()
+        self._policy = CatchUpPolicy(config.catch_up, int(config.catch_up_max_age * 1000))
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the sync loop to stop; ``run()`` then shuts down cleanly."""
+        self._stop.set()
+
+    async def run(self, *, install_signal_handlers: bool = True) -> None:
+        """Start, sync until stopped, shut down. Raises :class:`~bot.session.SessionError` on identity problems."""
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        if install_signal_handlers:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            self.client = await open_session(
+                homeserver=cfg.homeserver,
+                user_id=cfg.user_id,
+                data_dir=cfg.data_dir,
+                pickle_key=cfg.pickle_key,
+                password=cfg.password,
+                access_token=cfg.access_token,
+                device_name=cfg.device_name,
+            )
+            self.state = StateStore.open(cfg.data_dir / "state.db")
+            self.api = BotAPI(self.client, admins=cfg.admins)
+            self.dispatcher = Dispatcher(max_concurrency=cfg.max_concurrency, timeout=cfg.handler_timeout)
+            self.host = PluginHost(
+                self.api, self.state, self.dispatcher, prefix=cfg.command_prefix, plugin_dirs=cfg.plugin_dirs
+            )
+            self.api.host = self.host  # type: ignore[attr-defined]
+            self.api.stats = self.stats  # type: ignore[attr-defined]
+            for name, options in cfg.plugins.items():
+                try:
+                    await self.host.load(name, options)
+                except PluginLoadError as exc:
+                    log.error("%s; the bot runs without it", exc)
+            if self.client.should_upload_keys:
+                await self.client.keys_upload()
+            await self._sync_loop()
+        finally:
+            if install_signal_handlers:
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            await self._shutdown()
+
+    def _on_sighup(self) -> None:
+        if self.host is None:
+            return
+        log.info("SIGHUP: reloading plugins")
+        self._spawn(self._reload_all())
+
+    async def _reload_all(self) -> None:
+        assert self.host is not None
+        for name in list(self.config.plugins):
+            try:
+                await self.host.reload(name)
+            except PluginLoadError as exc:
+                log.error("%s", exc)
+
+    async def _shutdown(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        if self.dispatcher is not None:
+            finished = await self.dispatcher.drain(SHUTDOWN_GRACE)
+            if not finished:
+                log.warning("stopping: handlers still running after %.0fs were cancelled", SHUTDOWN_GRACE)
+            await self.dispatcher.close()
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background, timeout=1)
+        if self.host is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.host.unload_all(), max(0.5, deadline + 2 - time.monotonic()))
+        if self.client is not None:
+            await self.client.close()
+        if self.state is not None:
+            self.state.close()
+        log.info("stopped")
+
+    def _spawn(self, coro) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    # -- the sync loop ---------------------------------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        assert self.client and self.state
+        client, state = self.client, self.state
+        token = state.sync_token
+        initial = token is None
+        first = True
+        failures = 0
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            while not self._stop.is_set():
+                sync = asyncio.ensure_future(
+                    client.sync(
+                        timeout=0 if first else SYNC_TIMEOUT_MS,
+                        sync_filter=SYNC_FILTER,
+                        since=token,
+                        full_state=True if first and not initial else None,
+                    )
+                )
+                await asyncio.wait({sync, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not sync.done():
+                    sync.cancel()
+                    with contextlib.suppress(BaseException):
+                        await sync
+                    break
+                try:
+                    resp = sync.result()
+                except Exception as exc:  # malformed responses, transport errors nio did not retry
+                    resp = exc
+                if not isinstance(resp, SyncResponse):
+                    failures += 1
+                    self.stats.sync_errors += 1
+                    delay = backoff_delay(failures)
+                    log.warning("sync failed (%s); retrying in %.1fs", _describe(resp), delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(stop_wait), delay)
+                    continue
+                failures = 0
+                await self._handle_sync(resp, initial=initial and first, resumed=first and not initial)
+                token = resp.next_batch
+                if first:
+                    first = False
+                    await self._retry_pending(None)  # keys stored before a restart or crash
+                    self.ready.set()
+                    log.info("synced; %d rooms, handling events", len(client.rooms))
+                await self._key_maintenance()
+        finally:
+            stop_wait.cancel()
+
+    async def _key_maintenance(self) -> None:
+        client = self.client
+        assert client
+        try:
+            if client.should_upload_keys:
+                await client.keys_upload()
+            if client.should_query_keys:
+                await client.keys_query()
+            if client.should_claim_keys:
+                await client.keys_claim(client.get_users_for_key_claiming())
+            await client.send_to_device_messages()
+        except Exception as exc:
+            log.warning("key maintenance failed (%s); will retry after the next sync", _describe(exc))
+
+    async def _handle_sync(self, resp: SyncResponse, *, initial: bool, resumed: bool) -> None:
+        assert self.client and self.state and self.host
+        await self._handle_invites(resp)
+        futures: list[asyncio.Future[JobOutcome]] = []
+        keys = {e.session_id for e in resp.to_device_events if isinstance(e, RoomKeyEvent)}
+        if keys:
+            futures += await self._retry_pending(keys)
+        now_ms = int(time.time() * 1000)
+        for room_id, info in resp.rooms.join.items():
+            events = select_events(
+                info.timeline.events,
+                own_user_id=self.client.user_id,
+                initial_sync=initial,
+                resumed=resumed,
+                now_ms=now_ms,
+                policy=self._policy,
+            )
+            for event in events:
+                futures += await self._deliver(room_id, event)
+        batch = self._committer.begin(resp.next_batch)
+        if futures:
+            self._spawn(self._commit_when_done(batch, futures))
+        else:
+            self._commit(batch)
+
+    async def _commit_when_done(self, batch: int, futures: list[asyncio.Future[JobOutcome]]) -> None:
+        outcomes = await asyncio.gather(*futures)
+        if any(o.status == "cancelled" for o in outcomes):
+            return  # shutting down: leave the token where it is, the events come again
+        self._commit(batch)
+
+    def _commit(self, batch: int) -> None:
+        token = self._committer.finish(batch)
+        if token is not None and self.state is not None:
+            self.state.save_sync_token(token)
+
+    async def _deliver(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
+        assert self.host and self.state
+        if isinstance(event, MegolmEvent):
+            await self._wait_for_key(room_id, event)
+            return []
+        if not hasattr(event, "event_id") or not hasattr(event, "sender"):
+            log.warning("skipping a malformed event in %s", room_id)
+            return []
+        self.stats.events_routed += 1
+        return self.host.route(room_id, event)
+
+    # -- undecryptable events --------------------------------------------------------------------------------
+
+    async def _wait_for_key(self, room_id: str, event: MegolmEvent) -> None:
+        assert self.client and self.state
+        source = dict(event.source)
+        source.setdefault("room_id", room_id)
+        if not self.state.add_pending(event.event_id, room_id, event.session_id, source):
+            return
+        self.stats.utd_total += 1
+        self.stats.utd_waiting = self.state.count_pending()
+        log.warning(
+            "cannot decrypt %s in %s yet (session %s from %s); requested its key and will handle it when it arrives",
+            event.event_id,
+            room_id,
+            event.session_id,
+            event.sender,
+        )
+        event.room_id = room_id
+        try:
+            await self.client.request_room_key(event)
+        except LocalProtocolError:
+            pass  # already requested
+        except Exception as exc:
+            log.warning("room key request for %s failed: %s", event.event_id, _describe(exc))
+
+    async def _retry_pending(self, session_ids: set[str] | None) -> list[asyncio.Future[JobOutcome]]:
+        """Try again to decrypt waiting events (those of ``session_ids``, or all); route the ones that work."""
+        assert self.client and self.state and self.host
+        futures: list[asyncio.Future[JobOutcome]] = []
+        now_ms = int(time.time() * 1000)
+        for pending in self.state.pending(session_ids):
+            event = Event.parse_event(pending.source)
+            if not isinstance(event, MegolmEvent):
+                self.state.remove_pending(pending.event_id)
+                continue
+            event.room_id = pending.room_id
+            try:
+                decrypted = self.client.decrypt_event(event)
+            except (EncryptionError, Exception) as exc:
+                if now_ms - pending.received_ts > self._policy.max_age_ms:
+                    log.warning("giving up on %s: no key within the catch-up window", pending.event_id)
+                    self.state.remove_pending(pending.event_id)
+                else:
+                    log.debug("still cannot decrypt %s: %s", pending.event_id, exc)
+                continue
+            self.stats.utd_recovered += 1
+            log.info("decrypted %s after its key arrived", pending.event_id)
+            futs = self.host.route(pending.room_id, decrypted)
+            futures += futs
+            self._spawn(self._forget_pending_when_done(pending.event_id, futs))
+        self.stats.utd_waiting = self.state.count_pending()
+        return futures
+
+    async def _forget_pending_when_done(self, event_id: str, futures: list[asyncio.Future[JobOutcome]]) -> None:
+        outcomes = await asyncio.gather(*futures)
+        if not any(o.status == "cancelled" for o in outcomes) and self.state is not None:
+            self.state.remove_pending(event_id)
+            self.stats.utd_waiting = self.state.count_pending()
+
+    # -- invites ---------------------------------------------------------------------------------------------
+
+    async def _handle_invites(self, resp: SyncResponse) -> None:
+        assert self.client
+        for room_id, info in resp.rooms.invite.items():
+            if room_id in self._invites_done:
+                continue
+            inviter = None
+            for event in info.invite_state:
+                if isinstance(event, InviteMemberEvent) and event.state_key == self.client.user_id:
+                    inviter = event.sender
+            self._invites_done.add(room_id)
+            if inviter and (inviter in self.config.admins or self.config.invites.allows(inviter)):
+                resp_join = await self.client.join(room_id)
+                if hasattr(resp_join, "room_id"):
+                    log.info("joined %s on invite from %s", room_id, inviter)
+                else:
+                    log.warning("could not join %s: %s", room_id, _describe(resp_join))
+            else:
+                log.info("rejected invite to %s from %s (not in invites.accept_from)", room_id, inviter)
+                await self.client.room_leave(room_id)
+
+
+def _describe(obj: object) -> str:
+    if isinstance(obj, SyncError) or hasattr(obj, "status_code"):
+        return f"{getattr(obj, 'status_code', '')} {getattr(obj, 'message', '')}".strip()
+    if isinstance(obj, BaseException):
+        return f"{obj.__class__.__name__}: {obj}"[:200]
+    return obj.__class__.__name__

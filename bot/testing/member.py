@@ -1,0 +1,215 @@
+"""A room member driven from tests (and the demo): a real nio client with its own E2EE device.
+
+It logs in as a fresh device, syncs in the background, records every timeline event it sees (decrypted where it
+could, :class:`nio.MegolmEvent` where it could not) and offers the few actions a test needs: create an encrypted room,
+invite, send (optionally as a reply or in a thread), and wait for the bot's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    Event,
+    JoinedMembersResponse,
+    LoginResponse,
+    MegolmEvent,
+    RoomCreateResponse,
+    RoomSendResponse,
+    SyncResponse,
+)
+from nio.store import SqliteStore
+
+__all__ = ["Member", "MemberError"]
+
+EventPredicate = Callable[[str, Event], bool]
+
+
+class MemberError(AssertionError):
+    """A member action failed or an expected event did not come (an assertion failure in tests)."""
+
+
+class Member:
+    """A Matrix user with an encrypted-capable nio client, for end-to-end tests."""
+
+    def __init__(self, homeserver: str, user_id: str, password: str, store_dir: Path) -> None:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        self.user_id = user_id
+        self.password = password
+        self.client = AsyncClient(
+            homeserver,
+            user_id,
+            store_path=str(store_dir),
+            config=AsyncClientConfig(
+                store=SqliteStore, encryption_enabled=True, pickle_key="test-member-pickle-key"
+            ),
+        )
+        self.events: list[tuple[str, Event]] = []
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._synced = asyncio.Event()
+
+    @property
+    def device_id(self) -> str:
+        """This member's device id."""
+        return self.client.device_id
+
+    async def start(self) -> Member:
+        """Log in as a new device, upload keys and start syncing in the background."""
+        resp = await self.client.login(self.password, device_name="ratchet-test-member")
+        if not isinstance(resp, LoginResponse):
+            raise MemberError(f"login as {self.user_id} failed: {resp}")
+        self.client.add_event_callback(self._on_event, (Event,))
+        self.client.add_response_callback(self._on_sync, SyncResponse)
+        if self.client.should_upload_keys:
+            await self.client.keys_upload()
+        self._task = asyncio.create_task(self.client.sync_forever(timeout=30_000, full_state=True))
+        await asyncio.wait_for(self._synced.wait(), 30)
+        return self
+
+    async def close(self) -> None:
+        """Stop syncing and close the client (the device stays)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+        await self.client.close()
+
+    async def _on_event(self, room, event: Event) -> None:
+        async with self._changed:
+            self.events.append((room.room_id, event))
+            self._changed.notify_all()
+
+    async def _on_sync(self, _resp: SyncResponse) -> None:
+        self._synced.set()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_synced(self) -> None:
+        """Wait for the next completed sync."""
+        self._synced.clear()
+        await asyncio.wait_for(self._synced.wait(), 40)
+
+    # -- actions ---------------------------------------------------------------------------------------------
+
+    async def create_room(
+        self, *, invite: list[str] = (), encrypted: bool = True, name: str | None = None, direct: bool = False
+    ) -> str:
+        """Create a private room (encrypted by default) inviting ``invite``; returns its id."""
+        initial_state = []
+        if encrypted:
+            initial_state.append(
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+            )
+        resp = await self.client.room_create(
+            name=name, invite=list(invite), initial_state=initial_state, is_direct=direct
+        )
+        if not isinstance(resp, RoomCreateResponse):
+            raise MemberError(f"room creation failed: {resp}")
+        await self.wait_for(lambda: resp.room_id in self.client.rooms, 30, "the new room to sync")
+        return resp.room_id
+
+    async def wait_joined(self, room_id: str, user_id: str, timeout: float = 30) -> None:
+        """Wait until ``user_id`` is joined to ``room_id`` (as this member's sync sees it)."""
+
+        def joined() -> bool:
+            room = self.client.rooms.get(room_id)
+            return bool(room and user_id in room.users)
+
+        await self.wait_for(joined, timeout, f"{user_id} to join {room_id}")
+
+    async def send(
+        self,
+        room_id: str,
+        text: str,
+        *,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+        content: dict[str, Any] | None = None,
+        event_type: str = "m.room.message",
+    ) -> str:
+        """Send a text message (encrypted if the room is); returns its event id."""
+        if content is None:
+            content = {"msgtype": "m.text", "body": text}
+            if thread_root:
+                content["m.relates_to"] = {
+                    "rel_type": "m.thread",
+                    "event_id": thread_root,
+                    "is_falling_back": True,
+                    "m.in_reply_to": {"event_id": reply_to or thread_root},
+                }
+            elif reply_to:
+                content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        room = self.client.rooms.get(room_id)
+        if room is not None and not room.members_synced:
+            members = await self.client.joined_members(room_id)
+            if not isinstance(members, JoinedMembersResponse):
+                raise MemberError(f"cannot list members of {room_id}: {members}")
+        if self.client.should_query_keys:
+            # Devices that joined since the last query (the bot's, typically) must get the room key too.
+            await self.client.keys_query()
+        resp = await self.client.room_send(room_id, event_type, content, ignore_unverified_devices=True)
+        if not isinstance(resp, RoomSendResponse):
+            raise MemberError(f"send failed: {resp}")
+        return resp.event_id
+
+    # -- expectations ----------------------------------------------------------------------------------------
+
+    async def wait_for(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait until ``condition()`` is true, re-checking after each sync and event."""
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while not condition():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise MemberError(f"timed out after {timeout}s waiting for {what}")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(remaining, 1.0))
+
+    async def expect(self, predicate: EventPredicate, timeout: float = 30, what: str = "an event") -> Event:
+        """Return the first recorded event (past or future) for which ``predicate(room_id, event)`` holds."""
+        found: list[Event] = []
+
+        def check() -> bool:
+            for room_id, event in self.events:
+                if predicate(room_id, event):
+                    found.append(event)
+                    return True
+            return False
+
+        await self.wait_for(check, timeout, what)
+        return found[0]
+
+    async def expect_reply(
+        self, room_id: str, to_event: str, *, sender: str | None = None, timeout: float = 30
+    ) -> Event:
+        """Wait for a message in ``room_id`` that is a rich reply to ``to_event`` (decrypted); return it."""
+
+        def is_reply(rid: str, event: Event) -> bool:
+            if rid != room_id or (sender and event.sender != sender):
+                return False
+            rel = event.source.get("content", {}).get("m.relates_to") or {}
+            return isinstance(rel, dict) and (rel.get("m.in_reply_to") or {}).get("event_id") == to_event
+
+        return await self.expect(is_reply, timeout, f"a reply to {to_event}")
+
+    def undecryptable(self, room_id: str | None = None) -> list[MegolmEvent]:
+        """Events this member could not decrypt (in ``room_id`` if given)."""
+        return [e for r, e in self.events if isinstance(e, MegolmEvent) and (room_id is None or r == room_id)]
+
+    def messages(self, room_id: str, sender: str | None = None) -> list[Event]:
+        """Recorded ``m.room.message`` events in ``room_id`` (decrypted), optionally from one sender."""
+        return [
+            e
+            for r, e in self.events
+            if r == room_id
+            and e.source.get("type") == "m.room.message"
+            and (sender is None or e.sender == sender)
+        ]
