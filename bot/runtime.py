@@ -27,6 +27,8 @@ from nio import (
     InviteMemberEvent,
     LocalProtocolError,
     MegolmEvent,
+    MessageDirection,
+    RoomMessagesResponse,
     RoomKeyEvent,
     SyncError,
     SyncResponse,
@@ -40,7 +42,7 @@ from bot.host import PluginHost
 from bot.loader import PluginLoadError
 from bot.session import open_session
 from bot.state import StateStore
-from bot.sync import CatchUpPolicy, TokenCommitter, select_events
+from bot.sync import CatchUpPolicy, TokenCommitter, own_join_index, select_events
 
 __all__ = ["Bot", "BotStats"]
 
@@ -50,6 +52,10 @@ log = logging.getLogger("ratchet")
 SYNC_TIMEOUT_MS = 30_000
 #: The sync filter: enough timeline per room that a short outage leaves no gap.
 SYNC_FILTER: dict[str, Any] = {"room": {"timeline": {"limit": 100}}}
+#: How far back a gap in a room's timeline is filled after downtime: pages of 100 events.
+MAX_BACKFILL_PAGES = 20
+#: Clock skew tolerated between the bot and the homeserver when filling gaps, in ms.
+BACKFILL_MARGIN_MS = 60_000
 #: Seconds that running handlers get to finish when the bot is stopped.
 SHUTDOWN_GRACE = 6.0
 
@@ -79,7 +85,7 @@ class Bot:
         self.stats = BotStats()
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
-        self._committer = TokenCommitter()
+        self._committer: TokenCommitter[tuple[str, int]] = TokenCommitter()
         self._background: set[asyncio.Task[Any]] = set()
         self._invites_done: set[str] = set()
         self._policy = CatchUpPolicy(config.catch_up, int(config.catch_up_max_age * 1000))
@@ -243,8 +249,16 @@ class Bot:
             futures += await self._retry_pending(keys)
         now_ms = int(time.time() * 1000)
         for room_id, info in resp.rooms.join.items():
+            timeline = info.timeline.events
+            if (
+                info.timeline.limited
+                and not initial
+                and info.timeline.prev_batch
+                and own_join_index(timeline, self.client.user_id) < 0  # a new room: its past is history
+            ):
+                timeline = await self._backfill(room_id, info.timeline.prev_batch, now_ms) + list(timeline)
             events = select_events(
-                info.timeline.events,
+                timeline,
                 own_user_id=self.client.user_id,
                 initial_sync=initial,
                 resumed=resumed,
@@ -253,7 +267,7 @@ class Bot:
             )
             for event in events:
                 futures += await self._deliver(room_id, event)
-        batch = self._committer.begin(resp.next_batch)
+        batch = self._committer.begin((resp.next_batch, now_ms))
         if futures:
             self._spawn(self._commit_when_done(batch, futures))
         else:
@@ -266,9 +280,37 @@ class Bot:
         self._commit(batch)
 
     def _commit(self, batch: int) -> None:
-        token = self._committer.finish(batch)
-        if token is not None and self.state is not None:
-            self.state.save_sync_token(token)
+        done = self._committer.finish(batch)
+        if done is not None and self.state is not None:
+            self.state.save_sync_token(*done)
+
+    async def _backfill(self, room_id: str, prev_batch: str, now_ms: int) -> list[Event]:
+        """Fetch what a limited timeline left out since the last handled batch (oldest first)."""
+        assert self.client and self.state
+        last = self.state.sync_token_ms or now_ms
+        stop_ms = max(last - BACKFILL_MARGIN_MS, now_ms - self._policy.max_age_ms)
+        collected: list[Event] = []
+        token = prev_batch
+        for _ in range(MAX_BACKFILL_PAGES):
+            resp = await self.client.room_messages(room_id, start=token, direction=MessageDirection.back, limit=100)
+            if not isinstance(resp, RoomMessagesResponse):
+                log.warning("could not fill the timeline gap in %s: %s", room_id, _describe(resp))
+                break
+            reached = False
+            for event in resp.chunk:
+                if (getattr(event, "server_timestamp", 0) or 0) < stop_ms:
+                    reached = True
+                    break
+                collected.append(event)
+            if reached or not resp.chunk or not resp.end or resp.end == token:
+                break
+            token = resp.end
+        else:
+            log.warning("timeline gap in %s is longer than %d pages; older events skipped", room_id, MAX_BACKFILL_PAGES)
+        if collected:
+            log.info("filled a timeline gap in %s with %d events", room_id, len(collected))
+        collected.reverse()
+        return collected
 
     async def _deliver(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
         assert self.host and self.state

@@ -96,9 +96,19 @@ class StateStore:
         """The ``next_batch`` token up to which every event has been handled."""
         return self.get("sync_token")
 
-    def save_sync_token(self, token: str) -> None:
+    @property
+    def sync_token_ms(self) -> int | None:
+        """When the batch that ended at :attr:`sync_token` was received (ms since the epoch)."""
+        value = self.get("sync_token_ms")
+        return int(value) if value else None
+
+    def save_sync_token(self, token: str, received_ms: int) -> None:
         """Persist the sync token (call only once the batches before it are fully handled)."""
-        self.set("sync_token", token)
+        self._db.execute(
+            "INSERT INTO kv (key, value) VALUES ('sync_token', ?), ('sync_token_ms', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (token, str(received_ms)),
+        )
 
     # -- handled events --------------------------------------------------------------------------------------
 

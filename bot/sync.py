@@ -12,32 +12,36 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["CatchUpPolicy", "TokenCommitter", "select_events"]
+__all__ = ["CatchUpPolicy", "TokenCommitter", "own_join_index", "select_events"]
 
 
-class TokenCommitter:
+T = TypeVar("T")
+
+
+class TokenCommitter(Generic[T]):
     """Orders sync-token commits behind the handling of the batches they follow.
 
     ``begin(token)`` registers a batch and returns its id; ``finish(id)`` marks it handled and returns the newest
-    token that may now be persisted (or None if an earlier batch is still running).
+    token that may now be persisted (or None if an earlier batch is still running). A "token" is any value the
+    caller wants persisted with the batch (the runtime keeps the batch's receipt time with it).
     """
 
     def __init__(self) -> None:
         self._next_id = 0
-        self._open: dict[int, str] = {}
+        self._open: dict[int, T] = {}
         self._finished: set[int] = set()
         self._committed_through = -1
 
-    def begin(self, token: str) -> int:
+    def begin(self, token: T) -> int:
         """Register the batch that ends at ``token``."""
         batch = self._next_id
         self._next_id += 1
         self._open[batch] = token
         return batch
 
-    def finish(self, batch: int) -> str | None:
+    def finish(self, batch: int) -> T | None:
         """Mark ``batch`` handled; return the token to persist now, if any."""
         self._finished.add(batch)
         token = None
@@ -83,18 +87,7 @@ def select_events(
     """
     if initial_sync:
         return []
-    start = 0
-    for index, event in enumerate(events):
-        # The bot's own join: what came before it is room history the bot was not there for.
-        src = event.source
-        if (
-            src.get("type") == "m.room.member"
-            and src.get("state_key") == own_user_id
-            and isinstance(src.get("content"), dict)
-            and src["content"].get("membership") == "join"
-            and _prev_membership(src) != "join"
-        ):
-            start = index + 1
+    start = own_join_index(events, own_user_id) + 1
     selected = []
     for event in events[start:]:
         if event.sender == own_user_id:
@@ -106,6 +99,22 @@ def select_events(
                 continue
         selected.append(event)
     return selected
+
+
+def own_join_index(events: Sequence[_EventLike], own_user_id: str) -> int:
+    """Index of the bot's own (latest) join in ``events``, or -1: what precedes it is history the bot missed."""
+    found = -1
+    for index, event in enumerate(events):
+        src = event.source
+        if (
+            src.get("type") == "m.room.member"
+            and src.get("state_key") == own_user_id
+            and isinstance(src.get("content"), dict)
+            and src["content"].get("membership") == "join"
+            and _prev_membership(src) != "join"
+        ):
+            found = index
+    return found
 
 
 def _prev_membership(src: dict) -> str | None:

@@ -1,0 +1,192 @@
+"""Issue 2 end to end, against the real Synapse: encrypted ping, one device forever, exactly-once across restarts,
+invites, and what the operator's log and files look like."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import stat
+import urllib.parse
+
+import pytest
+
+from bot.testing.harness import BotProcess, write_bot_config
+from bot.testing.member import Member
+
+pytestmark = pytest.mark.e2e
+
+
+async def _member(synapse, user, tmp_path, name="member") -> Member:
+    return await Member(synapse.url, user.user_id, user.password, tmp_path / name).start()
+
+
+def _devices(synapse, admin, user_id):
+    path = f"/_synapse/admin/v2/users/{urllib.parse.quote(user_id)}/devices"
+    return synapse.admin_request("GET", path, admin.access_token)["devices"]
+
+
+async def test_encrypted_ping_restart_same_device_and_clean_log(synapse, new_user, tmp_path):
+    bot_user, alice, admin = new_user("bot"), new_user("alice"), new_user("admin", admin=True)
+    data_dir = tmp_path / "data"
+    cfg = write_bot_config(tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=data_dir)
+    proc = BotProcess(cfg, tmp_path / "bot.log")
+    member = await _member(synapse, alice, tmp_path)
+    try:
+        await proc.run_ready()
+        room = await member.create_room(invite=[bot_user.user_id], encrypted=True)
+        await member.wait_joined(room, bot_user.user_id)
+
+        ping = await member.send(room, "!ping")
+        reply = await member.expect_reply(room, ping, sender=bot_user.user_id)
+        assert reply.decrypted, "the bot's reply must be encrypted"
+        assert reply.body.startswith("pong")
+        first_identity = reply.sender_key  # the curve25519 identity key of the device that encrypted it
+
+        creds = data_dir / "credentials.json"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data_dir / "state.db").stat().st_mode) == 0o600
+        device_id = json.loads(creds.read_text())["device_id"]
+        devices_before = sorted(d["device_id"] for d in _devices(synapse, admin, bot_user.user_id))
+        assert device_id in devices_before
+        assert await proc.stop() == 0
+
+        # Restart: same device, no new device on the server, and new messages decrypt.
+        await proc.run_ready()
+        assert json.loads(creds.read_text())["device_id"] == device_id
+        # (the other device is the one shared-secret registration made for the harness)
+        assert sorted(d["device_id"] for d in _devices(synapse, admin, bot_user.user_id)) == devices_before
+        ping2 = await member.send(room, "!ping")
+        reply2 = await member.expect_reply(room, ping2, sender=bot_user.user_id)
+        assert reply2.decrypted and reply2.body.startswith("pong")
+        assert member.undecryptable(room) == []
+        assert reply2.sender_key == first_identity, "the device identity key must survive the restart"
+        assert await proc.stop() == 0
+    finally:
+        proc.kill()
+        await member.close()
+
+    log = proc.log_text()
+    assert "!ping" not in log and "pong" not in log, "message bodies must not be logged at INFO"
+    token = json.loads(creds.read_text())["access_token"]
+    assert token not in log and bot_user.password not in log
+    assert "synced;" in log
+
+
+async def test_offline_messages_handled_exactly_once(synapse, new_user, tmp_path, test_plugins_dir):
+    bot_user, alice = new_user("bot"), new_user("alice")
+    counts = tmp_path / "counts.tsv"
+    cfg = write_bot_config(
+        tmp_path / "bot.yaml",
+        server=synapse,
+        user=bot_user,
+        data_dir=tmp_path / "data",
+        plugins={"ping": {}, "counter": {"path": str(counts)}},
+        plugin_dirs=[str(test_plugins_dir)],
+    )
+    proc = BotProcess(cfg, tmp_path / "bot.log")
+    member = await _member(synapse, alice, tmp_path)
+    try:
+        await proc.run_ready()
+        room = await member.create_room(invite=[bot_user.user_id], encrypted=True)
+        await member.wait_joined(room, bot_user.user_id)
+        await member.send(room, "count online-1")
+        await _wait_lines(counts, 1)
+        assert await proc.stop() == 0
+
+        # Sent while the bot is down: handled once after the start, in order.
+        for i in range(3):
+            await member.send(room, f"count offline-{i}")
+        await proc.run_ready()
+        await _wait_lines(counts, 4)
+        assert await proc.stop() == 0
+
+        # Another restart must not handle anything again.
+        await proc.run_ready()
+        sentinel = await member.send(room, "count after-restart")
+        await _wait_lines(counts, 5)
+        assert await proc.stop() == 0
+    finally:
+        proc.kill()
+        await member.close()
+    lines = [line.split("\t") for line in counts.read_text().splitlines()]
+    ids = [event_id for event_id, _ in lines]
+    assert len(ids) == len(set(ids)) == 5, lines
+    assert [body for _, body in lines] == [
+        "count online-1", "count offline-0", "count offline-1", "count offline-2", "count after-restart"
+    ]
+    assert ids[-1] == sentinel
+
+
+async def _wait_lines(path, n, timeout=30.0):
+    for _ in range(int(timeout / 0.1)):
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            await asyncio.sleep(0.3)  # and no more than n
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path} has {len(path.read_text().splitlines()) if path.exists() else 0} lines, not {n}")
+
+
+async def test_invites_follow_the_allow_list(synapse, new_user, tmp_path):
+    bot_user, friend, stranger = new_user("bot"), new_user("friend"), new_user("stranger")
+    cfg = write_bot_config(
+        tmp_path / "bot.yaml",
+        server=synapse,
+        user=bot_user,
+        data_dir=tmp_path / "data",
+        invites={"accept_from": [friend.user_id]},
+    )
+    proc = BotProcess(cfg, tmp_path / "bot.log")
+    m_friend = await _member(synapse, friend, tmp_path, "friend")
+    m_stranger = await _member(synapse, stranger, tmp_path, "stranger")
+    try:
+        await proc.run_ready()
+        ok_room = await m_friend.create_room(invite=[bot_user.user_id])
+        bad_room = await m_stranger.create_room(invite=[bot_user.user_id])
+        await m_friend.wait_joined(ok_room, bot_user.user_id)
+
+        def rejected(room_id, event) -> bool:
+            src = event.source
+            return (
+                room_id == bad_room
+                and src.get("type") == "m.room.member"
+                and src.get("state_key") == bot_user.user_id
+                and src.get("content", {}).get("membership") == "leave"
+            )
+
+        await m_stranger.expect(rejected, 30, "the bot to reject the stranger's invite")
+        await proc.stop()
+    finally:
+        proc.kill()
+        await m_friend.close()
+        await m_stranger.close()
+    assert f"rejected invite to {bad_room} from {stranger.user_id}" in proc.log_text()
+
+
+async def test_gap_longer_than_one_sync_page_is_filled(synapse, new_user, tmp_path, test_plugins_dir):
+    """More messages while the bot is down than one sync's timeline holds (100): all handled, once, in order."""
+    bot_user, alice = new_user("bot"), new_user("alice")
+    counts = tmp_path / "counts.tsv"
+    cfg = write_bot_config(
+        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
+        plugins={"counter": {"path": str(counts)}}, plugin_dirs=[str(test_plugins_dir)],
+    )
+    proc = BotProcess(cfg, tmp_path / "bot.log")
+    member = await _member(synapse, alice, tmp_path)
+    n = 130
+    try:
+        await proc.run_ready()
+        room = await member.create_room(invite=[bot_user.user_id], encrypted=True)
+        await member.wait_joined(room, bot_user.user_id)
+        assert await proc.stop() == 0
+        for i in range(n):
+            await member.send(room, f"count {i}")
+        await proc.run_ready()
+        await _wait_lines(counts, n, timeout=60)
+        assert await proc.stop() == 0
+    finally:
+        proc.kill()
+        await member.close()
+    bodies = [line.split("\t")[1] for line in counts.read_text().splitlines()]
+    assert bodies == [f"count {i}" for i in range(n)]
+    assert "filled a timeline gap" in proc.log_text()
