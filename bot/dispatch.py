@@ -94,6 +94,7 @@ class Dispatcher:
         try:
             async with self._sem:
                 start = time.monotonic()
+                log.debug("plugin %s: running %s", lane[1], job.label)
                 await asyncio.wait_for(job.run(), self.timeout)
             return JobOutcome("ok", seconds=time.monotonic() - start)
         except TimeoutError as exc:

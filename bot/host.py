@@ -64,6 +64,9 @@ class PluginHost:
         self.plugin_dirs = plugin_dirs
         self.plugins: dict[str, LoadedPlugin] = {}
         self.options: dict[str, dict[str, Any]] = {}
+        # (event id, plugin) pairs submitted but not finished: the same event can reach route() twice before its
+        # first handling is recorded (a late key and a restart retry, overlapping gap fills).
+        self._inflight: set[tuple[str, str]] = set()
 
     # -- loading ---------------------------------------------------------------------------------------------
 
@@ -159,7 +162,7 @@ class PluginHost:
             calls = self._calls_for(loaded, room_id, event, invocation, trusted)
             if not calls:
                 continue
-            if self.state.is_handled(event.event_id, loaded.name):
+            if (event.event_id, loaded.name) in self._inflight or self.state.is_handled(event.event_id, loaded.name):
                 log.debug("event %s already handled by %s", event.event_id, loaded.name)
                 continue
             futures.append(self._submit(loaded, room_id, event, calls))
@@ -225,9 +228,13 @@ class PluginHost:
             for label, call in calls:
                 await _isolated(loaded.name, label, call, ctx)
 
+        key = (event.event_id, loaded.name)
+        self._inflight.add(key)
+
         def finished(fut: asyncio.Future[JobOutcome]) -> None:
             # A handler that failed or timed out has had its turn: it is not retried after a restart (a poison
             # message must not hang the bot forever). Only jobs cut short by shutdown are left for redelivery.
+            self._inflight.discard(key)
             if fut.result().status != "cancelled":
                 self.state.mark_handled(event.event_id, loaded.name)
 

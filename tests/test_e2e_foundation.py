@@ -190,3 +190,77 @@ async def test_gap_longer_than_one_sync_page_is_filled(synapse, new_user, tmp_pa
     bodies = [line.split("\t")[1] for line in counts.read_text().splitlines()]
     assert bodies == [f"count {i}" for i in range(n)]
     assert "filled a timeline gap" in proc.log_text()
+
+
+async def test_late_room_key_delivers_the_event_once_even_across_a_restart(
+    synapse, new_user, tmp_path, test_plugins_dir
+):
+    bot_user, alice = new_user("bot"), new_user("alice")
+    counts = tmp_path / "counts.tsv"
+    cfg = write_bot_config(
+        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
+        plugins={"counter": {"path": str(counts)}}, plugin_dirs=[str(test_plugins_dir)],
+    )
+    proc = BotProcess(cfg, tmp_path / "bot.log")
+    member = await _member(synapse, alice, tmp_path)
+    try:
+        await proc.run_ready()
+        room = await member.create_room(invite=[bot_user.user_id], encrypted=True)
+        await member.wait_joined(room, bot_user.user_id)
+
+        # 1. The key arrives while the bot runs.
+        first, release_first = await member.send_with_late_key(room, "count late-1")
+        await proc.wait_for_log(f"cannot decrypt {first}")
+        await release_first()
+        await _wait_lines(counts, 1)
+
+        # 2. The key arrives while the bot is down: the waiting event survives the restart.
+        second, release_second = await member.send_with_late_key(room, "count late-2")
+        await proc.wait_for_log(f"cannot decrypt {second}")
+        assert await proc.stop() == 0
+        await release_second()
+        await proc.run_ready()
+        await _wait_lines(counts, 2)
+        assert await proc.stop() == 0
+        await proc.run_ready()  # and a third start handles nothing again
+        await member.send(room, "count sentinel")
+        await _wait_lines(counts, 3)
+        assert await proc.stop() == 0
+    finally:
+        proc.kill()
+        await member.close()
+    lines = [line.split("\t") for line in counts.read_text().splitlines()]
+    assert lines[0] == [first, "count late-1"]
+    assert lines[1] == [second, "count late-2"]
+    assert len(lines) == 3
+    log = proc.log_text()
+    assert log.count(f"cannot decrypt {first}") == 1 and log.count(f"cannot decrypt {second}") == 1
+    assert member.messages(room, sender=bot_user.user_id) == [], "a UTD is never announced in the room"
+
+
+async def test_sigterm_finishes_inflight_handler_and_exits_quickly(synapse, new_user, tmp_path, test_plugins_dir):
+    bot_user, alice = new_user("bot"), new_user("alice")
+    done = tmp_path / "slow.tsv"
+    cfg = write_bot_config(
+        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
+        plugins={"slow": {"path": str(done)}}, plugin_dirs=[str(test_plugins_dir)],
+    )
+    proc = BotProcess(cfg, tmp_path / "bot.log", extra_args=("--log-level", "DEBUG"))
+    member = await _member(synapse, alice, tmp_path)
+    try:
+        await proc.run_ready()
+        room = await member.create_room(invite=[bot_user.user_id], encrypted=True)
+        await member.wait_joined(room, bot_user.user_id)
+        await member.send(room, "slow 2")
+        await proc.wait_for_log("running message handler slow", timeout=30)  # the handler has started
+        t0 = asyncio.get_running_loop().time()
+        assert await proc.stop(timeout=10) == 0
+        assert asyncio.get_running_loop().time() - t0 < 10
+        assert len(done.read_text().splitlines()) == 1, "the in-flight handler finished before exit"
+        await proc.run_ready()
+        await asyncio.sleep(3)
+        assert await proc.stop() == 0
+    finally:
+        proc.kill()
+        await member.close()
+    assert len(done.read_text().splitlines()) == 1, "not handled again after the restart"

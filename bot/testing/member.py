@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from nio import (
     RoomSendResponse,
     SyncResponse,
 )
+from nio.api import Api
+from nio.crypto.sessions import OutboundGroupSession
 from nio.store import SqliteStore
 
 __all__ = ["Member", "MemberError"]
@@ -159,6 +162,37 @@ class Member:
         if not isinstance(resp, RoomSendResponse):
             raise MemberError(f"send failed: {resp}")
         return resp.event_id
+
+    async def send_with_late_key(self, room_id: str, text: str) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """Send an encrypted message whose room key nobody gets until the returned ``release()`` is awaited.
+
+        This is how tests make a real "unable to decrypt" that a late key resolves: the message is encrypted with a
+        fresh Megolm session that is not shared; ``release()`` shares that session, from message index 0, with every
+        device in the room.
+        """
+        client = self.client
+        olm = client.olm
+        assert olm is not None
+        if client.should_query_keys:
+            await client.keys_query()
+        olm.create_outbound_group_session(room_id)
+        session = olm.outbound_group_sessions[room_id]
+        snapshot = session.pickle()
+        session.shared = True
+        payload = olm.group_encrypt(room_id, {"type": "m.room.message", "content": {"msgtype": "m.text", "body": text}})
+        method, path, data = Api.room_send(client.access_token, room_id, "m.room.encrypted", payload, str(uuid.uuid4()))
+        resp = await client._send(RoomSendResponse, method, path, data, (room_id,))
+        if not isinstance(resp, RoomSendResponse):
+            raise MemberError(f"send failed: {resp}")
+        # The next normal send must not reuse the withheld session.
+        olm.outbound_group_sessions.pop(room_id, None)
+
+        async def release() -> None:
+            olm.outbound_group_sessions[room_id] = OutboundGroupSession.from_pickle(snapshot)
+            await client.share_group_session(room_id, ignore_unverified_devices=True)
+            olm.outbound_group_sessions.pop(room_id, None)
+
+        return resp.event_id, release
 
     # -- expectations ----------------------------------------------------------------------------------------
 
