@@ -6,7 +6,7 @@ Everything a plugin or bridge may use is exported here; the rest of the package 
 """
 
 from bot.api import BotAPI, MatrixError
-from bot.commands import RoomRef, Rest, UserId
+from bot.commands import Rest, RoomRef, UserId
 from bot.context import Context
 from bot.plugin import Plugin, command, every, on_event, on_message
 

@@ -28,8 +28,8 @@ from nio import (
     LocalProtocolError,
     MegolmEvent,
     MessageDirection,
-    RoomMessagesResponse,
     RoomKeyEvent,
+    RoomMessagesResponse,
     SyncError,
     SyncResponse,
 )

@@ -124,7 +124,8 @@ class Member:
 
         def joined() -> bool:
             room = self.client.rooms.get(room_id)
-            return bool(room and user_id in room.users)
+            # nio's ``users`` holds invited members too
+            return bool(room and user_id in room.users and user_id not in room.invited_users)
 
         await self.wait_for(joined, timeout, f"{user_id} to join {room_id}")
 
