@@ -5,7 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ratchet-installed
 
-.PHONY: venv test demo lint bench clean
+JS_DIR := tests/interop/js
+JS_STAMP := $(JS_DIR)/node_modules/.ratchet-installed
+
+.PHONY: venv js-deps test demo lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +18,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-test: venv
+# matrix-js-sdk (Rust crypto) as an independent client for the interop tests; skipped when Node is absent.
+$(JS_STAMP): $(JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(JS_DIR) --no-audit --no-fund --loglevel=error && touch $(JS_STAMP); \
+	else echo "npm not found: interop tests will be skipped"; fi
+
+js-deps: $(JS_STAMP)
+
+test: venv js-deps
 	$(BIN)/ruff check bot plugins tests
 	$(BIN)/python -m pytest -q
 
@@ -26,4 +37,4 @@ lint: venv
 	$(BIN)/ruff check bot plugins tests
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache $(JS_DIR)/node_modules

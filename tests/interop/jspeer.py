@@ -76,7 +76,7 @@ class JsPeer:
         """Spawn the peer and wait until it has loaded the SDK."""
         if not js_available():
             raise JsPeerError(f"node or matrix-js-sdk missing; install with: {INSTALL_COMMAND}")
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in close()
+        self._log_file = open(self.log_path, "ab")  # noqa: ASYNC230 - a local log file, closed in close()
         env = dict(os.environ)
         if self.debug:
             env["JSPEER_DEBUG"] = "1"
@@ -244,11 +244,16 @@ class JsPeer:
         reply_to: str | None = None,
         body_prefix: str | None = None,
         timeout: float = 30,
+        fail_on_utd: bool = False,
     ) -> dict[str, Any]:
         """Wait for a decrypted ``m.room.message`` (past or future) matching the filters.
 
-        On timeout the :class:`JsPeerError` text is a JSON object with ``timeout``, ``utd`` (matching events that
-        failed to decrypt, with their reason) and ``pending``.
+        On timeout the :class:`JsPeerError`'s ``error`` is a JSON object with ``timeout``, ``utd`` (events matching
+        ``sender``/``reply_to`` that failed to decrypt: ``event_id``, ``sender``, ``reason``, a js-sdk
+        ``DecryptionFailureCode`` such as ``UNSIGNED_SENDER_DEVICE``) and ``pending``. With ``fail_on_utd`` it fails
+        that way as soon as such an event has failed for a reason no later key can fix (``UNSIGNED_SENDER_DEVICE``,
+        ``MEGOLM_KEY_WITHHELD``..., not ``MEGOLM_UNKNOWN_INBOUND_SESSION_ID``) and no match exists (``timeout`` is
+        then false).
         """
         return await self.call(
             "wait_message",
@@ -257,6 +262,7 @@ class JsPeer:
             reply_to=reply_to,
             body_prefix=body_prefix,
             timeout_ms=int(timeout * 1000),
+            fail_on_utd=fail_on_utd or None,
         )
 
     async def device_status(
@@ -284,6 +290,10 @@ class JsPeer:
 
     async def key_backup_info(self) -> dict[str, Any]:
         return await self.call("key_backup_info")
+
+    async def wait_backup_uploaded(self, timeout: float = 30) -> dict[str, Any]:
+        """Wait until all of this device's room keys are in the server-side backup; returns ``{total, backed_up}``."""
+        return await self.call("wait_backup_uploaded", timeout_ms=int(timeout * 1000))
 
     async def get_secret(self, name: str, recovery_key: str) -> str | None:
         """Read secret ``name`` from secret storage, opened with ``recovery_key`` only (``None`` if not stored)."""

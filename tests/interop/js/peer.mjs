@@ -51,7 +51,10 @@ await import("fake-indexeddb/auto");
 const sdk = await import("matrix-js-sdk");
 const cryptoApi = await import("matrix-js-sdk/lib/crypto-api/index.js");
 const { logger } = await import("matrix-js-sdk/lib/logger.js");
+const { RustBackupManager } = await import("matrix-js-sdk/lib/rust-crypto/backup.js");
 logger.setLevel(VERBOSE ? "debug" : "warn");
+// The SDK waits a random 0-10 s before each key backup upload round; tests want it prompt.
+RustBackupManager.maxBackupLoopStartDelayMillis = Number(process.env.JSPEER_BACKUP_DELAY_MS ?? 100);
 
 const { AllDevicesIsolationMode, OnlySignedDevicesIsolationMode, decodeRecoveryKey } = cryptoApi;
 
@@ -200,6 +203,15 @@ async function deviceStatus(userId, deviceId, { waitMs = 10000, expectSigned } =
         await sleep(200);
     }
 }
+
+/** Decryption failures that a later key, key download or backup may still resolve (fail_on_utd waits on them). */
+const MAYBE_TRANSIENT_UTD = new Set([
+    "MEGOLM_UNKNOWN_INBOUND_SESSION_ID",
+    "OLM_UNKNOWN_MESSAGE_INDEX",
+    "UNKNOWN_SENDER_DEVICE",
+    "HISTORICAL_MESSAGE_WORKING_BACKUP",
+    null,
+]);
 
 function relatesTo(ev) {
     return ev.getWireContent()?.["m.relates_to"] ?? ev.getContent()?.["m.relates_to"] ?? null;
@@ -364,7 +376,7 @@ const commands = {
         return { event_id: resp.event_id };
     },
 
-    async wait_message({ room_id, sender, reply_to, body_prefix, timeout_ms = 30000 }) {
+    async wait_message({ room_id, sender, reply_to, body_prefix, timeout_ms = 30000, fail_on_utd = false }) {
         const c = requireClient();
         need(room_id, "room_id");
         const deadline = Date.now() + timeout_ms;
@@ -399,9 +411,11 @@ const commands = {
                     content,
                 };
             }
-            if (Date.now() >= deadline) {
+            const timedOut = Date.now() >= deadline;
+            const definitive = utd.filter((u) => !MAYBE_TRANSIENT_UTD.has(u.reason));
+            if (timedOut || (fail_on_utd && definitive.length > 0)) {
                 throw new Error(
-                    JSON.stringify({ timeout: true, timeout_ms, room_id, utd, pending, room_known: Boolean(room) }),
+                    JSON.stringify({ timeout: timedOut, timeout_ms, room_id, utd, pending, room_known: Boolean(room) }),
                 );
             }
             await sleep(100);
@@ -448,6 +462,25 @@ const commands = {
             server_algorithm: info?.algorithm ?? null,
             ...(await backupSummary()),
         };
+    },
+
+    async wait_backup_uploaded({ timeout_ms = 30000 }) {
+        // Until every room key this device has is in the server-side backup. `olmMachine` is the RustCrypto
+        // instance's (non-public) matrix-sdk-crypto handle: the CryptoApi has no key-count call.
+        const crypto = requireCrypto();
+        if (!(await crypto.getActiveSessionBackupVersion())) throw new Error("key backup is not active");
+        const counts = await waitFor(
+            async () => {
+                const c = await crypto.olmMachine.roomKeyCounts();
+                const total = Number(c.total);
+                const backedUp = Number(c.backedUp);
+                return total === backedUp ? { total, backed_up: backedUp } : null;
+            },
+            timeout_ms,
+            "room keys to reach the key backup",
+            200,
+        );
+        return counts;
     },
 
     async get_secret({ name, recovery_key }) {
