@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
 
+    new = sub.add_parser(
+        "new-plugin",
+        help="write a working plugin and its test",
+        description="Create DIR/NAME/__init__.py (a plugin with a typed command and a config schema) and "
+        "DIR/NAME/tests/test_NAME.py (an end-to-end test using Ratchet's test kit).",
+    )
+    new.add_argument("name", help="plugin name: lowercase letters, digits, underscores")
+    new.add_argument("--dir", type=Path, default=Path("plugins"), help="folder to create it in (default: plugins)")
+
     sub.add_parser(
         "demo",
         help="run a scripted encrypted conversation against a throwaway local Synapse",
@@ -47,13 +56,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(path: Path):
+    """Load and validate the config and every configured plugin's options; exit 2 with the errors if any."""
     from bot.config import ConfigError, load_config
+    from bot.host import check_plugin_options
 
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as err:
         print(f"ratchet: config error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG) from None
+    errors = check_plugin_options(config)
+    if errors:
+        for error in errors:
+            print(f"ratchet: config error: {path}: {error}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG)
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(args.log_level or config.log_level, args.log_format or config.log_format)
         return _run(config)
+    if args.command == "new-plugin":
+        from bot.scaffold import ScaffoldError, new_plugin
+
+        try:
+            files = new_plugin(args.name, args.dir)
+        except ScaffoldError as err:
+            print(f"ratchet: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+        for path in files:
+            print(f"created {path}")
+        print(f"Add it to your config under plugins: ({args.name}: {{}}) and plugin_dirs: [{args.dir}]")
+        return 0
     if args.command == "demo":
         from bot.demo import run_demo
 

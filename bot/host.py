@@ -9,12 +9,13 @@ matched next. What runs for one event and one plugin becomes one dispatcher job 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nio import Event, RoomMessageText
 
@@ -24,9 +25,14 @@ from bot.context import Context
 from bot.dispatch import Dispatcher, JobOutcome
 from bot.loader import PluginLoadError, import_plugin
 from bot.plugin import Access, CommandHandler, Handlers, Plugin, collect_handlers
+from bot.plugin_config import PluginConfigError, RoomFilter, find_schema, split_options, validate_options
 from bot.state import StateStore
+from bot.storage import PluginStorage, StorageError
 
-__all__ = ["LoadedPlugin", "PluginHost"]
+if TYPE_CHECKING:
+    from bot.config import Config
+
+__all__ = ["CommandInfo", "LoadedPlugin", "PluginHost", "PluginInfo", "PluginManager", "check_plugin_options"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +47,37 @@ class LoadedPlugin:
     name: str
     instance: Plugin
     handlers: Handlers
+    rooms: RoomFilter = field(default_factory=RoomFilter)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
 
+
+def _prepare(name: str, options: dict[str, Any], plugin_dirs: tuple[Path, ...]) -> tuple[type[Plugin], RoomFilter, Any]:
+    """Import plugin ``name`` and validate its options; every failure is a :class:`PluginLoadError`."""
+    try:
+        cls = import_plugin(name, plugin_dirs)
+    except PluginLoadError:
+        raise
+    except Exception as exc:
+        log.error("plugin %s: import failed", name, exc_info=exc)
+        raise PluginLoadError(f"plugin {name}: import failed: {exc.__class__.__name__}: {exc}") from exc
+    try:
+        rooms, rest = split_options(name, options)
+        config = validate_options(name, find_schema(cls), rest)
+    except (PluginConfigError, TypeError) as exc:
+        raise PluginLoadError(str(exc)) from exc
+    return cls, rooms, config
+
+
+def check_plugin_options(config: Config) -> list[str]:
+    """Import every configured plugin and validate its options without starting it; returns the errors."""
+    errors = []
+    for name, options in config.plugins.items():
+        try:
+            _prepare(name, options, config.plugin_dirs)
+        except PluginLoadError as exc:
+            errors.append(str(exc))
+    return errors
 
 class PluginHost:
     """Owns the loaded plugins and turns events into handler jobs."""
@@ -56,14 +90,18 @@ class PluginHost:
         *,
         prefix: str = "!",
         plugin_dirs: tuple[Path, ...] = (),
+        data_dir: Path,
     ) -> None:
         self.api = api
         self.state = state
         self.dispatcher = dispatcher
         self.prefix = prefix
         self.plugin_dirs = plugin_dirs
+        self.data_dir = data_dir
         self.plugins: dict[str, LoadedPlugin] = {}
         self.options: dict[str, dict[str, Any]] = {}
+        #: Why a configured plugin is not running (load error), by name.
+        self.errors: dict[str, str] = {}
         # (event id, plugin) pairs submitted but not finished: the same event can reach route() twice before its
         # first handling is recorded (a late key and a restart retry, overlapping gap fills).
         self._inflight: set[tuple[str, str]] = set()
@@ -79,20 +117,31 @@ class PluginHost:
         return None
 
     async def load(self, name: str, options: dict[str, Any] | None = None) -> LoadedPlugin:
-        """Import, instantiate and start plugin ``name``; raises :class:`PluginLoadError` with the reason."""
+        """Import, configure and start plugin ``name``; raises :class:`PluginLoadError` with the reason.
+
+        The failure is also remembered in :attr:`errors` (shown by ``!plugins``).
+        """
+        options = dict(options or {})
+        self.options[name] = options
+        try:
+            loaded = await self._load(name, options)
+        except PluginLoadError as exc:
+            self.errors[name] = str(exc)
+            raise
+        self.errors.pop(name, None)
+        return loaded
+
+    async def _load(self, name: str, options: dict[str, Any]) -> LoadedPlugin:
         if name in self.plugins:
             raise PluginLoadError(f"plugin {name}: already loaded")
-        options = dict(options or {})
+        cls, rooms, config = _prepare(name, options, self.plugin_dirs)
         try:
-            cls = import_plugin(name, self.plugin_dirs)
             instance = cls()
-        except PluginLoadError:
-            raise
         except Exception as exc:
-            log.error("plugin %s: import failed", name, exc_info=exc)
-            raise PluginLoadError(f"plugin {name}: import failed: {exc.__class__.__name__}: {exc}") from exc
+            log.error("plugin %s: constructor failed", name, exc_info=exc)
+            raise PluginLoadError(f"plugin {name}: constructor failed: {exc.__class__.__name__}: {exc}") from exc
         instance.name = name
-        instance.config = options
+        instance.config = config
         instance.bot = self.api
         instance.log = logging.getLogger(f"ratchet.plugin.{name}")
         handlers = collect_handlers(instance)
@@ -103,16 +152,31 @@ class PluginHost:
                     raise PluginLoadError(
                         f"plugin {name}: command '{word}' is already provided by plugin {clash[0].name}"
                     )
+        intervals = []
+        for task in handlers.tasks:
+            try:
+                intervals.append(task.interval(config))
+            except TypeError as exc:
+                raise PluginLoadError(f"plugin {name}: {exc}") from exc
+        try:
+            instance.storage = await PluginStorage.open(
+                self.data_dir / "plugins" / f"{name}.db", migrations=cls.migrations, plugin=name
+            )
+        except StorageError as exc:
+            raise PluginLoadError(str(exc)) from exc
         try:
             await asyncio.wait_for(instance.start(), LIFECYCLE_TIMEOUT)
         except Exception as exc:
+            await instance.storage.close()
             log.error("plugin %s: start() failed", name, exc_info=exc)
             raise PluginLoadError(f"plugin {name}: start() failed: {exc.__class__.__name__}: {exc}") from exc
-        loaded = LoadedPlugin(name, instance, handlers)
-        for task in handlers.tasks:
-            loaded.tasks.append(asyncio.create_task(self._schedule(loaded, task), name=f"{name} every"))
+        loaded = LoadedPlugin(name, instance, handlers, rooms)
+        for task, seconds in zip(handlers.tasks, intervals, strict=True):
+            if seconds > 0:
+                loaded.tasks.append(
+                    asyncio.create_task(self._schedule(loaded, task, seconds), name=f"{name} every")
+                )
         self.plugins[name] = loaded
-        self.options[name] = options
         log.info("plugin %s loaded (%d commands)", name, len(handlers.commands))
         return loaded
 
@@ -128,11 +192,17 @@ class PluginHost:
             await asyncio.wait_for(loaded.instance.stop(), LIFECYCLE_TIMEOUT)
         except Exception as exc:
             log.error("plugin %s: stop() failed", name, exc_info=exc)
+        await loaded.instance.storage.close()
         log.info("plugin %s unloaded", name)
 
-    async def reload(self, name: str) -> LoadedPlugin:
-        """Re-import plugin ``name`` from disk and restart it with the same options."""
-        options = self.options.get(name, {})
+    async def reload(self, name: str, options: dict[str, Any] | None = None) -> LoadedPlugin:
+        """Re-import plugin ``name`` from disk and restart it (with new ``options`` if given).
+
+        The new code and options are checked before the running instance is stopped, so a reload that would fail
+        (syntax error, invalid option) leaves the old version running.
+        """
+        options = dict(self.options.get(name, {}) if options is None else options)
+        _prepare(name, options, self.plugin_dirs)
         if name in self.plugins:
             await self.unload(name)
         return await self.load(name, options)
@@ -142,13 +212,13 @@ class PluginHost:
         for name in reversed(list(self.plugins)):
             await self.unload(name)
 
-    async def _schedule(self, loaded: LoadedPlugin, task) -> None:
+    async def _schedule(self, loaded: LoadedPlugin, task, seconds: float) -> None:
         if not task.run_at_start:
-            await asyncio.sleep(task.seconds)
+            await asyncio.sleep(seconds)
         while True:
             fut = self.dispatcher.submit(("*", loaded.name), task.func, f"scheduled {task.func.__name__}")
             await fut
-            await asyncio.sleep(task.seconds)
+            await asyncio.sleep(seconds)
 
     # -- routing ---------------------------------------------------------------------------------------------
 
@@ -159,6 +229,8 @@ class PluginHost:
         if isinstance(event, RoomMessageText) and event.source.get("content", {}).get("msgtype") == "m.text":
             invocation = parse_invocation(strip_reply_fallback(event.body), self.prefix)
         for loaded in list(self.plugins.values()):
+            if not loaded.rooms.permits(room_id):
+                continue
             calls = self._calls_for(loaded, room_id, event, invocation, trusted)
             if not calls:
                 continue
@@ -266,3 +338,168 @@ async def _isolated(
                 await ctx.reply(f"⚠️ {label} failed ({exc.__class__.__name__}); the error was logged.", notice=True)
             except Exception:
                 log.warning("plugin %s: could not report the error in %s", plugin, ctx.room_id)
+
+
+# -- the manager plugins use --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """A command as ``!help`` shows it."""
+
+    plugin: str
+    name: str
+    aliases: tuple[str, ...]
+    help: str
+    usage: str
+    admin_only: bool
+    power_level: int | None
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A configured plugin and its state."""
+
+    name: str
+    state: str  # "running", "disabled" or "failed"
+    commands: tuple[str, ...] = ()
+    error: str | None = None
+    loaded_at: float | None = None
+
+
+class PluginManager:
+    """The plugin host as plugins may see it (the ``help`` and ``admin`` plugins use it): list, reload, enable
+    and disable plugins, and the commands a user may run in a room."""
+
+    _DISABLED_KEY = "disabled_plugins"
+
+    def __init__(self, host: PluginHost, config: Config) -> None:
+        self._host = host
+        self._config = config
+
+    @property
+    def prefix(self) -> str:
+        """The command prefix."""
+        return self._host.prefix
+
+    def configured(self) -> list[str]:
+        """Names of the plugins in the config, in order."""
+        return list(self._config.plugins)
+
+    @property
+    def disabled(self) -> set[str]:
+        """Plugins an admin disabled (kept across restarts)."""
+        raw = self._host.state.get(self._DISABLED_KEY)
+        return set(json.loads(raw)) if raw else set()
+
+    def _set_disabled(self, names: set[str]) -> None:
+        self._host.state.set(self._DISABLED_KEY, json.dumps(sorted(names)))
+
+    def info(self) -> list[PluginInfo]:
+        """Every configured plugin with its state."""
+        out = []
+        for name in self.configured():
+            loaded = self._host.plugins.get(name)
+            if loaded is not None:
+                cmds = tuple(c.spec.name for c in loaded.handlers.commands)
+                out.append(PluginInfo(name, "running", cmds, loaded_at=loaded.loaded_at))
+            elif name in self.disabled:
+                out.append(PluginInfo(name, "disabled"))
+            else:
+                out.append(PluginInfo(name, "failed", error=self._host.errors.get(name)))
+        return out
+
+    def commands(self, *, room_id: str | None = None, user_id: str | None = None) -> list[CommandInfo]:
+        """The running plugins' commands; only those ``user_id`` may run in ``room_id`` if they are given."""
+        api = self._host.api
+        out = []
+        for loaded in self._host.plugins.values():
+            if room_id is not None and not loaded.rooms.permits(room_id):
+                continue
+            for cmd in loaded.handlers.commands:
+                if user_id is not None:
+                    if cmd.access is Access.ADMIN and not api.is_admin(user_id):
+                        continue
+                    if cmd.power_level is not None and (
+                        room_id is None or api.power_level(room_id, user_id) < cmd.power_level
+                    ):
+                        continue
+                out.append(
+                    CommandInfo(
+                        loaded.name,
+                        cmd.spec.name,
+                        cmd.spec.aliases,
+                        cmd.spec.help,
+                        cmd.spec.usage(self.prefix),
+                        cmd.access is Access.ADMIN,
+                        cmd.power_level,
+                    )
+                )
+        return out
+
+    def command(self, name: str) -> CommandInfo | None:
+        """The command called ``name`` (or with that alias), if a running plugin has it."""
+        name = name.lower().removeprefix(self.prefix)
+        for info in self.commands():
+            if name == info.name or name in info.aliases:
+                return info
+        return None
+
+    def _require_configured(self, name: str) -> None:
+        if name not in self._config.plugins:
+            raise PluginLoadError(f"plugin {name}: not in the config (configured: {', '.join(self.configured())})")
+
+    def _fresh_options(self, name: str) -> dict[str, Any] | None:
+        """The plugin's options from the config file as it is now (None if the file cannot be read)."""
+        from bot.config import ConfigError, load_config
+
+        if not self._config.source:
+            return None
+        try:
+            fresh = load_config(self._config.source)
+        except ConfigError as exc:
+            raise PluginLoadError(f"plugin {name}: the config file has an error: {exc}") from exc
+        return fresh.plugins.get(name)
+
+    async def reload(self, name: str) -> None:
+        """Re-import ``name`` from disk with its options re-read from the config file; the old version keeps
+        running if the new one cannot be loaded."""
+        self._require_configured(name)
+        if name in self.disabled:
+            raise PluginLoadError(f"plugin {name}: disabled; enable it first")
+        await self._host.reload(name, self._fresh_options(name))
+
+    async def enable(self, name: str) -> None:
+        """Start a disabled plugin and remember that it is enabled."""
+        self._require_configured(name)
+        self._set_disabled(self.disabled - {name})
+        if name not in self._host.plugins:
+            options = self._fresh_options(name)
+            await self._host.load(name, self._host.options.get(name, {}) if options is None else options)
+
+    async def disable(self, name: str) -> None:
+        """Stop a plugin and keep it stopped across restarts until enabled."""
+        self._require_configured(name)
+        self._set_disabled(self.disabled | {name})
+        if name in self._host.plugins:
+            await self._host.unload(name)
+
+    async def start_all(self) -> None:
+        """Load every configured plugin that is not disabled; failures are logged and the others still load."""
+        disabled = self.disabled
+        for name, options in self._config.plugins.items():
+            if name in disabled:
+                log.info("plugin %s is disabled", name)
+                continue
+            try:
+                await self._host.load(name, options)
+            except PluginLoadError as exc:
+                log.error("%s; the bot runs without it", exc)
+
+    async def reload_all(self) -> None:
+        """Reload every running plugin (SIGHUP)."""
+        for name in list(self._host.plugins):
+            try:
+                await self.reload(name)
+            except PluginLoadError as exc:
+                log.error("%s (the previous version keeps running)", exc)

@@ -19,14 +19,15 @@ import enum
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bot.commands import CommandSpec
 
 if TYPE_CHECKING:
-    from bot.runtime import BotAPI
+    from bot.api import BotAPI
+    from bot.storage import PluginStorage
 
 __all__ = [
     "Access",
@@ -81,11 +82,20 @@ class EventHandler:
 
 @dataclass(frozen=True)
 class ScheduledTask:
-    """A coroutine method run every ``seconds`` while the plugin is loaded."""
+    """A coroutine method run every ``seconds`` (or every ``config.<name>`` seconds) while the plugin is loaded."""
 
-    seconds: float
+    seconds: float | str
     func: Handler
     run_at_start: bool = False
+
+    def interval(self, config: Any) -> float:
+        """The period in seconds; a string names an option of the plugin's config that holds it."""
+        if isinstance(self.seconds, str):
+            value = config.get(self.seconds) if isinstance(config, Mapping) else getattr(config, self.seconds, None)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"every({self.seconds!r}): the plugin's config has no number '{self.seconds}'")
+            return float(value)
+        return self.seconds
 
 
 def _attach(func: Handler, info: object) -> Handler:
@@ -142,9 +152,13 @@ def on_event(event_type: type | str) -> Callable[[Handler], Handler]:
     return decorate
 
 
-def every(seconds: float, *, run_at_start: bool = False) -> Callable[[Handler], Handler]:
-    """Declare a scheduled task ``async def f(self)`` run every ``seconds`` while the plugin is loaded."""
-    if seconds <= 0:
+def every(seconds: float | str, *, run_at_start: bool = False) -> Callable[[Handler], Handler]:
+    """Declare a scheduled task ``async def f(self)`` run every ``seconds`` while the plugin is loaded.
+
+    ``seconds`` may name an option of the plugin's config instead (``@every("poll_interval")``), so operators can
+    tune it; a period of 0 or less from the config disables the task.
+    """
+    if not isinstance(seconds, str) and seconds <= 0:
         raise ValueError("every(): seconds must be positive")
 
     def decorate(func: Handler) -> Handler:
@@ -192,15 +206,24 @@ class Plugin:
     Attributes set by the runtime before :meth:`start`:
 
     * ``name``: the plugin's name (its key under ``plugins:`` in the config);
-    * ``config``: its options (a mapping, or the plugin's typed ``Config`` schema instance if it declares one);
-    * ``bot``: the :class:`~bot.runtime.BotAPI` facade (send messages, find DMs, who am I);
+    * ``config``: its options: an instance of the plugin's nested ``Config`` dataclass if it declares one
+      (validated, defaults applied), else a read-only mapping;
+    * ``storage``: its own SQLite database (:class:`~bot.storage.PluginStorage`: key-value API, SQL, migrations);
+    * ``bot``: the :class:`~bot.api.BotAPI` facade (send messages, find DMs, who am I, the plugin manager);
     * ``log``: a logger named ``ratchet.plugin.<name>``.
+
+    Class attributes a plugin may set:
+
+    * ``migrations``: SQL scripts (or callables taking a ``sqlite3.Connection``) applied in order to its storage,
+      each once; append new ones, never edit old ones.
     """
 
     name: str
     config: Any
+    storage: PluginStorage
     bot: BotAPI
     log: logging.Logger
+    migrations: Sequence[str | Callable[..., None]] = ()
 
     async def start(self) -> None:
         """Called once after loading; open resources here. An exception here unloads the plugin."""

@@ -38,8 +38,7 @@ from bot.api import BotAPI
 from bot.client import RatchetClient, backoff_delay
 from bot.config import Config
 from bot.dispatch import Dispatcher, JobOutcome
-from bot.host import PluginHost
-from bot.loader import PluginLoadError
+from bot.host import PluginHost, PluginManager
 from bot.session import open_session
 from bot.state import StateStore
 from bot.sync import CatchUpPolicy, TokenCommitter, own_join_index, select_events
@@ -70,6 +69,12 @@ class BotStats:
         self.utd_total = 0
         self.utd_recovered = 0
         self.sync_errors = 0
+        self.rooms = 0
+
+    @property
+    def uptime(self) -> float:
+        """Seconds since the bot started."""
+        return time.time() - self.started_at
 
 
 class Bot:
@@ -81,6 +86,7 @@ class Bot:
         self.state: StateStore | None = None
         self.api: BotAPI | None = None
         self.host: PluginHost | None = None
+        self.manager: PluginManager | None = None
         self.dispatcher: Dispatcher | None = None
         self.stats = BotStats()
         self.ready = asyncio.Event()
@@ -118,15 +124,17 @@ class Bot:
             self.api = BotAPI(self.client, admins=cfg.admins)
             self.dispatcher = Dispatcher(max_concurrency=cfg.max_concurrency, timeout=cfg.handler_timeout)
             self.host = PluginHost(
-                self.api, self.state, self.dispatcher, prefix=cfg.command_prefix, plugin_dirs=cfg.plugin_dirs
+                self.api,
+                self.state,
+                self.dispatcher,
+                prefix=cfg.command_prefix,
+                plugin_dirs=cfg.plugin_dirs,
+                data_dir=cfg.data_dir,
             )
-            self.api.host = self.host  # type: ignore[attr-defined]
-            self.api.stats = self.stats  # type: ignore[attr-defined]
-            for name, options in cfg.plugins.items():
-                try:
-                    await self.host.load(name, options)
-                except PluginLoadError as exc:
-                    log.error("%s; the bot runs without it", exc)
+            self.manager = PluginManager(self.host, self.config)
+            self.api.plugins = self.manager
+            self.api.stats = self.stats
+            await self.manager.start_all()
             if self.client.should_upload_keys:
                 await self.client.keys_upload()
             await self._sync_loop()
@@ -137,18 +145,10 @@ class Bot:
             await self._shutdown()
 
     def _on_sighup(self) -> None:
-        if self.host is None:
+        if self.manager is None:
             return
         log.info("SIGHUP: reloading plugins")
-        self._spawn(self._reload_all())
-
-    async def _reload_all(self) -> None:
-        assert self.host is not None
-        for name in list(self.config.plugins):
-            try:
-                await self.host.reload(name)
-            except PluginLoadError as exc:
-                log.error("%s", exc)
+        self._spawn(self.manager.reload_all())
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_GRACE
@@ -215,6 +215,7 @@ class Bot:
                         await asyncio.wait_for(asyncio.shield(stop_wait), delay)
                     continue
                 failures = 0
+                self.stats.rooms = len(client.rooms)
                 await self._handle_sync(resp, initial=initial and first, resumed=first and not initial)
                 token = resp.next_batch
                 if first:

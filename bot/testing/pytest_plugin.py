@@ -12,6 +12,12 @@ Fixtures:
     A factory ``new_user(prefix="user", admin=False, displayname=None) -> RegisteredUser``
     registering a uniquely named user on ``synapse``, so tests never collide.
 
+``ratchet`` (function scope, async)
+    A :class:`~bot.testing.kit.RatchetKit`: ``await ratchet.room(plugins={...}, plugin_dirs=[...])`` starts a
+    real bot with those plugins and returns a :class:`~bot.testing.kit.TestRoom` (an encrypted room with a member
+    and the bot) whose ``ask("!cmd")`` returns the bot's decrypted reply. Needs pytest-asyncio
+    (``asyncio_mode = "auto"`` is the easy way).
+
 Command-line options:
 
 ``--synapse-keep``
@@ -32,9 +38,15 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import pytest_asyncio
+except ImportError:  # the kit's async fixtures need it; the sync ones work without
+    pytest_asyncio = None
+
+from bot.testing.kit import RatchetKit
 from bot.testing.synapse import RegisteredUser, SynapseServer
 
-__all__ = ["NewUser", "new_user", "synapse"]
+__all__ = ["NewUser", "new_user", "ratchet", "synapse"]
 
 #: Type of the ``new_user`` fixture's factory.
 NewUser = Callable[..., RegisteredUser]
@@ -106,3 +118,22 @@ def new_user(synapse: SynapseServer) -> NewUser:
         )
 
     return factory
+
+
+# ---------------------------------------------------------------------- bot and members
+
+
+def _async_fixture(func):
+    if pytest_asyncio is None:
+        return pytest.fixture(lambda: pytest.skip("the ratchet fixture needs pytest-asyncio"))
+    return pytest_asyncio.fixture(func)
+
+
+@_async_fixture
+async def ratchet(synapse: SynapseServer, new_user: NewUser, tmp_path: Path):
+    """A :class:`~bot.testing.kit.RatchetKit` for one test: bot, members and rooms, cleaned up afterwards."""
+    kit = RatchetKit(synapse, new_user, tmp_path)
+    try:
+        yield kit
+    finally:
+        await kit.close()

@@ -1,0 +1,77 @@
+"""``ratchet new-plugin NAME``: write a working plugin and its end-to-end test, ready to edit."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = ["ScaffoldError", "new_plugin"]
+
+_PLUGIN = '''"""{name}: a Ratchet plugin. Describe here what it does; the first line is shown by !plugins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot import Context, Plugin, command
+
+
+class {cls}(Plugin):
+    """Greets people. Replace this with what your plugin does."""
+
+    @dataclass(frozen=True)
+    class Config:
+        """Options from `plugins: {{{name}: {{...}}}}` in the bot's config, with their defaults."""
+
+        greeting: str = "Hello"
+
+    @command("{name}", help="Greet someone (or yourself)")
+    async def greet(self, ctx: Context, who: str | None = None) -> None:
+        await ctx.reply(f"{{self.config.greeting}}, {{who or ctx.sender}}!")
+'''
+
+_TEST = '''"""End-to-end test of the {name} plugin: a real Synapse, a real bot, an encrypted room.
+
+Run with `pytest` (needs `pip install 'ratchet[testing]'`); the `ratchet` fixture comes from Ratchet's test kit.
+"""
+
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.asyncio
+
+PLUGIN_DIR = Path(__file__).resolve().parents[2]  # the folder that holds the {name}/ package
+
+
+async def test_{name}_greets(ratchet):
+    room = await ratchet.room(plugins={{"{name}": {{"greeting": "Hi"}}}}, plugin_dirs=[PLUGIN_DIR])
+    reply = await room.ask("!{name} world")
+    assert reply.decrypted, "the answer was encrypted"
+    assert reply.body == "Hi, world!"
+
+
+async def test_{name}_usage_on_bad_arguments(ratchet):
+    room = await ratchet.room(plugins={{"{name}": {{}}}}, plugin_dirs=[PLUGIN_DIR])
+    reply = await room.ask('!{name} "unclosed')
+    assert "Usage: !{name}" in reply.body
+'''
+
+
+class ScaffoldError(Exception):
+    """The plugin cannot be created (bad name, or it exists)."""
+
+
+def new_plugin(name: str, directory: Path) -> list[Path]:
+    """Create ``directory/NAME/__init__.py`` and ``directory/NAME/tests/test_NAME.py``; returns the files."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise ScaffoldError(f"'{name}' is not a plugin name: use lowercase letters, digits and underscores")
+    target = directory / name
+    if target.exists():
+        raise ScaffoldError(f"{target} already exists")
+    cls = "".join(part.capitalize() for part in name.split("_")) or "MyPlugin"
+    (target / "tests").mkdir(parents=True)
+    files = [target / "__init__.py", target / "tests" / f"test_{name}.py"]
+    files[0].write_text(_PLUGIN.format(name=name, cls=cls))
+    files[1].write_text(_TEST.format(name=name))
+    return files

@@ -1,0 +1,71 @@
+"""Bot administration for the admins in the config: ``!plugins`` (list, reload, enable, disable) and ``!status``."""
+
+import time
+from typing import Literal
+
+from bot import Context, MatrixError, Plugin, __version__, command
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{days}d"] if days else []
+    parts += [f"{hours}h"] if hours or days else []
+    return " ".join([*parts, f"{minutes}m", f"{secs}s"])
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(timestamp))
+
+
+class Admin(Plugin):
+    """Manage plugins and see how the bot is doing, without restarting it."""
+
+    @command(
+        "plugins",
+        help="List plugins, or reload/enable/disable one",
+        admin=True,
+    )
+    async def plugins(
+        self, ctx: Context, action: Literal["list", "reload", "enable", "disable"] = "list", name: str | None = None
+    ) -> None:
+        manager = self.bot.plugins
+        if action == "list":
+            lines = []
+            for info in manager.info():
+                line = f"- **{info.name}**: {info.state}"
+                if info.commands:
+                    line += " (" + ", ".join(f"`{manager.prefix}{c}`" for c in info.commands) + ")"
+                if info.error:
+                    line += f": {info.error}"
+                lines.append(line)
+            await ctx.reply("\n".join(lines) or "No plugins configured.", notice=True, markdown=True)
+            return
+        if name is None:
+            await ctx.reply(f"Usage: {manager.prefix}plugins {action} NAME", notice=True)
+            return
+        try:
+            await getattr(manager, action)(name)
+        except (MatrixError, Exception) as exc:  # PluginLoadError carries the reason for the operator
+            self.log.warning("%s %s failed: %s", action, name, exc)
+            await ctx.reply(f"⚠️ {action} {name} failed: {exc}", notice=True)
+            return
+        done = {"reload": "reloaded", "enable": "enabled", "disable": "disabled"}[action]
+        await ctx.reply(f"✅ {name} {done}.", notice=True)
+
+    @command("status", help="Rooms, device, uptime, decryption health", admin=True)
+    async def status(self, ctx: Context) -> None:
+        stats = self.bot.stats
+        running = [i.name for i in self.bot.plugins.info() if i.state == "running"]
+        lines = [
+            f"**Ratchet {__version__}** as {self.bot.user_id}, device `{self.bot.device_id}`",
+            f"- uptime: {_duration(stats.uptime)} (since {_utc(stats.started_at)})",
+            f"- rooms: {stats.rooms}",
+            f"- plugins: {', '.join(running) or 'none'}",
+            f"- events handled: {stats.events_routed}",
+            f"- undecryptable: {stats.utd_waiting} waiting for keys, {stats.utd_recovered} recovered, "
+            f"{stats.utd_total} seen",
+        ]
+        await ctx.reply("\n".join(lines), notice=True, markdown=True)
