@@ -47,6 +47,7 @@ __all__ = [
     "PICKLE_KEY_ENV",
     "Config",
     "ConfigError",
+    "E2EEConfig",
     "InvitesConfig",
     "load_config",
     "parse_config",
@@ -744,6 +745,24 @@ class InvitesConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class E2EEConfig:
+    """The ``e2ee`` section: trust policy, cross-signing, recovery key and key backup."""
+
+    #: Which devices get the bot's room keys and whose messages count as trusted: ``tofu`` (pin each user's
+    #: cross-signing identity on first use; devices cross-signed by it, or of users without cross-signing),
+    #: ``cross-signed`` (only devices cross-signed by their owner), ``all`` (every device).
+    trust: str = field(
+        default="tofu", metadata=_key(_then(_string(_choice("tofu", "cross-signed", "all", upper=False)), str.lower))
+    )
+    #: Create cross-signing keys for the bot's account on first start and sign its device with them.
+    cross_signing: bool = field(default=True, metadata=_key(_boolean))
+    #: Back up room keys to the homeserver (``m.megolm_backup.v1.curve25519-aes-sha2``), key kept in secret storage.
+    key_backup: bool = field(default=True, metadata=_key(_boolean))
+    #: Write the recovery key to this file (mode 0600) when it is created; otherwise it is only printed once.
+    recovery_key_file: Path | None = field(default=None, metadata=_key(_path))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The bot's configuration; ``config.example.yaml`` documents every key.
 
@@ -786,6 +805,7 @@ class Config:
     command_prefix: str = field(default="!", metadata=_key(_string(_prefix_check)))
     admins: tuple[str, ...] = field(default=(), metadata=_key(_list_of(_string(_user_id_check), "user ids")))
     invites: InvitesConfig = field(default_factory=InvitesConfig, metadata=_key(_section(InvitesConfig)))
+    e2ee: E2EEConfig = field(default_factory=E2EEConfig, metadata=_key(_section(E2EEConfig)))
     plugins: dict[str, dict[Any, Any]] = field(default_factory=dict, hash=False, metadata=_key(_plugins))
     plugin_dirs: tuple[Path, ...] = field(default=(), metadata=_key(_list_of(_path, "paths")))
     catch_up: bool = field(default=True, metadata=_key(_boolean))
