@@ -1,25 +1,54 @@
-"""What the bot can do in Matrix, as plugins and bridges see it: send, reply, react, edit, redact.
+"""What the bot can do in Matrix, as plugins and bridges see it: send (text, Markdown, files), reply, react, edit,
+redact, open DMs, download media.
 
-:class:`BotAPI` is a thin async shell over the nio client. Content building (replies, threads, edits, mentions) is
-done by the pure helpers in :mod:`bot.content`; this module only performs the requests and turns error responses into
+:class:`BotAPI` is a thin async shell over the nio client. Content building (replies, threads, edits, mentions,
+Markdown, media) is done by the pure helpers in :mod:`bot.content`, :mod:`bot.markdown` and :mod:`bot.media`; finding
+and creating DM rooms by :mod:`bot.dm`. This module only performs the requests and turns error responses into
 :class:`MatrixError` so a plugin never has to inspect nio response types.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from os import PathLike
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
-from nio import RoomRedactResponse, RoomSendResponse
+import aiofiles
+import aiofiles.os
+from nio import (
+    ContentRepositoryConfigResponse,
+    EncryptionError,
+    Event,
+    MegolmEvent,
+    MemoryDownloadResponse,
+    RoomGetEventResponse,
+    RoomRedactResponse,
+    RoomSendResponse,
+    UploadResponse,
+)
+from nio.api import Api
+from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
 from bot import content as build
+from bot import media
+from bot.dm import DirectRooms
+from bot.power import user_power_level
 
 if TYPE_CHECKING:
     from bot.client import RatchetClient
+    from bot.host import PluginManager
+    from bot.runtime import BotStats
 
 __all__ = ["BotAPI", "MatrixError"]
 
 log = logging.getLogger(__name__)
+
+#: Attachments larger than this are encrypted and decrypted in a worker thread, not on the event loop.
+_THREAD_CRYPTO_BYTES = 1 << 20
+_UNKNOWN = object()
 
 
 class MatrixError(Exception):
@@ -36,6 +65,15 @@ class BotAPI:
     def __init__(self, client: RatchetClient, *, admins: tuple[str, ...] = ()) -> None:
         self._client = client
         self.admins = admins
+        #: The plugin manager (list, reload, enable, disable plugins; their commands), set by the runtime.
+        self.plugins: PluginManager | None = None
+        #: Runtime counters (uptime, UTDs, rooms), set by the runtime.
+        self.stats: BotStats | None = None
+        #: Each room's creators from its m.room.create event (kept by the runtime; nio does not track them).
+        self.creators: dict[str, set[str]] = {}
+        self._direct = DirectRooms(client)
+        self._upload_limit: Any = _UNKNOWN
+        self._upload_limit_lock = asyncio.Lock()
 
     @property
     def user_id(self) -> str:
@@ -57,9 +95,14 @@ class BotAPI:
         return bool(room and room.encrypted)
 
     def power_level(self, room_id: str, user_id: str) -> int:
-        """``user_id``'s power level in ``room_id`` (0 if the room is unknown)."""
+        """``user_id``'s power level in ``room_id`` (0 if the room is unknown).
+
+        In room versions 12 and later the room's creators outrank every level (see :mod:`bot.power`).
+        """
         room = self._client.rooms.get(room_id)
-        return room.power_levels.get_user_level(user_id) if room else 0
+        if room is None:
+            return 0
+        return user_power_level(room, user_id, self.creators.get(room_id, frozenset()))
 
     async def send(self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message") -> str:
         """Send an event (encrypted if the room is) and return its event id."""
@@ -87,9 +130,15 @@ class BotAPI:
             if client.should_query_keys:
                 await client.keys_query()
         if client.olm.should_share_group_session(room_id):
-            await client.share_group_session(room_id, ignore_unverified_devices=True)
+            sharing = client.sharing_session.get(room_id)
+            if sharing is not None:
+                await sharing.wait()  # another send is sharing the session right now
+            else:
+                await client.share_group_session(room_id, ignore_unverified_devices=True)
         enc_type, enc_content = client.encrypt(room_id, event_type, content)
-        return await client.room_send(room_id, enc_type, enc_content, ignore_unverified_devices=True)
+        # Not room_send: it would encrypt the m.room.encrypted payload a second time (it only spares m.reaction).
+        method, path, data = Api.room_send(client.access_token, room_id, enc_type, enc_content, uuid4())
+        return await client._send(RoomSendResponse, method, path, data, (room_id,))
 
     async def send_text(
         self,
@@ -101,8 +150,13 @@ class BotAPI:
         reply_to: str | None = None,
         thread_root: str | None = None,
         mentions: list[str] | None = None,
+        markdown: bool = False,
     ) -> str:
-        """Send a text (or notice) message, optionally as a reply or in a thread; returns the event id."""
+        """Send a text (or notice) message, optionally as a reply or in a thread; returns the event id.
+
+        ``markdown=True`` renders ``text`` as Markdown into ``formatted_body`` (the body stays the source); an
+        explicit ``html`` wins.
+        """
         content = build.text_content(
             text,
             html=html,
@@ -110,6 +164,7 @@ class BotAPI:
             reply_to=reply_to,
             thread_root=thread_root,
             mentions=mentions,
+            markdown=markdown,
         )
         return await self.send(room_id, content)
 
@@ -118,10 +173,18 @@ class BotAPI:
         return await self.send(room_id, build.reaction_content(event_id, key), "m.reaction")
 
     async def edit(
-        self, room_id: str, event_id: str, text: str, *, html: str | None = None, notice: bool = False
+        self,
+        room_id: str,
+        event_id: str,
+        text: str,
+        *,
+        html: str | None = None,
+        notice: bool = False,
+        markdown: bool = False,
     ) -> str:
         """Replace the text of the bot's own message ``event_id``; returns the edit's event id."""
-        return await self.send(room_id, build.edit_content(event_id, text, html=html, notice=notice))
+        content = build.edit_content(event_id, text, html=html, notice=notice, markdown=markdown)
+        return await self.send(room_id, content)
 
     async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
         """Redact ``event_id`` (needs the power to do so for other users' events)."""
@@ -132,3 +195,172 @@ class BotAPI:
                 getattr(resp, "status_code", None),
             )
         return resp.event_id
+
+    # -- direct messages -------------------------------------------------------------------------------------
+
+    async def dm(self, user_id: str) -> str:
+        """The room id of the bot's encrypted DM with ``user_id``; created (and the user invited) if there is none.
+
+        A new DM is ready when this returns: a message sent to it right away is readable by the user once they
+        accept the invite. Concurrent calls for the same user return the same room.
+        """
+        return await self._direct.room_for(user_id)
+
+    async def send_dm(
+        self, user_id: str, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False
+    ) -> str:
+        """Send a text message to the bot's DM with ``user_id`` (see :meth:`dm`); returns the event id."""
+        room_id = await self.dm(user_id)
+        return await self.send_text(room_id, text, html=html, notice=notice, markdown=markdown)
+
+    # -- media -----------------------------------------------------------------------------------------------
+
+    async def upload_limit(self) -> int | None:
+        """The homeserver's maximum upload size in bytes (``m.upload.size``), or None if it does not say.
+
+        Asked once (``/_matrix/client/v1/media/config``) and remembered.
+        """
+        async with self._upload_limit_lock:
+            if self._upload_limit is _UNKNOWN:
+                resp = await self._client.content_repository_config()
+                if isinstance(resp, ContentRepositoryConfigResponse):
+                    self._upload_limit = resp.upload_size
+                else:
+                    log.warning("could not read the media config: %s", getattr(resp, "message", resp))
+                    return None  # ask again next time
+            return self._upload_limit
+
+    async def send_file(
+        self,
+        room_id: str,
+        path: str | PathLike[str],
+        *,
+        mimetype: str | None = None,
+        name: str | None = None,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+        msgtype: str | None = None,
+    ) -> str:
+        """Upload the file at ``path`` and send it (encrypted if the room is); returns the event id.
+
+        ``msgtype`` defaults by MIME type (guessed from the name): ``m.image``, ``m.audio``, ``m.video`` or
+        ``m.file``. Raises :class:`MatrixError` (``M_TOO_LARGE``) for files over the server's upload limit.
+        """
+        file_path = Path(path)
+        name = name or file_path.name
+        stat = await aiofiles.os.stat(file_path)
+        await self._check_size(stat.st_size, name)
+        async with aiofiles.open(file_path, "rb") as fh:
+            data = await fh.read()
+        return await self.send_bytes(
+            room_id, data, name=name, mimetype=mimetype, reply_to=reply_to, thread_root=thread_root, msgtype=msgtype
+        )
+
+    async def send_image(
+        self,
+        room_id: str,
+        path: str | PathLike[str],
+        *,
+        mimetype: str | None = None,
+        name: str | None = None,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+    ) -> str:
+        """Send the image at ``path`` as ``m.image`` (with its width and height if Pillow is installed)."""
+        return await self.send_file(
+            room_id, path, mimetype=mimetype, name=name, reply_to=reply_to, thread_root=thread_root, msgtype="m.image"
+        )
+
+    async def send_bytes(
+        self,
+        room_id: str,
+        data: bytes,
+        *,
+        name: str,
+        mimetype: str | None = None,
+        reply_to: str | None = None,
+        thread_root: str | None = None,
+        msgtype: str | None = None,
+    ) -> str:
+        """Like :meth:`send_file` for data in memory, sent as a file called ``name``."""
+        if room_id not in self._client.rooms:
+            raise MatrixError(f"cannot send a file to {room_id}: the bot is not in that room (or has not synced it)")
+        await self._check_size(len(data), name)
+        mimetype = mimetype or media.guess_mimetype(name)
+        msgtype = msgtype or media.msgtype_for(mimetype)
+        size = media.image_size(data) if msgtype in ("m.image", "m.video") else None
+        url, file = await self._upload(data, mimetype, name, encrypt=self.room_encrypted(room_id))
+        content = media.media_content(
+            name=name,
+            mimetype=mimetype,
+            size=len(data),
+            url=url if file is None else None,
+            file=file,
+            msgtype=msgtype,
+            width=size[0] if size else None,
+            height=size[1] if size else None,
+            reply_to=reply_to,
+            thread_root=thread_root,
+        )
+        return await self.send(room_id, content)
+
+    async def _check_size(self, size: int, name: str) -> None:
+        limit = await self.upload_limit()
+        if limit is not None and size > limit:
+            raise MatrixError(
+                f"{name} is {size} bytes, more than the homeserver accepts ({limit} bytes)", "M_TOO_LARGE"
+            )
+
+    async def _upload(self, data: bytes, mimetype: str, name: str, *, encrypt: bool) -> tuple[str, dict | None]:
+        """Upload ``data`` (encrypted first if asked); returns the mxc URI and the ``EncryptedFile`` or None."""
+        keys = None
+        if encrypt:
+            if len(data) > _THREAD_CRYPTO_BYTES:
+                payload, keys = await asyncio.to_thread(encrypt_attachment, data)
+            else:
+                payload, keys = encrypt_attachment(data)
+            content_type, filename = "application/octet-stream", None  # the server learns neither type nor name
+        else:
+            payload, content_type, filename = data, mimetype, name
+        resp, _ = await self._client.upload(
+            lambda *_: payload, content_type=content_type, filename=filename, filesize=len(payload)
+        )
+        if not isinstance(resp, UploadResponse):
+            raise _failed(f"uploading {name}", resp)
+        return resp.content_uri, (media.encrypted_file(resp.content_uri, keys) if keys is not None else None)
+
+    async def download(self, event: Event | dict[str, Any]) -> bytes:
+        """The bytes of a media event's file (``m.file``/``m.image``/...), decrypted and verified if encrypted.
+
+        ``event`` is a nio event or an event's ``content``. Raises :class:`MatrixError` if the event has no media,
+        is still encrypted (no room key yet), cannot be downloaded or fails its integrity check.
+        """
+        if isinstance(event, MegolmEvent):
+            raise MatrixError(f"{event.event_id} is not decrypted (no room key yet): cannot read its media")
+        content = event.source.get("content", {}) if isinstance(event, Event) else event
+        source = media.media_source(content)
+        if source is None:
+            raise MatrixError("the event carries no media (no url or file)")
+        resp = await self._client.download(mxc=source.mxc)
+        if not isinstance(resp, MemoryDownloadResponse):
+            raise _failed(f"downloading {source.mxc}", resp)
+        if not source.encrypted:
+            return resp.body
+        try:
+            key, sha256, iv = source.decryption_args()
+            if len(resp.body) > _THREAD_CRYPTO_BYTES:
+                return await asyncio.to_thread(decrypt_attachment, resp.body, key, sha256, iv)
+            return decrypt_attachment(resp.body, key, sha256, iv)
+        except (EncryptionError, ValueError) as exc:
+            raise MatrixError(f"cannot decrypt {source.mxc}: {exc}") from exc
+
+    async def fetch_event(self, room_id: str, event_id: str) -> Event:
+        """Fetch one event from the homeserver, decrypted if the bot has its key (else a ``MegolmEvent``)."""
+        resp = await self._client.room_get_event(room_id, event_id)
+        if not isinstance(resp, RoomGetEventResponse):
+            raise _failed(f"fetching {event_id}", resp)
+        return resp.event  # nio decrypts it on receipt when it can
+
+
+def _failed(what: str, resp: object) -> MatrixError:
+    return MatrixError(f"{what} failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))

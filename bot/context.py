@@ -2,13 +2,17 @@
 
 A :class:`Context` is created per event and plugin; its methods send through the shared :class:`~bot.api.BotAPI`,
 so a reply is encrypted whenever the room is. ``reply`` is a proper Matrix rich reply (and stays in the thread when
-the command was sent in one).
+the command was sent in one). Every text method takes ``markdown=True``; ``reply_privately`` answers in the bot's
+encrypted DM with the sender; ``send_file``/``send_image`` send media and ``download`` reads the media a user sent.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from os import PathLike
 from typing import TYPE_CHECKING, Any
+
+from bot.media import MediaSource, media_source
 
 if TYPE_CHECKING:
     from nio import Event
@@ -64,6 +68,21 @@ class Context:
         return None
 
     @property
+    def replied_to(self) -> str | None:
+        """The event this one is a rich reply to, if any (also inside a thread)."""
+        rel = self.content.get("m.relates_to")
+        if not isinstance(rel, dict) or rel.get("is_falling_back") is True:
+            return None  # a thread message's fallback reply is not a real reply
+        in_reply_to = rel.get("m.in_reply_to")
+        target = in_reply_to.get("event_id") if isinstance(in_reply_to, dict) else None
+        return target if isinstance(target, str) else None
+
+    @property
+    def media(self) -> MediaSource | None:
+        """The file this event carries (``m.file``/``m.image``/``m.audio``/``m.video``), if any."""
+        return media_source(self.content)
+
+    @property
     def encrypted(self) -> bool:
         """True if the event arrived encrypted."""
         return bool(getattr(self.event, "decrypted", False))
@@ -78,7 +97,9 @@ class Context:
         """True if the sender is one of the bot's admins."""
         return self.bot.is_admin(self.sender)
 
-    async def reply(self, text: str, *, html: str | None = None, notice: bool = False) -> str:
+    async def reply(
+        self, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False
+    ) -> str:
         """Answer with a rich reply to this event (in its thread, if it was in one); returns the event id."""
         return await self.bot.send_text(
             self.room_id,
@@ -88,9 +109,12 @@ class Context:
             reply_to=self.event_id,
             thread_root=self.thread_root,
             mentions=[self.sender],
+            markdown=markdown,
         )
 
-    async def reply_in_thread(self, text: str, *, html: str | None = None, notice: bool = False) -> str:
+    async def reply_in_thread(
+        self, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False
+    ) -> str:
         """Answer in a thread: this event's thread, or a new one rooted at this event."""
         return await self.bot.send_text(
             self.room_id,
@@ -99,24 +123,80 @@ class Context:
             notice=notice,
             reply_to=self.event_id,
             thread_root=self.thread_root or self.event_id,
+            markdown=markdown,
         )
 
-    async def send(self, text: str, *, html: str | None = None, notice: bool = False) -> str:
+    async def send(self, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False) -> str:
         """Send a plain message to the room (not a reply)."""
-        return await self.bot.send_text(self.room_id, text, html=html, notice=notice)
+        return await self.bot.send_text(self.room_id, text, html=html, notice=notice, markdown=markdown)
 
-    async def notice(self, text: str, *, html: str | None = None) -> str:
+    async def notice(self, text: str, *, html: str | None = None, markdown: bool = False) -> str:
         """Send an ``m.notice`` (what bots should use for unprompted output)."""
-        return await self.bot.send_text(self.room_id, text, html=html, notice=True)
+        return await self.bot.send_text(self.room_id, text, html=html, notice=True, markdown=markdown)
 
     async def react(self, key: str, event_id: str | None = None) -> str:
         """React to this event (or ``event_id``) with ``key``."""
         return await self.bot.react(self.room_id, event_id or self.event_id, key)
 
-    async def edit(self, event_id: str, text: str, *, html: str | None = None) -> str:
+    async def edit(self, event_id: str, text: str, *, html: str | None = None, markdown: bool = False) -> str:
         """Edit one of the bot's own messages in this room."""
-        return await self.bot.edit(self.room_id, event_id, text, html=html)
+        return await self.bot.edit(self.room_id, event_id, text, html=html, markdown=markdown)
 
     async def redact(self, event_id: str | None = None, reason: str | None = None) -> str:
         """Redact this event (or ``event_id``)."""
         return await self.bot.redact(self.room_id, event_id or self.event_id, reason)
+
+    # -- private answers ---------------------------------------------------------------------------------------
+
+    async def dm(self) -> str:
+        """The room id of the bot's encrypted DM with the sender (created and the sender invited if needed)."""
+        return await self.bot.dm(self.sender)
+
+    async def reply_privately(
+        self, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False
+    ) -> str:
+        """Answer in the bot's DM with the sender instead of this room; returns the event id."""
+        return await self.bot.send_dm(self.sender, text, html=html, notice=notice, markdown=markdown)
+
+    # -- media -------------------------------------------------------------------------------------------------
+
+    async def send_file(
+        self,
+        path: str | PathLike[str],
+        *,
+        mimetype: str | None = None,
+        name: str | None = None,
+        msgtype: str | None = None,
+        reply: bool = False,
+    ) -> str:
+        """Send the file at ``path`` to this room (as a reply to this event, in its thread, if ``reply``)."""
+        return await self.bot.send_file(
+            self.room_id,
+            path,
+            mimetype=mimetype,
+            name=name,
+            msgtype=msgtype,
+            reply_to=self.event_id if reply else None,
+            thread_root=self.thread_root if reply else None,
+        )
+
+    async def send_image(
+        self, path: str | PathLike[str], *, mimetype: str | None = None, name: str | None = None, reply: bool = False
+    ) -> str:
+        """Send the image at ``path`` as ``m.image`` to this room (as a reply if ``reply``)."""
+        return await self.send_file(path, mimetype=mimetype, name=name, msgtype="m.image", reply=reply)
+
+    async def download(self) -> bytes:
+        """The file of this event, or else of the event it replies to, decrypted and verified.
+
+        So a command sent as a reply to a file (``!convert`` answering someone's upload) can read that file. Raises
+        :class:`~bot.api.MatrixError` if neither has media.
+        """
+        if self.media is not None:
+            return await self.bot.download(self.event)
+        target = self.replied_to
+        if target is None:
+            from bot.api import MatrixError
+
+            raise MatrixError(f"{self.event_id} has no file and replies to none")
+        return await self.bot.download(await self.bot.fetch_event(self.room_id, target))

@@ -39,6 +39,7 @@ from bot.client import RatchetClient, backoff_delay
 from bot.config import Config
 from bot.dispatch import Dispatcher, JobOutcome
 from bot.host import PluginHost, PluginManager
+from bot.power import creators_from_create_event
 from bot.session import open_session
 from bot.state import StateStore
 from bot.sync import CatchUpPolicy, TokenCommitter, own_join_index, select_events
@@ -265,6 +266,7 @@ class Bot:
             futures += await self._retry_pending(keys)
         now_ms = int(time.time() * 1000)
         for room_id, info in resp.rooms.join.items():
+            self._note_creators(room_id, info)
             timeline = info.timeline.events
             if (
                 info.timeline.limited
@@ -288,6 +290,13 @@ class Bot:
             self._spawn(self._commit_when_done(batch, futures))
         else:
             self._commit(batch)
+
+    def _note_creators(self, room_id: str, info) -> None:
+        assert self.api
+        for event in (*info.state, *info.timeline.events):
+            source = getattr(event, "source", None)
+            if isinstance(source, dict) and source.get("type") == "m.room.create":
+                self.api.creators[room_id] = creators_from_create_event(source)
 
     async def _commit_when_done(self, batch: int, futures: list[asyncio.Future[JobOutcome]]) -> None:
         outcomes = await asyncio.gather(*futures)
