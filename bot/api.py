@@ -35,6 +35,7 @@ from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 from bot import content as build
 from bot import media
 from bot.dm import DirectRooms
+from bot.moderation import Moderation
 from bot.power import user_power_level
 
 if TYPE_CHECKING:
@@ -71,6 +72,8 @@ class BotAPI:
         self.stats: BotStats | None = None
         #: Each room's creators from its m.room.create event (kept by the runtime; nio does not track them).
         self.creators: dict[str, set[str]] = {}
+        #: Evidence and moderation actions (see :mod:`bot.moderation`).
+        self.moderation = Moderation(client, self)
         self._direct = DirectRooms(client)
         self._upload_limit: Any = _UNKNOWN
         self._upload_limit_lock = asyncio.Lock()
@@ -353,6 +356,16 @@ class BotAPI:
             return decrypt_attachment(resp.body, key, sha256, iv)
         except (EncryptionError, ValueError) as exc:
             raise MatrixError(f"cannot decrypt {source.mxc}: {exc}") from exc
+
+    async def resolve_room(self, room: str) -> str:
+        """The room id of ``room`` (a room id is returned as is; an alias is resolved by the homeserver)."""
+        if not room.startswith("#"):
+            return room
+        resp = await self._client.room_resolve_alias(room)
+        room_id = getattr(resp, "room_id", None)
+        if not room_id:
+            raise _failed(f"resolving {room}", resp)
+        return room_id
 
     async def fetch_event(self, room_id: str, event_id: str) -> Event:
         """Fetch one event from the homeserver, decrypted if the bot has its key (else a ``MegolmEvent``)."""

@@ -37,6 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
 
+    verify_report = sub.add_parser(
+        "verify-report",
+        help="check an evidence bundle from the report plugin",
+        description="Check a report's evidence bundle: its signature and consistency offline; with -c, also that "
+        "the signing device is the bot's and cross-signed, and that the event still matches the homeserver's copy.",
+    )
+    verify_report.add_argument("file", type=Path, help="the evidence-*.json file")
+    verify_report.add_argument("-c", "--config", type=Path, help="the bot's config (for the online checks)")
+
     new = sub.add_parser(
         "new-plugin",
         help="write a working plugin and its test",
@@ -87,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(args.log_level or config.log_level, args.log_format or config.log_format)
         return _run(config)
+    if args.command == "verify-report":
+        from bot.verify_report import verify_report
+
+        return asyncio.run(verify_report(args.file, args.config))
     if args.command == "new-plugin":
         from bot.scaffold import ScaffoldError, new_plugin
 

@@ -151,6 +151,7 @@ class Member:
                 }
             elif reply_to:
                 content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        await self.wait_for(lambda: room_id in self.client.rooms, 30, f"{room_id} to sync")
         room = self.client.rooms.get(room_id)
         if room is not None and not room.members_synced:
             members = await self.client.joined_members(room_id)
@@ -194,6 +195,30 @@ class Member:
             olm.outbound_group_sessions.pop(room_id, None)
 
         return resp.event_id, release
+
+    async def download_media(self, content: dict[str, Any]) -> bytes:
+        """Download the media of a message's ``content``, decrypting (and checking) it if it is encrypted."""
+        from nio.crypto.attachments import decrypt_attachment
+
+        encrypted = content.get("file")
+        url = encrypted["url"] if isinstance(encrypted, dict) else content.get("url")
+        resp = await self.client.download(mxc=url)
+        body = getattr(resp, "body", None)
+        if not isinstance(body, bytes):
+            raise MemberError(f"download of {url} failed: {resp}")
+        if isinstance(encrypted, dict):
+            return decrypt_attachment(body, encrypted["key"]["k"], encrypted["hashes"]["sha256"], encrypted["iv"])
+        return body
+
+    async def accept_invite(self, timeout: float = 30) -> str:
+        """Wait for a room invite (e.g. the bot opening a DM), join it and return its room id."""
+        await self.wait_for(lambda: bool(self.client.invited_rooms), timeout, "an invite")
+        room_id = next(iter(self.client.invited_rooms))
+        resp = await self.client.join(room_id)
+        if not hasattr(resp, "room_id"):
+            raise MemberError(f"joining {room_id} failed: {resp}")
+        await self.wait_joined(room_id, self.user_id, timeout)
+        return room_id
 
     # -- expectations ----------------------------------------------------------------------------------------
 

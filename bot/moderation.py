@@ -1,0 +1,213 @@
+"""Moderation actions and evidence, for plugins such as ``report``: the raw and decrypted form of an event, who sent
+it from which device, a signed evidence bundle, reports to the homeserver, and kick/ban with permission checks.
+
+Available to plugins as ``self.bot.moderation``. The pure evidence format lives in :mod:`bot.evidence`; this is the
+thin async shell that gathers the facts from the homeserver and the crypto store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.parse
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from nio import EncryptionError, Event, MegolmEvent, RoomBanResponse, RoomKickResponse
+
+from bot.evidence import build_bundle, sign_bundle
+
+if TYPE_CHECKING:
+    from bot.api import BotAPI
+    from bot.client import RatchetClient
+
+__all__ = ["EventRecord", "Moderation"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One event as the bot can attest it."""
+
+    room_id: str
+    event_id: str
+    sender: str
+    timestamp: int
+    #: The event exactly as the homeserver returned it (ciphertext for an encrypted event).
+    raw: dict[str, Any]
+    #: The decrypted payload ``{"type", "content", "room_id"}``, or None for an unencrypted event.
+    decrypted: dict[str, Any] | None
+    #: ``{"device_id", "keys": {"ed25519", "curve25519"}, "cross_signed": bool | None}`` of the sending device
+    #: (encrypted events only; ``cross_signed`` is None when the bot cannot tell).
+    sender_device: dict[str, Any] | None
+
+    @property
+    def encrypted(self) -> bool:
+        """True if the event was sent encrypted."""
+        return self.raw.get("type") == "m.room.encrypted"
+
+    @property
+    def content(self) -> dict[str, Any]:
+        """The (decrypted) content."""
+        source = self.decrypted if self.decrypted is not None else self.raw
+        content = source.get("content")
+        return content if isinstance(content, dict) else {}
+
+    @property
+    def event_type(self) -> str:
+        """The (decrypted) event type."""
+        source = self.decrypted if self.decrypted is not None else self.raw
+        return str(source.get("type", ""))
+
+    @property
+    def body(self) -> str:
+        """The message text ('' if the event has none)."""
+        body = self.content.get("body")
+        return body if isinstance(body, str) else ""
+
+
+class Moderation:
+    """Gathering evidence and acting on it."""
+
+    def __init__(self, client: RatchetClient, api: BotAPI) -> None:
+        self._client = client
+        self._api = api
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        from bot.api import MatrixError
+
+        resp = await self._client.send(
+            "GET", path, None, {"Authorization": f"Bearer {self._client.access_token}"}
+        )
+        try:
+            body = await resp.json(content_type=None)
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise MatrixError(f"GET {path.split('?')[0]}: not JSON") from exc
+        if resp.status != 200:
+            raise MatrixError(f"GET failed: {body.get('error', resp.status)}", body.get("errcode"))
+        return body
+
+    def _record(self, room_id: str, raw: dict[str, Any]) -> EventRecord:
+        from bot.api import MatrixError
+
+        parsed = Event.parse_event(raw)
+        decrypted = None
+        device = None
+        if isinstance(parsed, MegolmEvent):
+            parsed.room_id = room_id
+            try:
+                clear = self._client.decrypt_event(parsed)
+            except EncryptionError as exc:
+                raise MatrixError(f"cannot decrypt {raw.get('event_id')}: {exc}", "M_UNABLE_TO_DECRYPT") from exc
+            source = getattr(clear, "source", {}) or {}
+            decrypted = {"type": source.get("type"), "content": source.get("content"), "room_id": room_id}
+            olm_device = self._client.device_store[parsed.sender].get(parsed.device_id) if (
+                self._client.olm
+            ) else None
+            keys = dict(olm_device.keys) if olm_device is not None else {"curve25519": parsed.sender_key}
+            trust = getattr(self._api, "trust", None)
+            cross_signed = None
+            if trust is not None and hasattr(trust, "device_cross_signed"):
+                cross_signed = trust.device_cross_signed(parsed.sender, parsed.device_id)
+            device = {"device_id": parsed.device_id, "keys": keys, "cross_signed": cross_signed}
+        return EventRecord(
+            room_id=room_id,
+            event_id=str(raw.get("event_id")),
+            sender=str(raw.get("sender")),
+            timestamp=int(raw.get("origin_server_ts") or 0),
+            raw=raw,
+            decrypted=decrypted,
+            sender_device=device,
+        )
+
+    async def event_record(self, room_id: str, event_id: str) -> EventRecord:
+        """Fetch ``event_id`` from the server and decrypt it; raises MatrixError if it is gone or undecryptable."""
+        q = urllib.parse.quote
+        raw = await self._get(f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/event/{q(event_id, safe='')}")
+        return self._record(room_id, raw)
+
+    async def records_before(self, room_id: str, event_id: str, limit: int) -> list[EventRecord]:
+        """Up to ``limit`` message events before ``event_id``, oldest first (undecryptable ones are skipped)."""
+        from bot.api import MatrixError
+
+        if limit <= 0:
+            return []
+        q = urllib.parse.quote
+        body = await self._get(
+            f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/context/{q(event_id, safe='')}?limit={limit * 2 + 2}"
+        )
+        records = []
+        for raw in body.get("events_before", []):
+            if raw.get("type") not in ("m.room.message", "m.room.encrypted") or "state_key" in raw:
+                continue
+            try:
+                records.append(self._record(room_id, raw))
+            except MatrixError:
+                continue
+            if len(records) == limit:
+                break
+        return list(reversed(records))
+
+    def attest(self, reported: EventRecord, context: list[EventRecord] = ()) -> dict[str, Any]:
+        """A signed evidence bundle (see :mod:`bot.evidence`) for ``reported`` and the chosen ``context``."""
+        olm = self._client.olm
+        assert olm is not None, "evidence needs the bot's device keys"
+        bundle = build_bundle(
+            room_id=reported.room_id,
+            event=reported.raw,
+            decrypted=reported.decrypted,
+            sender_device=reported.sender_device,
+            bot_user_id=self._client.user_id,
+            bot_device_id=self._client.device_id,
+            bot_device_ed25519=olm.account.identity_keys["ed25519"],
+            context=[(r.raw, r.decrypted) for r in context],
+        )
+        return sign_bundle(bundle, lambda data: olm.account.sign(data.decode()))
+
+    async def report_to_homeserver(self, room_id: str, event_id: str, reason: str | None) -> None:
+        """``POST /rooms/{roomId}/report/{eventId}``: the homeserver's admins see it (the bot must be joined)."""
+        from bot.api import MatrixError
+
+        q = urllib.parse.quote
+        path = f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/report/{q(event_id, safe='')}"
+        body = json.dumps({"reason": reason} if reason else {})
+        resp = await self._client.send(
+            "POST", path, body, {"Authorization": f"Bearer {self._client.access_token}",
+                                 "Content-Type": "application/json"}
+        )
+        if resp.status != 200:
+            data = await resp.json(content_type=None)
+            raise MatrixError(f"report failed: {data.get('error', resp.status)}", data.get("errcode"))
+
+    def is_member(self, room_id: str, user_id: str) -> bool:
+        """True if ``user_id`` is joined to ``room_id`` as the bot sees it."""
+        room = self._client.rooms.get(room_id)
+        return bool(room and user_id in room.users and user_id not in room.invited_users)
+
+    def required_level(self, room_id: str, action: str) -> int:
+        """The power level ``action`` (``redact``, ``kick`` or ``ban``) needs in ``room_id``."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return 100
+        return int(getattr(room.power_levels.defaults, action, 50))
+
+    def can(self, room_id: str, action: str) -> bool:
+        """True if the bot's power level allows ``action`` (``redact``, ``kick``, ``ban``) in ``room_id``."""
+        return self._api.power_level(room_id, self._client.user_id) >= self.required_level(room_id, action)
+
+    async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        """Kick ``user_id`` from ``room_id``."""
+        from bot.api import MatrixError
+
+        resp = await self._client.room_kick(room_id, user_id, reason)
+        if not isinstance(resp, RoomKickResponse):
+            raise MatrixError(f"kick failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))
+
+    async def ban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        """Ban ``user_id`` from ``room_id``."""
+        from bot.api import MatrixError
+
+        resp = await self._client.room_ban(room_id, user_id, reason)
+        if not isinstance(resp, RoomBanResponse):
+            raise MatrixError(f"ban failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))

@@ -1,0 +1,503 @@
+"""Abuse reports with consent: ``!report [reason]`` as a reply to a message (or a 🚩 reaction).
+
+The bot is a member of the room and holds its keys, so it can forward what was really said, but only after the
+reporter has seen, in a private encrypted DM, exactly what will be shared, with whom and for how long, and said yes.
+Moderators get one case per reported event in their (encrypted) moderation room, with a signed evidence bundle that
+``ratchet verify-report`` checks, and act on it with ``!case ID redact|kick|ban|dismiss``. See docs/reporting.md.
+
+Privacy: nothing about a report is logged at INFO or above beyond its id; decrypted text is stored only in a case the
+reporter consented to, and deleted after ``retention_days`` or when withdrawn before moderators acted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from bot import Context, MatrixError, Plugin, Rest, command, every, on_event, on_message
+
+from .cases import (
+    Answer,
+    Case,
+    Draft,
+    DraftState,
+    RateLimiter,
+    answer,
+    case_message,
+    consent_prompt,
+    new_case_id,
+    parse_answer,
+)
+
+_ANSWER_PATTERN = r"(?i)^\s*(yes|y|no|n|send|cancel|context|mods|yes\s+mods|yes\s+moderators)\s*[.!]?\s*$"
+BAN_CONFIRM_SECONDS = 300
+
+
+class Report(Plugin):
+    """Consent-first abuse reports that moderators can verify."""
+
+    @dataclass(frozen=True)
+    class Config:
+        #: The encrypted room (id or alias) where moderators receive cases; "" for homeserver reports only.
+        moderation_room: str = ""
+        #: Also report the event to the homeserver's admins (POST /rooms/{roomId}/report/{eventId}).
+        send_to_homeserver: bool = True
+        #: Reacting with this to a message starts a report (without a reason).
+        reaction: str = "🚩"
+        #: Minutes the reporter has to answer the consent prompt; then nothing is sent.
+        prompt_expiry_minutes: float = 15.0
+        #: How many messages before the reported one may be offered as context (opt-in); 0 to never offer.
+        context_messages: int = 3
+        #: Days a case and its evidence are kept.
+        retention_days: int = 30
+        #: Reports one person may start per hour.
+        max_reports_per_hour: int = 10
+        #: Keep the reporter's identity from the moderators.
+        anonymous: bool = True
+        #: Acknowledge briefly in the reported room (without details); false: only the DM.
+        ack_in_room: bool = True
+        #: Seconds between sweeps for expired prompts and cases past retention.
+        sweep_interval: float = 30.0
+
+        def __post_init__(self) -> None:
+            if self.moderation_room and not re.match(r"^[!#].+", self.moderation_room):
+                raise ValueError("moderation_room must be a room id (!...) or alias (#...)")
+            if not self.moderation_room and not self.send_to_homeserver:
+                raise ValueError("reports need a destination: set moderation_room or send_to_homeserver")
+            if self.prompt_expiry_minutes <= 0:
+                raise ValueError("prompt_expiry_minutes must be positive")
+            if not 0 <= self.context_messages <= 20:
+                raise ValueError("context_messages must be between 0 and 20")
+            if self.retention_days < 1:
+                raise ValueError("retention_days must be at least 1")
+            if self.max_reports_per_hour < 1:
+                raise ValueError("max_reports_per_hour must be at least 1")
+
+    migrations = (
+        """
+        CREATE TABLE draft (
+            draft_id TEXT PRIMARY KEY, reporter TEXT NOT NULL, room_id TEXT NOT NULL, event_id TEXT NOT NULL,
+            sender TEXT NOT NULL, reason TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
+            context_offered INTEGER NOT NULL, context_included INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL, dm_room TEXT NOT NULL, prompt_event TEXT
+        );
+        CREATE TABLE report_case (
+            case_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, event_id TEXT NOT NULL UNIQUE, sender TEXT NOT NULL,
+            status TEXT NOT NULL, created REAL NOT NULL, closed REAL, mod_event TEXT, case_json TEXT NOT NULL,
+            evidence TEXT NOT NULL, acted INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE case_reporter (
+            case_id TEXT NOT NULL, reporter TEXT NOT NULL, reason TEXT NOT NULL, created REAL NOT NULL,
+            PRIMARY KEY (case_id, reporter)
+        );
+        CREATE TABLE pending_ban (case_id TEXT PRIMARY KEY, moderator TEXT NOT NULL, reason TEXT, expires REAL);
+        """,
+    )
+
+    async def start(self) -> None:
+        self.limiter = RateLimiter(self.config.max_reports_per_hour)
+        self._mod_room: str | None = None
+
+    # -- starting a report -----------------------------------------------------------------------------------
+
+    @command("report", help="Reply to a message with !report [reason]; also: !report status|withdraw ID")
+    async def report(self, ctx: Context, text: Rest | None = None) -> None:
+        words = (text or "").split()
+        if len(words) == 2 and words[0].lower() in ("status", "withdraw"):
+            await (self._status if words[0].lower() == "status" else self._withdraw)(ctx, words[1].upper())
+            return
+        target = ctx.replied_to
+        if target is None:
+            await ctx.reply(
+                "To report a message, reply to it with `!report [reason]` (or react to it with "
+                f"{self.config.reaction}). In our DM: `!report status ID`, `!report withdraw ID`.",
+                notice=True,
+                markdown=True,
+            )
+            return
+        await self._start(ctx, ctx.room_id, target, (text or "").strip(), ack_in=ctx)
+
+    @on_event("m.reaction")
+    async def reacted(self, ctx: Context) -> None:
+        relates = ctx.content.get("m.relates_to") or {}
+        key, target = relates.get("key"), relates.get("event_id")
+        if not isinstance(target, str):
+            return
+        if key == self.config.reaction:
+            await self._start(ctx, ctx.room_id, target, "", ack_in=None)
+            return
+        reply = parse_answer(str(key or ""))
+        if reply in (Answer.YES, Answer.NO):
+            row = await self.storage.fetchone(
+                "SELECT draft_id FROM draft WHERE prompt_event = ? AND reporter = ? AND state = 'prompted'",
+                (target, ctx.sender),
+            )
+            if row:
+                await self._answer(ctx, row[0], reply)
+
+    async def _start(self, ctx: Context, room_id: str, event_id: str, reason: str, ack_in: Context | None) -> None:
+        reporter = ctx.sender
+        moderation = self.bot.moderation
+        if not moderation.is_member(room_id, reporter):
+            return  # only members of the room may report its events
+        duplicate = await self.storage.fetchone(
+            "SELECT 1 FROM draft WHERE reporter = ? AND event_id = ? AND state IN ('prompted', 'consented') "
+            "UNION SELECT 1 FROM case_reporter r JOIN report_case c USING (case_id) "
+            "WHERE r.reporter = ? AND c.event_id = ?",
+            (reporter, event_id, reporter, event_id),
+        )
+        if duplicate:
+            await self.bot.send_dm(reporter, "You have already reported that message; thank you.", notice=True)
+            return
+        if not self.limiter.allow(reporter, time.time()):
+            await self.bot.send_dm(
+                reporter,
+                f"You have reached the limit of {self.config.max_reports_per_hour} reports per hour; "
+                "please try again later.",
+                notice=True,
+            )
+            return
+        try:
+            record = await moderation.event_record(room_id, event_id)
+        except MatrixError as exc:
+            self.log.warning("report: cannot read the reported event %s (%s)", event_id, exc.errcode)
+            await self.bot.send_dm(reporter, "I cannot read that message, so I cannot report it.", notice=True)
+            return
+        if record.sender == self.bot.user_id:
+            return
+        context = await moderation.records_before(room_id, event_id, self.config.context_messages)
+        now = time.time()
+        draft = Draft(
+            draft_id=new_case_id(),
+            reporter=reporter,
+            room_id=room_id,
+            event_id=event_id,
+            sender=record.sender,
+            text=record.body,
+            reason=reason,
+            created=now,
+            expires=now + self.config.prompt_expiry_minutes * 60,
+            context_offered=len(context),
+        )
+        dm_room = await self.bot.dm(reporter)
+        prompt = await self.bot.send_text(dm_room, self._prompt(draft, context), markdown=True)
+        await self.storage.execute(
+            "INSERT INTO draft (draft_id, reporter, room_id, event_id, sender, reason, created, expires, "
+            "context_offered, state, dm_room, prompt_event) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'prompted', ?, ?)",
+            (draft.draft_id, reporter, room_id, event_id, record.sender, reason, now, draft.expires,
+             draft.context_offered, dm_room, prompt),
+        )
+        self.log.info("report %s: consent prompt sent", draft.draft_id)
+        if ack_in is not None and self.config.ack_in_room:
+            await ack_in.reply("Thanks. I have sent you a private message about your report.", notice=True)
+
+    def _prompt(self, draft: Draft, context) -> str:
+        return consent_prompt(
+            draft,
+            room_name=draft.room_id,
+            to_moderators=bool(self.config.moderation_room),
+            to_homeserver=self.config.send_to_homeserver,
+            anonymous=self.config.anonymous,
+            retention_days=self.config.retention_days,
+            context_preview=[(r.sender, r.body) for r in context],
+        )
+
+    # -- the reporter's answer -------------------------------------------------------------------------------
+
+    @on_message(_ANSWER_PATTERN)
+    async def answered(self, ctx: Context, match: re.Match[str]) -> None:
+        reply = parse_answer(match.group(1))
+        row = await self.storage.fetchone(
+            "SELECT draft_id FROM draft WHERE dm_room = ? AND reporter = ? AND state = 'prompted' "
+            "ORDER BY created DESC LIMIT 1",
+            (ctx.room_id, ctx.sender),
+        )
+        if row and reply is not None:
+            await self._answer(ctx, row[0], reply)
+
+    async def _load_draft(self, draft_id: str) -> tuple[Draft, str, str | None] | None:
+        row = await self.storage.fetchone(
+            "SELECT reporter, room_id, event_id, sender, reason, created, expires, context_offered, "
+            "context_included, state, dm_room, prompt_event FROM draft WHERE draft_id = ?",
+            (draft_id,),
+        )
+        if row is None:
+            return None
+        draft = Draft(draft_id, row[0], row[1], row[2], row[3], "", row[4], row[5], row[6], row[7], bool(row[8]),
+                      DraftState(row[9]))
+        return draft, row[10], row[11]
+
+    async def _answer(self, ctx: Context, draft_id: str, reply: Answer) -> None:
+        loaded = await self._load_draft(draft_id)
+        if loaded is None:
+            return
+        draft, dm_room, prompt_event = loaded
+        new = answer(draft, reply, time.time(), homeserver_destination=self.config.send_to_homeserver)
+        await self.storage.execute(
+            "UPDATE draft SET state = ?, context_included = ? WHERE draft_id = ?",
+            (new.state.value, int(new.context_included), draft_id),
+        )
+        if new.state is DraftState.EXPIRED:
+            await self.bot.send_text(dm_room, f"Report {draft_id} expired; nothing was sent.", notice=True)
+        elif new.state is DraftState.CANCELLED:
+            await self.bot.send_text(dm_room, f"Report {draft_id} cancelled; nothing was sent.", notice=True)
+            self.log.info("report %s: cancelled", draft_id)
+        elif new.state is DraftState.PROMPTED and reply is Answer.CONTEXT and prompt_event:
+            context = await self.bot.moderation.records_before(draft.room_id, draft.event_id, draft.context_offered)
+            record = await self.bot.moderation.event_record(draft.room_id, draft.event_id)
+            shown = Draft(**{**new.__dict__, "text": record.body})
+            await self.bot.edit(dm_room, prompt_event, self._prompt(shown, context), markdown=True)
+            state = "included" if new.context_included else "not included"
+            await self.bot.send_text(dm_room, f"Context {state}. Answer yes to send.", notice=True)
+        elif new.state is DraftState.CONSENTED:
+            await self._send_report(new, dm_room)
+
+    async def _send_report(self, draft: Draft, dm_room: str) -> None:
+        moderation = self.bot.moderation
+        record = await moderation.event_record(draft.room_id, draft.event_id)
+        context = []
+        if draft.context_included:
+            context = await moderation.records_before(draft.room_id, draft.event_id, draft.context_offered)
+        existing = await self.storage.fetchone(
+            "SELECT case_id, case_json FROM report_case WHERE event_id = ?", (draft.event_id,)
+        )
+        reporter_label = "anonymous" if self.config.anonymous else draft.reporter
+        if existing:
+            case = _case_from_json(existing[1])
+            case.reporters.append(reporter_label)
+            case.reasons.append(draft.reason)
+        else:
+            device = record.sender_device or {}
+            case = Case(
+                case_id=draft.draft_id,
+                room_id=draft.room_id,
+                event_id=draft.event_id,
+                sender=record.sender,
+                sender_device=device.get("device_id"),
+                cross_signed=device.get("cross_signed"),
+                text=record.body,
+                sent_at=record.timestamp,
+                reasons=[draft.reason],
+                reporters=[reporter_label],
+                context=[(r.sender, r.body) for r in context],
+            )
+        mod_room = await self._moderation_room()
+        mod_event = None
+        if existing:
+            row = await self.storage.fetchone("SELECT mod_event FROM report_case WHERE case_id = ?", (case.case_id,))
+            mod_event = row[0] if row else None
+            if mod_room and mod_event:
+                await self.bot.edit(mod_room, mod_event, case_message(case, room_name=case.room_id), markdown=True)
+            await self.storage.execute(
+                "UPDATE report_case SET case_json = ? WHERE case_id = ?", (_case_to_json(case), case.case_id)
+            )
+        else:
+            bundle = moderation.attest(record, context)
+            if mod_room:
+                mod_event = await self.bot.send_text(
+                    mod_room, case_message(case, room_name=case.room_id), markdown=True
+                )
+                await self.bot.send_bytes(
+                    mod_room, json.dumps(bundle, indent=1).encode(), name=f"evidence-{case.case_id}.json",
+                    mimetype="application/json", thread_root=mod_event,
+                )
+            await self.storage.execute(
+                "INSERT INTO report_case (case_id, room_id, event_id, sender, status, created, mod_event, case_json, "
+                "evidence) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?)",
+                (case.case_id, case.room_id, case.event_id, case.sender, time.time(), mod_event,
+                 _case_to_json(case), json.dumps(bundle)),
+            )
+        await self.storage.execute(
+            "INSERT OR IGNORE INTO case_reporter (case_id, reporter, reason, created) VALUES (?, ?, ?, ?)",
+            (case.case_id, draft.reporter, draft.reason, time.time()),
+        )
+        if self.config.send_to_homeserver:
+            reason = draft.reason or "reported through the room's bot"
+            if draft.homeserver_consent:
+                reason = f"{reason} | reported text: {record.body}"
+            try:
+                await moderation.report_to_homeserver(draft.room_id, draft.event_id, reason)
+            except MatrixError as exc:
+                self.log.warning("report %s: homeserver report failed (%s)", case.case_id, exc.errcode)
+        self.log.info("report %s: sent as case %s", draft.draft_id, case.case_id)
+        await self.bot.send_text(
+            dm_room,
+            f"Sent. Your case id is **{case.case_id}**. `!report status {case.case_id}` shows where it stands; "
+            f"`!report withdraw {case.case_id}` withdraws it.",
+            notice=True,
+            markdown=True,
+        )
+
+    async def _moderation_room(self) -> str | None:
+        if not self.config.moderation_room:
+            return None
+        if self._mod_room is None:
+            self._mod_room = await self.bot.resolve_room(self.config.moderation_room)
+        return self._mod_room
+
+    # -- status and withdrawal -------------------------------------------------------------------------------
+
+    async def _reporter_case(self, reporter: str, case_id: str):
+        return await self.storage.fetchone(
+            "SELECT c.status, c.acted, c.case_json, c.mod_event FROM report_case c JOIN case_reporter r "
+            "USING (case_id) WHERE c.case_id = ? AND r.reporter = ?",
+            (case_id, reporter),
+        )
+
+    async def _status(self, ctx: Context, case_id: str) -> None:
+        row = await self._reporter_case(ctx.sender, case_id)
+        if row is None:
+            await ctx.reply(f"You have no report {case_id}.", notice=True)
+            return
+        await ctx.reply(f"Report {case_id}: {row[0]}.", notice=True)
+
+    async def _withdraw(self, ctx: Context, case_id: str) -> None:
+        row = await self._reporter_case(ctx.sender, case_id)
+        if row is None:
+            await ctx.reply(f"You have no report {case_id}.", notice=True)
+            return
+        status, acted, case_json, mod_event = row
+        if acted:
+            await ctx.reply(f"Report {case_id} was already acted on ({status}); it cannot be withdrawn.", notice=True)
+            return
+        await self.storage.execute(
+            "DELETE FROM case_reporter WHERE case_id = ? AND reporter = ?", (case_id, ctx.sender)
+        )
+        remaining = await self.storage.fetchone("SELECT count(*) FROM case_reporter WHERE case_id = ?", (case_id,))
+        mod_room = await self._moderation_room()
+        if remaining and remaining[0]:
+            case = _case_from_json(case_json)
+            label = "anonymous" if self.config.anonymous else ctx.sender
+            if label in case.reporters:
+                case.reporters.remove(label)
+            await self.storage.execute(
+                "UPDATE report_case SET case_json = ? WHERE case_id = ?", (_case_to_json(case), case_id)
+            )
+            if mod_room and mod_event:
+                await self.bot.edit(mod_room, mod_event, case_message(case, room_name=case.room_id), markdown=True)
+        else:
+            await self.storage.execute("DELETE FROM report_case WHERE case_id = ?", (case_id,))
+            if mod_room and mod_event:
+                await self.bot.edit(mod_room, mod_event, f"Case {case_id} was withdrawn by the reporter.")
+        self.log.info("report %s: withdrawn", case_id)
+        await ctx.reply(f"Report {case_id} withdrawn; its evidence is deleted.", notice=True)
+
+    # -- moderators ------------------------------------------------------------------------------------------
+
+    @command("case", help="Moderators: !case ID redact|kick|ban|dismiss [reason]")
+    async def case(
+        self,
+        ctx: Context,
+        case_id: str,
+        action: Literal["redact", "kick", "ban", "dismiss", "confirm", "status"],
+        reason: Rest | None = None,
+    ) -> None:
+        mod_room = await self._moderation_room()
+        if mod_room is None or ctx.room_id != mod_room:
+            return  # only in the moderation room
+        if ctx.power_level < 50 and not ctx.is_admin:
+            await ctx.reply("Only moderators (power level 50 here) can act on cases.", notice=True)
+            return
+        case_id = case_id.upper()
+        row = await self.storage.fetchone(
+            "SELECT room_id, event_id, sender, status, case_json FROM report_case WHERE case_id = ?", (case_id,)
+        )
+        if row is None:
+            await ctx.reply(f"No case {case_id}.", notice=True)
+            return
+        room_id, event_id, sender, status, _ = row
+        if action == "status":
+            await ctx.reply(f"Case {case_id}: {status}.", notice=True)
+            return
+        if status != "open" and action != "confirm":
+            await ctx.reply(f"Case {case_id} is already {status}.", notice=True)
+            return
+        if action == "ban":
+            await self.storage.execute(
+                "INSERT OR REPLACE INTO pending_ban (case_id, moderator, reason, expires) VALUES (?, ?, ?, ?)",
+                (case_id, ctx.sender, reason, time.time() + BAN_CONFIRM_SECONDS),
+            )
+            await ctx.reply(
+                f"Ban {sender} from the room? Confirm with `!case {case_id} confirm` within 5 minutes.",
+                notice=True,
+                markdown=True,
+            )
+            return
+        if action == "confirm":
+            pending = await self.storage.fetchone(
+                "SELECT moderator, reason, expires FROM pending_ban WHERE case_id = ?", (case_id,)
+            )
+            await self.storage.execute("DELETE FROM pending_ban WHERE case_id = ?", (case_id,))
+            if pending is None or pending[2] < time.time():
+                await ctx.reply(f"Nothing to confirm for case {case_id}.", notice=True)
+                return
+            action, reason = "ban", reason or pending[1]
+        needed = {"redact": "redact", "kick": "kick", "ban": "ban"}.get(action)
+        moderation = self.bot.moderation
+        if needed and not moderation.can(room_id, needed):
+            await ctx.reply(
+                f"I cannot {action} in that room: it needs power level {moderation.required_level(room_id, needed)} "
+                "and I do not have it.",
+                notice=True,
+            )
+            return
+        try:
+            if action == "redact":
+                await self.bot.redact(room_id, event_id, reason)
+            elif action == "kick":
+                await moderation.kick(room_id, sender, reason)
+            elif action == "ban":
+                await moderation.ban(room_id, sender, reason)
+        except MatrixError as exc:
+            await ctx.reply(f"{action} failed: {exc}", notice=True)
+            return
+        outcome = {"redact": "redacted", "kick": "kicked", "ban": "banned", "dismiss": "dismissed"}[action]
+        await self.storage.execute(
+            "UPDATE report_case SET status = ?, acted = 1, closed = ? WHERE case_id = ?",
+            (outcome, time.time(), case_id),
+        )
+        self.log.info("case %s: %s", case_id, outcome)
+        await ctx.reply(f"Case {case_id}: {outcome}.", notice=True)
+        outcome_text = {
+            "redacted": "the message was removed",
+            "kicked": "the sender was removed from the room",
+            "banned": "the sender was banned from the room",
+            "dismissed": "the moderators took no action",
+        }[outcome]
+        reporters = await self.storage.fetchall("SELECT reporter FROM case_reporter WHERE case_id = ?", (case_id,))
+        for (reporter,) in reporters:
+            await self.bot.send_dm(reporter, f"Your report {case_id} was closed: {outcome_text}.", notice=True)
+
+    # -- housekeeping ----------------------------------------------------------------------------------------
+
+    @every("sweep_interval")
+    async def sweep(self) -> None:
+        now = time.time()
+        rows = await self.storage.fetchall(
+            "SELECT draft_id, dm_room, expires FROM draft WHERE state = 'prompted' AND expires <= ?", (now,)
+        )
+        for draft_id, dm_room, _ in rows:
+            await self.storage.execute("UPDATE draft SET state = 'expired' WHERE draft_id = ?", (draft_id,))
+            await self.bot.send_text(dm_room, f"Report {draft_id} expired; nothing was sent.", notice=True)
+            self.log.info("report %s: expired", draft_id)
+        cutoff = now - self.config.retention_days * 86400
+        old = await self.storage.fetchall("SELECT case_id FROM report_case WHERE created < ?", (cutoff,))
+        for (case_id,) in old:
+            await self.storage.execute("DELETE FROM case_reporter WHERE case_id = ?", (case_id,))
+            await self.storage.execute("DELETE FROM report_case WHERE case_id = ?", (case_id,))
+            self.log.info("case %s: deleted after the retention period", case_id)
+        await self.storage.execute("DELETE FROM draft WHERE state != 'prompted' AND created < ?", (cutoff,))
+
+
+def _case_to_json(case: Case) -> str:
+    return json.dumps(case.__dict__)
+
+
+def _case_from_json(text: str) -> Case:
+    data = json.loads(text)
+    data["context"] = [tuple(x) for x in data.get("context", [])]
+    return Case(**data)
+
