@@ -212,8 +212,8 @@ class _Context:
             raise self.bad(path, node, "the document is too large (too many aliases?)")
 
 
-def _describe(value: Any) -> str:
-    """'a string', 'an integer', ... for 'expected X, got Y' messages."""
+def describe_value(value: Any) -> str:
+    """'a string', 'an integer', ... for 'expected X, got Y' messages (shared with plugin option checks)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -224,15 +224,18 @@ def _describe(value: Any) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, bytes):
+    if isinstance(value, bytes | bytearray):
         return "binary data"
     if isinstance(value, list | tuple):
         return "a list"
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return "a mapping"
     if hasattr(value, "isoformat"):
         return "a date"
     return f"a {type(value).__name__}"
+
+
+_describe = describe_value
 
 
 def _describe_node(ctx: _Context, node: Node, path: str) -> str:

@@ -59,6 +59,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from bot.config import describe_value as _describe
+
 __all__ = [
     "RESERVED_OPTIONS",
     "PluginConfigError",
@@ -158,29 +160,6 @@ class _Where:
     def expected(self, what: str, value: Any) -> PluginConfigError:
         what = f"{what} or null" if self.nullable else what
         return self.error(f"expected {what}, got {_got(value, self.secret)}")
-
-
-def _describe(value: Any) -> str:
-    """'a string', 'an integer', ... for 'expected X, got Y' messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bytes | bytearray):
-        return "binary data"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if hasattr(value, "isoformat"):
-        return "a date"
-    return f"a {type(value).__name__}"
 
 
 def _short(value: str, limit: int = 60) -> str:
