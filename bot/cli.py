@@ -55,6 +55,50 @@ def _parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="plugin name: lowercase letters, digits, underscores")
     new.add_argument("--dir", type=Path, default=Path("plugins"), help="folder to create it in (default: plugins)")
 
+    recovery = sub.add_parser(
+        "recovery-key",
+        help="the recovery key of the bot's secret storage",
+        description="Commands about the recovery key that unlocks the bot's cross-signing keys and key backup.",
+    )
+    recovery_sub = recovery.add_subparsers(dest="action", metavar="ACTION")
+    recovery_sub.required = True
+    show = recovery_sub.add_parser(
+        "show",
+        help="print the recovery key kept in data_dir",
+        description="Print the recovery key if data_dir holds it (it is kept there encrypted with pickle_key).",
+    )
+    show.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
+
+    verify = sub.add_parser(
+        "verify",
+        help="cross-sign the bot's device with the account's recovery key and restore the key backup",
+        description="Read the account's cross-signing keys from secret storage with the recovery key (one made by "
+        "Ratchet or by Element), keep them in data_dir, sign the bot's device with them and restore the key backup. "
+        "If the crypto store was lost, the bot logs in as a new device (the old credentials are moved aside). "
+        "Run it while the bot is stopped.",
+    )
+    verify.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
+    key_source = verify.add_mutually_exclusive_group(required=True)
+    key_source.add_argument("--recovery-key", metavar="KEY", help="the recovery key (spaces allowed; '-' reads stdin)")
+    key_source.add_argument("--recovery-key-file", metavar="PATH", type=Path, help="read the recovery key from a file")
+
+    cross = sub.add_parser(
+        "cross-signing",
+        help="manage the bot account's cross-signing keys",
+        description="Commands about the bot account's cross-signing keys.",
+    )
+    cross_sub = cross.add_subparsers(dest="action", metavar="ACTION")
+    cross_sub.required = True
+    reset = cross_sub.add_parser(
+        "reset",
+        help="replace the cross-signing keys, secret storage key and recovery key",
+        description="Make new cross-signing keys (replacing the account's, with the password for user-interactive "
+        "auth), a new secret storage key and recovery key and a new key backup, and sign the bot's device. Other "
+        "users who verified the bot must verify it again. Run it while the bot is stopped.",
+    )
+    reset.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation on a terminal")
+
     sub.add_parser(
         "demo",
         help="run a scripted encrypted conversation against a throwaway local Synapse",
@@ -116,7 +160,85 @@ def main(argv: list[str] | None = None) -> int:
         from bot.demo import run_demo
 
         return run_demo()
+    if args.command in ("recovery-key", "verify", "cross-signing"):
+        return _identity_command(args)
     return EXIT_CONFIG
+
+
+def _identity_command(args: argparse.Namespace) -> int:
+    """``recovery-key show``, ``verify`` and ``cross-signing reset``: one line on error, exit 1 (2 for usage)."""
+    from bot.crypto.recovery import (
+        RecoveryError,
+        read_local_recovery_key,
+        reset_cross_signing,
+        verify_with_recovery_key,
+    )
+    from bot.log import setup_logging
+
+    config = _load(args.config)
+    if args.command == "recovery-key":
+        try:
+            key = read_local_recovery_key(config)
+        except RecoveryError as err:
+            print(f"ratchet: {err}", file=sys.stderr)
+            return EXIT_RUNTIME
+        if key is None:
+            print(
+                f"ratchet: no recovery key is stored in {config.data_dir}. It is kept there when the bot creates its "
+                "cross-signing keys or after `ratchet verify`; if it was lost, `ratchet cross-signing reset` makes a "
+                "new one",
+                file=sys.stderr,
+            )
+            return EXIT_RUNTIME
+        print(key)
+        return 0
+
+    setup_logging(config.log_level, config.log_format)
+    if args.command == "verify":
+        recovery_key = _read_recovery_key(args)
+        if recovery_key is None:
+            return EXIT_CONFIG
+        procedure = verify_with_recovery_key(config, recovery_key)
+    else:
+        if not args.yes and sys.stdin.isatty():
+            answer = input(
+                f"Replace the cross-signing keys of {config.user_id}? Everyone who verified it must verify it again. "
+                "Type 'reset' to go on: "
+            )
+            if answer.strip() != "reset":
+                print("ratchet: cancelled", file=sys.stderr)
+                return EXIT_RUNTIME
+        procedure = reset_cross_signing(config)
+    try:
+        report = asyncio.run(procedure)
+    except RecoveryError as err:
+        print(f"ratchet: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+    except Exception as err:  # network failures and the like: one line, no traceback
+        print(f"ratchet: {args.command} failed: {err.__class__.__name__}: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _read_recovery_key(args: argparse.Namespace) -> str | None:
+    if args.recovery_key_file is not None:
+        try:
+            text = args.recovery_key_file.read_text()
+        except OSError as exc:
+            print(f"ratchet: cannot read {args.recovery_key_file}: {exc.strerror or exc}", file=sys.stderr)
+            return None
+    elif args.recovery_key == "-":
+        text = sys.stdin.read()
+    else:
+        text = args.recovery_key
+    if not text.strip():
+        print("ratchet: the recovery key is empty", file=sys.stderr)
+        return None
+    return text.strip()
 
 
 def _run(config) -> int:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from nio import LoginResponse, WhoamiError, WhoamiResponse
 from bot.client import RatchetClient, make_client
 from bot.log import add_secret
 
-__all__ = ["Credentials", "SessionError", "open_session", "prepare_data_dir"]
+__all__ = ["Credentials", "SessionError", "open_session", "prepare_data_dir", "start_new_device"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ async def open_session(
         client = make_client(homeserver, user_id, crypto_dir, pickle_key, creds.device_id)
         _restore(client, creds)
         await _ensure_token_valid(client, creds, creds_path, password, device_name)
+        _save_keys_before_upload(client)
         return client
 
     strays = sorted(p.name for p in crypto_dir.glob("*.db"))
@@ -157,7 +159,81 @@ async def open_session(
         log.info("using access token for %s, device %s", creds.user_id, creds.device_id)
     add_secret(creds.access_token)
     creds.save(creds_path)
+    _save_keys_before_upload(client)
     return client
+
+
+async def start_new_device(
+    *,
+    homeserver: str,
+    user_id: str,
+    data_dir: Path,
+    pickle_key: str,
+    password: str | None,
+    device_name: str,
+) -> tuple[RatchetClient, list[Path]]:
+    """Start over as a NEW device, on purpose: the operator's explicit recovery path (``ratchet verify``).
+
+    Moves ``credentials.json`` to ``credentials.json.replaced-<UTC timestamp>`` and any crypto store files to
+    ``crypto/replaced-<timestamp>/`` (nothing is deleted), then logs in with the password as a new device. Returns
+    the client and the paths things were moved to. :func:`open_session` never does this by itself.
+    """
+    if not password:
+        raise SessionError(
+            "starting as a new device needs the account password in the config (an access token belongs to the old "
+            "device)"
+        )
+    prepare_data_dir(data_dir)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    moved: list[Path] = []
+    creds_path = data_dir / "credentials.json"
+    if creds_path.exists():
+        target = data_dir / f"credentials.json.replaced-{stamp}"
+        os.replace(creds_path, target)
+        moved.append(target)
+    crypto_dir = data_dir / "crypto"
+    stores = sorted(p for p in crypto_dir.iterdir() if p.is_file() and ".db" in p.name)
+    if stores:
+        aside = crypto_dir / f"replaced-{stamp}"
+        aside.mkdir(mode=0o700)
+        for store in stores:
+            os.replace(store, aside / store.name)
+        moved.append(aside)
+    if moved:
+        log.warning("starting as a new device on purpose; moved aside: %s", ", ".join(str(p) for p in moved))
+    client = await open_session(
+        homeserver=homeserver,
+        user_id=user_id,
+        data_dir=data_dir,
+        pickle_key=pickle_key,
+        password=password,
+        access_token=None,
+        device_name=device_name,
+    )
+    return client, moved
+
+
+def _save_keys_before_upload(client: RatchetClient) -> None:
+    """Persist one-time keys as soon as they are generated, before they are uploaded.
+
+    nio's ``share_keys()`` generates the keys of a ``/keys/upload`` and saves the account only once the server
+    answered. A crash in between (the server stored the keys, the bot never heard back) left the server with keys
+    whose private halves were lost, and the next start generated *different* keys under the same key ids: every
+    upload then failed with "One time key ... already exists" and Olm sessions started on the lost keys could never
+    be decrypted. Saved first, a retry uploads the very same keys, which the server accepts.
+    """
+    olm = client.olm
+    if olm is None or getattr(olm.share_keys, "_ratchet_saves", False):
+        return
+    share_keys = olm.share_keys
+
+    def share_and_save() -> dict:
+        content = share_keys()
+        olm.save_account()
+        return content
+
+    share_and_save._ratchet_saves = True  # type: ignore[attr-defined]
+    olm.share_keys = share_and_save  # type: ignore[method-assign]
 
 
 def _restore(client: RatchetClient, creds: Credentials) -> None:

@@ -1,0 +1,321 @@
+"""Server-side key backup (``m.megolm_backup.v1.curve25519-aes-sha2``): versions, uploads and restores.
+
+The pure crypto lives in :mod:`bot.crypto.backup`; this module talks to the homeserver and to nio's crypto store:
+
+* :func:`get_current_version` / :func:`create_version`: ``GET`` / ``POST /room_keys/version``;
+* :class:`KeyBackup` uploads each new inbound Megolm session (``PUT /room_keys/keys?version=``) and restores a whole
+  backup into nio's store (``GET /room_keys/keys?version=``);
+* :class:`UploadTracker` remembers, in ``data_dir/key_backup.db``, which sessions are in which backup version, so a
+  restart does not upload everything again.
+
+Finding new sessions is cheap: nio keeps inbound sessions in a ``room -> sender key -> session id`` mapping; we keep the
+number of sessions per room seen at the last upload and only look inside rooms whose count changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import vodozemac
+from nio.crypto.sessions import InboundGroupSession
+
+from .backup import (
+    MEGOLM_ALGORITHM,
+    BackupError,
+    BackupKey,
+    JsonSignerFn,
+    backup_session_data,
+    key_backup_data,
+    merge_key_backup_bodies,
+)
+from .identity import MatrixRequestError, request_json
+
+__all__ = [
+    "RESTORE_PROGRESS_EVERY",
+    "TRACK_FILE",
+    "UPLOAD_BATCH",
+    "KeyBackup",
+    "KeyBackupError",
+    "RestoreResult",
+    "UploadTracker",
+    "backup_entry",
+    "create_version",
+    "get_current_version",
+    "import_session",
+]
+
+log = logging.getLogger("ratchet.key_backup")
+
+#: Where the upload tracker lives, inside data_dir.
+TRACK_FILE = "key_backup.db"
+#: Sessions per ``PUT /room_keys/keys`` request.
+UPLOAD_BATCH = 200
+#: A restore logs its progress every this many keys.
+RESTORE_PROGRESS_EVERY = 500
+
+_V3 = "/_matrix/client/v3"
+
+
+class KeyBackupError(Exception):
+    """The key backup cannot be used (wrong key, version gone, malformed server data)."""
+
+
+# ----------------------------------------------------------------------------------------------- versions
+
+
+async def get_current_version(client: Any) -> dict[str, Any] | None:
+    """The current backup version (``GET /room_keys/version``), or None if the account has none."""
+    try:
+        info = await request_json(client, "GET", f"{_V3}/room_keys/version")
+    except MatrixRequestError as err:
+        if err.status == 404:
+            return None
+        raise
+    return info if isinstance(info, dict) and info.get("version") else None
+
+
+async def create_version(client: Any, backup_key: BackupKey, *signers: JsonSignerFn) -> str:
+    """Create a backup version for ``backup_key`` (``auth_data`` signed by each of ``signers``); returns it."""
+    body = backup_key.version_body(*signers)
+    resp = await request_json(client, "POST", f"{_V3}/room_keys/version", body)
+    version = resp.get("version") if isinstance(resp, dict) else None
+    if not isinstance(version, str) or not version:
+        raise KeyBackupError(f"the homeserver created a backup version but returned no version id: {resp!r}")
+    return version
+
+
+def _keys_path(version: str) -> str:
+    return f"{_V3}/room_keys/keys?version={urllib.parse.quote(version, safe='')}"
+
+
+# ----------------------------------------------------------------------------------------------- sessions
+
+
+def backup_entry(session: InboundGroupSession, backup_key: BackupKey) -> dict[str, Any]:
+    """The ``KeyBackupData`` for one nio inbound session, encrypted to ``backup_key``."""
+    index = session.first_known_index
+    export = {
+        "algorithm": MEGOLM_ALGORITHM,
+        "sender_key": session.sender_key,
+        "session_key": session.export_session(index),
+        "sender_claimed_keys": {"ed25519": session.ed25519},
+        "forwarding_curve25519_key_chain": list(session.forwarding_chain or []),
+    }
+    chain_length = len(session.forwarding_chain or [])
+    return key_backup_data(index, chain_length, False, backup_key.encrypt_session(backup_session_data(export)))
+
+
+def import_session(room_id: str, session_id: str, data: dict[str, Any]) -> InboundGroupSession:
+    """Build a nio inbound session from decrypted ``BackedUpSessionData``; raises :class:`KeyBackupError`."""
+    if data.get("algorithm", MEGOLM_ALGORITHM) != MEGOLM_ALGORITHM:
+        raise KeyBackupError(f"unsupported session algorithm {data.get('algorithm')!r}")
+    sender_key = data.get("sender_key")
+    session_key = data.get("session_key")
+    claimed = data.get("sender_claimed_keys")
+    ed25519 = claimed.get("ed25519") if isinstance(claimed, dict) else None
+    chain = data.get("forwarding_curve25519_key_chain") or []
+    if not isinstance(sender_key, str) or not isinstance(session_key, str) or not isinstance(ed25519, str):
+        raise KeyBackupError("backed-up session lacks sender_key, session_key or sender_claimed_keys.ed25519")
+    if not isinstance(chain, list) or not all(isinstance(k, str) for k in chain):
+        raise KeyBackupError("backed-up session has a malformed forwarding chain")
+    try:
+        session = InboundGroupSession.import_session(session_key, ed25519, sender_key, room_id, list(chain))
+    except (vodozemac.SessionKeyDecodeException, ValueError, TypeError) as exc:
+        raise KeyBackupError(f"cannot import session {session_id}: {exc}") from exc
+    if session.id != session_id:
+        raise KeyBackupError(f"backed-up session {session_id} holds the key of session {session.id}")
+    return session
+
+
+# ----------------------------------------------------------------------------------------------- tracking
+
+
+class UploadTracker:
+    """Which sessions (room id, session id) are in which backup version: a small SQLite file, kept in memory too."""
+
+    def __init__(self, path: Path, version: str) -> None:
+        self.path = path
+        self.version = version
+        fresh = not path.exists()
+        with contextlib.closing(sqlite3.connect(str(path))) as db:
+            if fresh:
+                path.chmod(0o600)
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS uploaded ("
+                " version TEXT NOT NULL, room_id TEXT NOT NULL, session_id TEXT NOT NULL,"
+                " PRIMARY KEY (version, room_id, session_id))"
+            )
+            db.commit()
+            rows = db.execute("SELECT room_id, session_id FROM uploaded WHERE version = ?", (version,)).fetchall()
+        self._done: set[tuple[str, str]] = {(r, s) for r, s in rows}
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._done
+
+    def __len__(self) -> int:
+        return len(self._done)
+
+    def add_many(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Record sessions as backed up in this version."""
+        new = [k for k in dict.fromkeys(keys) if k not in self._done]
+        if not new:
+            return
+        with contextlib.closing(sqlite3.connect(str(self.path))) as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO uploaded (version, room_id, session_id) VALUES (?, ?, ?)",
+                [(self.version, r, s) for r, s in new],
+            )
+            db.commit()
+        self._done.update(new)
+
+
+# ----------------------------------------------------------------------------------------------- the backup
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a restore did: ``imported`` new sessions out of ``total`` in the backup (``failed`` did not decrypt)."""
+
+    version: str
+    total: int
+    imported: int
+    failed: int
+
+
+class KeyBackup:
+    """One active backup version: uploads new room keys, restores all of them."""
+
+    def __init__(self, client: Any, backup_key: BackupKey, version: str, track_path: Path) -> None:
+        self.client = client
+        self.backup_key = backup_key
+        self.version = version
+        self.tracker = UploadTracker(track_path, version)
+        #: Set when the server refuses our version (a newer backup replaced it); uploads stop until a restart.
+        self.disabled_reason: str | None = None
+        self._room_counts: dict[str, int] = {}
+
+    @property
+    def keys_backed_up(self) -> int:
+        """How many sessions are known to be in this backup version."""
+        return len(self.tracker)
+
+    # -- upload ------------------------------------------------------------------------------------------------
+
+    def _store_rooms(self) -> Iterator[tuple[str, dict[str, dict[str, InboundGroupSession]]]]:
+        olm = getattr(self.client, "olm", None)
+        if olm is None:
+            return
+        store = olm.inbound_group_store
+        entries = getattr(store, "_entries", None)
+        if isinstance(entries, dict):
+            yield from list(entries.items())
+            return
+        grouped: dict[str, dict[str, dict[str, InboundGroupSession]]] = {}
+        for session in store:  # fallback: a full scan
+            grouped.setdefault(session.room_id, {}).setdefault(session.sender_key, {})[session.id] = session
+        yield from grouped.items()
+
+    def pending(self) -> tuple[list[InboundGroupSession], dict[str, int]]:
+        """Sessions not yet backed up, and the per-room counts to remember once they are."""
+        new: list[InboundGroupSession] = []
+        counts: dict[str, int] = {}
+        for room_id, senders in self._store_rooms():
+            count = sum(len(s) for s in senders.values())
+            if self._room_counts.get(room_id) == count:
+                continue
+            counts[room_id] = count
+            for sessions in senders.values():
+                for session_id, session in sessions.items():
+                    if (room_id, session_id) not in self.tracker:
+                        new.append(session)
+        return new, counts
+
+    async def upload_new(self) -> int:
+        """Upload the inbound sessions that are not in the backup yet; returns how many were uploaded."""
+        if self.disabled_reason:
+            return 0
+        sessions, counts = self.pending()
+        uploaded = 0
+        for start in range(0, len(sessions), UPLOAD_BATCH):
+            batch = sessions[start : start + UPLOAD_BATCH]
+            bodies = []
+            keys = []
+            for session in batch:
+                try:
+                    data = backup_entry(session, self.backup_key)
+                except Exception as exc:  # a session vodozemac cannot export: skip it, do not block the rest
+                    log.warning("cannot back up session %s in %s: %s", session.id, session.room_id, exc)
+                    keys.append((session.room_id, session.id))
+                    continue
+                bodies.append({"rooms": {session.room_id: {"sessions": {session.id: data}}}})
+                keys.append((session.room_id, session.id))
+            if bodies:
+                try:
+                    await request_json(self.client, "PUT", _keys_path(self.version), merge_key_backup_bodies(bodies))
+                except MatrixRequestError as err:
+                    if err.errcode == "M_WRONG_ROOM_KEYS_VERSION" or err.status == 404:
+                        self.disabled_reason = (
+                            f"backup version {self.version} is no longer the current one ({err.errcode or err.status})"
+                        )
+                        log.warning("key backup stopped: %s; restart the bot to pick up the new backup",
+                                    self.disabled_reason)
+                        return uploaded
+                    raise
+            self.tracker.add_many(keys)
+            uploaded += len(bodies)
+        self._room_counts.update(counts)
+        if uploaded:
+            log.info("backed up %d room key%s (version %s)", uploaded, "" if uploaded == 1 else "s", self.version)
+        return uploaded
+
+    # -- restore -----------------------------------------------------------------------------------------------
+
+    async def restore(self, *, progress_every: int = RESTORE_PROGRESS_EVERY) -> RestoreResult:
+        """Download every key of this version and import the new ones into nio's store (and memory)."""
+        olm = self.client.olm
+        if olm is None:
+            raise KeyBackupError("the client has no crypto store loaded")
+        resp = await request_json(self.client, "GET", _keys_path(self.version))
+        rooms = resp.get("rooms") if isinstance(resp, dict) else None
+        if not isinstance(rooms, dict):
+            raise KeyBackupError("the homeserver's key backup answer has no 'rooms'")
+        total = sum(len((r or {}).get("sessions") or {}) for r in rooms.values() if isinstance(r, dict))
+        log.info("restoring %d room keys from key backup version %s", total, self.version)
+        imported = failed = seen = 0
+        restored: list[tuple[str, str]] = []
+        for room_id, room in rooms.items():
+            sessions = room.get("sessions") if isinstance(room, dict) else None
+            if not isinstance(sessions, dict):
+                continue
+            for session_id, entry in sessions.items():
+                seen += 1
+                try:
+                    data = self.backup_key.decrypt_session((entry or {}).get("session_data") or {})
+                    session = import_session(room_id, session_id, data)
+                except (BackupError, KeyBackupError) as exc:
+                    failed += 1
+                    log.debug("skipping backed-up session %s: %s", session_id, exc)
+                    continue
+                existing = olm.inbound_group_store.get(room_id, session.sender_key, session_id)
+                if existing is None or existing.first_known_index > session.first_known_index:
+                    if existing is not None:
+                        olm.inbound_group_store[room_id][session.sender_key].pop(session_id, None)
+                    olm.inbound_group_store.add(session)
+                    olm.save_inbound_group_session(session)
+                    imported += 1
+                restored.append((room_id, session_id))
+                if progress_every and seen % progress_every == 0:
+                    log.info("key backup restore: %d of %d keys processed", seen, total)
+        self.tracker.add_many(restored)
+        if failed:
+            log.warning("%d of %d backed-up keys could not be decrypted with this backup key", failed, total)
+        log.info("key backup restore done: %d new keys imported of %d", imported, total)
+        return RestoreResult(self.version, total, imported, failed)
+
