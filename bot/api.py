@@ -357,6 +357,36 @@ class BotAPI:
         except (EncryptionError, ValueError) as exc:
             raise MatrixError(f"cannot decrypt {source.mxc}: {exc}") from exc
 
+    def joined_rooms(self) -> list[str]:
+        """The rooms the bot is joined to, as far as it has synced."""
+        return list(self._client.rooms)
+
+    def members(self, room_id: str) -> dict[str, str]:
+        """Joined members of ``room_id`` (invited ones excluded), mapped to their display names."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return {}
+        return {
+            user_id: user.display_name or _localpart(user_id)
+            for user_id, user in room.users.items()
+            if user_id not in room.invited_users
+        }
+
+    def display_name(self, room_id: str, user_id: str) -> str:
+        """How ``user_id`` is called in ``room_id`` (their display name there, else their localpart)."""
+        room = self._client.rooms.get(room_id)
+        user = room.users.get(user_id) if room is not None else None
+        name = getattr(user, "display_name", None)
+        return name if name else _localpart(user_id)
+
+    async def join(self, room: str) -> str:
+        """Join a room by id or alias (it must allow it: invited, or public); returns the room id."""
+        resp = await self._client.join(room)
+        room_id = getattr(resp, "room_id", None)
+        if not room_id:
+            raise _failed(f"joining {room}", resp)
+        return room_id
+
     async def resolve_room(self, room: str) -> str:
         """The room id of ``room`` (a room id is returned as is; an alias is resolved by the homeserver)."""
         if not room.startswith("#"):
@@ -373,6 +403,10 @@ class BotAPI:
         if not isinstance(resp, RoomGetEventResponse):
             raise _failed(f"fetching {event_id}", resp)
         return resp.event  # nio decrypts it on receipt when it can
+
+
+def _localpart(user_id: str) -> str:
+    return user_id[1:].split(":", 1)[0] if user_id.startswith("@") else user_id
 
 
 def _failed(what: str, resp: object) -> MatrixError:

@@ -1,0 +1,356 @@
+"""Remote connections and their supervisor.
+
+A bridge implements :class:`RemoteConnection` for its network: ``connect()`` (open and log in), ``run()`` (receive
+until the link ends, handing each incoming message to :meth:`RemoteConnection.deliver`), ``send()`` (one outgoing
+item) and ``close()``. The :class:`ConnectionSupervisor` drives it:
+
+* it reconnects after any failure or disconnection, waiting an exponential :class:`~bot.bridge.flow.Backoff` with
+  jitter between attempts;
+* outgoing items go through a bounded :class:`~bot.bridge.flow.OutboundQueue`: during an outage they wait there, in
+  order, and are flushed after the reconnect; an item is removed only once ``send()`` returned, so the one whose send
+  failed goes first next time;
+* a :class:`~bot.bridge.flow.TokenBucket` paces what is sent (remote networks throttle or disconnect floods).
+
+The backoff starts over after a successful send, or when a connection that had been up for ``stable_after`` seconds
+drops (a new outage), not merely after a connect: an endpoint that accepts connections but fails every send still
+sees growing delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from bot.bridge.flow import Backoff, OutboundQueue, TokenBucket
+from bot.bridge.model import RemoteCapabilities, RemoteMessage, RemoteSend
+
+__all__ = [
+    "ConnectionState",
+    "ConnectionStatus",
+    "ConnectionSupervisor",
+    "PermanentSendError",
+    "RemoteConnection",
+]
+
+log = logging.getLogger(__name__)
+
+ConnectionState = Literal["stopped", "connecting", "connected", "waiting"]
+
+
+class PermanentSendError(Exception):
+    """Raised by :meth:`RemoteConnection.send` for an item the remote side refuses for good (it is dropped, not
+    retried; the connection stays up). Any other exception means the link is broken: reconnect and retry."""
+
+
+class RemoteConnection(ABC):
+    """One link to a remote network (an IRC server, an HTTP endpoint...), driven by a :class:`ConnectionSupervisor`.
+
+    Subclasses set :attr:`capabilities` and implement the four coroutines. Incoming messages are handed to
+    :meth:`deliver` (synchronously, in the order they arrive): the bridge queues them and posts them into Matrix in
+    that order. ``deliver`` returns a future with the Matrix event id (or None if the message was not posted), for
+    networks that answer their sender (a webhook's HTTP response).
+    """
+
+    capabilities: ClassVar[RemoteCapabilities] = RemoteCapabilities()
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self._sink: Callable[[RemoteMessage], asyncio.Future[str | None]] | None = None
+
+    def attach(self, sink: Callable[[RemoteMessage], asyncio.Future[str | None]]) -> None:
+        """Set where :meth:`deliver` sends incoming messages (done by the bridge)."""
+        self._sink = sink
+
+    def deliver(self, message: RemoteMessage) -> asyncio.Future[str | None]:
+        """Hand an incoming message to the bridge; the future resolves when it is posted (to its event id)."""
+        if self._sink is None:
+            fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            log.warning("%s: a message arrived before the connection was attached to a bridge", self.network)
+            return fut
+        return self._sink(message)
+
+    def is_own(self, sender_id: str) -> bool:
+        """True if ``sender_id`` is the bridge itself on the remote network (its messages are never relayed)."""
+        return False
+
+    def describe(self) -> str:
+        """A short description for ``!bridge status`` (server, nick...)."""
+        return ""
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Open the connection and log in; return when items can be sent. Raise on failure."""
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Receive until the connection ends, then return (or raise). Cancelled when the bridge stops."""
+
+    @abstractmethod
+    async def send(self, item: RemoteSend) -> str | None:
+        """Send one item; return its remote id if the network gives one.
+
+        Raise :class:`PermanentSendError` for an item that will never be accepted; any other exception means the
+        connection is broken (the supervisor reconnects and sends the item again).
+        """
+
+    async def close(self) -> None:
+        """Close the connection (called after ``run()`` ends and on shutdown; must not raise). Default: nothing."""
+        return None
+
+
+@dataclass(frozen=True)
+class ConnectionStatus:
+    """A snapshot for ``!bridge status``."""
+
+    network: str
+    state: ConnectionState
+    since: float
+    queued: int
+    dropped: int
+    sent: int
+    attempts: int
+    last_error: str | None
+    description: str
+
+    def line(self) -> str:
+        ago = _ago(time.time() - self.since)
+        text = f"{self.network}: {self.state} ({ago})"
+        if self.description:
+            text += f", {self.description}"
+        text += f", queue {self.queued}"
+        if self.dropped:
+            text += f" ({self.dropped} dropped)"
+        if self.state != "connected" and self.last_error:
+            text += f", last error: {self.last_error}"
+        return text
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+SentCallback = Callable[[RemoteSend, str | None], Awaitable[None]]
+
+
+class ConnectionSupervisor:
+    """Keeps one :class:`RemoteConnection` up and feeds it the outgoing queue.
+
+    ``submit()`` never blocks and never fails: while the connection is down items wait in the queue (the oldest are
+    dropped if more than ``queue_size`` pile up). ``on_sent(item, remote_id)`` is awaited after each successful send.
+    ``max_attempts`` (None: no limit) drops an item that failed that many times, for endpoints that may refuse one
+    item forever.
+    """
+
+    def __init__(
+        self,
+        connection: RemoteConnection,
+        *,
+        backoff: Backoff | None = None,
+        bucket: TokenBucket | None = None,
+        queue_size: int = 1000,
+        connect_timeout: float = 30.0,
+        max_attempts: int | None = None,
+        stable_after: float = 30.0,
+        on_sent: SentCallback | None = None,
+    ) -> None:
+        self.connection = connection
+        self.backoff = backoff or Backoff()
+        self.bucket = bucket or TokenBucket(0)
+        self.queue: OutboundQueue[RemoteSend] = OutboundQueue(queue_size)
+        self.connect_timeout = connect_timeout
+        self.max_attempts = max_attempts
+        self.stable_after = stable_after
+        self.on_sent = on_sent
+        self.state: ConnectionState = "stopped"
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.sent = 0
+        self.connects = 0
+        self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._item_failures = 0
+        self._stopping = False
+
+    @property
+    def network(self) -> str:
+        return self.connection.network
+
+    @property
+    def connected(self) -> bool:
+        return self.state == "connected"
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state != self.state:
+            self.state = state
+            self.since = time.time()
+        if state == "connected":
+            self._connected.set()
+        else:
+            self._connected.clear()
+
+    def status(self) -> ConnectionStatus:
+        return ConnectionStatus(
+            network=self.network,
+            state=self.state,
+            since=self.since,
+            queued=len(self.queue),
+            dropped=self.queue.dropped,
+            sent=self.sent,
+            attempts=self.backoff.attempts,
+            last_error=self.last_error,
+            description=self.connection.describe(),
+        )
+
+    # -- life cycle ----------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start connecting (in the background)."""
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._task = asyncio.create_task(self._supervise(), name=f"bridge {self.network}")
+
+    async def stop(self) -> None:
+        """Stop: close the connection. Items still queued are dropped (and logged)."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+        if self.queue:
+            log.warning("%s: %d queued messages were not sent before stopping", self.network, len(self.queue))
+        self._set_state("stopped")
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the connection is up; False on timeout."""
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def submit(self, item: RemoteSend) -> None:
+        """Queue ``item`` for sending (in order)."""
+        dropped = self.queue.put(item)
+        if dropped is not None:
+            log.warning("%s: outgoing queue full (%d); dropped the oldest message", self.network, self.queue.maxlen)
+        self._wake.set()
+
+    # -- the loops -----------------------------------------------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        conn = self.connection
+        while not self._stopping:
+            self._set_state("connecting")
+            try:
+                await asyncio.wait_for(conn.connect(), self.connect_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = _describe(exc)
+                log.warning("%s: connecting failed: %s", self.network, self.last_error)
+                with contextlib.suppress(Exception):
+                    await conn.close()
+                await self._wait_before_retry()
+                continue
+            self.connects += 1
+            connected_at = time.monotonic()
+            self._set_state("connected")
+            log.info("%s: connected%s", self.network, f" ({len(self.queue)} queued)" if self.queue else "")
+            sender = asyncio.create_task(self._send_loop(), name=f"bridge {self.network} sender")
+            receiver = asyncio.create_task(conn.run(), name=f"bridge {self.network} receiver")
+            try:
+                done, _ = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if not task.cancelled() and task.exception() is not None:
+                        self.last_error = _describe(task.exception())
+                if receiver in done and not receiver.cancelled() and receiver.exception() is None:
+                    self.last_error = "connection closed"
+            finally:
+                for task in (sender, receiver):
+                    task.cancel()
+                for task in (sender, receiver):
+                    with contextlib.suppress(BaseException):
+                        await task
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            if self._stopping:
+                break
+            if time.monotonic() - connected_at >= self.stable_after:
+                self.backoff.reset()  # it was up for a while: this is a new outage, not the same one going on
+            log.warning("%s: disconnected (%s); reconnecting", self.network, self.last_error)
+            await self._wait_before_retry()
+
+    async def _wait_before_retry(self) -> None:
+        delay = self.backoff.next()
+        self._set_state("waiting")
+        log.info("%s: next connection attempt in %.1fs", self.network, delay)
+        await asyncio.sleep(delay)
+
+    async def _send_loop(self) -> None:
+        """Send queued items in order; return (raise) when the connection breaks."""
+        conn = self.connection
+        while True:
+            item = self.queue.peek()
+            if item is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            delay = self.bucket.reserve()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                remote_id = await conn.send(item)
+            except PermanentSendError as exc:
+                log.warning("%s: the remote side refused a message for good: %s", self.network, exc)
+                self._drop_head(item)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._item_failures += 1
+                if self.max_attempts is not None and self._item_failures >= self.max_attempts:
+                    log.warning(
+                        "%s: giving up on a message after %d attempts: %s",
+                        self.network, self._item_failures, _describe(exc),
+                    )
+                    self._drop_head(item)
+                raise
+            self._item_failures = 0
+            self.backoff.reset()
+            if self.queue.peek() is item:
+                self.queue.pop()
+            self.sent += 1
+            if self.on_sent is not None:
+                try:
+                    await self.on_sent(item, remote_id)
+                except Exception:
+                    log.exception("%s: recording a sent message failed", self.network)
+
+    def _drop_head(self, item: RemoteSend) -> None:
+        self._item_failures = 0
+        if self.queue.peek() is item:
+            self.queue.pop()
+            self.queue.dropped += 1
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,754 @@
+"""The bridge core: a :class:`Bridge` is a :class:`~bot.plugin.Plugin` that relays between Matrix rooms and the
+channels of a remote network.
+
+A bridge subclass adds its connections in ``start()`` (after ``await super().start()``) and may override a few
+hooks; the core does the rest:
+
+* **portals**: room <-> remote channel links, from the config (:meth:`Bridge.sync_config_portals`) or made by admins
+  with ``!bridge link`` / ``!bridge unlink``, kept in the plugin's own storage;
+* **Matrix -> remote**: every message (text, emote, notice, media, edit, reply), reaction and redaction in a portal
+  room is turned into :class:`~bot.bridge.model.RemoteSend` items (:meth:`Bridge.format_outgoing`) and queued on the
+  network's :class:`~bot.bridge.connection.ConnectionSupervisor`; what the network lacks is degraded (an edit becomes
+  ``s/old/new/`` or ``* corrected: ...``, a reply quotes the original's first words with its author's name, a file
+  becomes ``sent a file: name (size)``);
+* **remote -> Matrix**: connections :meth:`~bot.bridge.connection.RemoteConnection.deliver` messages; they are posted
+  one at a time, in order, through the :class:`~bot.bridge.matrix.MatrixSide` (the relay: as the bot, with the remote
+  sender's name), with mentions turned into pills and remote replies/edits/redactions mapped to Matrix events;
+* **no echoes, no loops**: the bot's own Matrix messages never reach plugins; messages other bridges posted carry a
+  marker and are not relayed; the connection's :meth:`~bot.bridge.connection.RemoteConnection.is_own` drops the
+  bridge's own remote messages;
+* **the message map** (Matrix event id <-> remote id) in memory, its ids also in storage for ``retention_days``;
+* ``!bridge status|link|unlink`` for the bot's admins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal
+
+from bot.api import MatrixError
+from bot.bridge.connection import ConnectionSupervisor, RemoteConnection
+from bot.bridge.flow import Backoff, TokenBucket
+from bot.bridge.formatting import (
+    apply_sed,
+    check_template,
+    edit_fallback,
+    html_to_irc,
+    link_mentions,
+    media_text,
+    parse_sed,
+    reaction_fallback,
+    reply_fallback,
+    sanitize_name,
+    strip_irc_formatting,
+)
+from bot.bridge.matrix import MatrixSide, RelayFormat, RelayMatrixSide
+from bot.bridge.messages import MappedMessage, MessageMap
+from bot.bridge.model import (
+    BRIDGE_MARKER,
+    MatrixMessage,
+    Portal,
+    RemoteMessage,
+    RemoteSend,
+    matrix_message_from_event,
+)
+from bot.commands import Rest, parse_invocation
+from bot.context import Context
+from bot.plugin import Plugin, command, every, on_event
+
+__all__ = ["Bridge", "BridgeConfig"]
+
+#: How long after a message a remote ``s/old/new/`` may still correct it (seconds).
+SED_WINDOW = 3600.0
+#: Attempts (with 1, 2, 4... s between them) to post a remote message into Matrix before giving up on it.
+MATRIX_ATTEMPTS = 4
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS ratchet_bridge_portal (
+        network TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        created_by TEXT,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (network, channel)
+    )""",
+    "CREATE INDEX IF NOT EXISTS ratchet_bridge_portal_room ON ratchet_bridge_portal (room_id)",
+    """CREATE TABLE IF NOT EXISTS ratchet_bridge_message (
+        event_id TEXT PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        network TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        remote_id TEXT,
+        sender TEXT NOT NULL,
+        sender_name TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        created_at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS ratchet_bridge_message_remote ON ratchet_bridge_message (network, channel, remote_id)",
+    "CREATE INDEX IF NOT EXISTS ratchet_bridge_message_time ON ratchet_bridge_message (created_at)",
+)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    """Options every bridge has; a bridge's ``Config`` derives from it (``class Config(BridgeConfig): ...``).
+
+    Templates: ``{name}`` is who wrote the message, ``{text}`` the text; in Matrix templates ``**...**`` is bold. The
+    reply template (for networks without replies) also has ``{nick}`` (the original's author) and ``{quote}`` (its
+    first words).
+    """
+
+    #: How a remote message shows in Matrix (posted by the bot).
+    matrix_template: str = "**{name}**: {text}"
+    #: How a remote action (``/me waves``) shows in Matrix.
+    matrix_action_template: str = "* **{name}** {text}"
+    #: How a Matrix message shows on the remote network (each line, on line-based networks).
+    remote_template: str = "<{name}> {text}"
+    #: How a Matrix emote shows on the remote network.
+    remote_action_template: str = "* {name} {text}"
+    #: A Matrix reply, on networks without replies.
+    reply_template: str = "{text} (re @{nick}: {quote})"
+    #: Relay Matrix reactions as a short line on networks without reactions.
+    relay_reactions: bool = True
+    #: Relay Matrix messages that are commands of the bot's plugins (``!bridge status``...).
+    relay_commands: bool = False
+    #: A remote ``s/old/new/`` (on networks without edits) edits the sender's last relayed message instead.
+    sed_edits: bool = True
+    #: Outgoing messages kept per network while it is unreachable (the oldest are dropped beyond it).
+    queue_size: int = 1000
+    #: Messages per second sent to a network (0: no limit), and how many may go at once after a pause.
+    rate_limit: float = 1.0
+    rate_burst: int = 5
+    #: Reconnection delays (exponential with jitter between the two).
+    reconnect_min_delay: float = 1.0
+    reconnect_max_delay: float = 120.0
+    #: How long the message map's ids are kept in storage (days).
+    retention_days: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in ("matrix_template", "matrix_action_template", "remote_template", "remote_action_template"):
+            check_template(getattr(self, name), ("name", "text"))
+        check_template(self.reply_template, ("text", "nick", "quote"), required=("text",))
+        if self.queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        if self.rate_burst < 1:
+            raise ValueError("rate_burst must be at least 1")
+        if not 0 < self.reconnect_min_delay <= self.reconnect_max_delay:
+            raise ValueError("need 0 < reconnect_min_delay <= reconnect_max_delay")
+
+
+class Bridge(Plugin):
+    """Base class of relay bridges (see the module docstring). Subclass it like a plugin.
+
+    Class attributes a bridge may set: ``command_name`` (default ``bridge``; two bridges on one bot need different
+    ones) and ``command_aliases``.
+    """
+
+    command_name: ClassVar[str] = "bridge"
+    command_aliases: ClassVar[tuple[str, ...]] = ()
+    #: How many recent messages the in-memory message map keeps.
+    message_map_size: ClassVar[int] = 5000
+
+    config: BridgeConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+
+        async def bridge_command(
+            self: Bridge,
+            ctx: Context,
+            action: Literal["status", "link", "unlink"] = "status",
+            target: Rest | None = None,
+        ) -> None:
+            await self.handle_bridge_command(ctx, action, str(target or "").strip())
+
+        bridge_command.__qualname__ = f"{cls.__qualname__}.bridge_command"
+        cls.bridge_command = command(  # type: ignore[attr-defined]
+            cls.command_name,
+            aliases=list(cls.command_aliases),
+            admin=True,
+            help=f"Bridge: {cls.command_name} status | link [network] <channel> | unlink [channel] (admins)",
+        )(bridge_command)
+
+    def __init__(self) -> None:
+        self.portals: dict[tuple[str, str], Portal] = {}
+        self.supervisors: dict[str, ConnectionSupervisor] = {}
+        self.messages = MessageMap(self.message_map_size)
+        self.matrix: MatrixSide | None = None
+        self._inbound: asyncio.Queue[tuple[RemoteMessage, asyncio.Future[str | None]]] = asyncio.Queue()
+        self._inbound_task: asyncio.Task[None] | None = None
+
+    # ============================================================================================ life cycle
+
+    async def start(self) -> None:
+        """Create the bridge's tables, load the portals, start posting remote messages. Subclasses call this first,
+        then add their connections (:meth:`add_connection`) and config portals (:meth:`sync_config_portals`)."""
+
+        def schema(conn: sqlite3.Connection) -> None:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+
+        await self.storage.transaction(schema)
+        self.matrix = self.make_matrix_side()
+        rows = await self.storage.fetchall(
+            "SELECT network, channel, room_id, origin, created_by, created_at FROM ratchet_bridge_portal"
+        )
+        self.portals = {(r[0], r[1]): Portal(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        self._inbound_task = asyncio.create_task(self._inbound_loop(), name=f"{self.name} inbound")
+
+    async def stop(self) -> None:
+        """Stop every connection and the posting of remote messages. Subclasses call this last."""
+        for supervisor in list(self.supervisors.values()):
+            await supervisor.stop()
+        if self._inbound_task is not None:
+            self._inbound_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._inbound_task
+        while not self._inbound.empty():
+            _, fut = self._inbound.get_nowait()
+            if not fut.done():
+                fut.set_result(None)
+
+    def make_matrix_side(self) -> MatrixSide:
+        """The :class:`~bot.bridge.matrix.MatrixSide` to post with (the relay; an appservice mode would swap it)."""
+        return RelayMatrixSide(
+            self.bot, RelayFormat(self.config.matrix_template, self.config.matrix_action_template)
+        )
+
+    def add_connection(
+        self,
+        connection: RemoteConnection,
+        *,
+        rate_limit: float | None = None,
+        rate_burst: int | None = None,
+        max_attempts: int | None = None,
+        connect_timeout: float = 30.0,
+    ) -> ConnectionSupervisor:
+        """Supervise ``connection`` (one per network name) and start connecting; returns its supervisor."""
+        if connection.network in self.supervisors:
+            raise ValueError(f"{self.name}: a connection named {connection.network!r} already exists")
+        cfg = self.config
+        connection.attach(self._submit_inbound)
+        supervisor = ConnectionSupervisor(
+            connection,
+            backoff=Backoff(cfg.reconnect_min_delay, cfg.reconnect_max_delay),
+            bucket=TokenBucket(cfg.rate_limit if rate_limit is None else rate_limit,
+                               cfg.rate_burst if rate_burst is None else rate_burst),
+            queue_size=cfg.queue_size,
+            connect_timeout=connect_timeout,
+            max_attempts=max_attempts,
+            on_sent=self._sent,
+        )
+        self.supervisors[connection.network] = supervisor
+        supervisor.start()
+        return supervisor
+
+    # ============================================================================================ portals
+
+    def portals_for_room(self, room_id: str) -> list[Portal]:
+        """The portals of a room (a room may be linked to several channels)."""
+        return [p for p in self.portals.values() if p.room_id == room_id]
+
+    def portals_for_network(self, network: str) -> list[Portal]:
+        return [p for p in self.portals.values() if p.network == network]
+
+    async def add_portal(self, portal: Portal) -> Portal:
+        """Store a portal (replacing one for the same channel) and tell the subclass (:meth:`on_portal_linked`)."""
+        await self.storage.execute(
+            "INSERT OR REPLACE INTO ratchet_bridge_portal (network, channel, room_id, origin, created_by, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (portal.network, portal.channel, portal.room_id, portal.origin, portal.created_by, portal.created_at),
+        )
+        self.portals[portal.key] = portal
+        await self.on_portal_linked(portal)
+        return portal
+
+    async def remove_portal(self, portal: Portal) -> None:
+        await self.storage.execute(
+            "DELETE FROM ratchet_bridge_portal WHERE network = ? AND channel = ?", (portal.network, portal.channel)
+        )
+        self.portals.pop(portal.key, None)
+        await self.on_portal_unlinked(portal)
+
+    async def sync_config_portals(self, network: str, links: dict[str, str]) -> list[Portal]:
+        """Make the config's links (remote channel -> room id or alias) the ``config`` portals of ``network``.
+
+        Aliases are resolved and the rooms joined if needed; config portals no longer in the config are removed.
+        A link that cannot be resolved is logged and skipped (the others still work).
+        """
+        assert self.matrix is not None
+        wanted: dict[str, str] = {}
+        for channel, room in links.items():
+            try:
+                room_id = await self.matrix.resolve_room(room)
+            except (ValueError, MatrixError) as exc:
+                self.log.error("%s %s: %s; this link is skipped", network, channel, exc)
+                continue
+            if not await self.matrix.ensure_joined(room_id):
+                self.log.error("%s %s: the bot is not in %s and cannot join it; this link is skipped",
+                               network, channel, room)
+                continue
+            wanted[self.normalize_channel(network, channel)] = room_id
+        for portal in self.portals_for_network(network):
+            if portal.origin == "config" and wanted.get(portal.channel) != portal.room_id:
+                await self.remove_portal(portal)
+        made = []
+        for channel, room_id in wanted.items():
+            existing = self.portals.get((network, channel))
+            if existing is None or existing.room_id != room_id or existing.origin != "config":
+                existing = await self.add_portal(Portal(network, channel, room_id, "config"))
+            made.append(existing)
+        return made
+
+    # -- hooks a bridge may override ------------------------------------------------------------------------------
+
+    def normalize_channel(self, network: str, channel: str) -> str:
+        """The canonical form of a channel name (IRC: lower case). Default: unchanged."""
+        return channel
+
+    async def validate_link(self, network: str, channel: str) -> str | None:
+        """Why ``channel`` on ``network`` cannot be linked (an error shown to the admin), or None if it can."""
+        return None
+
+    async def on_portal_linked(self, portal: Portal) -> None:
+        """Called after a portal is added (IRC: join the channel)."""
+
+    async def on_portal_unlinked(self, portal: Portal) -> None:
+        """Called after a portal is removed (IRC: leave the channel)."""
+
+    def parse_remote_channel(self, text: str) -> tuple[str, str]:
+        """``[network] <channel>`` from ``!bridge link``; the network may be left out when there is only one."""
+        words = text.split()
+        networks = sorted(self.supervisors)
+        if len(words) == 2:
+            network, channel = words
+            if network not in self.supervisors and words[1] in self.supervisors:
+                channel, network = words
+        elif len(words) == 1 and len(networks) == 1:
+            network, channel = networks[0], words[0]
+        elif len(words) == 1:
+            raise ValueError(f"which network? say `{self.command_name} link <network> {words[0]}` "
+                             f"(networks: {', '.join(networks) or 'none'})")
+        else:
+            raise ValueError(f"usage: {self.command_name} link [network] <channel>")
+        if network not in self.supervisors:
+            raise ValueError(f"unknown network {network!r} (networks: {', '.join(networks) or 'none'})")
+        return network, self.normalize_channel(network, channel)
+
+    def format_outgoing(self, portal: Portal, message: MatrixMessage, text: str, html: str | None,
+                        kind: Literal["message", "action", "notice"]) -> list[RemoteSend]:
+        """The items to send for a Matrix message (already degraded to ``text``/``html`` for this network).
+
+        Default: one item with the sender's name put in by ``remote_template``. Line-based networks override this
+        (IRC converts the HTML to control codes and splits long text into lines).
+        """
+        template = self.config.remote_action_template if kind == "action" else self.config.remote_template
+        name = sanitize_name(message.sender_name)
+        return [
+            RemoteSend(
+                channel=portal.channel,
+                text=template.format(name=name, text=text),
+                kind=kind,
+                event_id=message.event_id,
+                room_id=message.room_id,
+                sender=message.sender,
+                sender_name=name,
+                html=html,
+            )
+        ]
+
+    def prepare_inbound(self, portal: Portal, message: RemoteMessage) -> RemoteMessage:
+        """Adjust a remote message before posting (default: link mentions of room members as pills)."""
+        if message.html is not None or message.kind not in ("message", "action") or self.matrix is None:
+            return message
+        members = self.matrix.members(portal.room_id)
+        html, mentioned = link_mentions(message.text, members, exclude={self.matrix.user_id})
+        if html is None:
+            return message
+        return replace(message, html=html, mentions=tuple(mentioned))
+
+    async def on_unlinked_message(self, message: RemoteMessage) -> str | None:
+        """A remote message for a channel without a portal (a private message, say). Default: ignored."""
+        return None
+
+    # ============================================================================================ Matrix -> remote
+
+    def _is_command(self, body: str) -> bool:
+        manager = getattr(self.bot, "plugins", None)
+        if manager is None:
+            return False
+        invocation = parse_invocation(body, manager.prefix)
+        return invocation is not None and manager.command(invocation.name) is not None
+
+    def _outgoing_supervisors(self, room_id: str) -> list[tuple[Portal, ConnectionSupervisor]]:
+        out = []
+        for portal in self.portals_for_room(room_id):
+            supervisor = self.supervisors.get(portal.network)
+            if supervisor is not None and supervisor.connection.capabilities.outgoing:
+                out.append((portal, supervisor))
+        return out
+
+    @on_event("m.room.message")
+    async def _bridge_matrix_message(self, ctx: Context) -> None:
+        targets = self._outgoing_supervisors(ctx.room_id)
+        if not targets or self.matrix is None:
+            return
+        name = self.matrix.display_name(ctx.room_id, ctx.sender)
+        message = matrix_message_from_event(ctx.room_id, ctx.event.source, name)
+        if message is None:
+            return
+        if not self.config.relay_commands and self._is_command(message.body):
+            return
+        await self.relay_to_remote(message, targets)
+
+    async def relay_to_remote(
+        self, message: MatrixMessage, targets: list[tuple[Portal, ConnectionSupervisor]] | None = None
+    ) -> None:
+        """Queue ``message`` for every portal of its room (or ``targets``), degraded to what each network supports."""
+        if targets is None:
+            targets = self._outgoing_supervisors(message.room_id)
+        kind: Literal["message", "action", "notice"] = "action" if message.is_emote else "message"
+        plain = _plain(message)
+        for portal, supervisor in targets:
+            caps = supervisor.connection.capabilities
+            text, html = message.body, message.html
+            reply_remote = edit_remote = None
+            if message.is_media:
+                text, html = media_text(message.media_name, message.media_size, message.msgtype), None
+            if message.edit_of is not None:
+                original = await self._lookup_event(message.edit_of)
+                if caps.edits and original is not None and original.remote_id is not None:
+                    edit_remote = original.remote_id
+                else:
+                    old = original.text if original is not None else None
+                    if old is None:
+                        old = await self._fetch_text(message.room_id, message.edit_of)
+                    text, html = edit_fallback(old, plain), None
+                self.messages.set_text(message.edit_of, plain)
+            elif message.reply_to is not None:
+                original = await self._lookup_event(message.reply_to)
+                if caps.replies and original is not None and original.remote_id is not None:
+                    reply_remote = original.remote_id
+                else:
+                    nick, quoted = await self._describe_event(message.room_id, message.reply_to, original)
+                    if nick is not None:
+                        text, html = reply_fallback(self.config.reply_template, text, nick, quoted), None
+            items = self.format_outgoing(portal, message, text, html, kind)
+            if not items:
+                continue
+            items = [replace(item, reply_to=reply_remote, edit_of=edit_remote, first=(i == 0))
+                     for i, item in enumerate(items)]
+            if message.edit_of is None:
+                await self._remember(MappedMessage(
+                    message.room_id, message.event_id, portal.network, portal.channel, None, message.sender,
+                    sanitize_name(message.sender_name), "out", plain,
+                ))
+            for item in items:
+                supervisor.submit(item)
+
+    @on_event("m.reaction")
+    async def _bridge_matrix_reaction(self, ctx: Context) -> None:
+        targets = self._outgoing_supervisors(ctx.room_id)
+        relates = ctx.content.get("m.relates_to")
+        if not targets or self.matrix is None or not isinstance(relates, dict) or BRIDGE_MARKER in ctx.content:
+            return
+        key, target = relates.get("key"), relates.get("event_id")
+        if not isinstance(key, str) or not isinstance(target, str):
+            return
+        name = self.matrix.display_name(ctx.room_id, ctx.sender)
+        original = await self._lookup_event(target)
+        for portal, supervisor in targets:
+            caps = supervisor.connection.capabilities
+            if caps.reactions and original is not None and original.remote_id is not None:
+                supervisor.submit(RemoteSend(portal.channel, key, event_id=ctx.event_id, room_id=ctx.room_id,
+                                             sender=ctx.sender, sender_name=name, reply_to=original.remote_id,
+                                             payload={"reaction": key}))
+                continue
+            if not self.config.relay_reactions:
+                continue
+            nick, quoted = await self._describe_event(ctx.room_id, target, original)
+            if nick is None:
+                continue
+            fake = MatrixMessage(ctx.room_id, ctx.event_id, ctx.sender, name, "m.emote", "")
+            for item in self.format_outgoing(portal, fake, reaction_fallback(key, nick, quoted), None, "action"):
+                supervisor.submit(item)
+
+    @on_event("m.room.redaction")
+    async def _bridge_matrix_redaction(self, ctx: Context) -> None:
+        redacts = ctx.event.source.get("redacts") or ctx.content.get("redacts")
+        if not isinstance(redacts, str):
+            return
+        original = await self._lookup_event(redacts)
+        if original is None:
+            return
+        self.messages.forget(redacts)
+        supervisor = self.supervisors.get(original.network)
+        if supervisor is None or not supervisor.connection.capabilities.redactions or original.remote_id is None:
+            return  # networks without deletion: nothing to do (the text was already seen there)
+        supervisor.submit(RemoteSend(original.channel, "", event_id=ctx.event_id, room_id=ctx.room_id,
+                                     sender=ctx.sender, payload={"redacts": original.remote_id}))
+
+    async def _sent(self, item: RemoteSend, remote_id: str | None) -> None:
+        if remote_id is None or not item.first or item.event_id is None:
+            return
+        self.messages.set_remote_id(item.event_id, remote_id)
+        await self.storage.execute(
+            "UPDATE ratchet_bridge_message SET remote_id = ? WHERE event_id = ?", (remote_id, item.event_id)
+        )
+
+    # ============================================================================================ remote -> Matrix
+
+    def _submit_inbound(self, message: RemoteMessage) -> asyncio.Future[str | None]:
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._inbound.put_nowait((message, fut))
+        return fut
+
+    async def _inbound_loop(self) -> None:
+        while True:
+            message, fut = await self._inbound.get()
+            try:
+                result = await self.handle_remote(message)
+            except asyncio.CancelledError:
+                if not fut.done():
+                    fut.set_result(None)
+                raise
+            except Exception as exc:
+                self.log.error("relaying a %s message from %s failed", message.network, message.channel, exc_info=exc)
+                if not fut.done():
+                    fut.set_exception(exc)
+                    fut.exception()  # retrieved: nobody has to await it
+                continue
+            if not fut.done():
+                fut.set_result(result)
+
+    async def handle_remote(self, message: RemoteMessage) -> str | None:
+        """Post one remote message into its portal room; returns the Matrix event id (None if not posted)."""
+        assert self.matrix is not None
+        supervisor = self.supervisors.get(message.network)
+        if supervisor is not None and supervisor.connection.is_own(message.sender_id):
+            return None  # our own message, echoed back by the network
+        portal = self.portals.get((message.network, self.normalize_channel(message.network, message.channel)))
+        if portal is None:
+            return await self.on_unlinked_message(message)
+        room_id = portal.room_id
+        if message.redacts is not None:
+            target = await self._lookup_remote(portal, message.redacts)
+            if target is None:
+                return None
+            self.messages.forget(target.event_id)
+            return await self._to_matrix(lambda: self.matrix.redact(room_id, target.event_id))
+        if message.reaction is not None and message.reacts_to is not None:
+            target = await self._lookup_remote(portal, message.reacts_to)
+            if target is None:
+                return None
+            return await self._to_matrix(lambda: self.matrix.react(room_id, target.event_id, message.reaction, message))
+        message = self.prepare_inbound(portal, message)
+        if message.kind not in ("message", "action"):
+            return await self._to_matrix(lambda: self.matrix.post(room_id, message))
+        if message.edit_of is not None:
+            target = await self._lookup_remote(portal, message.edit_of)
+            if target is not None:
+                return await self._edit_in_matrix(portal, target, message)
+        caps = supervisor.connection.capabilities if supervisor is not None else None
+        if caps is not None and not caps.edits and self.config.sed_edits:
+            sed = parse_sed(message.text)
+            if sed is not None:
+                last = self.messages.last_from(portal.network, portal.channel, message.sender_id, "in")
+                if last is not None and last.text is not None and time.time() - last.at < SED_WINDOW:
+                    corrected = apply_sed(last.text, *sed)
+                    if corrected is not None:
+                        return await self._edit_in_matrix(portal, last, replace(message, text=corrected, html=None))
+        reply_event = None
+        if message.reply_to is not None:
+            target = await self._lookup_remote(portal, message.reply_to)
+            reply_event = target.event_id if target is not None else None
+        event_id = await self._to_matrix(lambda: self.matrix.post(room_id, message, reply_to=reply_event))
+        await self._remember(MappedMessage(
+            room_id, event_id, portal.network, portal.channel, message.remote_id, message.sender_id,
+            message.sender_name, "in", message.text,
+        ))
+        return event_id
+
+    async def _edit_in_matrix(self, portal: Portal, target: MappedMessage, message: RemoteMessage) -> str:
+        assert self.matrix is not None
+        event_id = await self._to_matrix(lambda: self.matrix.edit(portal.room_id, target.event_id, message))
+        self.messages.set_text(target.event_id, message.text)
+        return event_id
+
+    async def _to_matrix(self, call) -> str:
+        """Run a Matrix request, retrying a few times with growing pauses (the homeserver may be restarting)."""
+        delay = 1.0
+        for attempt in range(1, MATRIX_ATTEMPTS + 1):
+            try:
+                return await call()
+            except MatrixError as exc:
+                if attempt == MATRIX_ATTEMPTS:
+                    raise
+                self.log.warning("posting into Matrix failed (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    # ============================================================================================ message map
+
+    async def _remember(self, message: MappedMessage) -> None:
+        self.messages.add(message)
+        await self.storage.execute(
+            "INSERT OR REPLACE INTO ratchet_bridge_message (event_id, room_id, network, channel, remote_id, sender,"
+            " sender_name, direction, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (message.event_id, message.room_id, message.network, message.channel, message.remote_id, message.sender,
+             message.sender_name, message.direction, message.at),
+        )
+
+    async def _lookup_event(self, event_id: str) -> MappedMessage | None:
+        found = self.messages.by_event(event_id)
+        if found is not None:
+            return found
+        row = await self.storage.fetchone(
+            "SELECT room_id, event_id, network, channel, remote_id, sender, sender_name, direction, created_at"
+            " FROM ratchet_bridge_message WHERE event_id = ?", (event_id,),
+        )
+        return _row_to_mapped(row)
+
+    async def _lookup_remote(self, portal: Portal, remote_id: str) -> MappedMessage | None:
+        found = self.messages.by_remote(portal.network, portal.channel, remote_id)
+        if found is not None:
+            return found
+        row = await self.storage.fetchone(
+            "SELECT room_id, event_id, network, channel, remote_id, sender, sender_name, direction, created_at"
+            " FROM ratchet_bridge_message WHERE network = ? AND channel = ? AND remote_id = ?",
+            (portal.network, portal.channel, remote_id),
+        )
+        return _row_to_mapped(row)
+
+    async def _fetch_text(self, room_id: str, event_id: str) -> str | None:
+        try:
+            event = await self.bot.fetch_event(room_id, event_id)
+        except MatrixError:
+            return None
+        message = _content_body(event.source.get("content"))
+        return message
+
+    async def _describe_event(
+        self, room_id: str, event_id: str, mapped: MappedMessage | None
+    ) -> tuple[str | None, str]:
+        """Who wrote ``event_id`` and its text, for quoting: from the message map, else fetched from the server."""
+        if mapped is not None and mapped.text is not None:
+            return mapped.sender_name, mapped.text
+        try:
+            event = await self.bot.fetch_event(room_id, event_id)
+        except MatrixError:
+            return (mapped.sender_name if mapped else None), ""
+        content = event.source.get("content") if isinstance(event.source.get("content"), dict) else {}
+        marker = content.get(BRIDGE_MARKER)
+        text = _content_body(content) or ""
+        if isinstance(marker, dict) and isinstance(marker.get("sender_name"), str):
+            nick = marker["sender_name"]
+            prefix = self.config.matrix_template.replace("**", "").split("{text}")[0].format(name=nick)
+            text = text.removeprefix(prefix)
+        elif mapped is not None:
+            nick = mapped.sender_name
+        else:
+            assert self.matrix is not None
+            nick = sanitize_name(self.matrix.display_name(room_id, getattr(event, "sender", "")))
+        return nick, text
+
+    @every(3600)
+    async def _bridge_prune(self) -> None:
+        """Forget message-map ids older than the retention period."""
+        cutoff = time.time() - self.config.retention_days * 86400
+        removed = await self.storage.execute("DELETE FROM ratchet_bridge_message WHERE created_at < ?", (cutoff,))
+        if removed:
+            self.log.info("forgot %d bridged message ids older than %g days", removed, self.config.retention_days)
+
+    # ============================================================================================ !bridge
+
+    async def handle_bridge_command(self, ctx: Context, action: str, target: str) -> None:
+        """``!bridge status`` / ``link [network] <channel>`` / ``unlink [channel]`` (admins only)."""
+        if action == "status":
+            await ctx.reply(self.status_text(ctx.room_id), notice=True, markdown=True)
+        elif action == "link":
+            await ctx.reply(await self._link(ctx, target), notice=True)
+        else:
+            await ctx.reply(await self._unlink(ctx, target), notice=True)
+
+    def status_text(self, room_id: str | None = None) -> str:
+        """The text of ``!bridge status``: each connection's state and queue, the portals."""
+        lines = [f"**{self.name}**"]
+        if not self.supervisors:
+            lines.append("- no connections")
+        for supervisor in self.supervisors.values():
+            status = supervisor.status()
+            portals = self.portals_for_network(status.network)
+            lines.append(f"- {status.line()}, {len(portals)} portal{'s' if len(portals) != 1 else ''}")
+        for portal in sorted(self.portals.values(), key=lambda p: p.key):
+            here = " (this room)" if portal.room_id == room_id else ""
+            lines.append(f"  - {portal.describe()} ↔ {portal.room_id}{here} [{portal.origin}]")
+        return "\n".join(lines)
+
+    async def _link(self, ctx: Context, target: str) -> str:
+        try:
+            network, channel = self.parse_remote_channel(target)
+        except ValueError as exc:
+            return f"⚠️ {exc}"
+        problem = await self.validate_link(network, channel)
+        if problem:
+            return f"⚠️ {problem}"
+        existing = self.portals.get((network, channel))
+        if existing is not None:
+            if existing.room_id == ctx.room_id:
+                return f"{network} {channel} is already linked to this room."
+            return f"⚠️ {network} {channel} is already linked to {existing.room_id}; unlink it there first."
+        await self.add_portal(Portal(network, channel, ctx.room_id, "command", ctx.sender))
+        self.log.info("%s linked %s %s to %s", ctx.sender, network, channel, ctx.room_id)
+        return f"✅ Linked this room to {network} {channel}."
+
+    async def _unlink(self, ctx: Context, target: str) -> str:
+        here = self.portals_for_room(ctx.room_id)
+        if target:
+            try:
+                network, channel = self.parse_remote_channel(target)
+            except ValueError:
+                channel = self.normalize_channel(here[0].network, target) if here else target
+                network = here[0].network if here else ""
+            here = [p for p in here if p.channel == channel and (not network or p.network == network)]
+        if not here:
+            return "⚠️ This room is not linked" + (f" to {target}." if target else ".")
+        if len(here) > 1:
+            return "⚠️ This room has several links; say which: " + ", ".join(p.describe() for p in here)
+        portal = here[0]
+        if portal.origin == "config":
+            return f"⚠️ {portal.describe()} is linked in the config file; remove it there (and reload the plugin)."
+        await self.remove_portal(portal)
+        self.log.info("%s unlinked %s from %s", ctx.sender, portal.describe(), ctx.room_id)
+        return f"✅ Unlinked this room from {portal.describe()}."
+
+
+def _plain(message: MatrixMessage) -> str:
+    """The text of a Matrix message as plain text (its HTML rendered without markup, if it has HTML)."""
+    if message.html:
+        rendered = strip_irc_formatting(html_to_irc(message.html))
+        if rendered.strip():
+            return rendered
+    return message.body
+
+
+def _row_to_mapped(row: tuple[Any, ...] | None) -> MappedMessage | None:
+    if row is None:
+        return None
+    return MappedMessage(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], None, row[8])
+
+
+def _content_body(content: Any) -> str | None:
+    if not isinstance(content, dict):
+        return None
+    new = content.get("m.new_content")
+    if isinstance(new, dict) and isinstance(new.get("body"), str):
+        return new["body"]
+    body = content.get("body")
+    return body if isinstance(body, str) else None

@@ -1,0 +1,146 @@
+"""Flow control toward a remote network, as plain classes with an injectable clock and random source:
+
+* :class:`TokenBucket`: rate limit (``rate`` items per second, bursts of ``burst``);
+* :class:`Backoff`: exponential reconnect delays with jitter;
+* :class:`OutboundQueue`: the bounded, ordered queue that holds outgoing messages during an outage.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+__all__ = ["Backoff", "OutboundQueue", "TokenBucket"]
+
+T = TypeVar("T")
+
+
+class TokenBucket:
+    """A token bucket: ``burst`` tokens at most, refilled at ``rate`` tokens per second; a rate <= 0 means no limit.
+
+    :meth:`reserve` takes a token now and says how long to wait before using it, so callers queue fairly in the order
+    they asked (the bucket may go into debt).
+    """
+
+    def __init__(self, rate: float, burst: int = 1, *, clock: Callable[[], float] = time.monotonic) -> None:
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if self.rate > 0:
+            self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    @property
+    def tokens(self) -> float:
+        """Tokens available now (negative while reservations are pending)."""
+        self._refill()
+        return self._tokens
+
+    def try_take(self) -> bool:
+        """Take a token if one is available now."""
+        if self.rate <= 0:
+            return True
+        self._refill()
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+    def reserve(self) -> float:
+        """Take a token and return the seconds to wait until it is really there (0 if it is now)."""
+        if self.rate <= 0:
+            return 0.0
+        self._refill()
+        self._tokens -= 1
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``initial * factor**n`` capped at ``maximum``, each delay then reduced by up to
+    ``jitter`` (a fraction) at random so that many clients do not retry in step. :meth:`reset` after a success."""
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        maximum: float = 300.0,
+        *,
+        factor: float = 2.0,
+        jitter: float = 0.5,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if initial <= 0 or maximum < initial or factor < 1 or not 0 <= jitter <= 1:
+            raise ValueError("need 0 < initial <= maximum, factor >= 1 and 0 <= jitter <= 1")
+        self.initial = initial
+        self.maximum = maximum
+        self.factor = factor
+        self.jitter = jitter
+        self._rng = rng
+        self.attempts = 0
+
+    def peek(self) -> float:
+        """The delay before jitter that :meth:`next` will use."""
+        return min(self.maximum, self.initial * self.factor**self.attempts)
+
+    def next(self) -> float:
+        """The next delay in seconds (and count the attempt)."""
+        base = self.peek()
+        self.attempts += 1
+        return base * (1 - self.jitter * self._rng())
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class OutboundQueue(Generic[T]):
+    """A bounded FIFO of items waiting for the remote side.
+
+    The sender :meth:`peek`\\ s the head, sends it, and only then :meth:`pop`\\ s it, so an item whose send failed is
+    retried first after a reconnect: order is kept and nothing is skipped. When the queue is full, :meth:`put` drops
+    the oldest item (counted in :attr:`dropped`, and returned) to make room.
+    """
+
+    def __init__(self, maxlen: int = 1000) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.maxlen = maxlen
+        self._items: deque[T] = deque()
+        self.dropped = 0
+
+    def put(self, item: T) -> T | None:
+        """Append ``item``; returns the item dropped to make room, if any."""
+        dropped = None
+        if len(self._items) >= self.maxlen:
+            dropped = self._items.popleft()
+            self.dropped += 1
+        self._items.append(item)
+        return dropped
+
+    def peek(self) -> T | None:
+        """The oldest item, left in the queue (None if empty)."""
+        return self._items[0] if self._items else None
+
+    def pop(self) -> T:
+        """Remove and return the oldest item (IndexError if empty)."""
+        return self._items.popleft()
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(list(self._items))
+
+    def __bool__(self) -> bool:
+        return bool(self._items)

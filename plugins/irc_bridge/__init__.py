@@ -1,0 +1,188 @@
+"""IRC bridge: IRC channels <-> Matrix rooms, encrypted rooms included (a relay: the bot speaks on both sides).
+
+Configure networks and their channel links; admins can add links at run time with ``!bridge link #channel``::
+
+    plugins:
+      irc_bridge:
+        networks:
+          libera:
+            host: irc.libera.chat
+            port: 6697
+            nick: ratchet-relay
+            sasl_username: ratchet-relay
+            sasl_password: ${LIBERA_PASSWORD}
+            channels:
+              "#ratchet": "#ratchet:example.org"    # a room id or alias
+        relay_joins_parts: false
+        private_messages: admin_dm                  # or ignore
+
+In Matrix, IRC messages appear from the bot as ``**nick**: text``; on IRC, Matrix messages appear as
+``<Display Name> text`` (formatting converted to IRC codes, long messages split into lines). Edits become
+``s/old/new/`` or ``* corrected: ...``, replies quote the original, files become ``sent a file: name (size)``. An IRC
+user's ``s/old/new/`` edits their last message in Matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from bot import (
+    Bridge,
+    BridgeConfig,
+    MatrixMessage,
+    Portal,
+    RemoteMessage,
+    RemoteSend,
+    html_to_irc,
+    link_mentions,
+    render_remote_lines,
+    sanitize_name,
+    strip_irc_formatting,
+)
+
+from .connection import IrcConnection, clean_outgoing, irc_lower
+
+__all__ = ["IrcBridge", "Network"]
+
+
+@dataclass(frozen=True)
+class Network:
+    """One IRC network the bridge connects to."""
+
+    host: str
+    port: int = 6697
+    tls: bool = True
+    #: Check the server's certificate (turn off only for a server with a self-signed one you trust).
+    tls_verify: bool = True
+    nick: str = "ratchet"
+    username: str | None = None
+    realname: str = "Ratchet Matrix bridge"
+    #: Server password (PASS), if the server wants one.
+    password: str | None = None
+    #: SASL PLAIN account (both or neither).
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    #: IRC channel -> Matrix room id or alias.
+    channels: dict[str, str] = field(default_factory=dict)
+    #: Seconds of silence before the bridge pings the server (twice that without an answer: reconnect).
+    ping_interval: float = 120.0
+
+    def __post_init__(self) -> None:
+        for channel in self.channels:
+            if not channel or channel[0] not in "#&+!" or " " in channel or "," in channel:
+                raise ValueError(f"{channel!r} is not an IRC channel name (it starts with #)")
+        if bool(self.sasl_username) != bool(self.sasl_password):
+            raise ValueError("set both sasl_username and sasl_password, or neither")
+        if not self.nick or " " in self.nick:
+            raise ValueError(f"{self.nick!r} is not a valid nick")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} is out of range")
+
+
+class IrcBridge(Bridge):
+    """Relays between IRC channels and Matrix rooms."""
+
+    command_aliases = ("irc",)
+
+    @dataclass(frozen=True)
+    class Config(BridgeConfig):
+        networks: dict[str, Network] = field(default_factory=dict)
+        #: Show IRC joins, parts, quits, kicks and nick changes in the room (as notices).
+        relay_joins_parts: bool = False
+        #: What to do with private messages to the bridge's nick: drop them, or forward them to the bot's admins.
+        private_messages: Literal["ignore", "admin_dm"] = "ignore"
+        #: A Matrix message longer than this many IRC lines is cut (its last line says how many were left out).
+        max_lines: int = 10
+
+    config: Config
+
+    async def start(self) -> None:
+        await super().start()
+        self.irc: dict[str, IrcConnection] = {}
+        for name, net in self.config.networks.items():
+            await self.sync_config_portals(name, net.channels)
+            connection = IrcConnection(
+                name,
+                host=net.host,
+                port=net.port,
+                nick=net.nick,
+                tls=net.tls,
+                tls_verify=net.tls_verify,
+                username=net.username,
+                realname=net.realname,
+                password=net.password,
+                sasl_username=net.sasl_username,
+                sasl_password=net.sasl_password,
+                ping_interval=net.ping_interval,
+                channels=lambda name=name: [p.channel for p in self.portals_for_network(name)],
+                relay_membership=self.config.relay_joins_parts,
+            )
+            self.irc[name] = connection
+            self.add_connection(connection)
+
+    # -- portals ---------------------------------------------------------------------------------------------------
+
+    def normalize_channel(self, network: str, channel: str) -> str:
+        return irc_lower(channel)
+
+    async def validate_link(self, network: str, channel: str) -> str | None:
+        if not channel or channel[0] not in "#&+!" or " " in channel or "," in channel:
+            return f"{channel!r} is not an IRC channel name (it starts with #)"
+        return None
+
+    async def on_portal_linked(self, portal: Portal) -> None:
+        connection = getattr(self, "irc", {}).get(portal.network)
+        if connection is not None:
+            connection.join(portal.channel)
+
+    async def on_portal_unlinked(self, portal: Portal) -> None:
+        connection = getattr(self, "irc", {}).get(portal.network)
+        if connection is not None:
+            connection.part(portal.channel)
+
+    # -- Matrix -> IRC -----------------------------------------------------------------------------------------------
+
+    def format_outgoing(self, portal: Portal, message: MatrixMessage, text: str, html: str | None,
+                        kind: Literal["message", "action", "notice"]) -> list[RemoteSend]:
+        connection = self.irc[portal.network]
+        source = html_to_irc(html) if html else text
+        template = self.config.remote_action_template if kind == "action" else self.config.remote_template
+        name = sanitize_name(message.sender_name)
+        lines = render_remote_lines(
+            template, name, clean_outgoing(source), connection.line_budget(portal.channel),
+            max_lines=self.config.max_lines,
+        )
+        return [
+            RemoteSend(portal.channel, line, event_id=message.event_id, room_id=message.room_id,
+                       sender=message.sender, sender_name=name, first=(i == 0))
+            for i, line in enumerate(lines)
+        ]
+
+    # -- IRC -> Matrix -----------------------------------------------------------------------------------------------
+
+    def prepare_inbound(self, portal: Portal, message: RemoteMessage) -> RemoteMessage:
+        if message.kind not in ("message", "action") or self.matrix is None:
+            return message
+        raw = message.text
+        members = self.matrix.members(portal.room_id)
+        html, mentioned = link_mentions(raw, members, exclude={self.matrix.user_id})
+        return RemoteMessage(
+            message.network, message.channel, message.sender_id, message.sender_name, strip_irc_formatting(raw),
+            html=html, kind=message.kind, msgtype=message.msgtype, mentions=tuple(mentioned),
+        )
+
+    async def on_unlinked_message(self, message: RemoteMessage) -> str | None:
+        if not message.extra.get("private") or message.kind not in ("message", "action"):
+            return None
+        if self.config.private_messages != "admin_dm" or not self.bot.admins:
+            self.log.debug("ignored a private message from %s on %s", message.sender_id, message.network)
+            return None
+        text = strip_irc_formatting(message.text)
+        verb = "* " + message.sender_id if message.kind == "action" else message.sender_id + ":"
+        event_id = None
+        for admin in self.bot.admins:
+            event_id = await self.bot.send_dm(
+                admin, f"IRC private message on {message.network} from {verb} {text}", notice=True
+            )
+        return event_id

@@ -1,0 +1,405 @@
+"""One IRC network as a :class:`~bot.RemoteConnection`, on jaraco's ``irc`` library (``irc.client_aio``).
+
+The library parses the protocol, handles CTCP and PING, decodes leniently and dispatches events in the order lines
+arrive (so messages reach Matrix in IRC order). This module adds what a bridge needs around it: TLS (with or without
+certificate checks), SASL PLAIN through the library's own state machine, nick collisions (433: ``nick_``, ``nick__``,
+then ``nick1``, ``nick2``...), joining the portal channels, keepalive pings, and turning events into
+:class:`~bot.RemoteMessage` values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from irc import client_aio
+from irc import connection as irc_connection
+from irc.client import Event, NickMask, is_channel
+from jaraco.stream import buffer
+
+from bot import RemoteCapabilities, RemoteConnection, RemoteMessage, RemoteSend, irc_line_budget
+
+__all__ = ["IrcConnection", "irc_lower", "next_nick"]
+
+log = logging.getLogger("ratchet.plugin.irc_bridge")
+
+#: Nick attempts before registration is given up (the supervisor then retries later).
+MAX_NICK_ATTEMPTS = 12
+#: Control characters that must not reach IRC from Matrix text (CTCP delimiter, NUL, line breaks...), keeping the
+#: formatting codes.
+_UNSAFE = re.compile(r"[\x00\x01\x04-\x08\x0b\x0c\x0e\x10\x12-\x15\x17-\x1c\x7f]")
+
+
+def irc_lower(name: str) -> str:
+    """RFC 1459 case folding (``[]\\~`` are the upper case of ``{}|^``), for comparing nicks and channels."""
+    return name.lower().translate(str.maketrans("[]\\~", "{}|^"))
+
+
+def next_nick(base: str, attempt: int, max_len: int = 30) -> str:
+    """The nick to try after ``attempt`` collisions: ``base_``, ``base__``, then ``base1``, ``base2``..."""
+    if attempt <= 0:
+        return base[:max_len]
+    suffix = "_" * attempt if attempt <= 2 else str(attempt - 2)
+    return base[: max(1, max_len - len(suffix))] + suffix
+
+
+def clean_outgoing(text: str) -> str:
+    """Text from Matrix made safe for an IRC line: no CTCP delimiters or other stray control characters."""
+    return _UNSAFE.sub("", text)
+
+
+class IrcConnection(RemoteConnection):
+    """A connection to one IRC network for the bridge (see the module docstring)."""
+
+    capabilities = RemoteCapabilities()  # IRC has no ids, edits, replies, reactions or redactions
+
+    def __init__(
+        self,
+        network: str,
+        *,
+        host: str,
+        port: int,
+        nick: str,
+        tls: bool = True,
+        tls_verify: bool = True,
+        username: str | None = None,
+        realname: str = "Ratchet Matrix bridge",
+        password: str | None = None,
+        sasl_username: str | None = None,
+        sasl_password: str | None = None,
+        ping_interval: float = 120.0,
+        channels: Callable[[], list[str]] = list,
+        relay_membership: bool = False,
+    ) -> None:
+        super().__init__(network)
+        self.host = host
+        self.port = port
+        self.wanted_nick = nick
+        self.tls = tls
+        self.tls_verify = tls_verify
+        self.username = username or re.sub(r"[^A-Za-z0-9]", "", nick)[:10] or "ratchet"
+        self.realname = realname
+        self.password = password
+        self.sasl_username = sasl_username
+        self.sasl_password = sasl_password
+        self.ping_interval = ping_interval
+        self.channels = channels
+        self.relay_membership = relay_membership
+        self.nick = nick
+        #: Our own ``user``/``host`` as others see them (learnt from our JOIN), for the line budget.
+        self.own_user: str | None = None
+        self.own_host: str | None = None
+        #: Channel (folded) -> nicks (folded) in it, as far as NAMES/JOIN/PART/QUIT/NICK told us.
+        self.members: dict[str, set[str]] = {}
+        self.joined: set[str] = set()
+        self._reactor: client_aio.AioReactor | None = None
+        self._conn: client_aio.AioConnection | None = None
+        self._registered: asyncio.Future[None] | None = None
+        self._closed = asyncio.Event()
+        self._nick_attempts = 0
+        self._last_rx = time.monotonic()
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        transport = getattr(conn, "transport", None)
+        return bool(conn is not None and conn.connected and transport is not None and not transport.is_closing())
+
+    def is_own(self, sender_id: str) -> bool:
+        return irc_lower(sender_id) == irc_lower(self.nick)
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port} as {self.nick}, in {len(self.joined)} channel{'s' * (len(self.joined) != 1)}"
+
+    def line_budget(self, channel: str) -> int:
+        """Bytes of text one PRIVMSG to ``channel`` may carry (4 spare for a longer nick after a collision)."""
+        return irc_line_budget(self.nick, channel, user=self.own_user, host=self.own_host) - 4
+
+    # -- RemoteConnection ------------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        self._registered = loop.create_future()
+        self._nick_attempts = 0
+        self.nick = self.wanted_nick
+        self.members.clear()
+        self.joined.clear()
+        reactor = client_aio.AioReactor(loop=loop)
+        conn = reactor.server()
+        conn.buffer_class = buffer.LenientDecodingLineBuffer  # UTF-8, falling back to Latin-1 per line
+        self._reactor, self._conn = reactor, conn
+        for event, handler in self._handlers().items():
+            reactor.add_global_handler(event, handler)
+        use_sasl = bool(self.sasl_username and self.sasl_password)
+        if use_sasl:
+            # irc's SASL PLAIN state machine (ServerConnection) is only started by its blocking connect(); start it
+            # here the same way: CAP LS goes out first (see _factory), then NICK/USER, and the machine takes over.
+            conn.sasl_login = self.sasl_username
+            conn._sasl_step = conn._sasl_cap_ls
+            for event in ("cap", "authenticate", "saslsuccess", "saslfail"):
+                reactor.add_global_handler(event, conn._sasl_state_machine, -42)
+        await conn.connect(
+            self.host,
+            self.port,
+            self.nick,
+            password=self.password,
+            username=self.username,
+            ircname=self.realname,
+            connect_factory=self._factory(send_cap=use_sasl),
+        )
+        if use_sasl:
+            conn.password = self.sasl_password  # read by the SASL machine (not sent as PASS: that went already)
+        self._last_rx = time.monotonic()
+        await self._registered  # raises if registration failed; the supervisor's timeout bounds the wait
+        for channel in self.channels():
+            self.join(channel)
+
+    def _factory(self, *, send_cap: bool) -> Callable[..., Any]:
+        context: ssl.SSLContext | None = None
+        if self.tls:
+            context = ssl.create_default_context()
+            if not self.tls_verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+        base = irc_connection.AioFactory(ssl=context) if context is not None else irc_connection.AioFactory()
+
+        async def connect(protocol: Any, address: tuple[str, int]) -> tuple[Any, Any]:
+            transport, proto = await base(protocol, address)
+            if send_cap:
+                transport.write(b"CAP LS\r\n")
+            return transport, proto
+
+        return connect
+
+    async def run(self) -> None:
+        interval = max(1.0, self.ping_interval)
+        while not self._closed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), interval / 2)
+            if self._closed.is_set():
+                break
+            idle = time.monotonic() - self._last_rx
+            if idle > interval * 2:
+                raise ConnectionError(f"no data from the server for {idle:.0f}s")
+            if idle > interval and self.connected and self._conn is not None:
+                self._conn.ping(self.host)
+
+    async def send(self, item: RemoteSend) -> str | None:
+        conn = self._conn
+        if conn is None or not self.connected:
+            raise ConnectionError("not connected")
+        text = clean_outgoing(item.text)
+        if item.kind == "notice":
+            conn.notice(item.channel, text)
+        elif item.kind == "action" and item.payload and item.payload.get("ctcp_action"):
+            conn.action(item.channel, text)
+        else:
+            conn.privmsg(item.channel, text)
+        return None
+
+    async def close(self) -> None:
+        conn, reactor = self._conn, self._reactor
+        self._conn = self._reactor = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                if conn.connected:
+                    conn.disconnect("Ratchet bridge stopping")
+            with contextlib.suppress(Exception):
+                conn.transport.close()
+        if reactor is not None:
+            with contextlib.suppress(Exception):
+                reactor.connections.clear()
+        self._closed.set()
+        if self._registered is not None and not self._registered.done():
+            self._registered.set_exception(ConnectionError("closed"))
+            self._registered.exception()
+
+    # -- channels ----------------------------------------------------------------------------------------------------
+
+    def join(self, channel: str) -> None:
+        if self._conn is not None and self.connected:
+            self._conn.join(channel)
+
+    def part(self, channel: str, reason: str = "unlinked from Matrix") -> None:
+        if self._conn is not None and self.connected:
+            self._conn.part(channel, reason)
+
+    # -- events --------------------------------------------------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Callable[[Any, Event], Any]]:
+        return {
+            "all_raw_messages": self._on_raw,
+            "welcome": self._on_welcome,
+            "nicknameinuse": self._on_nick_taken,
+            "nickcollision": self._on_nick_taken,
+            "unavailresource": self._on_nick_taken,
+            "erroneusnickname": self._on_bad_nick,
+            "login_failed": self._on_login_failed,
+            "passwdmismatch": self._on_login_failed,
+            "error": self._on_error,
+            "disconnect": self._on_disconnect,
+            "namreply": self._on_names,
+            "join": self._on_join,
+            "part": self._on_part,
+            "kick": self._on_kick,
+            "quit": self._on_quit,
+            "nick": self._on_nick,
+            "pubmsg": self._on_pubmsg,
+            "pubnotice": self._on_pubnotice,
+            "action": self._on_action,
+            "privmsg": self._on_privmsg,
+        }
+
+    def _fail_registration(self, reason: str) -> None:
+        if self._registered is not None and not self._registered.done():
+            self._registered.set_exception(ConnectionError(reason))
+
+    def _on_raw(self, _conn: Any, _event: Event) -> None:
+        self._last_rx = time.monotonic()
+
+    def _on_welcome(self, conn: Any, event: Event) -> None:
+        self.nick = conn.get_nickname() or (event.target or self.nick)
+        log.info("%s: registered as %s", self.network, self.nick)
+        if self._registered is not None and not self._registered.done():
+            self._registered.set_result(None)
+
+    def _on_nick_taken(self, conn: Any, event: Event) -> None:
+        if self._registered is not None and self._registered.done():
+            return  # a nick change later on; we keep the nick we have
+        self._nick_attempts += 1
+        if self._nick_attempts > MAX_NICK_ATTEMPTS:
+            self._fail_registration("no free nick")
+            return
+        self.nick = next_nick(self.wanted_nick, self._nick_attempts)
+        log.info("%s: nick taken, trying %s", self.network, self.nick)
+        conn.nick(self.nick)
+
+    def _on_bad_nick(self, conn: Any, event: Event) -> None:
+        if self._registered is not None and not self._registered.done():
+            self._fail_registration(f"the server refuses the nick {self.nick!r}")
+
+    def _on_login_failed(self, _conn: Any, event: Event) -> None:
+        reason = " ".join(str(a) for a in event.arguments) or event.type
+        log.error("%s: login failed: %s", self.network, reason)
+        self._fail_registration(f"login failed: {reason}")
+        with contextlib.suppress(Exception):
+            self._conn.disconnect("login failed")  # type: ignore[union-attr]
+
+    def _on_error(self, _conn: Any, event: Event) -> None:
+        reason = " ".join(str(a) for a in event.arguments) or "ERROR"
+        self._fail_registration(reason)
+        self._closed.set()
+
+    def _on_disconnect(self, _conn: Any, _event: Event) -> None:
+        self._fail_registration("disconnected")
+        self._closed.set()
+
+    def _on_names(self, _conn: Any, event: Event) -> None:
+        # arguments: [type, channel, "nick1 @nick2 +nick3"]
+        if len(event.arguments) < 3:
+            return
+        channel = irc_lower(event.arguments[1])
+        names = {irc_lower(n.lstrip("~&@%+")) for n in event.arguments[2].split()}
+        self.members.setdefault(channel, set()).update(names)
+
+    def _on_join(self, _conn: Any, event: Event) -> None:
+        source = NickMask(event.source)
+        channel = event.target
+        if self.is_own(source.nick):
+            self.own_user, self.own_host = source.user, source.host
+            self.joined.add(irc_lower(channel))
+            self.members.setdefault(irc_lower(channel), set()).add(irc_lower(source.nick))
+            return
+        self.members.setdefault(irc_lower(channel), set()).add(irc_lower(source.nick))
+        if self.relay_membership:
+            self._member_event(channel, source.nick, "join", f"{source.nick} joined {channel}")
+
+    def _on_part(self, _conn: Any, event: Event) -> None:
+        source = NickMask(event.source)
+        channel = event.target
+        if self.is_own(source.nick):
+            self.joined.discard(irc_lower(channel))
+            self.members.pop(irc_lower(channel), None)
+            return
+        self.members.get(irc_lower(channel), set()).discard(irc_lower(source.nick))
+        if self.relay_membership:
+            reason = f" ({event.arguments[0]})" if event.arguments and event.arguments[0] else ""
+            self._member_event(channel, source.nick, "part", f"{source.nick} left {channel}{reason}")
+
+    def _on_kick(self, _conn: Any, event: Event) -> None:
+        channel, kicked = event.target, event.arguments[0] if event.arguments else ""
+        if self.is_own(kicked):
+            self.joined.discard(irc_lower(channel))
+            log.warning("%s: kicked from %s; rejoining", self.network, channel)
+            self.join(channel)
+            return
+        self.members.get(irc_lower(channel), set()).discard(irc_lower(kicked))
+        if self.relay_membership:
+            by = NickMask(event.source).nick
+            self._member_event(channel, kicked, "kick", f"{kicked} was kicked from {channel} by {by}")
+
+    def _on_quit(self, _conn: Any, event: Event) -> None:
+        nick = NickMask(event.source).nick
+        folded = irc_lower(nick)
+        reason = f" ({event.arguments[0]})" if event.arguments and event.arguments[0] else ""
+        for channel, names in self.members.items():
+            if folded in names:
+                names.discard(folded)
+                if self.relay_membership:
+                    self._member_event(channel, nick, "quit", f"{nick} quit{reason}")
+
+    def _on_nick(self, _conn: Any, event: Event) -> None:
+        old, new = NickMask(event.source).nick, event.target
+        if self.is_own(old):
+            self.nick = new
+            return
+        for channel, names in self.members.items():
+            if irc_lower(old) in names:
+                names.discard(irc_lower(old))
+                names.add(irc_lower(new))
+                if self.relay_membership:
+                    self._member_event(channel, old, "nick", f"{old} is now known as {new}")
+
+    def _member_event(self, channel: str, nick: str, kind: Any, text: str) -> None:
+        self.deliver(RemoteMessage(self.network, channel, nick, nick, text, kind=kind, msgtype="m.notice"))
+
+    def _message(self, event: Event, kind: Any, *, msgtype: Any = "m.text") -> None:
+        source = NickMask(event.source)
+        if not event.source or "!" not in str(event.source):
+            return  # from the server itself
+        text = event.arguments[0] if event.arguments else ""
+        target = event.target
+        private = not is_channel(target)
+        self.deliver(
+            RemoteMessage(
+                self.network,
+                source.nick if private else target,
+                source.nick,
+                source.nick,
+                text,
+                kind=kind,
+                msgtype=msgtype,
+                extra={"private": private, "raw": True},
+            )
+        )
+
+    def _on_pubmsg(self, _conn: Any, event: Event) -> None:
+        self._message(event, "message")
+
+    def _on_pubnotice(self, _conn: Any, event: Event) -> None:
+        self._message(event, "message", msgtype="m.notice")
+
+    def _on_action(self, _conn: Any, event: Event) -> None:
+        self._message(event, "action")
+
+    def _on_privmsg(self, _conn: Any, event: Event) -> None:
+        self._message(event, "message")

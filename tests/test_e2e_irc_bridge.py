@@ -1,0 +1,390 @@
+"""Issue 6 end to end: the IRC bridge between a real IRC server (miniircd on 127.0.0.1) and an encrypted Matrix room
+on the real Synapse, with a raw IRC client and a Matrix member (its own E2EE device) as the two peers."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import Any
+
+import pytest
+
+from bot.loader import import_plugin
+from bot.testing.ircd import IrcClient, IrcServer
+
+irc_connection = __import__(import_plugin("irc_bridge").__module__ + ".connection", fromlist=["IrcConnection"])
+
+pytestmark = pytest.mark.skipif(not IrcServer.available(), reason="miniircd is not installed (pip install -e '.[dev]')")
+
+BRIDGE_NICK = "relay"
+
+
+@pytest.fixture
+def ircd(tmp_path):
+    server = IrcServer(tmp_path / "ircd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def bridge_options(ircd: IrcServer, channels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "networks": {
+            "local": {
+                "host": "127.0.0.1",
+                "port": ircd.port,
+                "tls": False,
+                "nick": BRIDGE_NICK,
+                "channels": channels or {},
+                "ping_interval": 30,
+            }
+        },
+        "reconnect_min_delay": 0.5,
+        "reconnect_max_delay": 2.0,
+        "rate_limit": 0,
+    }
+    options.update(extra)
+    return options
+
+
+def the_bridge(ratchet):
+    return ratchet.bot.bot.host.plugins["irc_bridge"].instance
+
+
+async def until(condition, timeout: float = 20, what: str = "a condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def body(event) -> str:
+    return str(getattr(event, "body", "") or event.source.get("content", {}).get("body", ""))
+
+
+def is_edit_of(event, event_id: str) -> bool:
+    rel = event.source.get("content", {}).get("m.relates_to") or {}
+    return rel.get("rel_type") == "m.replace" and rel.get("event_id") == event_id
+
+
+@pytest.mark.e2e
+async def test_irc_and_encrypted_room_talk_with_names_edits_replies_and_no_echo(ratchet, ircd):
+    alice = await ratchet.member("alice")
+    await alice.client.set_displayname("Alice Liddell")
+    squatter = await IrcClient.connect(ircd.port, BRIDGE_NICK)  # the bridge's nick is taken: it must pick another
+    carol = await IrcClient.connect(ircd.port, "carol")
+    await carol.join("#ratchet")
+    room = await ratchet.room(
+        plugins={"irc_bridge": bridge_options(ircd)}, member=alice, admins=[alice.user_id]
+    )
+    linked = await room.ask("!bridge link #ratchet")
+    assert linked.body == "✅ Linked this room to local #ratchet.", linked.body
+    joined = await carol.expect(lambda m: m.command == "JOIN" and m.nick.startswith(BRIDGE_NICK))
+    nick = joined.nick
+    assert nick == f"{BRIDGE_NICK}_"  # 433 -> append "_" and retry
+
+    # Matrix -> IRC: the member's display name, HTML bold as an IRC bold code.
+    first = await room.send("", content={
+        "msgtype": "m.text", "body": "hello from **matrix**", "format": "org.matrix.custom.html",
+        "formatted_body": "hello from <strong>matrix</strong>",
+    })
+    line = await carol.expect(lambda m: m.command == "PRIVMSG" and m.nick == nick)
+    assert line.target == "#ratchet" and line.text == "<Alice Liddell> hello from \x02matrix\x02"
+
+    # IRC -> Matrix: posted by the bot in the encrypted room with the nick in bold, the mention as a pill.
+    await carol.say("#ratchet", "Alice Liddell: greetings from \x02irc\x02")
+    greeting = await room.expect(lambda e: "greetings from irc" in body(e))
+    assert greeting.decrypted, "the bridged message must be encrypted"
+    assert greeting.body == "carol: Alice Liddell: greetings from irc"
+    content = greeting.source["content"]
+    assert content["msgtype"] == "m.text"
+    assert content["formatted_body"].startswith("<strong>carol</strong>: ")
+    assert f'<a href="https://matrix.to/#/{alice.user_id}">Alice Liddell</a>' in content["formatted_body"]
+    assert "<strong>irc</strong>" in content["formatted_body"]
+    assert content["m.mentions"] == {"user_ids": [alice.user_id]}
+
+    # An edit on Matrix becomes s/old/new/ on IRC.
+    await room.send("", content={
+        "msgtype": "m.text", "body": "* hello from the matrix",
+        "m.new_content": {"msgtype": "m.text", "body": "hello from the matrix"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": first},
+    })
+    edit = await carol.expect(lambda m: m.command == "PRIVMSG" and m.nick == nick and "s/" in m.text)
+    assert edit.text == "<Alice Liddell> s/matrix/the matrix/"
+
+    # A reply quotes the original's first words with its author's nick.
+    await room.send("nice to meet you", reply_to=greeting.event_id)
+    reply = await carol.expect(lambda m: m.command == "PRIVMSG" and "nice to meet you" in m.text)
+    assert reply.text == "<Alice Liddell> nice to meet you (re @carol: Alice Liddell: greetings from irc)"
+
+    # An IRC user's s/old/new/ edits their message in Matrix (the bot's own message, so it may).
+    await carol.say("#ratchet", "s/greetings/hellos/")
+    fixed = await room.expect(lambda e: is_edit_of(e, greeting.event_id))
+    assert fixed.source["content"]["m.new_content"]["body"] == "carol: Alice Liddell: hellos from irc"
+
+    # A reaction becomes a short line naming what was reacted to.
+    await room.send("", event_type="m.reaction", content={
+        "m.relates_to": {"rel_type": "m.annotation", "event_id": greeting.event_id, "key": "👍"},
+    })
+    reacted = await carol.expect(lambda m: m.command == "PRIVMSG" and "reacted" in m.text)
+    assert reacted.text == '* Alice Liddell reacted 👍 to carol: "Alice Liddell: hellos from irc"'  # after the s///
+
+    # A /me on IRC is an action in Matrix.
+    await carol.action("#ratchet", "waves")
+    waved = await room.expect(lambda e: body(e).endswith("carol waves"))
+    assert waved.body == "* carol waves"
+
+    # A long message is split on word boundaries into lines that fit IRC's 512 bytes, prefix included.
+    words = [f"wörd{i}" for i in range(220)]
+    await room.send(" ".join(words))
+    await carol.expect(lambda m: m.command == "PRIVMSG" and m.text.endswith(words[-1]))
+    parts = [m for m in carol.privmsgs("#ratchet", nick=nick) if "wörd" in m.text]
+    assert len(parts) >= 3
+    for part in parts:
+        assert len(f":{part.raw.lstrip(':')}\r\n".encode()) <= 512
+        assert part.text.startswith("<Alice Liddell> ")
+    assert " ".join(p.text.removeprefix("<Alice Liddell> ") for p in parts).split() == words
+
+    # No echo: each message exactly once on each side, none of the member's messages came back from the bot.
+    await carol.say("#ratchet", "last one")
+    await room.expect(lambda e: body(e) == "carol: last one")
+    await asyncio.sleep(1.0)
+    irc_texts = [m.text for m in carol.privmsgs("#ratchet", nick=nick)]
+    assert irc_texts.count("<Alice Liddell> hello from \x02matrix\x02") == 1
+    assert sum("nice to meet you" in t for t in irc_texts) == 1
+    assert not any(t.startswith(("<carol", "carol")) or "last one" in t or "waves" in t for t in irc_texts)
+    bot_bodies = [body(e) for e in room.bot_messages() if not is_edit_of(e, greeting.event_id)]
+    assert bot_bodies.count("carol: Alice Liddell: greetings from irc") == 1
+    assert bot_bodies.count("carol: last one") == 1
+    assert not any("hello from" in b or "nice to meet" in b or "wörd" in b for b in bot_bodies), bot_bodies
+    assert not [m for m in squatter.privmsgs()], "nothing was addressed to the squatter"
+    assert alice.undecryptable(room.room_id) == []
+    await carol.close()
+    await squatter.close()
+
+
+@pytest.mark.e2e
+async def test_irc_server_restart_reconnects_and_delivers_queued_messages_once_in_order(ratchet, ircd):
+    dora = await ratchet.member("dora")
+    await dora.client.set_displayname("Dora")
+    room = await ratchet.room(plugins={"ping": {}}, member=dora)
+    await ratchet.stop_bot()
+    # A link from the config this time (a room id), restored at every start.
+    await ratchet.start_bot(
+        {"irc_bridge": bridge_options(ircd, channels={"#Restart": room.room_id})}, admins=[dora.user_id]
+    )
+    bridge = the_bridge(ratchet)
+    supervisor = bridge.supervisors["local"]
+    connection = bridge.irc["local"]
+    await until(lambda: "#restart" in connection.joined, what="the bridge to join #restart")
+    carol = await IrcClient.connect(ircd.port, "carol")
+    await carol.join("#restart")
+    await room.send("before the outage")
+    await carol.expect(lambda m: m.command == "PRIVMSG" and m.text == "<Dora> before the outage")
+
+    ircd.stop()
+    await until(lambda: supervisor.state != "connected", what="the bridge to notice the outage")
+    for i in range(1, 4):
+        await room.send(f"during the outage {i}")
+    await until(lambda: len(supervisor.queue) == 3, what="three queued messages")
+    status = await room.ask("!bridge status")
+    assert "local: " in status.body and "queue 3" in status.body and "#restart" in status.body, status.body
+    ircd.start()
+    carol2 = await IrcClient.connect(ircd.port, "carol")
+    await until(lambda: supervisor.connected and not supervisor.queue, timeout=30, what="the queue to be flushed")
+    await until(lambda: "#restart" in connection.joined, what="the bridge to rejoin")
+    await carol2.join("#restart")
+
+    # The server's own channel log: what reached #restart, across both server runs.
+    relayed = [text for nick, text in ircd.channel_log("#restart") if nick == connection.nick or nick == BRIDGE_NICK]
+    assert relayed == [
+        "<Dora> before the outage",
+        "<Dora> during the outage 1",
+        "<Dora> during the outage 2",
+        "<Dora> during the outage 3",
+    ]
+    # And both directions work again.
+    await carol2.say("#restart", "back again")
+    back = await room.expect(lambda e: body(e) == "carol: back again")
+    assert back.decrypted
+    await room.send("welcome back")
+    await carol2.expect(lambda m: m.command == "PRIVMSG" and m.text == "<Dora> welcome back")
+
+    status = await room.ask("!bridge status")
+    assert "local: connected" in status.body and "queue 0" in status.body, status.body
+    refused = await room.ask("!bridge unlink")
+    assert "linked in the config file" in refused.body
+    await carol.close()
+    await carol2.close()
+
+
+@pytest.mark.e2e
+async def test_bridge_link_unlink_admin_only_joins_parts_and_private_messages(ratchet, ircd):
+    admin = await ratchet.member("admin")
+    room = await ratchet.room(
+        plugins={"irc_bridge": bridge_options(ircd, relay_joins_parts=True, private_messages="admin_dm")},
+        member=admin, admins=[admin.user_id],
+    )
+    bridge = the_bridge(ratchet)
+    await until(lambda: bridge.supervisors["local"].connected, what="the IRC connection")
+
+    # Only admins may link.
+    other = await ratchet.member("other")
+    await admin.client.room_invite(room.room_id, other.user_id)
+    await other.client.join(room.room_id)
+    await other.wait_joined(room.room_id, other.user_id)
+    denied_id = await other.send(room.room_id, "!bridge link #elsewhere")
+    denied = await other.expect_reply(room.room_id, denied_id, sender=room.bot_user_id)
+    assert "admins only" in denied.body
+    assert (await room.ask("!bridge link nochannel")).body.startswith("⚠️")
+
+    assert (await room.ask("!irc link #side")).body == "✅ Linked this room to local #side."
+    await until(lambda: "#side" in bridge.irc["local"].joined, what="the bridge to join #side")
+    dave = await IrcClient.connect(ircd.port, "dave")
+    await dave.join("#side")
+    joined = await room.expect(lambda e: body(e) == "dave joined #side")
+    assert joined.source["content"]["msgtype"] == "m.notice"
+    await dave.say("#side", "hello side")
+    await room.expect(lambda e: body(e) == "dave: hello side")
+
+    # A private message to the bridge goes to the admins' DM with the bot.
+    dave.send_raw(f"PRIVMSG {bridge.irc['local'].nick} :psst, a secret")
+    await admin.wait_for(lambda: bool(admin.client.invited_rooms), 30, "the bot's DM invite")
+    dm = next(iter(admin.client.invited_rooms))
+    await admin.client.join(dm)
+    pm = await admin.expect(
+        lambda rid, e: rid == dm and "psst" in body(e), 30, "the forwarded private message"
+    )
+    assert pm.body == "IRC private message on local from dave: psst, a secret"
+
+    unlinked = await room.ask("!bridge unlink #side")
+    assert unlinked.body == "✅ Unlinked this room from local #side."
+    await dave.expect(lambda m: m.command == "PART" and m.nick == bridge.irc["local"].nick)
+    await dave.say("#side", "anyone?")
+    await asyncio.sleep(1.0)
+    assert not [e for e in room.bot_messages() if "anyone?" in body(e)]
+    assert (await room.ask("!bridge unlink")).body == "⚠️ This room is not linked."
+    await dave.close()
+
+
+# ------------------------------------------------------------------------------------------- without Matrix
+
+
+def test_nick_fallbacks_and_case_folding():
+    assert [irc_connection.next_nick("relay", n) for n in range(5)] == ["relay", "relay_", "relay__", "relay1",
+                                                                      "relay2"]
+    assert irc_connection.next_nick("x" * 30, 3, max_len=30) == "x" * 29 + "1"
+    assert irc_connection.irc_lower("#Chan[1]") == "#chan{1}"
+    assert irc_connection.clean_outgoing("\x01ACTION evil\x01 \x02ok\x02\x00") == "ACTION evil \x02ok\x02"
+
+
+class ScriptedServer:
+    """An IRC server that does CAP/SASL PLAIN by the book, recording what the client sent."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+        self.received: list[str] = []
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import base64
+
+        nick = None
+        try:
+            while line := (await reader.readline()).decode().rstrip("\r\n"):
+                self.received.append(line)
+                out = []
+                if line.startswith("CAP LS"):
+                    out.append(":srv CAP * LS :multi-prefix sasl")
+                elif line == "CAP REQ sasl" or line == "CAP REQ :sasl":
+                    out.append(":srv CAP * ACK :sasl")
+                elif line == "AUTHENTICATE PLAIN":
+                    out.append("AUTHENTICATE +")
+                elif line.startswith("AUTHENTICATE "):
+                    _, user, password = base64.b64decode(line.split(" ", 1)[1]).split(b"\0")
+                    ok = user == b"account" and password.decode() == self.password
+                    out.append(":srv 903 * :SASL authentication successful" if ok else ":srv 904 * :SASL failed")
+                elif line.startswith("NICK "):
+                    nick = line.split()[1]
+                elif line == "CAP END":
+                    out.append(f":srv 001 {nick} :Welcome")
+                for reply in out:
+                    writer.write(reply.encode() + b"\r\n")
+                await writer.drain()
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def _connection(port: int, **kwargs: Any):
+    return irc_connection.IrcConnection("test", host="127.0.0.1", port=port, nick="relay", **kwargs)
+
+
+async def test_sasl_plain_through_the_library_state_machine():
+    server = ScriptedServer("s3cret")
+    port = await server.start()
+    try:
+        conn = _connection(port, tls=False, sasl_username="account", sasl_password="s3cret")
+        await asyncio.wait_for(conn.connect(), 10)
+        assert conn.nick == "relay"
+        sent = server.received
+        assert sent[0] == "CAP LS"  # before NICK/USER, so registration waits for SASL
+        assert sent.index("AUTHENTICATE PLAIN") < sent.index("CAP END")
+        assert not any(line.startswith("PASS") for line in sent)  # the SASL password is not sent as PASS
+        await conn.close()
+
+        wrong = _connection(port, tls=False, sasl_username="account", sasl_password="wrong")
+        with pytest.raises(ConnectionError, match="login failed"):
+            await asyncio.wait_for(wrong.connect(), 10)
+        await wrong.close()
+    finally:
+        await server.stop()
+
+
+async def test_tls_with_and_without_certificate_checks(tmp_path):
+    crypto = pytest.importorskip("cryptography")
+    del crypto
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "ircd.pem"
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    with IrcServer(tmp_path / "tls", ssl_pem=pem) as ircd:
+        trusting = _connection(ircd.port, tls=True, tls_verify=False)
+        await asyncio.wait_for(trusting.connect(), 10)
+        assert trusting.connected
+        await trusting.close()
+        checking = _connection(ircd.port, tls=True, tls_verify=True)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.wait_for(checking.connect(), 10)
+        await checking.close()

@@ -1,0 +1,327 @@
+"""Issue 6: the webhooks bridge. Templates and secrets as pure functions; then end to end against the real Synapse:
+HTTP requests post (encrypted) into a room, bad ones get a 4xx and post nothing, and a room's messages go out to an
+HTTP endpoint with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import socket
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from bot.loader import import_plugin
+
+templates = __import__(import_plugin("webhooks").__module__ + ".templates", fromlist=["render_push"])
+
+SECRET = "a-bearer-secret-0123456789"
+GIT_SECRET = "a-signing-secret-9876543210"
+
+ALERTS = {
+    "version": "4",
+    "status": "firing",
+    "receiver": "ops",
+    "alerts": [
+        {"status": "firing", "labels": {"alertname": "HighLatency", "severity": "critical", "instance": "api-1"},
+         "annotations": {"summary": "p99 latency above 500ms"}, "generatorURL": "https://prom.example/graph"},
+        {"status": "firing", "labels": {"alertname": "DiskFull", "severity": "warning", "instance": "db-1"},
+         "annotations": {"description": "disk 95% full"}},
+        {"status": "resolved", "labels": {"alertname": "CPUHigh", "instance": "web-1"},
+         "annotations": {"summary": "CPU back to normal"}},
+    ],
+}
+
+PUSH = {
+    "ref": "refs/heads/main",
+    "compare": "https://git.example/acme/widgets/compare/1a2b3c4...7e8f9a0",
+    "repository": {"name": "widgets", "full_name": "acme/widgets"},
+    "pusher": {"name": "alice", "email": "alice@example.org"},
+    "sender": {"login": "alice"},
+    "commits": [
+        {"id": "1a2b3c4d5e6f", "message": "Fix the frobnicator\n\nLong story.", "author": {"name": "alice"},
+         "url": "https://git.example/acme/widgets/commit/1a2b3c4"},
+        {"id": "5d6e7f8a9b0c", "message": "Add tests", "author": {"name": "bob", "username": "bob"}},
+        {"id": "7e8f9a0b1c2d", "message": "Update docs", "author": {"name": "alice"}},
+    ],
+}
+
+
+# ------------------------------------------------------------------------------------------- pure: templates
+
+
+def test_generic_template_accepts_text_or_body_and_refuses_unknown_fields():
+    assert templates.render_generic({"text": "hi"}) == templates.Rendered("hi")
+    assert templates.render_generic({"body": "hi", "username": "ci", "msgtype": "m.notice"}) == templates.Rendered(
+        "hi", None, "ci", "m.notice"
+    )
+    for bad, needle in [
+        ({"text": "hi", "colour": "red"}, "unknown field 'colour'"),
+        ({"text": "hi", "body": "ho"}, "not both"),
+        ({}, "'text' (or 'body') is required"),
+        ({"text": 3}, "'text' must be a string"),
+        ([1, 2], "JSON object"),
+        ({"text": "x", "msgtype": "m.emote"}, "msgtype"),
+    ]:
+        with pytest.raises(templates.TemplateError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            templates.render_generic(bad)
+
+
+def test_alertmanager_template_summarises_firing_then_resolved():
+    rendered = templates.render_alertmanager(ALERTS)
+    assert rendered.text.splitlines() == [
+        "Alerts: 2 firing · 1 resolved",
+        "🔥 FIRING: HighLatency (critical) on api-1: p99 latency above 500ms",
+        "🔥 FIRING: DiskFull (warning) on db-1: disk 95% full",
+        "✅ RESOLVED: CPUHigh on web-1: CPU back to normal",
+    ]
+    assert '<a href="https://prom.example/graph">source</a>' in rendered.html
+    one = templates.render_alertmanager({"alerts": [ALERTS["alerts"][2]]})
+    assert one.text == "✅ RESOLVED: CPUHigh on web-1: CPU back to normal"
+    with pytest.raises(templates.TemplateError):
+        templates.render_alertmanager({"alerts": []})
+    with pytest.raises(templates.TemplateError):
+        templates.render_alertmanager({"alerts": [{"labels": {}}]})
+
+
+def test_push_template_for_branches_tags_and_deletions():
+    rendered = templates.render_push(PUSH)
+    assert rendered.text == (
+        "alice pushed 3 commits to acme/widgets/main:\n1a2b3c4 Fix the frobnicator\n5d6e7f8 Add tests (bob)\n"
+        "7e8f9a0 Update docs"
+    )
+    assert '<a href="https://git.example/acme/widgets/compare/1a2b3c4...7e8f9a0">3 commits</a>' in rendered.html
+    assert '<a href="https://git.example/acme/widgets/commit/1a2b3c4"><code>1a2b3c4</code></a>' in rendered.html
+    assert templates.render_push({**PUSH, "ref": "refs/tags/v1.0", "commits": []}).text == (
+        "alice pushed tag v1.0 to acme/widgets"
+    )
+    assert templates.render_push({**PUSH, "deleted": True, "commits": []}).text == (
+        "alice deleted branch main of acme/widgets"
+    )
+    forced = templates.render_push({**PUSH, "forced": True, "commits": PUSH["commits"][:1]})
+    assert forced.text.startswith("alice force-pushed 1 commit to acme/widgets/main:")
+    gitea = {"ref": "refs/heads/dev", "repository": {"full_name": "o/r"}, "pusher": {"username": "gitea-user"},
+             "commits": [], "total_commits": 0}
+    assert templates.render_push(gitea).text == "gitea-user pushed 0 commits to o/r/dev"
+    with pytest.raises(templates.TemplateError, match="'ref'"):
+        templates.render_push({"repository": {"full_name": "o/r"}})
+
+
+def test_secrets_bearer_and_hmac_signatures():
+    assert templates.verify_bearer(SECRET, f"Bearer {SECRET}")
+    assert templates.verify_bearer(SECRET, f"bearer  {SECRET} ")
+    assert not templates.verify_bearer(SECRET, f"Bearer {SECRET}x")
+    assert not templates.verify_bearer(SECRET, None)
+    assert not templates.verify_bearer(SECRET, f"Basic {SECRET}")
+    body = b'{"ref": "x"}'
+    sig = hmac.new(GIT_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert templates.verify_signature(GIT_SECRET, body, {"X-Hub-Signature-256": f"sha256={sig}"})
+    assert templates.verify_signature(GIT_SECRET, body, {"X-Gitea-Signature": sig})
+    assert templates.verify_signature(GIT_SECRET, body, {"X-Forgejo-Signature": sig.upper()})
+    assert not templates.verify_signature(GIT_SECRET, body + b" ", {"X-Hub-Signature-256": f"sha256={sig}"})
+    assert not templates.verify_signature(GIT_SECRET, body, {"X-Hub-Signature-256": sig})  # prefix required
+    assert not templates.verify_signature(GIT_SECRET, body, {})
+    assert templates.forge_event({"X-GitHub-Event": "Push"}) == "push"
+
+
+# ------------------------------------------------------------------------------------------- end to end
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _until(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def _body(event) -> str:
+    return str(getattr(event, "body", "") or event.source.get("content", {}).get("body", ""))
+
+
+async def _raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, Any]]:
+    """Send a request by hand (headers may promise more body than is sent); return the status and JSON answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)  # the server answers and closes without the rest
+    finally:
+        writer.close()
+    header, _, payload = raw.partition(b"\r\n\r\n")
+    status = int(header.split(b" ", 2)[1])
+    return status, json.loads(payload or b"{}")
+
+
+@pytest.mark.e2e
+async def test_webhooks_post_encrypted_messages_and_refuse_bad_requests(ratchet):
+    member = await ratchet.member("ops")
+    room = await ratchet.room(plugins={"ping": {}}, member=member)
+    await ratchet.stop_bot()
+    port = _free_port()
+    hooks = {
+        "ci": {"room": room.room_id, "secret": SECRET},
+        "alerts": {"room": room.room_id, "secret": SECRET, "template": "alertmanager", "msgtype": "m.notice"},
+        "git": {"room": room.room_id, "secret": GIT_SECRET, "auth": "hmac", "template": "push"},
+    }
+    await ratchet.start_bot({"webhooks": {"port": port, "hooks": hooks, "max_body_bytes": 4096}})
+    url = f"http://127.0.0.1:{port}/hooks"
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):  # the endpoint starts with the plugin; give it a moment
+            try:
+                async with http.post(f"{url}/nothing") as resp:
+                    break
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+
+        # A good secret: posted (encrypted), the answer names the event.
+        async with http.post(f"{url}/ci", json={"text": "deploy finished", "username": "ci"}, headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+            answer = await resp.json()
+        posted = await room.expect(lambda e: e.event_id == answer["event_id"])
+        assert posted.decrypted and posted.body == "ci: deploy finished"
+        assert posted.source["content"]["formatted_body"] == "<strong>ci</strong>: deploy finished"
+
+        # Bad requests: a 4xx with a JSON reason, nothing posted.
+        async def refused(path: str, status: int, needle: str, **kwargs: Any) -> None:
+            async with http.post(f"{url}/{path}", **kwargs) as resp:
+                data = await resp.json()
+                assert resp.status == status, data
+                assert data["ok"] is False and needle in data["error"], data
+
+        await refused("ci", 401, "secret", json={"text": "nope"}, headers={"Authorization": "Bearer wrong"})
+        await refused("ci", 401, "secret", json={"text": "nope"})
+        await refused("nope", 404, "unknown hook 'nope'", json={"text": "x"}, headers=auth)
+        await refused("ci", 415, "application/json", data="text=hi", headers={**auth, "Content-Type": "text/plain"})
+        await refused("ci", 400, "malformed JSON", data=b"{not json", headers={**auth,
+                                                                              "Content-Type": "application/json"})
+        await refused("ci", 400, "unknown field 'colour'", json={"text": "x", "colour": "red"}, headers=auth)
+        await refused("git", 401, "signature", json=PUSH, headers={"X-GitHub-Event": "push"})
+        bad_sig = {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64}
+        await refused("git", 401, "wrong signature", json=PUSH, headers=bad_sig)
+
+    # Oversize: refused from Content-Length before the body is read (only 10 of the promised bytes are sent)...
+    started = time.monotonic()
+    status, data = await _raw_request(
+        port,
+        f"POST /hooks/ci HTTP/1.1\nHost: x\nAuthorization: Bearer {SECRET}\nContent-Type: application/json\n"
+        "Content-Length: 10000000\n",
+        b'{"text": "',
+    )
+    assert status == 413 and "at most 4096" in data["error"], data
+    assert time.monotonic() - started < 5
+    # ...and a chunked body (no length given) as soon as it passes the limit.
+    chunk = b"x" * 3000
+    status, data = await _raw_request(
+        port,
+        f"POST /hooks/ci HTTP/1.1\nHost: x\nAuthorization: Bearer {SECRET}\nContent-Type: application/json\n"
+        "Transfer-Encoding: chunked\n",
+        b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(2)),
+    )
+    assert status == 413, data
+
+    async with aiohttp.ClientSession() as http:
+        # Alertmanager and a signed push render through their templates.
+        async with http.post(f"{url}/alerts", json=ALERTS, headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+        alert = await room.expect(lambda e: _body(e).startswith("Alerts:"))
+        assert alert.decrypted and alert.source["content"]["msgtype"] == "m.notice"
+        assert "🔥 FIRING: HighLatency (critical) on api-1: p99 latency above 500ms" in alert.body
+        assert "✅ RESOLVED: CPUHigh on web-1" in alert.body
+
+        body = json.dumps(PUSH).encode()
+        signature = "sha256=" + hmac.new(GIT_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature, "Content-Type": "application/json"}
+        async with http.post(f"{url}/git", data=body, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+        push = await room.expect(lambda e: _body(e).startswith("alice pushed"))
+        assert push.decrypted
+        assert push.body.splitlines()[0] == "alice pushed 3 commits to acme/widgets/main:"
+        ping = json.dumps({"zen": "hi"}).encode()
+        ping_headers = {"X-GitHub-Event": "ping", "Content-Type": "application/json",
+                        "X-Hub-Signature-256": "sha256=" + hmac.new(GIT_SECRET.encode(), ping, "sha256").hexdigest()}
+        async with http.post(f"{url}/git", data=ping, headers=ping_headers) as resp:
+            assert resp.status == 200 and (await resp.json())["pong"] is True
+
+    await asyncio.sleep(1.0)
+    bodies = [_body(e) for e in room.bot_messages()]
+    assert len(bodies) == 3, bodies  # the three good requests, nothing else
+    assert not any("nope" in b or "colour" in b for b in bodies)
+    assert member.undecryptable(room.room_id) == []
+
+
+@pytest.mark.e2e
+async def test_outbound_hook_posts_room_messages_with_retries_and_no_loop(ratchet):
+    received: list[dict[str, Any]] = []
+    signatures: list[str] = []
+    statuses = iter([500])  # the first POST fails: it must be retried
+
+    async def collect(request: web.Request) -> web.Response:
+        raw = await request.read()
+        received.append(json.loads(raw))
+        signatures.append(request.headers.get("X-Ratchet-Signature-256", ""))
+        return web.Response(status=next(statuses, 200))
+
+    app = web.Application()
+    app.router.add_post("/in", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    out_port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", out_port).start()
+    try:
+        admin = await ratchet.member("admin")
+        room = await ratchet.room(plugins={"ping": {}}, member=admin)
+        await ratchet.stop_bot()
+        port = _free_port()
+        key = "outbound-signing-key-42"
+        options = {
+            "port": port,
+            "hooks": {"ci": {"secret": SECRET}},  # no room: linked below with the command
+            "outbound": {"archive": {"room": room.room_id, "url": f"http://127.0.0.1:{out_port}/in", "secret": key}},
+            "reconnect_min_delay": 0.2,
+            "reconnect_max_delay": 1.0,
+        }
+        await ratchet.start_bot({"webhooks": options}, admins=[admin.user_id])
+        assert (await room.ask("!webhooks link ci")).body == "✅ Linked this room to http ci."
+
+        first = await room.send("first message")
+        second = await room.send("", content={"msgtype": "m.text", "body": "**second**",
+                                              "format": "org.matrix.custom.html",
+                                              "formatted_body": "<strong>second</strong>"})
+        await _until(lambda: len(received) >= 3)
+        assert [r["body"] for r in received] == ["first message", "first message", "**second**"]
+        assert received[1]["event_id"] == first and received[2]["event_id"] == second
+        assert received[1]["sender"] == admin.user_id and received[1]["room"] == room.room_id
+        assert received[2]["formatted_body"] == "<strong>second</strong>"
+        for payload, signature in zip(received, signatures, strict=True):
+            expected = hmac.new(key.encode(), json.dumps(payload, ensure_ascii=False).encode(), "sha256")
+            assert signature == "sha256=" + expected.hexdigest()
+
+        # A message an inbound hook posts into the room is not sent back out (no loop).
+        async with aiohttp.ClientSession() as http, http.post(
+            f"http://127.0.0.1:{port}/hooks/ci", json={"text": "from a hook"},
+            headers={"Authorization": f"Bearer {SECRET}"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+        await room.expect(lambda e: _body(e) == "from a hook")
+        await room.send("third")
+        await _until(lambda: len(received) >= 4)
+        await asyncio.sleep(0.5)
+        assert [r["body"] for r in received][3:] == ["third"]
+
+        status = await room.ask("!webhooks status")
+        assert "out:archive: connected" in status.body and "http: connected" in status.body, status.body
+    finally:
+        await runner.cleanup()
