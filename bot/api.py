@@ -40,6 +40,8 @@ from bot.power import user_power_level
 
 if TYPE_CHECKING:
     from bot.client import RatchetClient
+    from bot.crypto.identity import Identity
+    from bot.crypto.trust import TrustPolicy
     from bot.host import PluginManager
     from bot.runtime import BotStats
 
@@ -74,6 +76,10 @@ class BotAPI:
         self.creators: dict[str, set[str]] = {}
         #: Evidence and moderation actions (see :mod:`bot.moderation`).
         self.moderation = Moderation(client, self)
+        #: The trust policy: whose devices get room keys, pinned identities (see :mod:`bot.crypto.trust`).
+        self.trust: TrustPolicy | None = None
+        #: The bot's own cross-signing identity and key backup (see :mod:`bot.crypto.identity`).
+        self.identity: Identity | None = None
         self._direct = DirectRooms(client)
         self._upload_limit: Any = _UNKNOWN
         self._upload_limit_lock = asyncio.Lock()

@@ -1,25 +1,63 @@
-"""The nio client Ratchet drives, with the retry policy of a well-behaved bot.
+"""The nio client Ratchet drives, with the retry policy of a well-behaved bot and the E2EE hooks nio lacks.
 
 nio already retries a request on connection errors and timeouts, and honours ``retry_after_ms`` on
 ``M_LIMIT_EXCEEDED``. Its wait between connection retries is a plain exponential without jitter, so every bot that
 lost the same homeserver would come back in lock-step; we add full jitter and a floor, so a down homeserver sees a
 handful of requests per minute from us, never a storm.
+
+E2EE hooks (see :mod:`bot.crypto.trust` and :mod:`bot.crypto.fallback`):
+
+* the raw ``/keys/query`` body (cross-signing keys nio ignores) goes to the attached
+  :class:`~bot.crypto.trust.TrustPolicy`; outbound sessions of rooms whose members' keys or signatures changed are
+  rotated;
+* :meth:`RatchetClient.share_group_session` (used by ``room_send`` and ``BotAPI``) gives room keys only to the
+  devices the trust policy accepts and sends the others ``m.room_key.withheld``; ``ignore_unverified_devices`` is
+  then moot (nio's own verification flags are not used);
+* a fallback key is kept on the server (``fallback_keys`` in ``/keys/upload``), rotated when a sync reports it used.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import uuid4
 
-from nio import AsyncClient, AsyncClientConfig
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    ErrorResponse,
+    KeysQueryResponse,
+    KeysUploadResponse,
+    LocalProtocolError,
+    Response,
+    ShareGroupSessionError,
+    ShareGroupSessionResponse,
+    SyncResponse,
+)
+from nio.api import Api
 from nio.store import SqliteStore
 
+from bot.crypto.fallback import FallbackKeys
+from bot.crypto.trust import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
+
+if TYPE_CHECKING:
+    from bot.crypto.trust import TrustPolicy
+
 __all__ = ["RatchetClient", "make_client"]
+
+log = logging.getLogger(__name__)
 
 #: First wait after a failed request, in seconds; doubles with each further failure.
 BACKOFF_BASE = 0.5
 #: Longest wait between two attempts, in seconds.
 BACKOFF_CAP = 60.0
+#: Recipients per ``m.room_key.withheld`` to-device request.
+WITHHELD_BATCH = 100
 
 
 def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
@@ -32,19 +70,309 @@ def backoff_delay(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACK
     return random.uniform(ceiling / 2, ceiling)
 
 
+# -- responses that keep what nio's parsers drop ------------------------------------------------------------
+
+
+class _KeysQueryWithCrossSigning(KeysQueryResponse):
+    """Parses like nio's KeysQueryResponse and keeps the cross-signing keys as ``ratchet_body``."""
+
+    @classmethod
+    def from_dict(cls, parsed_dict: dict[Any, Any]):  # type: ignore[override]
+        resp = KeysQueryResponse.from_dict(parsed_dict)
+        if isinstance(resp, KeysQueryResponse):
+            resp.ratchet_body = {  # type: ignore[attr-defined]
+                key: parsed_dict.get(key)
+                for key in ("device_keys", "master_keys", "self_signing_keys", "user_signing_keys")
+                if isinstance(parsed_dict.get(key), dict)
+            }
+        return resp
+
+
+class _SyncWithKeyCounts(SyncResponse):
+    """Parses like nio's SyncResponse and keeps the raw key counts (fallback key types) as ``ratchet_keys``."""
+
+    @classmethod
+    def from_dict(cls, parsed_dict: dict[Any, Any]):  # type: ignore[override]
+        resp = SyncResponse.from_dict(parsed_dict)
+        if isinstance(resp, SyncResponse):
+            resp.ratchet_keys = {  # type: ignore[attr-defined]
+                key: parsed_dict[key]
+                for key in (
+                    "device_one_time_keys_count",
+                    "device_unused_fallback_key_types",
+                    "org.matrix.msc2732.device_unused_fallback_key_types",
+                )
+                if key in parsed_dict
+            }
+        return resp
+
+
+_CAPTURING = {KeysQueryResponse: _KeysQueryWithCrossSigning, SyncResponse: _SyncWithKeyCounts}
+
+
+@dataclass
+class _ToDeviceSent(Response):
+    """A ``/sendToDevice`` answer for messages nio does not track."""
+
+    @classmethod
+    def from_dict(cls, parsed_dict: dict[Any, Any]) -> Response:
+        if isinstance(parsed_dict, dict) and "errcode" in parsed_dict:
+            return ErrorResponse.from_dict(parsed_dict)
+        return cls()
+
+
+def _chunks(messages: dict[str, dict[str, Any]], size: int) -> Iterator[dict[str, dict[str, Any]]]:
+    chunk: dict[str, dict[str, Any]] = {}
+    count = 0
+    for user_id, devices in messages.items():
+        for device_id, content in devices.items():
+            chunk.setdefault(user_id, {})[device_id] = content
+            count += 1
+            if count >= size:
+                yield chunk
+                chunk, count = {}, 0
+    if chunk:
+        yield chunk
+
+
 class RatchetClient(AsyncClient):
-    """nio's AsyncClient with jittered exponential backoff between connection retries."""
+    """nio's AsyncClient with jittered exponential backoff, trust-aware key sharing and fallback keys."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The trust policy deciding who gets room keys (set by :meth:`TrustPolicy.attach`); None: nio's default.
+        self.trust: TrustPolicy | None = None
+        #: Keeps a fallback key on the server.
+        self.fallback = FallbackKeys(self)
+        self._no_olm_sent: set[tuple[str, str]] = set()
+        self._share_locks: dict[str, asyncio.Lock] = {}
 
     async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
         return backoff_delay(got_timeouts, cap=self.config.max_timeout_retry_wait_time)
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        trace_context: Any = None,
+        timeout: float | None = None,
+    ):
+        """nio's transport send, retrying 5xx answers of requests that are safe to repeat.
+
+        nio retries connection errors and 429s but returns a 500/502/503/504 as a final error, so one bad gateway
+        answer would drop a reply or a room-key share. Repeating is safe for GET, for PUTs (they carry a transaction
+        id: the server applies them once) and for the idempotent key endpoints; other requests are not repeated.
+        """
+        attempt = 0
+        while True:
+            resp = await super().send(method, path, data, headers, trace_context, timeout)
+            if resp.status < 500 or attempt >= RETRY_5XX or not _repeatable(method, path, data):
+                return resp
+            attempt += 1
+            delay = backoff_delay(attempt, cap=8.0)
+            log.warning(
+                "%s %s answered %d; retrying in %.1fs (%d/%d)",
+                method, path.split("?")[0], resp.status, delay, attempt, RETRY_5XX,
+            )
+            resp.release()
+            await asyncio.sleep(delay)
+
+    # -- raw bodies --------------------------------------------------------------------------------------------
+
+    async def _send(self, response_class: type, *args: Any, **kwargs: Any):
+        return await super()._send(_CAPTURING.get(response_class, response_class), *args, **kwargs)
+
+    async def receive_response(self, response: Response) -> None:
+        await super().receive_response(response)
+        if self.olm is None:
+            return
+        try:
+            if isinstance(response, SyncResponse):
+                keys = getattr(response, "ratchet_keys", None)
+                if keys is not None:
+                    self.fallback.observe_sync(keys)
+            elif isinstance(response, KeysQueryResponse) and self.trust is not None:
+                body = getattr(response, "ratchet_body", None)
+                if body:
+                    self._observe_keys(body)
+        except Exception as exc:  # a hook must never break nio's own handling
+            log.warning("E2EE hook failed on %s: %s", type(response).__name__, exc, exc_info=exc)
+
+    def _observe_keys(self, body: dict[str, Any]) -> None:
+        assert self.trust is not None
+        changes, changed_users = self.trust.observe_keys_query(body)
+        for change in changes:
+            if change.new_master is not None:
+                changed_users.add(change.user_id)
+        if changed_users:
+            for room in self.rooms.values():
+                if room.encrypted and not changed_users.isdisjoint(room.users):
+                    self.invalidate_outbound_session(room.room_id)  # excluded/admitted devices change: new session
+        if changes:
+            self.trust.notify(changes)
+
+    async def query_user_keys(self, users: Iterable[str]) -> None:
+        """Query the keys of ``users`` now (with any other pending key queries)."""
+        if self.olm is None:
+            return
+        self.olm.users_for_key_query.update(users)
+        try:
+            await self.keys_query()
+        except LocalProtocolError:
+            pass  # nothing left to query (a concurrent query did it)
+
+    # -- fallback keys -----------------------------------------------------------------------------------------
+
+    @property
+    def should_upload_keys(self) -> bool:
+        """nio's rule (identity and one-time keys), or a fallback key waiting for upload."""
+        if self.olm is None:
+            return False
+        return self.olm.should_upload_keys or (self.olm.account.shared and self.fallback.pending)
+
+    async def keys_upload(self):
+        """Upload identity/one-time keys as nio does, plus a pending fallback key."""
+        fallback = self.fallback.upload_content() if self.olm is not None and self.olm.account.shared else {}
+        if not fallback:
+            return await super().keys_upload()
+        assert self.olm is not None
+        content = self.olm.share_keys() if self.olm.should_upload_keys else {}
+        content["fallback_keys"] = fallback
+        method, path, data = Api.keys_upload(self.access_token, content)
+        resp = await self._send(KeysUploadResponse, method, path, data)
+        if isinstance(resp, KeysUploadResponse):  # nio marked the keys published and saved the account
+            log.info("uploaded a fallback key (%s)", ", ".join(fallback))
+        else:
+            log.warning("fallback key upload failed: %s", getattr(resp, "message", resp))
+        return resp
+
+    # -- trust-aware key sharing -------------------------------------------------------------------------------
+
+    def get_missing_sessions(self, room_id: str) -> dict[str, list[str]]:
+        """nio's list of devices lacking an Olm session, without those the trust policy excludes from the
+        session being shared (no one-time key of theirs is claimed for nothing)."""
+        missing = super().get_missing_sessions(room_id)
+        session = self.olm.outbound_group_sessions.get(room_id) if self.olm is not None and self.trust else None
+        if session is None or session.shared:
+            return missing
+        filtered = {u: [d for d in devs if (u, d) not in session.users_ignored] for u, devs in missing.items()}
+        return {u: devs for u, devs in filtered.items() if devs}
+
+    async def share_group_session(
+        self, room_id: str, ignore_unverified_devices: bool = False
+    ) -> ShareGroupSessionResponse | ShareGroupSessionError:
+        """Share the room's outbound Megolm session, with only the devices the trust policy accepts.
+
+        Excluded devices get an ``m.room_key.withheld`` notice; devices nio could not open an Olm session with
+        get ``m.no_olm`` (once per device). Without a trust policy this is nio's method unchanged.
+        """
+        olm, trust = self.olm, self.trust
+        room = self.rooms.get(room_id)
+        if trust is None or olm is None or room is None or not room.encrypted or room_id in self.sharing_session:
+            return await super().share_group_session(room_id, ignore_unverified_devices=ignore_unverified_devices)
+        lock = self._share_locks.setdefault(room_id, asyncio.Lock())
+        contended = lock.locked()
+        async with lock:
+            if contended and not olm.should_share_group_session(room_id):
+                return ShareGroupSessionResponse(room_id, set())  # a concurrent call just shared it
+            return await self._share_by_policy(room_id, room, olm, trust)
+
+    async def _share_by_policy(self, room_id: str, room, olm, trust: TrustPolicy):
+        unknown = [u for u in room.users if trust.wants_query(u)]
+        if unknown or self.should_query_keys:
+            trust.note_queried(unknown)
+            await self.query_user_keys(unknown)
+        session = olm.outbound_group_sessions.get(room_id)
+        if session is None or session.shared:
+            olm.create_outbound_group_session(room_id)
+            session = olm.outbound_group_sessions[room_id]
+        excluded: list[tuple[str, str, Verdict]] = []
+        for user_id in list(room.users):
+            for device in olm.device_store.active_user_devices(user_id):
+                pair = (user_id, device.id)
+                if (user_id == self.user_id and device.id == self.device_id) or pair in session.users_shared_with:
+                    continue
+                if pair in session.users_ignored:
+                    continue
+                verdict = trust.device_verdict(user_id, device.id, blacklisted=olm.is_device_blacklisted(device))
+                if not verdict.share:
+                    session.users_ignored.add(pair)
+                    excluded.append((user_id, device.id, verdict))
+        if excluded:
+            log.info(
+                "room key for %s withheld from %d device(s): %s",
+                room_id,
+                len(excluded),
+                "; ".join(f"{u} {d}: {v.reason}" for u, d, v in excluded[:10]) + (" ..." if len(excluded) > 10 else ""),
+            )
+        session_id = session.id
+        resp = await super().share_group_session(room_id, ignore_unverified_devices=True)
+        sender_key = olm.account.identity_keys["curve25519"]
+        messages: dict[str, dict[str, Any]] = {}
+        for user_id, device_id, verdict in excluded:
+            messages.setdefault(user_id, {})[device_id] = withheld_content(
+                room_id=room_id, session_id=session_id, sender_key=sender_key, code=verdict.code or "m.unverified"
+            )
+        shared = getattr(resp, "users_shared_with", set()) | session.users_shared_with
+        for user_id in list(room.users):
+            for device in olm.device_store.active_user_devices(user_id):
+                pair = (user_id, device.id)
+                if pair in shared or pair in session.users_ignored or pair in self._no_olm_sent:
+                    continue
+                if user_id == self.user_id and device.id == self.device_id:
+                    continue
+                if olm.session_store.get(device.curve25519):
+                    continue  # has a session: the share request itself failed, nio will retry
+                self._no_olm_sent.add(pair)
+                messages.setdefault(user_id, {})[device.id] = no_olm_content(sender_key=sender_key) | {
+                    "room_id": room_id,
+                    "session_id": session_id,
+                }
+                log.info("no Olm session with %s %s (%s): room key not sent", user_id, device.id, CODE_NO_OLM)
+        if messages:
+            await self._send_withheld(messages)
+        return resp
+
+    async def _send_withheld(self, messages: dict[str, dict[str, Any]]) -> None:
+        for chunk in _chunks(messages, WITHHELD_BATCH):
+            method, path, data = Api.to_device(self.access_token, WITHHELD_EVENT, {"messages": chunk}, uuid4())
+            try:
+                resp = await self._send(_ToDeviceSent, method, path, data)
+            except Exception as exc:
+                log.warning("could not send m.room_key.withheld notices: %s", exc)
+                continue
+            if isinstance(resp, ErrorResponse):
+                log.warning("could not send m.room_key.withheld notices: %s", resp)
+
+
+#: How often a 5xx answer to a repeatable request is retried before it is returned as an error.
+RETRY_5XX = 4
+_REPEATABLE_POSTS = ("/keys/query", "/keys/claim", "/keys/upload")
+
+
+def _repeatable(method: str, path: str, data: Any) -> bool:
+    if data is not None and not isinstance(data, str | bytes):
+        return False  # a streamed body (an upload) cannot be sent twice
+    if path.split("?")[0].endswith("/sync"):
+        return False  # the sync loop has its own backoff (and logs each failure)
+    if method in ("GET", "PUT", "DELETE"):
+        return True
+    return method == "POST" and path.split("?")[0].endswith(_REPEATABLE_POSTS)
 
 
 def make_client(
     homeserver: str, user_id: str, store_dir: Path, pickle_key: str, device_id: str | None = None
 ) -> RatchetClient:
     """Build a client with E2EE on and nio's SQLite crypto store under ``store_dir``."""
+    from bot import fastpath  # issue 8: nio's schema checks, compiled once (same results)
+    from bot.lazy_store import LazySqliteStore  # issue 8: room keys read from the store when first needed
+
+    fastpath.install()
+    store: type[SqliteStore] = LazySqliteStore  # nio's SqliteStore and file format
     config = AsyncClientConfig(
-        store=SqliteStore,
+        store=store,
         encryption_enabled=True,
         pickle_key=pickle_key,
         store_sync_tokens=False,  # the runtime persists the token itself, after handling

@@ -5,6 +5,10 @@ order, so a plugin sees a room's events in timeline order; different lanes run c
 ``max_concurrency`` at a time. A plugin that hangs in one room therefore delays only its own next events in that room,
 never another plugin or another room. Each job is cancelled after ``timeout`` seconds; an exception is logged with its
 traceback and reported to ``on_error``; neither escapes the dispatcher.
+
+A handler that blocks the event loop (``time.sleep``, heavy CPU, blocking I/O) stalls every lane, which no timeout can
+interrupt; each step of a job's coroutine is timed, and a step longer than ``block_warning`` seconds is logged with the
+plugin's name ("plugin X: command y blocked the event loop for 2.0s"), so the culprit is found at once.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Dispatcher", "JobOutcome"]
 
 log = logging.getLogger(__name__)
 
 Lane = tuple[str, str]
+
+#: A single step of a handler that keeps the event loop longer than this (seconds) is logged as blocking it.
+BLOCK_WARNING = 0.5
 
 
 @dataclass
@@ -54,9 +62,11 @@ class Dispatcher:
         max_concurrency: int = 8,
         timeout: float = 60.0,
         on_error: Callable[[Lane, str, JobOutcome], None] | None = None,
+        block_warning: float = BLOCK_WARNING,
     ) -> None:
         self._sem = asyncio.Semaphore(max_concurrency)
         self.timeout = timeout
+        self.block_warning = block_warning
         self._lanes: dict[Lane, _LaneState] = {}
         self._on_error = on_error
         self._closed = False
@@ -95,7 +105,7 @@ class Dispatcher:
             async with self._sem:
                 start = time.monotonic()
                 log.debug("plugin %s: running %s", lane[1], job.label)
-                await asyncio.wait_for(job.run(), self.timeout)
+                await asyncio.wait_for(self._timed(lane, job), self.timeout)
             return JobOutcome("ok", seconds=time.monotonic() - start)
         except TimeoutError as exc:
             outcome = JobOutcome("timeout", exc, time.monotonic() - start)
@@ -115,6 +125,23 @@ class Dispatcher:
             except Exception:
                 log.exception("error callback failed")
         return outcome
+
+    def _timed(self, lane: Lane, job: _Job) -> Coroutine[Any, Any, object]:
+        """``job.run()``, with each step that holds the event loop too long logged with the plugin's name."""
+
+        def blocked(seconds: float) -> None:
+            log.warning(
+                "plugin %s: %s blocked the event loop for %.1fs (every room and plugin waited; use "
+                "asyncio.to_thread() for blocking work)",
+                lane[1],
+                job.label,
+                seconds,
+            )
+
+        async def run() -> object:
+            return await _StepTimer(job.run(), self.block_warning, blocked)
+
+        return run()
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for every queued job; True if all finished."""
@@ -143,3 +170,43 @@ class Dispatcher:
         if workers:
             await asyncio.gather(*workers, return_exceptions=True)
         self._lanes.clear()
+
+
+class _StepTimer:
+    """Awaits a coroutine step by step (as a task would) and reports any step that took ``limit`` seconds or more.
+
+    Every value sent and every exception thrown (cancellation included) is passed through unchanged.
+    """
+
+    def __init__(self, coro: Coroutine[Any, Any, object], limit: float, report: Callable[[float], None]) -> None:
+        self._coro = coro
+        self._limit = limit
+        self._report = report
+
+    def __await__(self) -> Generator[Any, Any, object]:
+        coro = self._coro
+        send: Any = None
+        throw: BaseException | None = None
+        while True:
+            start = time.monotonic()
+            try:
+                yielded = coro.throw(throw) if throw is not None else coro.send(send)
+            except StopIteration as stop:
+                self._check(start)
+                return stop.value
+            except BaseException:
+                self._check(start)
+                raise
+            self._check(start)
+            try:
+                send, throw = (yield yielded), None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:
+                send, throw = None, exc
+
+    def _check(self, start: float) -> None:
+        took = time.monotonic() - start
+        if took >= self._limit:
+            self._report(took)

@@ -9,6 +9,7 @@ matched next. What runs for one event and one plugin becomes one dispatcher job 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ from bot.dispatch import Dispatcher, JobOutcome
 from bot.loader import PluginLoadError, import_plugin
 from bot.plugin import Access, CommandHandler, Handlers, Plugin, collect_handlers
 from bot.plugin_config import PluginConfigError, RoomFilter, find_schema, split_options, validate_options
-from bot.state import StateStore
+from bot.state import StateError, StateStore
 from bot.storage import PluginStorage, StorageError
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ class PluginHost:
             if (event.event_id, loaded.name) in self._inflight or self.state.is_handled(event.event_id, loaded.name):
                 log.debug("event %s already handled by %s", event.event_id, loaded.name)
                 continue
-            futures.append(self._submit(loaded, room_id, event, calls))
+            futures.append(self._submit(loaded, room_id, event, calls, trusted=trusted))
         return futures
 
     def _calls_for(
@@ -293,12 +294,18 @@ class PluginHost:
         room_id: str,
         event: Event,
         calls: list[tuple[str, Callable[[Context], Awaitable[Any]]]],
+        *,
+        trusted: bool = True,
     ) -> asyncio.Future[JobOutcome]:
-        ctx = Context(self.api, room_id, event, loaded.instance)
+        ctx = Context(self.api, room_id, event, loaded.instance, trusted=trusted)
 
         async def run() -> None:
             for label, call in calls:
                 await _isolated(loaded.name, label, call, ctx)
+            # Recorded in the same step as the handler's return, with no await in between: a crash (kill -9) can
+            # no longer fall between "the plugin finished" and "the framework knows" while the loop runs other work.
+            with contextlib.suppress(StateError):  # the disk is full or read-only: the runtime stops the bot
+                self.state.mark_handled(event.event_id, loaded.name)
 
         key = (event.event_id, loaded.name)
         self._inflight.add(key)
@@ -307,8 +314,9 @@ class PluginHost:
             # A handler that failed or timed out has had its turn: it is not retried after a restart (a poison
             # message must not hang the bot forever). Only jobs cut short by shutdown are left for redelivery.
             self._inflight.discard(key)
-            if fut.result().status != "cancelled":
-                self.state.mark_handled(event.event_id, loaded.name)
+            if fut.result().status not in ("cancelled", "ok"):
+                with contextlib.suppress(StateError):
+                    self.state.mark_handled(event.event_id, loaded.name)
 
         label = ", ".join(label for label, _ in calls)
         fut = self.dispatcher.submit((room_id, loaded.name), run, label)

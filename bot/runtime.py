@@ -17,12 +17,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sqlite3
 import time
+from datetime import timedelta
 from typing import Any
 
 from nio import (
     EncryptionError,
+    ErrorResponse,
     Event,
     InviteMemberEvent,
     LocalProtocolError,
@@ -37,11 +41,13 @@ from nio import (
 from bot.api import BotAPI
 from bot.client import RatchetClient, backoff_delay
 from bot.config import Config
+from bot.crypto.identity import Identity, IdentityError  # [identity]
+from bot.crypto.trust import TrustPolicy, install_trust
 from bot.dispatch import Dispatcher, JobOutcome
 from bot.host import PluginHost, PluginManager
 from bot.power import creators_from_create_event
-from bot.session import open_session
-from bot.state import StateStore
+from bot.session import SessionError, open_session
+from bot.state import StateError, StateStore
 from bot.sync import CatchUpPolicy, TokenCommitter, own_join_index, select_events
 
 __all__ = ["Bot", "BotStats"]
@@ -58,6 +64,8 @@ MAX_BACKFILL_PAGES = 20
 BACKFILL_MARGIN_MS = 60_000
 #: Seconds that running handlers get to finish when the bot is stopped.
 SHUTDOWN_GRACE = 6.0
+#: How often an event whose sender's device keys cannot be fetched yet is retried before it is given up.
+SENDER_CHECK_ATTEMPTS = 12
 
 
 class BotStats:
@@ -90,12 +98,18 @@ class Bot:
         self.manager: PluginManager | None = None
         self.dispatcher: Dispatcher | None = None
         self.stats = BotStats()
+        self.identity: Identity | None = None  # [identity] cross-signing, key backup (bot/crypto/identity.py)
+        self.trust: TrustPolicy | None = None  # [trust] bot/crypto/trust.py
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._committer: TokenCommitter[tuple[str, int]] = TokenCommitter()
         self._background: set[asyncio.Task[Any]] = set()
         self._invites_done: set[str] = set()
         self._policy = CatchUpPolicy(config.catch_up, int(config.catch_up_max_age * 1000))
+        #: Each encrypted room's rotation period from its m.room.encryption state: (messages, milliseconds).
+        self._rotation: dict[str, tuple[int | None, int | None]] = {}
+        #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
+        self._fatal: Exception | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -111,6 +125,7 @@ class Bot:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        os.umask(0o077)  # everything the bot writes (stores, plugin databases, keys) is private to its user
         try:
             self.client = await open_session(
                 homeserver=cfg.homeserver,
@@ -121,7 +136,13 @@ class Bot:
                 access_token=cfg.access_token,
                 device_name=cfg.device_name,
             )
-            self.state = StateStore.open(cfg.data_dir / "state.db")
+            try:
+                self.state = StateStore.open(cfg.data_dir / "state.db")
+            except StateError as exc:
+                raise SessionError(str(exc)) from exc
+            self.state.on_write_error = self._storage_failed
+            self._keep_token_on_misparsed_errors()
+            self._follow_rotation_periods()
             await self._setup_crypto()
             self.api = BotAPI(self.client, admins=cfg.admins)
             self.dispatcher = Dispatcher(max_concurrency=cfg.max_concurrency, timeout=cfg.handler_timeout)
@@ -136,10 +157,16 @@ class Bot:
             self.manager = PluginManager(self.host, self.config)
             self.api.plugins = self.manager
             self.api.stats = self.stats
+            self.api.trust = self.trust  # [trust] plugins: self.bot.trust (bot/crypto/trust.py)
             await self.manager.start_all()
             if self.client.should_upload_keys:
                 await self.client.keys_upload()
             await self._sync_loop()
+            if self._fatal is not None:
+                raise SessionError(
+                    f"stopped: {self._fatal}. Nothing was lost: events not recorded as handled are handled at the "
+                    "next start. Free disk space or fix the permissions of data_dir, then start the bot again"
+                ) from self._fatal
         finally:
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -151,13 +178,28 @@ class Bot:
 
         Each part keeps its own section below; ``_crypto_after_sync`` is its per-sync counterpart.
         """
-        # [trust] trust policy, m.room_key.withheld, fallback keys: bot/crypto/trust.py
+        # [trust] trust policy, m.room_key.withheld, fallback keys: bot/crypto/trust.py, bot/crypto/fallback.py
+        self.trust = install_trust(self.client, self.state, self.config.e2ee.trust)
         # [identity] cross-signing, secret storage, recovery key: bot/crypto/identity.py
+        try:
+            self.identity = Identity.from_config(self.client, self.config)
+        except IdentityError as exc:
+            log.error("cross-signing and key backup are off for this run: %s", exc)
+        else:
+            await self.identity.setup()  # never raises: problems are logged and retried from the sync loop
+            if self.api is not None:
+                self.api.identity = self.identity
 
     async def _crypto_after_sync(self, resp: SyncResponse) -> None:
         """Per-sync E2EE work (e.g. backing up new room keys); failures are logged, never fatal."""
-        # [trust]
+        # [trust] explain withheld keys of waiting events (fallback keys rotate inside RatchetClient)
+        if self.trust is not None:
+            await self.trust.after_sync(self.state)
         # [identity]
+        if self.identity is not None:
+            if self.api is not None and getattr(self.api, "identity", None) is not self.identity:
+                self.api.identity = self.identity  # the API object is made after _setup_crypto
+            await self.identity.after_sync()
 
     def _on_sighup(self) -> None:
         if self.manager is None:
@@ -182,7 +224,10 @@ class Bot:
         if self.client is not None:
             await self.client.close()
         if self.state is not None:
-            self.state.close()
+            try:
+                self.state.close()
+            except sqlite3.Error as exc:
+                log.error("could not close state.db cleanly: %s", exc)
         log.info("stopped")
 
     def _spawn(self, coro) -> asyncio.Task[Any]:
@@ -220,6 +265,9 @@ class Bot:
                 try:
                     resp = sync.result()
                 except Exception as exc:  # malformed responses, transport errors nio did not retry
+                    if _is_storage_error(exc):  # the crypto store could not be written: memory and disk disagree
+                        self._storage_failed(exc)
+                        break
                     resp = exc
                 if not isinstance(resp, SyncResponse):
                     failures += 1
@@ -231,7 +279,10 @@ class Bot:
                     continue
                 failures = 0
                 self.stats.rooms = len(client.rooms)
-                await self._handle_sync(resp, initial=initial and first, resumed=first and not initial)
+                try:
+                    await self._handle_sync(resp, initial=initial and first, resumed=first and not initial)
+                except StateError:
+                    break  # reported by _storage_failed; stop before handling anything that cannot be recorded
                 await self._crypto_after_sync(resp)
                 token = resp.next_batch
                 if first:
@@ -267,6 +318,7 @@ class Bot:
         now_ms = int(time.time() * 1000)
         for room_id, info in resp.rooms.join.items():
             self._note_creators(room_id, info)
+            self._note_encryption(room_id, info)
             timeline = info.timeline.events
             if (
                 info.timeline.limited
@@ -300,9 +352,87 @@ class Bot:
 
     async def _commit_when_done(self, batch: int, futures: list[asyncio.Future[JobOutcome]]) -> None:
         outcomes = await asyncio.gather(*futures)
-        if any(o.status == "cancelled" for o in outcomes):
+        if any(o.status == "cancelled" for o in outcomes) or self._fatal is not None:
             return  # shutting down: leave the token where it is, the events come again
-        self._commit(batch)
+        with contextlib.suppress(StateError):  # reported by _storage_failed
+            self._commit(batch)
+
+    def _storage_failed(self, exc: Exception) -> None:
+        """state.db or the crypto store cannot be written: stop cleanly rather than handle what cannot be recorded."""
+        if self._fatal is None:
+            self._fatal = exc
+            log.error(
+                "storage failure: %s; stopping so that no event is handled twice and no key is lost", _describe(exc)
+            )
+        self.request_stop()
+
+    def _keep_token_on_misparsed_errors(self) -> None:
+        """Do not let a misparsed error response log the bot out.
+
+        nio 0.26 builds ``ShareGroupSessionError`` with its arguments shifted: the set of devices the key went to
+        lands in ``soft_logout``, and nio wipes the access token on a truthy ``soft_logout``. One 5xx with a JSON body
+        on ``/sendToDevice`` while sharing a room key then logged the bot out for good ("Not logged in" on every
+        request, the reply that was being sent lost). A real soft logout is a JSON boolean; anything else is not one.
+        """
+        client = self.client
+        if client is None or getattr(client.receive_response, "_ratchet_guard", False):
+            return
+        receive = client.receive_response
+
+        async def receive_response(response) -> None:
+            if isinstance(response, ErrorResponse) and not isinstance(response.soft_logout, bool):
+                response.soft_logout = False
+            await receive(response)
+
+        receive_response._ratchet_guard = True  # type: ignore[attr-defined]
+        client.receive_response = receive_response  # type: ignore[method-assign]
+
+    # -- Megolm rotation -----------------------------------------------------------------------------------------
+
+    def _follow_rotation_periods(self) -> None:
+        """Make the bot's outbound Megolm sessions rotate as each room's ``m.room.encryption`` asks.
+
+        nio gives every outbound session the defaults (100 messages, a week) and ignores ``rotation_period_msgs``
+        and ``rotation_period_ms``; each new session of a room gets the room's own limits here.
+        """
+        olm = self.client.olm if self.client else None
+        if olm is None:
+            return
+        create = olm.create_outbound_group_session
+
+        def create_with_room_limits(room_id: str) -> None:
+            create(room_id)
+            msgs, ms = self._rotation.get(room_id, (None, None))
+            session = olm.outbound_group_sessions.get(room_id)
+            if session is None:
+                return
+            if msgs is not None:
+                session.max_messages = min(session.max_messages, msgs)
+            if ms is not None:
+                session.max_age = min(session.max_age, timedelta(milliseconds=ms))
+
+        olm.create_outbound_group_session = create_with_room_limits  # type: ignore[method-assign]
+
+    def _note_encryption(self, room_id: str, info) -> None:
+        for event in (*info.state, *info.timeline.events):
+            source = getattr(event, "source", None)
+            if not (isinstance(source, dict) and source.get("type") == "m.room.encryption"):
+                continue
+            content = source.get("content")
+            content = content if isinstance(content, dict) else {}
+            msgs, ms = content.get("rotation_period_msgs"), content.get("rotation_period_ms")
+            period = (
+                max(1, msgs) if isinstance(msgs, int) and not isinstance(msgs, bool) else None,
+                max(1000, ms) if isinstance(ms, int) and not isinstance(ms, bool) else None,
+            )
+            if self._rotation.get(room_id) != period:
+                self._rotation[room_id] = period
+                if self.client is not None and self.client.olm is not None:
+                    session = self.client.olm.outbound_group_sessions.get(room_id)
+                    if session is not None and period[0] is not None:
+                        session.max_messages = min(session.max_messages, period[0])
+                    if session is not None and period[1] is not None:
+                        session.max_age = min(session.max_age, timedelta(milliseconds=period[1]))
 
     def _commit(self, batch: int) -> None:
         done = self._committer.finish(batch)
@@ -346,7 +476,71 @@ class Bot:
             log.warning("skipping a malformed event in %s", room_id)
             return []
         self.stats.events_routed += 1
-        return self.host.route(room_id, event)
+        return await self._route_checked(room_id, event)
+
+    async def _route_checked(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
+        """Route ``event``; a decrypted one only once its claimed sender is proven to own the sending device."""
+        assert self.host
+        if getattr(event, "decrypted", False):
+            owned = await self._sender_owns_device(room_id, event)
+            if owned is False:
+                return []
+            if owned is None:
+                log.warning(
+                    "cannot check the device that sent %s yet (%s's keys could not be fetched); will retry",
+                    event.event_id,
+                    event.sender,
+                )
+                return [self._spawn(self._route_when_sender_known(room_id, event))]
+        trusted = await self.trust.check_event(room_id, event) if self.trust else True
+        return self.host.route(room_id, event, trusted=trusted)
+
+    # -- who really sent an encrypted event ------------------------------------------------------------------
+
+    async def _sender_owns_device(self, room_id: str, event: Event) -> bool | None:
+        """Whether the claimed ``sender`` of a decrypted event owns the device whose Megolm session encrypted it.
+
+        The ``sender`` field of a room event is not covered by Megolm: a homeserver (or anyone between it and the
+        bot) can rewrite it, and nio decrypts such an event as if it came from the forged sender. The session's
+        curve25519 key (and the ed25519 key it claims) must belong to one of the sender's devices, as their signed
+        device keys say. True: proven; False: forged (logged, never routed); None: the sender's device keys cannot
+        be fetched right now.
+        """
+        olm = self.client.olm if self.client else None
+        if olm is None:
+            return True
+        verdict = _device_owner_verdict(olm, room_id, event, queried=False)
+        if verdict is None:
+            try:
+                await self.client.query_user_keys([event.sender])
+            except Exception as exc:
+                log.debug("key query for %s failed: %s", event.sender, _describe(exc))
+            verdict = _device_owner_verdict(olm, room_id, event, queried=True)
+        if verdict is False:
+            log.warning(
+                "refusing %s in %s: it claims to come from %s, but the device that encrypted it is not theirs "
+                "(sender key %s)",
+                getattr(event, "event_id", "?"),
+                room_id,
+                event.sender,
+                getattr(event, "sender_key", "?"),
+            )
+        return verdict
+
+    async def _route_when_sender_known(self, room_id: str, event: Event) -> JobOutcome:
+        """Route ``event`` once its sender's device keys can be fetched (bounded retries with backoff)."""
+        for attempt in range(1, SENDER_CHECK_ATTEMPTS + 1):
+            await asyncio.sleep(backoff_delay(attempt, base=1.0))
+            owned = await self._sender_owns_device(room_id, event)
+            if owned is None:
+                continue
+            if owned is False or self.host is None:
+                return JobOutcome("ok")
+            trusted = await self.trust.check_event(room_id, event) if self.trust else True
+            outcomes = await asyncio.gather(*self.host.route(room_id, event, trusted=trusted))
+            return JobOutcome("cancelled" if any(o.status == "cancelled" for o in outcomes) else "ok")
+        log.warning("giving up on %s: the device keys of %s could not be fetched", event.event_id, event.sender)
+        return JobOutcome("ok")
 
     # -- undecryptable events --------------------------------------------------------------------------------
 
@@ -395,7 +589,7 @@ class Bot:
                 continue
             self.stats.utd_recovered += 1
             log.info("decrypted %s after its key arrived", pending.event_id)
-            futs = self.host.route(pending.room_id, decrypted)
+            futs = await self._route_checked(pending.room_id, decrypted)
             futures += futs
             self._spawn(self._forget_pending_when_done(pending.event_id, futs))
         self.stats.utd_waiting = self.state.count_pending()
@@ -428,6 +622,37 @@ class Bot:
             else:
                 log.info("rejected invite to %s from %s (not in invites.accept_from)", room_id, inviter)
                 await self.client.room_leave(room_id)
+
+
+def _device_owner_verdict(olm, room_id: str, event: Event, *, queried: bool) -> bool | None:
+    """See :meth:`Bot._sender_owns_device`; ``queried``: the sender's keys were just asked for."""
+    sender = getattr(event, "sender", None)
+    sender_key = getattr(event, "sender_key", None)
+    if not isinstance(sender, str) or not isinstance(sender_key, str):
+        return False
+    store = olm.device_store
+    owner = None
+    for user_id, devices in list(store.items()):
+        for device in devices.values():
+            if device.curve25519 == sender_key:
+                if user_id != sender:
+                    return False  # another user's device
+                owner = device
+    if owner is None:
+        # Unknown device: once the sender's keys were fetched successfully, it is not one of theirs.
+        return False if queried and sender not in olm.users_for_key_query else None
+    session_id = getattr(event, "session_id", None)
+    session = olm.inbound_group_store.get(room_id, sender_key, session_id) if session_id else None
+    if session is not None and session.ed25519 != owner.ed25519:
+        return False  # the session claims another signing key than the device has
+    return True
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """A failed write to a SQLite store (state.db, or nio's crypto store through peewee)."""
+    if isinstance(exc, (sqlite3.Error, StateError)):
+        return True
+    return any(cls.__module__ == "peewee" for cls in type(exc).__mro__)
 
 
 def _describe(obj: object) -> str:

@@ -17,11 +17,11 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PendingEvent", "StateStore", "secure_file"]
+__all__ = ["PendingEvent", "StateError", "StateStore", "secure_file"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,6 +35,11 @@ CREATE TABLE IF NOT EXISTS pending_utd (
     source TEXT NOT NULL, received_ts INTEGER NOT NULL
 );
 """
+
+
+class StateError(Exception):
+    """``state.db`` cannot be written (disk full, read-only, I/O error): the bot must stop rather than go on
+    handling events it can no longer record."""
 
 
 def secure_file(path: Path) -> None:
@@ -59,17 +64,35 @@ class StateStore:
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self._db = db
         self.path = path
+        #: Called once with the first :class:`StateError` (the runtime stops the bot); the write still raises it.
+        self.on_write_error: Callable[[StateError], None] | None = None
+        self.write_error: StateError | None = None
+
+    def _write(self, sql: str, args: tuple = ()) -> sqlite3.Cursor:
+        """Run one write; a failing write raises :class:`StateError` (and is reported once)."""
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.Error as exc:
+            error = StateError(f"cannot write {self.path}: {exc}")
+            if self.write_error is None:
+                self.write_error = error
+                if self.on_write_error is not None:
+                    self.on_write_error(error)
+            raise error from exc
 
     @classmethod
     def open(cls, path: Path) -> StateStore:
         """Open (creating if needed) the state database at ``path`` with mode 0600."""
         new = not path.exists()
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        if new:
-            secure_file(path)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        try:
+            db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if new:
+                secure_file(path)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"cannot open {path}: {exc}") from exc
         return cls(db, path)
 
     def close(self) -> None:
@@ -85,7 +108,7 @@ class StateStore:
 
     def set(self, key: str, value: str) -> None:
         """Store ``value`` under ``key``."""
-        self._db.execute(
+        self._write(
             "INSERT INTO kv (key, value) VALUES (?, ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
@@ -104,7 +127,7 @@ class StateStore:
 
     def save_sync_token(self, token: str, received_ms: int) -> None:
         """Persist the sync token (call only once the batches before it are fully handled)."""
-        self._db.execute(
+        self._write(
             "INSERT INTO kv (key, value) VALUES ('sync_token', ?), ('sync_token_ms', ?) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (token, str(received_ms)),
@@ -121,7 +144,7 @@ class StateStore:
 
     def mark_handled(self, event_id: str, plugin: str) -> None:
         """Record that ``plugin`` has handled ``event_id``."""
-        self._db.execute(
+        self._write(
             "INSERT OR IGNORE INTO handled (event_id, plugin, ts) VALUES (?, ?, ?)",
             (event_id, plugin, int(time.time())),
         )
@@ -129,14 +152,14 @@ class StateStore:
     def prune_handled(self, older_than_seconds: float) -> int:
         """Forget handled-event records older than the catch-up window; returns how many were removed."""
         cutoff = int(time.time() - older_than_seconds)
-        cur = self._db.execute("DELETE FROM handled WHERE ts < ?", (cutoff,))
+        cur = self._write("DELETE FROM handled WHERE ts < ?", (cutoff,))
         return cur.rowcount
 
     # -- events waiting for keys -----------------------------------------------------------------------------
 
     def add_pending(self, event_id: str, room_id: str, session_id: str, source: dict) -> bool:
         """Remember an undecryptable event; returns False if it was already waiting."""
-        cur = self._db.execute(
+        cur = self._write(
             "INSERT OR IGNORE INTO pending_utd (event_id, room_id, session_id, source, received_ts) "
             "VALUES (?, ?, ?, ?, ?)",
             (event_id, room_id, session_id, json.dumps(source), int(time.time() * 1000)),
@@ -158,7 +181,7 @@ class StateStore:
 
     def remove_pending(self, event_id: str) -> None:
         """Forget a waiting event (decrypted, or expired)."""
-        self._db.execute("DELETE FROM pending_utd WHERE event_id = ?", (event_id,))
+        self._write("DELETE FROM pending_utd WHERE event_id = ?", (event_id,))
 
     def count_pending(self) -> int:
         """How many events are waiting for keys."""

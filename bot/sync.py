@@ -90,12 +90,14 @@ def select_events(
     start = own_join_index(events, own_user_id) + 1
     selected = []
     for event in events[start:]:
-        if event.sender == own_user_id:
+        # nio's BadEvent/UnknownBadEvent (a malformed event) may lack any of these: the runtime skips it with a log
+        if getattr(event, "sender", None) == own_user_id:
             continue
         if resumed:
             if not policy.enabled:
                 continue
-            if now_ms - (event.server_timestamp or 0) > policy.max_age_ms:
+            timestamp = getattr(event, "server_timestamp", 0)
+            if now_ms - (timestamp if isinstance(timestamp, int) else 0) > policy.max_age_ms:
                 continue
         selected.append(event)
     return selected
@@ -105,7 +107,9 @@ def own_join_index(events: Sequence[_EventLike], own_user_id: str) -> int:
     """Index of the bot's own (latest) join in ``events``, or -1: what precedes it is history the bot missed."""
     found = -1
     for index, event in enumerate(events):
-        src = event.source
+        src = getattr(event, "source", None)
+        if not isinstance(src, dict):
+            continue
         if (
             src.get("type") == "m.room.member"
             and src.get("state_key") == own_user_id

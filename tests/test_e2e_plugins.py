@@ -164,7 +164,7 @@ async def test_hot_reload_changes_behaviour_without_a_new_device(ratchet, tmp_pa
     assert ratchet.bot.device_id == device
     assert room.member.undecryptable(room.room_id) == []
     status = (await room.ask("!status")).body
-    assert device in status and "rooms: 1" in status
+    assert device in status and "rooms: 1" in status and "device: cross-signed" in status
 
 
 async def test_room_allow_and_deny_lists(ratchet):

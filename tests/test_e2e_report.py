@@ -37,7 +37,9 @@ async def _setup(ratchet, new_user, **report_options):
     alice, mallory = await ratchet.member("alice"), await ratchet.member("mallory")
     resp = await alice.client.room_create(
         invite=[ratchet.bot_user.user_id, mallory.user_id],
-        initial_state=[{"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}],
+        initial_state=[
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+        ],
         power_level_override={"users": {ratchet.bot_user.user_id: 50}},
     )
     room = resp.room_id

@@ -3,7 +3,7 @@
 import time
 from typing import Literal
 
-from bot import Context, MatrixError, Plugin, __version__, command
+from bot import Context, MatrixError, Plugin, UserId, __version__, command
 
 
 def _duration(seconds: float) -> str:
@@ -68,4 +68,31 @@ class Admin(Plugin):
             f"- undecryptable: {stats.utd_waiting} waiting for keys, {stats.utd_recovered} recovered, "
             f"{stats.utd_total} seen",
         ]
+        identity = self.bot.identity.status() if self.bot.identity is not None else None
+        if identity is not None:
+            signed = "cross-signed" if identity.get("cross_signed") else "NOT cross-signed"
+            lines.append(f"- device: {signed} ({identity.get('state')})")
+            if identity.get("key_backup"):
+                lines.append(
+                    f"- key backup: version {identity.get('backup_version')}, "
+                    f"{identity.get('keys_backed_up')} keys backed up"
+                )
+        if self.bot.trust is not None:
+            changes = self.bot.trust.identity_changes()
+            lines.append(f"- trust policy: {self.bot.trust.mode}, {len(changes)} unaccepted identity change(s)")
         await ctx.reply("\n".join(lines), notice=True, markdown=True)
+
+    @command("identity", help="Accept a user's new cross-signing identity after a change: !identity accept USER",
+             admin=True)
+    async def identity(self, ctx: Context, action: Literal["accept", "list"], user: UserId | None = None) -> None:
+        trust = self.bot.trust
+        if trust is None:
+            await ctx.reply("No trust policy is active.", notice=True)
+            return
+        if action == "list" or user is None:
+            changes = trust.identity_changes()
+            text = "\n".join(f"- {c.user_id}" for c in changes) or "No unaccepted identity changes."
+            await ctx.reply(text, notice=True, markdown=True)
+            return
+        trust.pin(user)
+        await ctx.reply(f"✅ {user}'s current identity is now trusted.", notice=True)

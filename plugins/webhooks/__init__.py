@@ -19,7 +19,7 @@ retried with backoff while the URL fails::
         outbound:
           archive: {room: "#ops:example.org", url: "https://archive.example.org/matrix", secret: "${ARCHIVE_KEY}"}
 
-This plugin is the worked example of ``docs/bridges.md``: a bridge on :class:`bot.Bridge`, its inbound HTTP side included.
+This plugin is the worked example of ``docs/bridges.md``: a bridge on :class:`bot.Bridge`, with its HTTP side.
 """
 
 from __future__ import annotations

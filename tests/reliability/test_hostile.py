@@ -1,0 +1,269 @@
+"""Hostile input without a network (fault 15): arbitrary, huge, deeply nested or wrongly typed events, unknown types,
+invalid relations, bad UTF-8 and forged to-device messages go through the real path (nio's parsing and processing of
+a /sync body, then the runtime's handling and the plugin host's routing) and never raise or reach the wrong handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nio import RoomSendResponse, SyncResponse
+
+from bot.api import BotAPI
+from bot.client import make_client
+from bot.config import ConfigError, load_config
+from bot.dispatch import Dispatcher
+from bot.host import PluginHost
+from bot.runtime import Bot
+from bot.state import StateStore
+
+BOT = "@bot:localhost"
+ADMIN = "@admin:localhost"
+ROOM = "!joined:localhost"
+TESTS = Path(__file__).resolve().parent.parent
+
+
+class Harness:
+    """A Bot whose client never touches the network: the sync handling path with a recording plugin."""
+
+    def __init__(self, tmp: Path) -> None:
+        cfg = tmp / "bot.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "homeserver": "http://127.0.0.1:9",
+                    "user_id": BOT,
+                    "password": "not-used-password",
+                    "data_dir": str(tmp / "data"),
+                    "pickle_key": "hostile-input-pickle-key",
+                    "admins": [ADMIN],
+                    "invites": {"accept_from": ["@friend:localhost"]},
+                    "plugins": {"recorder": {}},
+                    "plugin_dirs": [str(TESTS / "plugins")],
+                }
+            )
+        )
+        self.bot = Bot(load_config(cfg))
+        (tmp / "data" / "crypto").mkdir(parents=True, exist_ok=True)
+        client = make_client("http://127.0.0.1:9", BOT, tmp / "data" / "crypto", "hostile-input-pickle-key", "BOTDEV")
+        client.restore_login(BOT, "BOTDEV", "not-a-real-token")
+        self.calls: list[tuple[str, Any]] = []
+
+        def record(name: str, result: Any = None):
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                self.calls.append((name, args))
+                return result(*args) if callable(result) else result
+
+            return call
+
+        client.join = record("join")
+        client.room_leave = record("leave")
+        client.request_room_key = record("request_room_key")
+        client.query_user_keys = record("query_user_keys")
+        client.keys_query = record("keys_query")
+        client.room_send = record("send", lambda room_id, *_: RoomSendResponse("$reply", room_id))
+        self.client = client
+        self.bot.client = client
+        self.bot.state = StateStore.open(tmp / "data" / "state.db")
+        self.bot.api = BotAPI(client, admins=(ADMIN,))
+        self.bot.dispatcher = Dispatcher(timeout=5)
+        self.bot.host = PluginHost(
+            self.bot.api, self.bot.state, self.bot.dispatcher, plugin_dirs=(TESTS / "plugins",), data_dir=tmp / "data"
+        )
+
+    async def start(self) -> Harness:
+        await self.bot.host.load("recorder")
+        return self
+
+    @property
+    def seen(self) -> list[tuple[str, str, str, str]]:
+        return self.bot.host.plugins["recorder"].instance.seen
+
+    async def feed(self, body: dict[str, Any]) -> None:
+        """One /sync answer through nio and the runtime, as the sync loop would; waits for the handlers."""
+        resp = SyncResponse.from_dict(body)
+        if not isinstance(resp, SyncResponse):
+            return  # nio refused the body (the sync loop logs and retries)
+        await self.client.receive_response(resp)
+        await self.bot._handle_sync(resp, initial=False, resumed=False)
+        await self.bot.dispatcher.drain(10)
+        await asyncio.sleep(0)
+
+    async def close(self) -> None:
+        await self.bot.dispatcher.close()
+        await self.bot.host.unload_all()
+        self.bot.state.close()
+        await self.client.close()
+
+
+@pytest.fixture
+async def harness(tmp_path):
+    h = await Harness(tmp_path).start()
+    await h.feed(_sync([_member(BOT, "join"), _member("@alice:localhost", "join")], batch="s0"))
+    yield h
+    await h.close()
+
+
+def _sync(events: list[dict], *, batch: str = "s1", to_device: list[dict] = (), invite: dict | None = None) -> dict:
+    return {
+        "next_batch": batch,
+        "rooms": {
+            "join": {
+                ROOM: {"timeline": {"events": events, "limited": False, "prev_batch": "p"}, "state": {"events": []}}
+            },
+            "invite": invite or {},
+            "leave": {},
+        },
+        "to_device": {"events": list(to_device)},
+    }
+
+
+_counter = iter(range(10**9))
+
+
+def _event(content: Any, *, sender: str = "@alice:localhost", etype: str = "m.room.message", **extra: Any) -> dict:
+    return {
+        "type": etype,
+        "event_id": f"$e{next(_counter)}",
+        "sender": sender,
+        "origin_server_ts": 1_700_000_000_000,
+        "content": content,
+        **extra,
+    }
+
+
+def _member(user: str, membership: str) -> dict:
+    return _event({"membership": membership}, sender=user, etype="m.room.member", state_key=user)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+contents = st.one_of(
+    json_values,
+    st.fixed_dictionaries(
+        {"msgtype": st.sampled_from(["m.text", "m.notice", "m.image", 5]), "body": json_values},
+        optional={"m.relates_to": json_values, "format": json_values, "formatted_body": json_values},
+    ),
+)
+event_types = st.sampled_from(
+    ["m.room.message", "m.room.member", "m.reaction", "m.room.encrypted", "m.room.redaction", "x.unknown", "",
+     "m.room.create"]
+)
+senders = st.one_of(st.just("@alice:localhost"), st.just(BOT), st.text(max_size=20))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(events=st.lists(st.tuples(contents, event_types, senders), min_size=1, max_size=6))
+async def test_arbitrary_timeline_events_never_raise_nor_misroute(harness, events):
+    before = len(harness.seen)
+    body = _sync([_event(c, sender=s, etype=t) for c, t, s in events], batch=f"s{next(_counter)}")
+    await harness.feed(body)
+    for kind, room, sender, _ in harness.seen[before:]:
+        assert room == ROOM
+        assert sender != BOT, "the bot's own events are never handled"
+        assert kind != "sudo" or sender == ADMIN
+
+
+async def test_huge_deep_and_odd_events_are_skipped_or_handled_quietly(harness):
+    deep: Any = "bottom"
+    for _ in range(2000):
+        deep = {"x": deep}
+    odd = [
+        _event({"msgtype": "m.text", "body": "x" * 1_000_000}),
+        _event({"msgtype": "m.text", "body": "deep", "m.relates_to": deep}),
+        _event({"msgtype": "m.text", "body": "\ud800 lone surrogate \udfff"}),
+        _event({"msgtype": "m.text", "body": "!sudo", "m.relates_to": {"m.in_reply_to": 5, "rel_type": ["x"]}}),
+        _event({"msgtype": "m.text", "body": "forged room", "room_id": "!other:localhost"}, room_id="!other:localhost"),
+        _event(None),
+        _event(["not", "a", "dict"]),
+        {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "no id"}},
+        _event({"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "!!notbase64", "session_id": "s",
+                "sender_key": "k", "device_id": "D"}, etype="m.room.encrypted"),
+    ]
+    await harness.feed(_sync(odd, batch="odd"))
+    rooms = {room for _, room, _, _ in harness.seen}
+    assert rooms <= {ROOM}, "a forged room_id field changes nothing: the room is the one the sync put it in"
+    assert not any(kind == "sudo" for kind, *_ in harness.seen), "!sudo from a non-admin never runs"
+    # Bad UTF-8 in the raw bytes of a /sync body is nio's JSON decoding's problem: it never reaches the runtime.
+    assert json.dumps({"b": "\ud800"})
+
+
+async def test_admin_and_power_level_commands_refuse_others(harness):
+    commands = [_event({"msgtype": "m.text", "body": "!sudo"}), _event({"msgtype": "m.text", "body": "!mod"})]
+    await harness.feed(_sync(commands))
+    assert not [k for k, *_ in harness.seen if k in ("sudo", "mod")]
+    refusals = [args for name, args in harness.calls if name == "send"]
+    assert len(refusals) == 2, "each refusal is answered"
+    await harness.feed(_sync([_member(ADMIN, "join"), _event({"msgtype": "m.text", "body": "!sudo"}, sender=ADMIN)],
+                             batch="s-admin"))
+    assert [k for k, *_ in harness.seen].count("sudo") == 1
+
+
+to_device_events = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["m.room_key", "m.forwarded_room_key", "m.room.encrypted", "m.room_key_request",
+                                 "m.room_key.withheld", "m.dummy", "x.unknown"]),
+        "sender": senders,
+        "content": json_values | st.fixed_dictionaries(
+            {"algorithm": st.sampled_from(["m.megolm.v1.aes-sha2", "m.olm.v1.curve25519-aes-sha2", "x"]),
+             "room_id": st.just(ROOM), "session_id": st.text(max_size=10), "session_key": st.text(max_size=10),
+             "sender_key": st.text(max_size=10), "ciphertext": json_values}),
+    }
+)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(to_device=st.lists(to_device_events, min_size=1, max_size=5))
+async def test_forged_to_device_events_never_raise_nor_plant_room_keys(harness, to_device):
+    await harness.feed(_sync([], batch=f"t{next(_counter)}", to_device=to_device))
+    store = harness.client.olm.inbound_group_store
+    assert not list(store), "an unencrypted (forged) room key is never accepted"
+
+
+async def test_invites_from_others_are_rejected_without_joining(harness):
+    def invited_by(user: str) -> dict:
+        member = {"type": "m.room.member", "state_key": BOT, "sender": user, "content": {"membership": "invite"}}
+        return {"invite_state": {"events": [member]}}
+
+    invite = {
+        "!invite:localhost": invited_by("@stranger:localhost"),
+        "!friend:localhost": invited_by("@friend:localhost"),
+        "!garbage:localhost": {"invite_state": {"events": [{"type": 5}, "not an event"]}},
+    }
+    await harness.feed(_sync([], batch="inv", invite=invite))
+    joined = [args[0] for name, args in harness.calls if name == "join"]
+    left = [args[0] for name, args in harness.calls if name == "leave"]
+    assert joined == ["!friend:localhost"]
+    assert "!invite:localhost" in left
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(value=json_values)
+def test_config_files_with_any_yaml_value_only_raise_config_errors(tmp_path_factory, value):
+    path = tmp_path_factory.mktemp("cfg") / "bot.yaml"
+    path.write_text(yaml.safe_dump({"homeserver": "http://127.0.0.1:8008", "user_id": BOT, "plugins": value,
+                                    "pickle_key": value, "invites": value}))
+    with pytest.raises(ConfigError):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff\xfe\x00garbage", b"homeserver: \xc3\x28\n", b"a: " + b"[" * 5000, b"- " * 100000, b"&a [*a]"],
+    ids=["utf16-bom", "bad-utf8", "deep-flow", "huge-list", "self-alias"],
+)
+def test_config_files_with_broken_bytes_only_raise_config_errors(tmp_path, raw):
+    path = tmp_path / "bot.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError):
+        load_config(path)
