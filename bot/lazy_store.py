@@ -1,0 +1,324 @@
+"""nio's SQLite crypto store, with inbound Megolm sessions loaded on first use.
+
+nio's :class:`~nio.store.SqliteStore` loads every inbound group session (every room key the bot ever received) when
+the client starts: one unpickle and one extra query per session, and all of them stay in memory. A bot in many rooms
+accumulates tens of thousands, so start-up time and memory grow with its age. matrix-rust-sdk loads sessions when a
+message needs them; :class:`LazySqliteStore` does the same on nio's own database file:
+
+* :meth:`LazySqliteStore.load_inbound_group_sessions` returns a :class:`LazyGroupSessionStore`, which keeps the
+  sessions used so far in memory and reads a missing one from SQLite (one indexed query) the first time ``get()``
+  asks for it. ``store[room_id]`` loads that room's sessions; iterating the store (key export, a full scan) or
+  touching its ``_entries`` loads everything, after which it behaves exactly like nio's ``GroupSessionStore``.
+* Nothing about the file changes: sessions are written by nio's own ``save_inbound_group_session``, so a store
+  written by this class opens with plain nio and vice versa (old libolm pickles are upgraded on first use, as nio
+  upgrades them at load).
+* nio asks the store whether a message's sending device is verified for every decrypted event, and ``SqliteStore``
+  answers with three queries each time. The answer only changes through the store's own methods, so it is cached
+  here and the cache is dropped by every method that writes trust state or device rows.
+
+``tests/test_lazy_store.py`` checks decryption, key import, key requests and restarts against plain nio.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from nio.crypto import GroupSessionStore, InboundGroupSession, OlmDevice, TrustState
+from nio.store import SqliteStore
+from nio.store.database import use_database
+from nio.store.models import Accounts, DeviceKeys, DeviceTrustState, ForwardedChains, MegolmInboundSessions
+from peewee import SQL
+
+__all__ = ["LazyGroupSessionStore", "LazySqliteStore"]
+
+log = logging.getLogger(__name__)
+
+_NO_ROW = object()  # the device has no row in the database (nio: "not verified", "not blacklisted", ...)
+
+
+class LazyGroupSessionStore(GroupSessionStore):
+    """nio's ``GroupSessionStore`` (same methods, same answers) that reads sessions from SQLite on demand.
+
+    In memory, ``_loaded`` has the layout of nio's ``_entries`` (room id -> sender key -> session id -> session).
+    A session that is in memory is authoritative (it may be newer than the database row, exactly as with nio);
+    one that is not is looked up in the database.
+    """
+
+    def __init__(self, store: LazySqliteStore | None) -> None:
+        # no super().__init__(): nio's _entries is a property here (touching it loads everything)
+        self._store = store
+        self._loaded: defaultdict[str, defaultdict[str, dict[str, InboundGroupSession]]] = defaultdict(
+            lambda: defaultdict(dict)
+        )
+        self._rooms_loaded: set[str] = set()
+        self._all_loaded = store is None or store.account_id() is None
+        #: how many sessions were read from the database (for tests and the benchmark)
+        self.loaded_from_db = 0
+
+    # -- nio's GroupSessionStore API ---------------------------------------------------------------------------
+
+    def add(self, session: InboundGroupSession) -> bool:
+        """Remember ``session``; False if this very object is stored already (nio's rule)."""
+        bucket = self._loaded[session.room_id][session.sender_key]
+        if session in bucket.values():
+            return False
+        bucket[session.id] = session
+        return True
+
+    def get(self, room_id: str, sender_key: str, session_id: str) -> InboundGroupSession | None:
+        """The session, from memory or else from the database; None if there is none."""
+        bucket = self._loaded[room_id][sender_key]
+        session = bucket.get(session_id)
+        if session is not None or self._all_loaded or room_id in self._rooms_loaded:
+            return session
+        assert self._store is not None
+        found = self._store.read_inbound_group_session(session_id)
+        if found is None or found.room_id != room_id or found.sender_key != sender_key or found.id != session_id:
+            return None
+        self.loaded_from_db += 1
+        bucket[session_id] = found
+        return found
+
+    def __getitem__(self, room_id: str) -> defaultdict[str, dict[str, InboundGroupSession]]:
+        self._load_room(room_id)
+        return self._loaded[room_id]
+
+    def __iter__(self) -> Iterator[InboundGroupSession]:
+        self.load_all()
+        for room_sessions in self._loaded.values():
+            for sender_sessions in room_sessions.values():
+                yield from sender_sessions.values()
+
+    @property
+    def _entries(self) -> defaultdict[str, defaultdict[str, dict[str, InboundGroupSession]]]:
+        # code that reaches into nio's private dict expects every session in it
+        self.load_all()
+        return self._loaded
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    @property
+    def in_memory(self) -> int:
+        """How many sessions are in memory now."""
+        return sum(len(s) for senders in self._loaded.values() for s in senders.values())
+
+    def _merge(self, sessions: list[InboundGroupSession]) -> None:
+        for session in sessions:
+            bucket = self._loaded[session.room_id][session.sender_key]
+            if session.id not in bucket:  # memory wins: it may hold a newer copy than the row
+                bucket[session.id] = session
+                self.loaded_from_db += 1
+
+    def _load_room(self, room_id: str) -> None:
+        if self._all_loaded or room_id in self._rooms_loaded:
+            return
+        assert self._store is not None
+        self._merge(self._store.read_inbound_group_sessions(room_id=room_id))
+        self._rooms_loaded.add(room_id)
+
+    def load_all(self) -> None:
+        """Read every session of the database into memory (what nio does at start-up)."""
+        if self._all_loaded:
+            return
+        assert self._store is not None
+        self._merge(self._store.read_inbound_group_sessions())
+        self._all_loaded = True
+
+
+@dataclass
+class LazySqliteStore(SqliteStore):
+    """nio's ``SqliteStore`` with lazily loaded inbound group sessions and cached device trust answers."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._account_id: int | None = None
+        self._trust: dict[tuple[str, str], Any] = {}
+
+    # -- inbound group sessions ----------------------------------------------------------------------------------
+
+    @use_database
+    def account_id(self) -> int | None:
+        """The database id of this user/device's account row (None before the account is created)."""
+        if self._account_id is None:
+            row = (
+                Accounts.select(Accounts.id)
+                .where((Accounts.user_id == self.user_id) & (Accounts.device_id == self.device_id))
+                .tuples()
+                .first()
+            )
+            self._account_id = row[0] if row else None
+        return self._account_id
+
+    def load_inbound_group_sessions(self) -> GroupSessionStore:
+        """A store that reads sessions from this database when they are first needed."""
+        return LazyGroupSessionStore(self)
+
+    def _unpickle(self, row: tuple, chains: list[str]) -> InboundGroupSession:
+        sender_key, fp_key, room_id, pickle, _session_id = row
+        session = InboundGroupSession.from_pickle(
+            bytes(pickle) if not isinstance(pickle, bytes) else pickle,
+            fp_key,
+            sender_key,
+            room_id,
+            self.pickle_key,
+            chains,
+        )
+        if session.upgrade_pickle:  # a libolm pickle: nio rewrites it in vodozemac's format when it loads it
+            session.upgrade_pickle = False
+            self.save_inbound_group_session(session)
+        return session
+
+    _COLUMNS = (
+        MegolmInboundSessions.sender_key,
+        MegolmInboundSessions.fp_key,
+        MegolmInboundSessions.room_id,
+        MegolmInboundSessions.session,
+        MegolmInboundSessions.session_id,
+    )
+
+    @use_database
+    def read_inbound_group_session(self, session_id: str) -> InboundGroupSession | None:
+        """One session by id, from the database (None if there is no such row for this account)."""
+        account = self.account_id()
+        if account is None:
+            return None
+        row = (
+            MegolmInboundSessions.select(*self._COLUMNS)
+            .where((MegolmInboundSessions.session_id == session_id) & (MegolmInboundSessions.account == account))
+            .tuples()
+            .first()
+        )
+        if row is None:
+            return None
+        chains = [
+            c[0]
+            for c in ForwardedChains.select(ForwardedChains.sender_key)
+            .where(ForwardedChains.session == session_id)
+            .order_by(ForwardedChains.id)
+            .tuples()
+        ]
+        return self._unpickle(row, chains)
+
+    @use_database
+    def read_inbound_group_sessions(self, *, room_id: str | None = None) -> list[InboundGroupSession]:
+        """Every session of this account (of ``room_id`` only, if given), in nio's load order."""
+        account = self.account_id()
+        if account is None:
+            return []
+        where = MegolmInboundSessions.account == account
+        if room_id is not None:
+            where &= MegolmInboundSessions.room_id == room_id
+        rows = list(
+            MegolmInboundSessions.select(*self._COLUMNS).where(where).order_by(SQL("rowid")).tuples()
+        )
+        chains: defaultdict[str, list[str]] = defaultdict(list)
+        chain_query = ForwardedChains.select(ForwardedChains.session, ForwardedChains.sender_key)
+        if room_id is not None:
+            chain_query = chain_query.join(
+                MegolmInboundSessions, on=(ForwardedChains.session == MegolmInboundSessions.session_id)
+            ).where(MegolmInboundSessions.room_id == room_id)
+        for session_id, sender_key in chain_query.order_by(ForwardedChains.id).tuples():
+            chains[session_id].append(sender_key)
+        return [self._unpickle(row, chains.get(row[4], [])) for row in rows]
+
+    # -- device trust: SqliteStore asks the database three times per call; cache the answer ----------------------
+
+    def _trust_state(self, device: OlmDevice) -> Any:
+        key = (device.user_id, device.id)
+        state = self._trust.get(key)
+        if state is None:
+            state = self._read_trust_state(device)
+            self._trust[key] = state
+        return state
+
+    @use_database
+    def _read_trust_state(self, device: OlmDevice) -> Any:
+        account = self.account_id()
+        if account is None:
+            return _NO_ROW
+        row = (
+            DeviceKeys.select(DeviceKeys.id)
+            .where(
+                (DeviceKeys.user_id == device.user_id)
+                & (DeviceKeys.device_id == device.id)
+                & (DeviceKeys.account == account)
+            )
+            .tuples()
+            .first()
+        )
+        if row is None:
+            return _NO_ROW
+        trust = DeviceTrustState.select(DeviceTrustState.state).where(DeviceTrustState.device == row[0]).first()
+        return trust.state if trust is not None else TrustState.unset
+
+    def is_device_verified(self, device: OlmDevice) -> bool:
+        return self._trust_state(device) == TrustState.verified
+
+    def is_device_blacklisted(self, device: OlmDevice) -> bool:
+        return self._trust_state(device) == TrustState.blacklisted
+
+    def is_device_ignored(self, device: OlmDevice) -> bool:
+        return self._trust_state(device) == TrustState.ignored
+
+    def _forget_trust(self, device: OlmDevice | None = None) -> None:
+        if device is None:
+            self._trust.clear()
+        else:
+            self._trust.pop((device.user_id, device.id), None)
+
+    def verify_device(self, device: OlmDevice) -> bool:
+        try:
+            return super().verify_device(device)
+        finally:
+            self._forget_trust(device)
+
+    def unverify_device(self, device: OlmDevice) -> bool:
+        try:
+            return super().unverify_device(device)
+        finally:
+            self._forget_trust(device)
+
+    def blacklist_device(self, device: OlmDevice) -> bool:
+        try:
+            return super().blacklist_device(device)
+        finally:
+            self._forget_trust(device)
+
+    def unblacklist_device(self, device: OlmDevice) -> bool:
+        try:
+            return super().unblacklist_device(device)
+        finally:
+            self._forget_trust(device)
+
+    def ignore_device(self, device: OlmDevice) -> bool:
+        try:
+            return super().ignore_device(device)
+        finally:
+            self._forget_trust(device)
+
+    def unignore_device(self, device: OlmDevice) -> bool:
+        try:
+            return super().unignore_device(device)
+        finally:
+            self._forget_trust(device)
+
+    def ignore_devices(self, devices: list[OlmDevice]) -> None:
+        try:
+            return super().ignore_devices(devices)
+        finally:
+            self._forget_trust()
+
+    def save_device_keys(self, device_keys: dict[str, dict[str, OlmDevice]]) -> None:
+        try:
+            return super().save_device_keys(device_keys)
+        finally:
+            self._forget_trust()
+
+    def save_account(self, account: Any) -> None:
+        super().save_account(account)
+        if self._account_id is None:
+            self.account_id()

@@ -1,0 +1,271 @@
+"""bot.lazy_store.LazySqliteStore behaves like nio's SqliteStore: same sessions found (or not), same decryption,
+key import and export, key requests, restarts on the same file in both directions, same device trust answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import vodozemac
+from nio import AsyncClient, AsyncClientConfig, EncryptionError, MegolmEvent, RoomKeyRequest
+from nio.crypto import InboundGroupSession, OlmAccount, OlmDevice
+from nio.crypto.olm_machine import KeyShareError
+from nio.store import SqliteStore
+
+from bot.lazy_store import LazyGroupSessionStore, LazySqliteStore
+
+USER = "@bot:example.org"
+DEVICE = "BOTDEVICE"
+KEY = "lazy-store-test-pickle-key"
+ROOMS = ["!a:example.org", "!b:example.org", "!c:example.org"]
+
+
+def _senders(n: int = 4) -> list[tuple[str, str, str, vodozemac.Account]]:
+    out = []
+    for i in range(n):
+        acc = vodozemac.Account()
+        out.append((f"@s{i}:example.org", f"DEV{i}", acc.curve25519_key.to_base64(), acc))
+    return out
+
+
+SENDERS = _senders()
+
+
+def _fill(store: SqliteStore, count: int = 24) -> dict[str, tuple[str, str, vodozemac.GroupSession]]:
+    """Save ``count`` inbound sessions (some with forwarding chains); returns session id -> (room, sender key,
+    the outbound session that can encrypt for it)."""
+    made = {}
+    for i in range(count):
+        room = ROOMS[i % len(ROOMS)]
+        _user, _dev, curve, acc = SENDERS[i % len(SENDERS)]
+        outbound = vodozemac.GroupSession()
+        chain = [SENDERS[(i + 1) % len(SENDERS)][2]] if i % 5 == 0 else None
+        session = InboundGroupSession(
+            outbound.session_key.to_base64(), acc.ed25519_key.to_base64(), curve, room, forwarding_chain=chain
+        )
+        store.save_inbound_group_session(session)
+        made[session.id] = (room, curve, outbound)
+    return made
+
+
+def _new_store(cls: type, path: Path) -> SqliteStore:
+    path.mkdir(parents=True, exist_ok=True)
+    store = cls(USER, DEVICE, str(path), KEY)
+    if store.load_account() is None:
+        store.save_account(OlmAccount())
+    return store
+
+
+def _describe(session: InboundGroupSession | None) -> tuple | None:
+    if session is None:
+        return None
+    return (session.id, session.room_id, session.sender_key, session.ed25519, tuple(session.forwarding_chain),
+            session.first_known_index)
+
+
+def _layout(store) -> dict:
+    return {room: {sender: sorted(ids) for sender, ids in senders.items() if ids}
+            for room, senders in store._entries.items() if any(senders.values())}
+
+
+def test_lookups_answer_like_nio(tmp_path: Path) -> None:
+    made = _fill(_new_store(SqliteStore, tmp_path))
+    eager = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+    lazy_store = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY)
+    lazy = lazy_store.load_inbound_group_sessions()
+    assert isinstance(lazy, LazyGroupSessionStore)
+    assert lazy.in_memory == 0  # nothing read at start-up
+    for session_id, (room, sender, outbound) in made.items():
+        ours = lazy.get(room, sender, session_id)
+        assert _describe(ours) == _describe(eager.get(room, sender, session_id))
+        message = outbound.encrypt(b'{"hello": 1}').to_base64()
+        assert ours.decrypt(message) == eager.get(room, sender, session_id).decrypt(message)
+        # the same session asked for under another room or sender key is not found, as with nio
+        assert lazy.get(ROOMS[0] if room != ROOMS[0] else ROOMS[1], sender, session_id) is None
+        assert eager.get(ROOMS[0] if room != ROOMS[0] else ROOMS[1], sender, session_id) is None
+        assert lazy.get(room, "other-sender-key", session_id) is eager.get(room, "other-sender-key", session_id)
+    assert lazy.get(ROOMS[0], SENDERS[0][2], "no-such-session") is None
+    assert lazy.in_memory == len(made)
+    assert lazy.loaded_from_db == len(made)
+
+
+def test_room_access_iteration_and_entries_are_complete(tmp_path: Path) -> None:
+    _fill(_new_store(SqliteStore, tmp_path))
+    eager = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+    lazy = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+    room = ROOMS[1]
+    assert {s: sorted(ids) for s, ids in lazy[room].items()} == {s: sorted(ids) for s, ids in eager[room].items()}
+    assert lazy.in_memory == sum(len(ids) for ids in eager[room].values())  # only that room was read
+    assert sorted(map(_describe, lazy)) == sorted(map(_describe, eager))
+    assert _layout(lazy) == _layout(eager)
+
+
+def test_memory_wins_over_the_database_and_add_follows_nio(tmp_path: Path) -> None:
+    made = _fill(_new_store(SqliteStore, tmp_path), count=6)
+    lazy = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+    eager = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+    session_id, (room, sender, _outbound) = next(iter(made.items()))
+    loaded = lazy.get(room, sender, session_id)
+    assert lazy.add(loaded) is False and eager.add(eager.get(room, sender, session_id)) is False
+    # a different object for the same session replaces it, in both
+    copy_ours = InboundGroupSession.from_pickle(loaded.pickle(KEY), loaded.ed25519, sender, room, KEY)
+    copy_theirs = InboundGroupSession.from_pickle(loaded.pickle(KEY), loaded.ed25519, sender, room, KEY)
+    assert lazy.add(copy_ours) is True and eager.add(copy_theirs) is True
+    assert lazy.get(room, sender, session_id) is copy_ours
+    # key backup's restore pops and re-adds through store[room]; the popped session stays gone until re-added
+    lazy[room][sender].pop(session_id)
+    eager[room][sender].pop(session_id)
+    assert lazy.get(room, sender, session_id) is None and eager.get(room, sender, session_id) is None
+
+
+def _client(cls: type, path: Path) -> AsyncClient:
+    path.mkdir(parents=True, exist_ok=True)
+    client = AsyncClient(
+        "http://127.0.0.1:9", USER, device_id=DEVICE, store_path=str(path),
+        config=AsyncClientConfig(store=cls, encryption_enabled=True, pickle_key=KEY),
+    )
+    client.restore_login(USER, DEVICE, "token")
+    return client
+
+
+def _megolm_event(room: str, sender_idx: int, outbound: vodozemac.GroupSession, body: str) -> MegolmEvent:
+    user, dev, curve, _acc = SENDERS[sender_idx]
+    payload = json.dumps({"type": "m.room.message", "content": {"msgtype": "m.text", "body": body}, "room_id": room})
+    event = MegolmEvent.from_dict({
+        "type": "m.room.encrypted", "sender": user, "event_id": f"$e{body}", "origin_server_ts": 1,
+        "content": {"algorithm": "m.megolm.v1.aes-sha2", "sender_key": curve, "device_id": dev,
+                    "session_id": outbound.session_id, "ciphertext": outbound.encrypt(payload.encode()).to_base64()},
+    })
+    event.room_id = room
+    return event
+
+
+def test_decryption_is_the_same(tmp_path: Path) -> None:
+    made = _fill(_new_store(SqliteStore, tmp_path / "plain"), count=8)
+    import shutil
+
+    shutil.copytree(tmp_path / "plain", tmp_path / "lazy")
+    plain, lazy = _client(SqliteStore, tmp_path / "plain"), _client(LazySqliteStore, tmp_path / "lazy")
+    assert isinstance(lazy.store, LazySqliteStore)
+    for n, (_sid, (room, sender, outbound)) in enumerate(made.items()):
+        idx = next(i for i, s in enumerate(SENDERS) if s[2] == sender)
+        event = _megolm_event(room, idx, outbound, f"msg{n}")
+        ours, theirs = lazy.decrypt_event(event), plain.decrypt_event(event)
+        assert (type(ours), ours.body, ours.source, ours.verified) == (
+            type(theirs), theirs.body, theirs.source, theirs.verified
+        )
+    stranger = _megolm_event(ROOMS[0], 0, vodozemac.GroupSession(), "unknown")
+    for client in (plain, lazy):
+        with pytest.raises(EncryptionError, match="no session found"):
+            client.decrypt_event(stranger)
+
+
+async def test_key_export_import_and_restarts(tmp_path: Path) -> None:
+    made = _fill(_new_store(SqliteStore, tmp_path / "source"), count=10)
+    source = _client(LazySqliteStore, tmp_path / "source")
+    export = tmp_path / "keys.txt"
+    await source.export_keys(str(export), "passphrase", count=1000)  # iterates the lazy store (all of it)
+    target = _client(LazySqliteStore, tmp_path / "target")
+    await target.import_keys(str(export), "passphrase")
+    for session_id, (room, sender, _outbound) in made.items():
+        assert target.olm.inbound_group_store.get(room, sender, session_id) is not None
+    await target.close()
+    # restart: the lazy store and plain nio both read what the lazy store wrote, and the other way round
+    for cls in (LazySqliteStore, SqliteStore):
+        again = _client(cls, tmp_path / "target")
+        for session_id, (room, sender, outbound) in made.items():
+            found = again.olm.inbound_group_store.get(room, sender, session_id)
+            assert found is not None and found.id == session_id
+            idx = next(i for i, s in enumerate(SENDERS) if s[2] == sender)
+            assert again.decrypt_event(_megolm_event(room, idx, outbound, "after-restart")).body == "after-restart"
+        await again.close()
+
+
+async def test_room_keys_received_at_run_time_survive_restarts(tmp_path: Path) -> None:
+    _new_store(SqliteStore, tmp_path)
+    client = _client(LazySqliteStore, tmp_path)
+    outbound = vodozemac.GroupSession()
+    _user, _dev, curve, acc = SENDERS[2]
+    client.olm.create_group_session(curve, acc.ed25519_key.to_base64(), ROOMS[2], outbound.session_id,
+                                    outbound.session_key.to_base64())
+    assert client.olm.inbound_group_store.get(ROOMS[2], curve, outbound.session_id) is not None
+    await client.close()
+    for cls in (LazySqliteStore, SqliteStore):
+        again = _client(cls, tmp_path)
+        assert again.decrypt_event(_megolm_event(ROOMS[2], 2, outbound, "late")).body == "late"
+        await again.close()
+
+
+def _key_request(session_id: str, room: str, sender_key: str) -> RoomKeyRequest:
+    return RoomKeyRequest.from_dict({
+        "type": "m.room_key_request", "sender": USER,
+        "content": {"action": "request", "requesting_device_id": "OTHERDEVICE", "request_id": "req1",
+                    "body": {"algorithm": "m.megolm.v1.aes-sha2", "room_id": room, "sender_key": sender_key,
+                             "session_id": session_id}},
+    })
+
+
+def test_key_requests_find_the_same_sessions(tmp_path: Path) -> None:
+    import shutil
+
+    made = _fill(_new_store(SqliteStore, tmp_path / "plain"), count=4)
+    shutil.copytree(tmp_path / "plain", tmp_path / "lazy")
+    plain, lazy = _client(SqliteStore, tmp_path / "plain"), _client(LazySqliteStore, tmp_path / "lazy")
+    session_id, (room, sender, _outbound) = next(iter(made.items()))
+    for sid in (session_id, "missing-session"):
+        messages = []
+        for client in (plain, lazy):
+            with pytest.raises(KeyShareError) as info:
+                client.olm.share_with_ourselves(_key_request(sid, room, sender))
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+        assert ("No session found" in messages[0]) == (sid == "missing-session")
+
+
+def test_device_trust_answers_follow_every_change(tmp_path: Path) -> None:
+    lazy = _new_store(LazySqliteStore, tmp_path)
+    devices = {
+        user: {dev: OlmDevice(user, dev, {"ed25519": acc.ed25519_key.to_base64(), "curve25519": curve})}
+        for user, dev, curve, acc in SENDERS
+    }
+    unknown = OlmDevice("@nobody:example.org", "NODEV", {"ed25519": "x", "curve25519": "y"})
+
+    def check() -> None:
+        fresh = SqliteStore(USER, DEVICE, str(tmp_path), KEY)
+        for device in [*(d for devs in devices.values() for d in devs.values()), unknown]:
+            for method in ("is_device_verified", "is_device_blacklisted", "is_device_ignored"):
+                assert getattr(lazy, method)(device) == getattr(fresh, method)(device), (method, device.id)
+        fresh.database.close()
+
+    check()  # no rows yet: all False (and cached as such)
+    lazy.save_device_keys(devices)
+    check()
+    first, second = (devices[SENDERS[0][0]][SENDERS[0][1]], devices[SENDERS[1][0]][SENDERS[1][1]])
+    for step in (lambda: lazy.verify_device(first), lambda: lazy.blacklist_device(second), check,
+                 lambda: lazy.unverify_device(first), lambda: lazy.ignore_device(first), check,
+                 lambda: lazy.unignore_device(first), lambda: lazy.unblacklist_device(second),
+                 lambda: lazy.ignore_devices([first, second]), check, lambda: lazy.verify_device(second)):
+        step()
+        check()
+
+
+def test_libolm_pickles_are_upgraded_on_first_use(tmp_path: Path) -> None:
+    olm = pytest.importorskip("olm")
+    from nio.store.models import MegolmInboundSessions
+
+    store = _new_store(SqliteStore, tmp_path)
+    outbound = olm.OutboundGroupSession()
+    legacy = olm.InboundGroupSession(outbound.session_key)
+    _user, _dev, curve, acc = SENDERS[0]
+    with store.database.bind_ctx(store.models):
+        MegolmInboundSessions.insert(
+            sender_key=curve, account=store._get_account().id, fp_key=acc.ed25519_key.to_base64(),
+            room_id=ROOMS[0], session=legacy.pickle(KEY), session_id=legacy.id,
+        ).execute()
+    lazy = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+    found = lazy.get(ROOMS[0], curve, legacy.id)
+    assert found is not None and found.id == legacy.id
+    # nio now reads a vodozemac pickle for it (the upgrade was written back)
+    again = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions().get(ROOMS[0], curve, legacy.id)
+    assert again is not None and again.upgrade_pickle is False
