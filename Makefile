@@ -36,5 +36,9 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check bot plugins tests
 
+# Benchmarks against bare nio and the peer frameworks (docs/performance.md); BENCH_QUICK=1: a ~3-minute smoke run.
+bench: venv
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache $(JS_DIR)/node_modules

@@ -15,6 +15,8 @@ message needs them; :class:`LazySqliteStore` does the same on nio's own database
 * nio asks the store whether a message's sending device is verified for every decrypted event, and ``SqliteStore``
   answers with three queries each time. The answer only changes through the store's own methods, so it is cached
   here and the cache is dropped by every method that writes trust state or device rows.
+* nio saves the set of encrypted rooms after every sync, in a transaction of its own even when the set is empty;
+  rooms already saved are skipped (nio's ``INSERT ... ON CONFLICT IGNORE`` would not change them).
 
 ``tests/test_lazy_store.py`` checks decryption, key import, key requests and restarts against plain nio.
 """
@@ -137,6 +139,7 @@ class LazySqliteStore(SqliteStore):
         super().__post_init__()
         self._account_id: int | None = None
         self._trust: dict[tuple[str, str], Any] = {}
+        self._saved_rooms: set[str] | None = None
 
     # -- inbound group sessions ----------------------------------------------------------------------------------
 
@@ -317,6 +320,28 @@ class LazySqliteStore(SqliteStore):
             return super().save_device_keys(device_keys)
         finally:
             self._forget_trust()
+
+    # -- encrypted rooms: nio saves the set after every sync, in a transaction, even when it is empty ----------------
+
+    def load_encrypted_rooms(self) -> set[str]:
+        rooms = super().load_encrypted_rooms()
+        self._saved_rooms = set(rooms)
+        return rooms
+
+    def save_encrypted_rooms(self, rooms: Any) -> None:
+        """nio's method, skipped for rooms already saved (nio's INSERT would ignore them): most syncs have none."""
+        saved = self._saved_rooms
+        if saved is None:
+            saved = self._saved_rooms = set(super().load_encrypted_rooms())
+        new = [room for room in rooms if room not in saved]
+        if new:
+            super().save_encrypted_rooms(new)
+            saved.update(new)
+
+    def delete_encrypted_room(self, room: str) -> None:
+        super().delete_encrypted_room(room)
+        if self._saved_rooms is not None:
+            self._saved_rooms.discard(room)
 
     def save_account(self, account: Any) -> None:
         super().save_account(account)

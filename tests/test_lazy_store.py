@@ -269,3 +269,15 @@ def test_libolm_pickles_are_upgraded_on_first_use(tmp_path: Path) -> None:
     # nio now reads a vodozemac pickle for it (the upgrade was written back)
     again = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions().get(ROOMS[0], curve, legacy.id)
     assert again is not None and again.upgrade_pickle is False
+
+
+def test_encrypted_rooms_are_saved_like_nio(tmp_path: Path) -> None:
+    lazy = _new_store(LazySqliteStore, tmp_path)
+    assert lazy.load_encrypted_rooms() == set()
+    lazy.save_encrypted_rooms(set())
+    lazy.save_encrypted_rooms({ROOMS[0], ROOMS[1]})
+    lazy.save_encrypted_rooms({ROOMS[1]})  # already saved: nothing to write
+    lazy.delete_encrypted_room(ROOMS[0])
+    lazy.save_encrypted_rooms({ROOMS[0], ROOMS[2]})  # saved again after the delete
+    plain = SqliteStore(USER, DEVICE, str(tmp_path), KEY)
+    assert plain.load_encrypted_rooms() == set(ROOMS) == lazy.load_encrypted_rooms()
