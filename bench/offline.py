@@ -1,0 +1,522 @@
+"""Scenario 1: CPU time per Megolm-encrypted event, offline (no network, no homeserver).
+
+A sync response of 20 rooms x 100 encrypted ``!noop`` messages (real Megolm encryption with vodozemac; 5 senders per
+room, each with its own session) is generated once into ``bench/.cache/offline-v1/`` together with the bot's nio
+crypto store holding the 100 inbound sessions. Each variant then handles the same raw JSON bytes:
+
+* ``floor``: ``json.loads`` of the batch, then for each event vodozemac's Megolm decryption and ``json.loads`` of the
+  plaintext: nothing can do less and still read the messages;
+* ``nio``: bare matrix-nio, as a nio bot does it: ``json.loads``, ``SyncResponse.from_dict``, ``receive_response``
+  (decryption, room state, callbacks) with a no-op callback for text messages;
+* ``ratchet``: Ratchet's full pipeline as the sync loop runs it (the client from ``make_client``, so with the fast
+  path and the lazy store; ``Bot._handle_sync`` filtering, routing, the dispatcher, the exactly-once bookkeeping in
+  ``state.db``) down to a no-op command handler (``bench/plugins/benchnoop``), until every handler has finished and
+  the sync token is committed;
+* ``ratchet-before``: the same pipeline with nio's own validation and store (``bot.fastpath`` uninstalled), i.e.
+  what Ratchet cost before issue 8.
+
+Two diagnostic variants split the difference: ``ratchet-fastpath-only`` (the fast path with nio's plain
+``SqliteStore``) and ``ratchet-proposed``, an experiment that exists only in this benchmark: Ratchet plus two
+runtime changes outside issue 8's files, patched in for the measurement (``handled`` rows written in one transaction
+per event-loop turn instead of one per event, and the dispatcher's per-job ``asyncio.wait_for`` task replaced by
+``asyncio.timeout`` in the lane's own task). See docs/performance.md.
+
+Each variant runs in its own process (so the fast path patch of one cannot leak into another), a few passes per
+process after one warm-up pass; the figure is ``time.process_time()`` per event.
+
+Run one variant by hand: ``python -m bench.offline run ratchet --passes 5 [--profile out.prof]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import cProfile
+import gc
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import CACHE, PLUGINS, PYTHON, QUICK, log, ratio_summary, run_json, summary
+
+VERSION = "offline-v1"
+DATA = CACHE / VERSION
+BOT_USER = "@benchbot:localhost"
+BOT_DEVICE = "BENCHBOTDEV"
+PICKLE_KEY = "bench-offline-pickle-key-0123456789"
+HOMESERVER = "http://127.0.0.1:9"  # never contacted
+N_ROOMS = 20
+PER_ROOM = 100
+SENDERS_PER_ROOM = 5
+N_SENDERS = 10
+BASE_TS = 1_760_000_000_000
+VARIANTS = ("floor", "nio", "ratchet", "ratchet-before")
+#: Diagnostic variants (``python -m bench.offline run NAME``; ``scenario(extra=True)``): where the cost goes.
+EXTRA_VARIANTS = ("ratchet-fastpath-only", "ratchet-proposed")
+
+
+def _event_id(*parts: Any) -> str:
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return "$" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def generate(data: Path = DATA) -> dict[str, Any]:
+    """Build (once) the encrypted sync batch, a warm-up sync with the rooms' state, and the bot's crypto store."""
+    meta_path = data / "meta.json"
+    if meta_path.exists():
+        return json.loads(meta_path.read_text())
+    import vodozemac
+    from nio import AsyncClient, AsyncClientConfig
+    from nio.crypto import InboundGroupSession, OlmDevice
+    from nio.store import SqliteStore
+
+    log(f"offline: generating {N_ROOMS * PER_ROOM} Megolm-encrypted events into {data}")
+    tmp = data.with_name(data.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "store").mkdir(parents=True)
+    client = AsyncClient(
+        HOMESERVER,
+        BOT_USER,
+        device_id=BOT_DEVICE,
+        store_path=str(tmp / "store"),
+        config=AsyncClientConfig(store=SqliteStore, encryption_enabled=True, pickle_key=PICKLE_KEY),
+    )
+    client.restore_login(BOT_USER, BOT_DEVICE, "unused-token")
+    assert client.olm and client.store
+
+    senders = []
+    devices: dict[str, dict[str, Any]] = {}
+    for i in range(N_SENDERS):
+        account = vodozemac.Account()
+        user = f"@sender{i:02d}:localhost"
+        device = f"SENDER{i:02d}"
+        keys = {"ed25519": account.ed25519_key.to_base64(), "curve25519": account.curve25519_key.to_base64()}
+        senders.append((user, device, keys))
+        devices[user] = {device: OlmDevice(user, device, keys)}
+    client.store.save_device_keys(devices)
+
+    warm_rooms: dict[str, Any] = {}
+    batch_rooms: dict[str, Any] = {}
+    n = 0
+    for r in range(N_ROOMS):
+        room_id = f"!benchroom{r:02d}:localhost"
+        members = [senders[(r + k) % N_SENDERS] for k in range(SENDERS_PER_ROOM)]
+        sessions = []
+        for user, device, keys in members:
+            outbound = vodozemac.GroupSession()
+            inbound = InboundGroupSession(
+                outbound.session_key.to_base64(), keys["ed25519"], keys["curve25519"], room_id
+            )
+            client.olm.inbound_group_store.add(inbound)
+            client.store.save_inbound_group_session(inbound)
+            sessions.append((user, device, keys, outbound))
+        creator = members[0][0]
+        state = [
+            _state(room_id, "m.room.create", "", creator, {"creator": creator, "room_version": "10"}, 0),
+            _state(room_id, "m.room.member", creator, creator, {"membership": "join"}, 1),
+            _state(
+                room_id, "m.room.power_levels", "", creator, {"users": {creator: 100}, "users_default": 0}, 2
+            ),
+            _state(room_id, "m.room.join_rules", "", creator, {"join_rule": "invite"}, 3),
+            _state(room_id, "m.room.encryption", "", creator, {"algorithm": "m.megolm.v1.aes-sha2"}, 4),
+            _state(room_id, "m.room.member", BOT_USER, BOT_USER, {"membership": "join"}, 5),
+        ]
+        for k, (user, _d, _k) in enumerate(members[1:]):
+            state.append(_state(room_id, "m.room.member", user, user, {"membership": "join"}, 6 + k))
+        warm_rooms[room_id] = _room(state, [])
+        events = []
+        for k in range(PER_ROOM):
+            user, device, keys, outbound = sessions[k % len(sessions)]
+            plaintext = json.dumps(
+                {"type": "m.room.message", "content": {"msgtype": "m.text", "body": "!noop"}, "room_id": room_id},
+                separators=(",", ":"),
+            )
+            ciphertext = outbound.encrypt(plaintext.encode()).to_base64()
+            events.append(
+                {
+                    "type": "m.room.encrypted",
+                    "sender": user,
+                    "event_id": _event_id(room_id, k),
+                    "origin_server_ts": BASE_TS + n,
+                    "unsigned": {"age": 120},
+                    "content": {
+                        "algorithm": "m.megolm.v1.aes-sha2",
+                        "sender_key": keys["curve25519"],
+                        "ciphertext": ciphertext,
+                        "session_id": outbound.session_id,
+                        "device_id": device,
+                    },
+                }
+            )
+            n += 1
+        batch_rooms[room_id] = _room([], events)
+    warm = _sync("s0", warm_rooms)
+    batch = _sync("s1", batch_rooms)
+    (tmp / "warm.json").write_text(json.dumps(warm, separators=(",", ":")))
+    (tmp / "batch.json").write_text(json.dumps(batch, separators=(",", ":")))
+    meta = {"version": VERSION, "events": n, "rooms": N_ROOMS, "sessions": N_ROOMS * SENDERS_PER_ROOM}
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    with contextlib.suppress(Exception):
+        client.store.database.close()
+    shutil.rmtree(data, ignore_errors=True)
+    tmp.rename(data)
+    return meta
+
+
+def _state(room_id: str, etype: str, state_key: str, sender: str, content: dict, k: int) -> dict:
+    return {
+        "type": etype,
+        "state_key": state_key,
+        "sender": sender,
+        "content": content,
+        "event_id": _event_id(room_id, "state", k),
+        "origin_server_ts": BASE_TS - 1000 + k,
+        "unsigned": {"age": 5000},
+    }
+
+
+def _room(state: list, timeline: list) -> dict:
+    return {
+        "timeline": {"events": timeline, "limited": False, "prev_batch": "p0"},
+        "state": {"events": state},
+        "ephemeral": {"events": []},
+        "account_data": {"events": []},
+        "summary": {},
+        "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+    }
+
+
+def _sync(next_batch: str, rooms: dict) -> dict:
+    return {
+        "next_batch": next_batch,
+        "rooms": {"join": rooms, "invite": {}, "leave": {}},
+        "to_device": {"events": []},
+        "device_lists": {"changed": [], "left": []},
+        "device_one_time_keys_count": {"signed_curve25519": 50},
+        "presence": {"events": []},
+        "account_data": {"events": []},
+    }
+
+
+def _batches(passes: int) -> list[bytes]:
+    raw = (DATA / "batch.json").read_bytes()
+    marker = b'"next_batch":"s1"'
+    assert marker in raw
+    return [raw.replace(marker, b'"next_batch":"s1-%d"' % k) for k in range(passes)]
+
+
+# -- the variants (each in its own process) -------------------------------------------------------------------------
+
+
+async def _run_floor(passes: int) -> tuple[list[float], dict]:
+    import vodozemac
+    from nio.store import SqliteStore
+
+    store = SqliteStore(BOT_USER, BOT_DEVICE, str(DATA / "store"), PICKLE_KEY)
+    sessions = {s.id: s._session for s in store.load_inbound_group_sessions()}
+    loads = json.loads
+    from_b64 = vodozemac.MegolmMessage.from_base64
+    out = []
+    n_events = 0
+    for raw in _batches(passes):
+        gc.collect()
+        t0 = time.process_time()
+        batch = loads(raw)
+        n_events = 0
+        for room in batch["rooms"]["join"].values():
+            for event in room["timeline"]["events"]:
+                content = event["content"]
+                decrypted = sessions[content["session_id"]].decrypt(from_b64(content["ciphertext"]))
+                payload = loads(decrypted.plaintext)
+                assert payload["content"]["body"] == "!noop"
+                n_events += 1
+        out.append((time.process_time() - t0) / n_events * 1e6)
+    return out, {"events": n_events}
+
+
+async def _run_nio(passes: int, work: Path) -> tuple[list[float], dict]:
+    from nio import AsyncClient, AsyncClientConfig, RoomMessageText, SyncResponse
+    from nio.store import SqliteStore
+
+    shutil.copytree(DATA / "store", work / "store")
+    client = AsyncClient(
+        HOMESERVER,
+        BOT_USER,
+        device_id=BOT_DEVICE,
+        store_path=str(work / "store"),
+        config=AsyncClientConfig(store=SqliteStore, encryption_enabled=True, pickle_key=PICKLE_KEY),
+    )
+    client.restore_login(BOT_USER, BOT_DEVICE, "unused-token")
+    seen = [0]
+
+    async def on_text(room, event) -> None:
+        seen[0] += 1
+
+    client.add_event_callback(on_text, RoomMessageText)
+    await client.receive_response(SyncResponse.from_dict(json.loads((DATA / "warm.json").read_bytes())))
+    out = []
+    for raw in _batches(passes):
+        seen[0] = 0
+        gc.collect()
+        t0 = time.process_time()
+        resp = SyncResponse.from_dict(json.loads(raw))
+        await client.receive_response(resp)
+        elapsed = time.process_time() - t0
+        assert seen[0] == N_ROOMS * PER_ROOM, seen[0]
+        out.append(elapsed / seen[0] * 1e6)
+    await client.close()
+    return out, {"events": seen[0]}
+
+
+class OfflineBot:
+    """Ratchet's runtime pieces wired as ``Bot.run()`` wires them, fed with raw sync JSON instead of the network."""
+
+    def __init__(self, work: Path, *, fast: bool, lazy: bool = True) -> None:
+        self.work = work
+        self.fast = fast
+        self.lazy = lazy
+        self.bot: Any = None
+
+    def config_text(self) -> str:
+        return (
+            f"homeserver: {HOMESERVER}\nuser_id: '{BOT_USER}'\naccess_token: unused-token\n"
+            f"data_dir: {self.work / 'data'}\npickle_key: {PICKLE_KEY}\n"
+            f"plugins: {{benchnoop: {{}}}}\nplugin_dirs: ['{PLUGINS}']\nlog_level: WARNING\n"
+            "e2ee: {trust: all, cross_signing: false, key_backup: false}\n"
+        )
+
+    async def open(self) -> None:
+        import dataclasses
+
+        from nio.store import SqliteStore
+
+        from bot import fastpath
+        from bot.client import make_client
+        from bot.config import parse_config
+        from bot.runtime import Bot
+
+        cfg = parse_config(self.config_text())
+        (self.work / "data" / "crypto").mkdir(parents=True)
+        shutil.copy(DATA / "store" / f"{BOT_USER}_{BOT_DEVICE}.db", self.work / "data" / "crypto")
+        client = make_client(HOMESERVER, BOT_USER, self.work / "data" / "crypto", PICKLE_KEY, BOT_DEVICE)
+        if not self.fast:
+            fastpath.uninstall()
+        if not self.lazy:
+            client.config = dataclasses.replace(client.config, store=SqliteStore)
+        client.restore_login(BOT_USER, BOT_DEVICE, "unused-token")
+        self.bot = Bot(cfg)
+        self.bot.client = client
+        from nio import SyncResponse
+
+        await client.receive_response(SyncResponse.from_dict(json.loads((DATA / "warm.json").read_bytes())))
+
+    async def fresh_state(self, k: int) -> None:
+        """A new state.db, plugin host and dispatcher (so no event counts as handled already)."""
+        from bot.api import BotAPI
+        from bot.dispatch import Dispatcher
+        from bot.host import PluginHost, PluginManager
+        from bot.state import StateStore
+
+        bot = self.bot
+        if bot.host is not None:
+            await bot.host.unload_all()
+            await bot.dispatcher.close()
+            bot.state.close()
+        cfg = bot.config
+        bot.state = StateStore.open(self.work / f"state-{k}.db")
+        bot.api = BotAPI(bot.client, admins=cfg.admins)
+        bot.dispatcher = Dispatcher(max_concurrency=cfg.max_concurrency, timeout=cfg.handler_timeout)
+        bot.host = PluginHost(
+            bot.api, bot.state, bot.dispatcher, prefix=cfg.command_prefix, plugin_dirs=cfg.plugin_dirs,
+            data_dir=self.work / "data",
+        )
+        bot.manager = PluginManager(bot.host, cfg)
+        bot.api.plugins = bot.manager
+        bot.api.stats = bot.stats
+        await bot.manager.start_all()
+        assert "benchnoop" in bot.host.plugins, bot.host.errors
+
+    async def feed(self, raw: bytes) -> None:
+        """What the sync loop does with one response: parse, let nio handle it, route, wait until handled."""
+        from nio import SyncResponse
+
+        bot = self.bot
+        resp = SyncResponse.from_dict(json.loads(raw))
+        await bot.client.receive_response(resp)
+        await bot._handle_sync(resp, initial=False, resumed=False)
+        while bot._background:
+            await asyncio.gather(*list(bot._background))
+
+    async def close(self) -> None:
+        bot = self.bot
+        if bot.host is not None:
+            await bot.host.unload_all()
+            await bot.dispatcher.close()
+            bot.state.close()
+        await bot.client.close()
+
+
+def _install_proposed_runtime_changes() -> None:
+    """The benchmark-only experiment behind ``ratchet-proposed`` (not Ratchet's code; see the module docstring)."""
+    import sqlite3
+    import types
+
+    from bot import dispatch
+    from bot.state import StateStore
+
+    def flush(self: Any) -> None:
+        rows = self.__dict__.pop("_bench_marks", None)
+        if rows:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO handled (event_id, plugin, ts) VALUES (?, ?, ?)", rows)
+            self._db.execute("COMMIT")
+
+    def mark_handled(self: Any, event_id: str, plugin: str) -> None:
+        rows = self.__dict__.setdefault("_bench_marks", [])
+        if not rows:
+            asyncio.get_running_loop().call_soon(flush, self)
+        rows.append((event_id, plugin, int(time.time())))
+
+    original_is_handled = StateStore.is_handled
+    original_save_token = StateStore.save_sync_token
+
+    def is_handled(self: Any, event_id: str, plugin: str) -> bool:
+        if any(r[0] == event_id and r[1] == plugin for r in self.__dict__.get("_bench_marks", ())):
+            return True
+        return original_is_handled(self, event_id, plugin)
+
+    def save_sync_token(self: Any, *args: Any) -> None:
+        flush(self)  # marks before the token, as now
+        original_save_token(self, *args)
+
+    StateStore.mark_handled = mark_handled
+    StateStore.is_handled = is_handled
+    StateStore.save_sync_token = save_sync_token
+    assert sqlite3  # the state db stays in autocommit mode; BEGIN/COMMIT above group the inserts
+
+    async def wait_for(aw: Any, timeout: float | None) -> Any:
+        async with asyncio.timeout(timeout):
+            return await aw
+
+    dispatch.asyncio = types.SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for})
+
+
+async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True,
+                       proposed: bool = False) -> tuple[list[float], dict]:
+    from bot import fastpath
+
+    if proposed:
+        _install_proposed_runtime_changes()
+    ob = OfflineBot(work, fast=fast, lazy=lazy)
+    await ob.open()
+    out = []
+    handled = 0
+    for k, raw in enumerate(_batches(passes)):
+        await ob.fresh_state(k)
+        before = ob.bot.stats.events_routed
+        fastpath.stats.reset()
+        gc.collect()
+        t0 = time.process_time()
+        await ob.feed(raw)
+        elapsed = time.process_time() - t0
+        handled = ob.bot.stats.events_routed - before
+        rows = ob.bot.state._db.execute("SELECT count(*) FROM handled WHERE plugin = 'benchnoop'").fetchone()[0]
+        assert handled == N_ROOMS * PER_ROOM and rows == handled, (handled, rows)
+        assert ob.bot.state.sync_token == f"s1-{k}", ob.bot.state.sync_token
+        out.append(elapsed / handled * 1e6)
+    extra = {"events": handled, "fast_checks": fastpath.stats.fast, "slow_checks": fastpath.stats.slow}
+    await ob.close()
+    return out, extra
+
+
+async def run_variant(variant: str, passes: int, profile: str | None = None) -> dict[str, Any]:
+    generate()
+    with tempfile.TemporaryDirectory(prefix="ratchet-bench-") as tmp:
+        work = Path(tmp)
+        profiler = cProfile.Profile() if profile else None
+        if profiler:
+            profiler.enable()
+        if variant == "floor":
+            values, extra = await _run_floor(passes + 1)
+        elif variant == "nio":
+            values, extra = await _run_nio(passes + 1, work)
+        elif variant == "ratchet":
+            values, extra = await _run_ratchet(passes + 1, work, fast=True)
+        elif variant == "ratchet-before":
+            values, extra = await _run_ratchet(passes + 1, work, fast=False, lazy=False)
+        elif variant == "ratchet-fastpath-only":
+            values, extra = await _run_ratchet(passes + 1, work, fast=True, lazy=False)
+        elif variant == "ratchet-proposed":
+            values, extra = await _run_ratchet(passes + 1, work, fast=True, proposed=True)
+        else:
+            raise SystemExit(f"unknown variant {variant}")
+        if profiler:
+            profiler.disable()
+            profiler.dump_stats(profile)
+    return {"variant": variant, "us_per_event": values[1:], "warmup": values[0], **extra}
+
+
+# -- the scenario -------------------------------------------------------------------------------------------------
+
+
+def scenario(quick: bool = QUICK) -> dict[str, Any]:
+    """Run every variant in alternating processes; returns per-variant samples and the ratios."""
+    meta = generate()
+    procs = 2 if quick else 3
+    passes = 3 if quick else 4
+    samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    extras: dict[str, Any] = {}
+    for rep in range(procs):
+        order = VARIANTS[rep % len(VARIANTS):] + VARIANTS[: rep % len(VARIANTS)]
+        for variant in order:
+            res = run_json(
+                [PYTHON, "-m", "bench.offline", "run", variant, "--passes", str(passes)], timeout=600
+            )
+            samples[variant].extend(res["us_per_event"])
+            extras[variant] = {k: v for k, v in res.items() if k not in ("us_per_event", "variant")}
+            log(f"offline {variant}: {', '.join(f'{v:.0f}' for v in res['us_per_event'])} us/event")
+    result: dict[str, Any] = {
+        "meta": meta,
+        "passes": passes,
+        "processes": procs,
+        "us_per_event": {v: summary(samples[v]) for v in VARIANTS},
+        "samples": samples,
+        "extras": extras,
+        "ratios": {
+            "ratchet/nio": ratio_summary(samples["ratchet"], samples["nio"]),
+            "ratchet/floor": ratio_summary(samples["ratchet"], samples["floor"]),
+            "nio/floor": ratio_summary(samples["nio"], samples["floor"]),
+            "ratchet-before/nio": ratio_summary(samples["ratchet-before"], samples["nio"]),
+            "ratchet/ratchet-before": ratio_summary(samples["ratchet"], samples["ratchet-before"]),
+        },
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.offline")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run one variant in this process and print its JSON result")
+    run.add_argument("variant", choices=VARIANTS + EXTRA_VARIANTS)
+    run.add_argument("--passes", type=int, default=5)
+    run.add_argument("--profile", help="write cProfile stats of the whole run to this file")
+    sub.add_parser("generate", help="build the cached batch")
+    sub.add_parser("scenario", help="run the whole scenario and print its JSON result")
+    args = parser.parse_args(argv)
+    if args.cmd == "generate":
+        print(json.dumps(generate()))
+    elif args.cmd == "run":
+        print(json.dumps(asyncio.run(run_variant(args.variant, args.passes, args.profile))))
+    else:
+        print(json.dumps(scenario()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
