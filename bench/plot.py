@@ -72,15 +72,18 @@ def main(src, dst):
     st = r.get("startup") or {}
     if st.get("scales"):
         labels, stats, colors = [], [], []
+        shown = []
         for scale in st["scales"]:
-            for name, color in (("ratchet", "#2a7ab9"), ("nio", "#e6550d")):
+            for name, color in (("ratchet", "#2a7ab9"), ("nio", "#e6550d"), ("ratchet-before", "#9ecae1")):
+                if not (scale["startup_s"].get(name) or {}).get("n"):
+                    continue
                 labels.append(f"{name}\n{scale['rooms']} rooms/{scale['sessions'] // 1000}k sessions")
                 stats.append(scale["startup_s"].get(name))
                 colors.append(color)
+                shown.append((scale, name))
         bars(ax, labels, stats, "3. start → first handled message (peak RSS in MiB above)", "seconds",
              colors=colors)
-        for i, scale_name in enumerate([(s, n) for s in st["scales"] for n in ("ratchet", "nio")]):
-            scale, name = scale_name
+        for i, (scale, name) in enumerate(shown):
             rss = med(scale["peak_rss_mb"].get(name))
             if not math.isnan(rss):
                 ax.annotate(f"{rss:.0f} MiB", (i, 0), ha="center", va="bottom", fontsize=7, color="white")
