@@ -42,7 +42,7 @@ from bot.crypto.identity import (
     request_json,
 )
 from bot.crypto.key_backup import KeyBackup, KeyBackupError, UploadTracker, backup_entry, import_session
-from bot.crypto.recovery_key import decode_recovery_key, encode_recovery_key
+from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import BACKUP, MASTER, SELF_SIGNING
 from bot.log import SecretFilter
 

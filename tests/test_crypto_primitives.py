@@ -25,7 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.crypto import backup, canonical, cross_signing, recovery_key, ssss
+from bot.crypto import backup, canonical, cross_signing, ssss
+from bot.crypto import recoverykey as recovery_key
 from bot.crypto.backup import BackupError, BackupKey
 from bot.crypto.canonical import (
     JsonSigner,
@@ -37,7 +38,7 @@ from bot.crypto.canonical import (
     verify_json,
 )
 from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds
-from bot.crypto.recovery_key import RecoveryKeyError, decode_recovery_key, encode_recovery_key
+from bot.crypto.recoverykey import RecoveryKeyError, decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import SecretStorageError
 
 pytest.importorskip("cryptography")

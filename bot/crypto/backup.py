@@ -46,7 +46,7 @@ import olm
 import vodozemac
 
 from .canonical import b64decode, verify_json
-from .recovery_key import decode_recovery_key, encode_recovery_key
+from .recoverykey import decode_recovery_key, encode_recovery_key
 from .ssss import decode_secret_key, encode_secret_key
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The bot's cross-signing identity: bootstrap, secret storage, the recovery key, device signing and status.
 
-The pure primitives live next door (:mod:`.cross_signing`, :mod:`.ssss`, :mod:`.recovery_key`, :mod:`.backup`);
+The pure primitives live next door (:mod:`.cross_signing`, :mod:`.ssss`, :mod:`.recoverykey`, :mod:`.backup`);
 this module is the async shell that talks to the homeserver:
 
 * **Cross-signing bootstrap** (first start with ``e2ee.cross_signing: true``, and ``ratchet cross-signing reset``):
@@ -53,7 +53,7 @@ from .cross_signing import (
     verify_master_signed_by_device,
     verify_self_signing_key,
 )
-from .recovery_key import RecoveryKeyError, decode_recovery_key, encode_recovery_key
+from .recoverykey import RecoveryKeyError, decode_recovery_key, encode_recovery_key
 from .ssss import (
     BACKUP,
     DEFAULT_KEY_TYPE,

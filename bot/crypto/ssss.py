@@ -55,7 +55,7 @@ from typing import Any
 from Crypto.Cipher import AES
 
 from .canonical import b64decode, b64encode
-from .recovery_key import key_from_passphrase
+from .recoverykey import key_from_passphrase
 
 __all__ = [
     "AES_HMAC_SHA2",
