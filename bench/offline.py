@@ -365,7 +365,6 @@ class OfflineBot:
 
 def _install_proposed_runtime_changes() -> None:
     """The benchmark-only experiment behind ``ratchet-proposed`` (not Ratchet's code; see the module docstring)."""
-    import sqlite3
     import types
 
     from bot import dispatch
@@ -398,8 +397,7 @@ def _install_proposed_runtime_changes() -> None:
 
     StateStore.mark_handled = mark_handled
     StateStore.is_handled = is_handled
-    StateStore.save_sync_token = save_sync_token
-    assert sqlite3  # the state db stays in autocommit mode; BEGIN/COMMIT above group the inserts
+    StateStore.save_sync_token = save_sync_token  # the db stays in autocommit mode; BEGIN/COMMIT group the inserts
 
     async def wait_for(aw: Any, timeout: float | None) -> Any:
         async with asyncio.timeout(timeout):
@@ -469,7 +467,7 @@ async def run_variant(variant: str, passes: int, profile: str | None = None) -> 
 def scenario(quick: bool = QUICK) -> dict[str, Any]:
     """Run every variant in alternating processes; returns per-variant samples and the ratios."""
     meta = generate()
-    procs = 2 if quick else 3
+    procs = 1 if quick else 3
     passes = 3 if quick else 4
     samples: dict[str, list[float]] = {v: [] for v in VARIANTS}
     extras: dict[str, Any] = {}
