@@ -7,7 +7,6 @@ thin async shell that gathers the facts from the homeserver and the crypto store
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.parse
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from nio import EncryptionError, Event, MegolmEvent, RoomBanResponse, RoomKickResponse
 
+from bot.crypto.identity import MatrixRequestError, request_json
 from bot.evidence import build_bundle, sign_bundle
 
 if TYPE_CHECKING:
@@ -74,19 +74,14 @@ class Moderation:
         self._client = client
         self._api = api
 
-    async def _get(self, path: str) -> dict[str, Any]:
+    async def _request(self, method: str, path: str, body: Any = None) -> Any:
+        """One homeserver request through the shared JSON helper (retries 429/5xx); errors become MatrixError."""
         from bot.api import MatrixError
 
-        resp = await self._client.send(
-            "GET", path, None, {"Authorization": f"Bearer {self._client.access_token}"}
-        )
         try:
-            body = await resp.json(content_type=None)
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise MatrixError(f"GET {path.split('?')[0]}: not JSON") from exc
-        if resp.status != 200:
-            raise MatrixError(f"GET failed: {body.get('error', resp.status)}", body.get("errcode"))
-        return body
+            return await request_json(self._client, method, path, body)
+        except MatrixRequestError as exc:
+            raise MatrixError(f"{method} {exc.path} failed: {exc.body.get('error', exc.status)}", exc.errcode) from exc
 
     def _record(self, room_id: str, raw: dict[str, Any]) -> EventRecord:
         from bot.api import MatrixError
@@ -124,7 +119,7 @@ class Moderation:
     async def event_record(self, room_id: str, event_id: str) -> EventRecord:
         """Fetch ``event_id`` from the server and decrypt it; raises MatrixError if it is gone or undecryptable."""
         q = urllib.parse.quote
-        raw = await self._get(f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/event/{q(event_id, safe='')}")
+        raw = await self._request("GET", f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/event/{q(event_id, safe='')}")
         return self._record(room_id, raw)
 
     async def records_before(self, room_id: str, event_id: str, limit: int) -> list[EventRecord]:
@@ -134,7 +129,8 @@ class Moderation:
         if limit <= 0:
             return []
         q = urllib.parse.quote
-        body = await self._get(
+        body = await self._request(
+            "GET",
             f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/context/{q(event_id, safe='')}?limit={limit * 2 + 2}"
         )
         records = []
@@ -167,18 +163,9 @@ class Moderation:
 
     async def report_to_homeserver(self, room_id: str, event_id: str, reason: str | None) -> None:
         """``POST /rooms/{roomId}/report/{eventId}``: the homeserver's admins see it (the bot must be joined)."""
-        from bot.api import MatrixError
-
         q = urllib.parse.quote
         path = f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/report/{q(event_id, safe='')}"
-        body = json.dumps({"reason": reason} if reason else {})
-        resp = await self._client.send(
-            "POST", path, body, {"Authorization": f"Bearer {self._client.access_token}",
-                                 "Content-Type": "application/json"}
-        )
-        if resp.status != 200:
-            data = await resp.json(content_type=None)
-            raise MatrixError(f"report failed: {data.get('error', resp.status)}", data.get("errcode"))
+        await self._request("POST", path, {"reason": reason} if reason else {})
 
     def is_member(self, room_id: str, user_id: str) -> bool:
         """True if ``user_id`` is joined to ``room_id`` as the bot sees it."""
