@@ -12,7 +12,7 @@ crypto store holding the 100 inbound sessions. Each variant then handles the sam
   path and the lazy store; ``Bot._handle_sync`` filtering, routing, the dispatcher, the exactly-once bookkeeping in
   ``state.db``) down to a no-op command handler (``bench/plugins/benchnoop``), until every handler has finished and
   the sync token is committed;
-* ``ratchet-before``: the same pipeline with nio's own validation and store (``bot.fastpath`` uninstalled), i.e.
+* ``ratchet-before``: the same pipeline with nio's own validation and store (``bot.matrix.schemas`` uninstalled), i.e.
   what Ratchet cost before issue 8.
 
 Two diagnostic variants split the difference: ``ratchet-fastpath-only`` (the fast path with nio's plain
@@ -297,10 +297,10 @@ class OfflineBot:
 
         from nio.store import SqliteStore
 
-        from bot import fastpath
-        from bot.client import make_client
         from bot.config import parse_config
-        from bot.runtime import Bot
+        from bot.matrix import schemas as fastpath
+        from bot.matrix.client import make_client
+        from bot.runtime.bot import Bot
 
         cfg = parse_config(self.config_text())
         (self.work / "data" / "crypto").mkdir(parents=True)
@@ -319,29 +319,29 @@ class OfflineBot:
 
     async def fresh_state(self, k: int) -> None:
         """A new state.db, plugin host and dispatcher (so no event counts as handled already)."""
-        from bot.api import BotAPI
-        from bot.dispatch import Dispatcher
-        from bot.host import PluginHost, PluginManager
-        from bot.state import StateStore
+        from bot.plugin.api import BotAPI
+        from bot.plugin.dispatch import Dispatcher
+        from bot.plugin.host import PluginHost, PluginManager
+        from bot.storage.state import StateStore
 
         bot = self.bot
-        if bot.host is not None:
-            await bot.host.unload_all()
+        if bot.plugin.host is not None:
+            await bot.plugin.host.unload_all()
             await bot.dispatcher.close()
-            bot.state.close()
+            bot.storage.state.close()
         cfg = bot.config
-        bot.state = StateStore.open(self.work / f"state-{k}.db")
-        bot.api = BotAPI(bot.client, admins=cfg.admins)
+        bot.storage.state = StateStore.open(self.work / f"state-{k}.db")
+        bot.plugin.api = BotAPI(bot.matrix.client, admins=cfg.admins)
         bot.dispatcher = Dispatcher(max_concurrency=cfg.max_concurrency, timeout=cfg.handler_timeout)
-        bot.host = PluginHost(
-            bot.api, bot.state, bot.dispatcher, prefix=cfg.command_prefix, plugin_dirs=cfg.plugin_dirs,
+        bot.plugin.host = PluginHost(
+            bot.plugin.api, bot.storage.state, bot.dispatcher, prefix=cfg.command_prefix, plugin_dirs=cfg.plugin_dirs,
             data_dir=self.work / "data",
         )
-        bot.manager = PluginManager(bot.host, cfg)
-        bot.api.plugins = bot.manager
-        bot.api.stats = bot.stats
+        bot.manager = PluginManager(bot.plugin.host, cfg)
+        bot.plugin.api.plugins = bot.manager
+        bot.plugin.api.stats = bot.stats
         await bot.manager.start_all()
-        assert "benchnoop" in bot.host.plugins, bot.host.errors
+        assert "benchnoop" in bot.plugin.host.plugins, bot.plugin.host.errors
 
     async def feed(self, raw: bytes) -> None:
         """What the sync loop does with one response: parse, let nio handle it, route, wait until handled."""
@@ -349,26 +349,26 @@ class OfflineBot:
 
         bot = self.bot
         resp = SyncResponse.from_dict(json.loads(raw))
-        await bot.client.receive_response(resp)
+        await bot.matrix.client.receive_response(resp)
         await bot._handle_sync(resp, initial=False, resumed=False)
         while bot._background:
             await asyncio.gather(*list(bot._background))
 
     async def close(self) -> None:
         bot = self.bot
-        if bot.host is not None:
-            await bot.host.unload_all()
+        if bot.plugin.host is not None:
+            await bot.plugin.host.unload_all()
             await bot.dispatcher.close()
-            bot.state.close()
-        await bot.client.close()
+            bot.storage.state.close()
+        await bot.matrix.client.close()
 
 
 def _install_proposed_runtime_changes() -> None:
     """The benchmark-only experiment behind ``ratchet-proposed`` (not Ratchet's code; see the module docstring)."""
     import types
 
-    from bot import dispatch
-    from bot.state import StateStore
+    from bot.plugin.base import dispatch
+    from bot.storage.state import StateStore
 
     def flush(self: Any) -> None:
         rows = self.__dict__.pop("_bench_marks", None)
@@ -408,7 +408,7 @@ def _install_proposed_runtime_changes() -> None:
 
 async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True,
                        proposed: bool = False) -> tuple[list[float], dict]:
-    from bot import fastpath
+    from bot.matrix import schemas as fastpath
 
     if proposed:
         _install_proposed_runtime_changes()

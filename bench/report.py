@@ -118,7 +118,7 @@ def write_report(r: dict[str, Any], path: Path) -> Path:
         names = {
             "floor": "vodozemac decrypt + json (floor)",
             "ratchet": "Ratchet, full pipeline to a no-op command",
-            "ratchet-before": "Ratchet without bot.fastpath / lazy store (before)",
+            "ratchet-before": "Ratchet without bot.matrix.schemas / lazy store (before)",
             "nio": "bare nio: from_dict + receive_response + no-op callback",
         }
         rows = [[names[v], _spread(off["us_per_event"][v], 1)] for v in ("floor", "ratchet", "ratchet-before", "nio")]

@@ -5,7 +5,6 @@ Everything a plugin or bridge may use is exported here; the rest of the package 
     from bot import Plugin, Context, command, on_message, on_event, every
 """
 
-from bot.api import BotAPI, MatrixError
 from bot.bridge import (
     BRIDGE_MARKER,
     Backoff,
@@ -44,9 +43,10 @@ from bot.bridge.formatting import (
     split_utf8,
     strip_irc_formatting,
 )
-from bot.commands import Rest, RoomRef, UserId
-from bot.context import Context
-from bot.plugin import Plugin, command, every, on_event, on_message
+from bot.plugin.api import BotAPI, MatrixError
+from bot.plugin.base import Plugin, command, every, on_event, on_message
+from bot.plugin.commands import Rest, RoomRef, UserId
+from bot.plugin.context import Context
 
 __version__ = "0.1.0"
 

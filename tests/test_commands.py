@@ -1,4 +1,4 @@
-"""Tests of bot.commands: tokenising, invocation parsing, typed arguments, usage strings."""
+"""Tests of bot.plugin.commands: tokenising, invocation parsing, typed arguments, usage strings."""
 
 import re
 import sys
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.commands import (
+from bot.plugin.commands import (
     ArgumentError,
     CommandSpec,
     Invocation,
@@ -555,7 +555,7 @@ def test_future_annotations_are_resolved() -> None:
     source = """
 from __future__ import annotations
 from typing import Literal, Optional
-from bot.commands import Rest, UserId
+from bot.plugin.commands import Rest, UserId
 
 class P:
     async def cmd(self, ctx: Context, who: UserId, n: Optional[int], mode: Literal["a"] = "a",

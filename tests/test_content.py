@@ -1,6 +1,6 @@
 """Event content builders, checked against the spec's shapes."""
 
-from bot.content import edit_content, reaction_content, text_content
+from bot.content.text import edit_content, reaction_content, text_content
 
 
 def test_reply_without_fallback_and_with_mentions():

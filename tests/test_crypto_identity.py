@@ -1,4 +1,4 @@
-"""Unit tests of the identity shell (bot/crypto/identity.py, key_backup.py, recovery.py) without a homeserver.
+"""Unit tests of the identity shell (bot/e2ee/identity.py, key_backup.py, recovery.py) without a homeserver.
 
 A small in-memory fake homeserver answers the handful of endpoints involved (keys/query, device_signing/upload with
 user-interactive auth, signatures/upload, account data, room_keys), so every branch of the logic runs in milliseconds.
@@ -25,10 +25,12 @@ from nio.crypto.memorystores import GroupSessionStore
 from nio.crypto.sessions import InboundGroupSession, OlmAccount, OutboundGroupSession
 
 from bot.crypto import identity as identity_mod
-from bot.crypto.backup import BackupKey
 from bot.crypto.canonical import canonical_json
 from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds, verify_device_signed
-from bot.crypto.identity import (
+from bot.crypto.megolm_backup import BackupKey
+from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
+from bot.crypto.ssss import BACKUP, MASTER, SELF_SIGNING
+from bot.e2ee.identity import (
     RECOVERY_KEY_SECRET,
     SECRETS_FILE,
     Identity,
@@ -41,9 +43,7 @@ from bot.crypto.identity import (
     recovery_banner,
     request_json,
 )
-from bot.crypto.key_backup import KeyBackup, KeyBackupError, UploadTracker, backup_entry, import_session
-from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
-from bot.crypto.ssss import BACKUP, MASTER, SELF_SIGNING
+from bot.e2ee.key_backup import KeyBackup, KeyBackupError, UploadTracker, backup_entry, import_session
 from bot.log import SecretFilter
 
 USER = "@bot:example.org"

@@ -27,7 +27,6 @@ from hypothesis import strategies as st
 
 from bot.crypto import backup, canonical, cross_signing, ssss
 from bot.crypto import recoverykey as recovery_key
-from bot.crypto.backup import BackupError, BackupKey
 from bot.crypto.canonical import (
     JsonSigner,
     b64decode,
@@ -38,6 +37,7 @@ from bot.crypto.canonical import (
     verify_json,
 )
 from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds
+from bot.crypto.megolm_backup import BackupError, BackupKey
 from bot.crypto.recoverykey import RecoveryKeyError, decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import SecretStorageError
 

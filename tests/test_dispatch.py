@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from bot.dispatch import Dispatcher
+from bot.plugin.dispatch import Dispatcher
 
 
 async def test_lane_order_is_kept_and_lanes_run_concurrently():

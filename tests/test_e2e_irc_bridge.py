@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.loader import import_plugin
+from bot.plugin.loader import import_plugin
 from bot.testing.ircd import IrcClient, IrcServer
 
 irc_connection = __import__(import_plugin("irc_bridge").__module__ + ".connection", fromlist=["IrcConnection"])

@@ -18,9 +18,9 @@ import pytest
 from nio import MegolmEvent, RoomGetEventResponse, RoomMessageText
 
 from bot.crypto.cross_signing import verify_device_signed, verify_master_signed_by_device, verify_self_signing_key
-from bot.crypto.identity import SECRETS_FILE, query_own_keys
 from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
-from bot.session import SessionError
+from bot.e2ee.identity import SECRETS_FILE, query_own_keys
+from bot.matrix.session import SessionError
 from bot.testing.harness import BotProcess, InProcessBot, write_bot_config
 from bot.testing.member import Member
 

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from bot.evidence import verify_bundle
+from bot.reports.evidence import verify_bundle
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from nio import KeysClaimResponse, MegolmEvent, UnknownToDeviceEvent
 
 from bot.crypto.canonical import verify_json
 from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds, signatures_upload_body
-from bot.crypto.trust import IdentityChanged
+from bot.e2ee.trust import IdentityChanged
 from bot.testing.member import Member
 
 pytestmark = pytest.mark.e2e
@@ -202,7 +202,7 @@ async def test_room_keys_follow_the_trust_policy(ratchet, probe_dir, mode):
 
 
 async def test_tofu_pins_detects_an_identity_reset_and_untrusts_until_repinned(ratchet, probe_dir, caplog):
-    caplog.set_level(logging.INFO, "bot.crypto.trust")
+    caplog.set_level(logging.INFO, "bot.e2ee.trust")
     bot = await ratchet.start_bot({"trustprobe": {}}, plugin_dirs=[probe_dir])  # default trust: tofu
     trusted = probe_seen(bot)
     policy = bot.bot.trust
@@ -348,7 +348,7 @@ async def test_exhausted_one_time_keys_fall_back_and_a_new_peer_still_gets_an_an
 
 
 async def test_a_withheld_notice_is_logged_once_with_the_waiting_event(ratchet, caplog):
-    caplog.set_level(logging.INFO, "bot.crypto.trust")
+    caplog.set_level(logging.INFO, "bot.e2ee.trust")
     bot = await ratchet.start_bot({"ping": {}})
     room = await ratchet.room()
     member = room.member

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.loader import import_plugin
+from bot.plugin.loader import import_plugin
 
 templates = __import__(import_plugin("webhooks").__module__ + ".templates", fromlist=["render_push"])
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.evidence import EvidenceError, build_bundle, sign_bundle, verify_bundle
+from bot.reports.evidence import EvidenceError, build_bundle, sign_bundle, verify_bundle
 
 SIGNER = olm.PkSigning(b"\x01" * 32)
 EVENT = {

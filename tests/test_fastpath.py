@@ -1,8 +1,8 @@
-"""bot.fastpath accepts and rejects exactly what nio's own schema validation does, with the same side effects.
+"""bot.matrix.schemas accepts and rejects exactly what nio's own schema validation does, with the same side effects.
 
 Every schema nio has is checked against generated instances (mostly shaped like the schema, with random damage)
-comparing ``bot.fastpath.validate_json`` with nio's original ``validate_json``: same outcome (accepted, or the same
-``ValidationError`` message and path, or the same other exception), and the instance left in the same state (nio
+comparing ``bot.matrix.schemas.validate_json`` with nio's original ``validate_json``: same outcome (accepted, or the
+same ``ValidationError`` message and path, or the same other exception), and the instance left in the same state (nio
 fills in defaults while validating). Real events go through nio's parsers with the fast path installed and not.
 """
 
@@ -22,7 +22,7 @@ from jsonschema.exceptions import ValidationError
 from nio import Event, RoomMessageText, SyncError, SyncResponse
 from nio.events.misc import BadEvent, UnknownBadEvent
 
-from bot import fastpath
+from bot.matrix import schemas as fastpath
 
 SCHEMA_NAMES = sorted(n for n, v in vars(nio_schemas.Schemas).items() if not n.startswith("_") and isinstance(v, dict))
 ORIGINAL = fastpath._original_validate_json

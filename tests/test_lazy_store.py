@@ -1,4 +1,4 @@
-"""bot.lazy_store.LazySqliteStore behaves like nio's SqliteStore: same sessions found (or not), same decryption,
+"""bot.matrix.store.LazySqliteStore behaves like nio's SqliteStore: same sessions found (or not), same decryption,
 key import and export, key requests, restarts on the same file in both directions, same device trust answers."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from nio.crypto import InboundGroupSession, OlmAccount, OlmDevice
 from nio.crypto.olm_machine import KeyShareError
 from nio.store import SqliteStore
 
-from bot.lazy_store import LazyGroupSessionStore, LazySqliteStore
+from bot.matrix.store import LazyGroupSessionStore, LazySqliteStore
 
 USER = "@bot:example.org"
 DEVICE = "BOTDEVICE"

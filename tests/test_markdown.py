@@ -2,8 +2,8 @@
 
 import pytest
 
-from bot.content import edit_content, text_content
-from bot.markdown import ALLOWED_TAGS, render_markdown, sanitize_html
+from bot.content.markdown import ALLOWED_TAGS, render_markdown, sanitize_html
+from bot.content.text import edit_content, text_content
 
 
 @pytest.mark.parametrize("text", ["hello", "a & b", "line one\nline two", "5 < 6 > 4", "   spaced   ", ""])

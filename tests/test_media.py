@@ -8,7 +8,7 @@ import zlib
 import pytest
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
-from bot.media import (
+from bot.content.media import (
     encrypted_file,
     guess_mimetype,
     image_size,

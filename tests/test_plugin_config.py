@@ -1,4 +1,4 @@
-"""Typed plugin options (bot.plugin_config): types, errors, defaults, nested schemas, rooms filter."""
+"""Typed plugin options (bot.plugin.options): types, errors, defaults, nested schemas, rooms filter."""
 
 import dataclasses
 import importlib.util
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.plugin import Plugin
-from bot.plugin_config import (
+from bot.plugin.base import Plugin
+from bot.plugin.options import (
     PluginConfigError,
     RoomFilter,
     find_schema,
@@ -497,7 +497,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bot.plugin import Plugin
+from bot.plugin.base import Plugin
 
 
 @dataclass(frozen=True)

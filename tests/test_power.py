@@ -2,7 +2,7 @@
 
 from nio.rooms import MatrixRoom
 
-from bot.power import CREATOR_POWER, creators_from_create_event, creators_privileged, user_power_level
+from bot.matrix.power import CREATOR_POWER, creators_from_create_event, creators_privileged, user_power_level
 
 
 def test_room_versions():

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from bot.loader import import_plugin
+from bot.plugin.loader import import_plugin
 
 import_plugin("report")
 cases = sys.modules["ratchet_plugins.report.cases"]

@@ -1,4 +1,4 @@
-"""Per-plugin SQLite storage (bot.storage): key-value API, SQL helpers, migrations, threading, file modes."""
+"""Per-plugin SQLite storage (bot.storage.plugin_storage): key-value API, SQL, migrations, threading, file modes."""
 
 import asyncio
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage import KV_TABLE, PluginStorage, StorageError, plugin_db_path
+from bot.storage.plugin_storage import KV_TABLE, PluginStorage, StorageError, plugin_db_path
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from bot.sync import CatchUpPolicy, TokenCommitter, select_events
+from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, select_events
 
 BOT = "@bot:localhost"
 

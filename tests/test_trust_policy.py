@@ -1,4 +1,4 @@
-"""Network-free tests for the trust policy (bot/crypto/trust.py) and fallback keys (bot/crypto/fallback.py):
+"""Network-free tests for the trust policy (bot/e2ee/trust.py) and fallback keys (bot/matrix/fallback_keys.py):
 cross-signing chain checks, TOFU pins and identity changes, policy decisions per mode, withheld notices, and the
 client hooks that feed them (keys query capture, fallback key upload body, nio's zero-OTK-count bug)."""
 
@@ -13,17 +13,9 @@ import pytest
 import vodozemac
 from nio import KeysUploadResponse, LocalProtocolError
 
-from bot.client import RatchetClient, _KeysQueryWithCrossSigning, _SyncWithKeyCounts, make_client
 from bot.crypto.canonical import sign_json, verify_json
 from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds
-from bot.crypto.fallback import (
-    FALLBACK_KEY_ALGORITHM,
-    FallbackKeys,
-    fallback_key_used,
-    signed_fallback_keys,
-    unused_fallback_key_types,
-)
-from bot.crypto.trust import (
+from bot.e2ee.trust import (
     CODE_BLACKLISTED,
     CODE_UNVERIFIED,
     IdentityChanged,
@@ -34,7 +26,15 @@ from bot.crypto.trust import (
     parse_withheld,
     withheld_content,
 )
-from bot.state import StateStore
+from bot.matrix.client import RatchetClient, _KeysQueryWithCrossSigning, _SyncWithKeyCounts, make_client
+from bot.matrix.fallback_keys import (
+    FALLBACK_KEY_ALGORITHM,
+    FallbackKeys,
+    fallback_key_used,
+    signed_fallback_keys,
+    unused_fallback_key_types,
+)
+from bot.storage.state import StateStore
 
 ALICE = "@alice:example.org"
 BOB = "@bob:example.org"
@@ -151,7 +151,7 @@ def test_user_not_in_body():
 def test_tofu_pins_on_first_use_and_trusts_cross_signed_devices(alice, caplog):
     xs = alice[0]
     policy = TrustPolicy("tofu")
-    with caplog.at_level(logging.INFO, "bot.crypto.trust"):
+    with caplog.at_level(logging.INFO, "bot.e2ee.trust"):
         changes, changed = policy.observe_keys_query(alice_body(alice))
     assert changes == [] and changed == set()
     assert policy.pinned(ALICE) == xs.master_public
@@ -213,7 +213,7 @@ def test_identity_change_is_detected_logged_once_and_resolved_by_pinning(alice, 
 
     unsubscribe = policy.on_identity_change(callback)
     policy.observe_keys_query(alice_body(alice))
-    with caplog.at_level(logging.WARNING, "bot.crypto.trust"):
+    with caplog.at_level(logging.WARNING, "bot.e2ee.trust"):
         changes, changed = policy.observe_keys_query(alice_body(alice, xs_new))
         again, _ = policy.observe_keys_query(alice_body(alice, xs_new))
     assert [(c.user_id, c.old_master, c.new_master) for c in changes] == [
@@ -260,7 +260,7 @@ def test_identity_change_under_cross_signed_follows_the_new_identity(alice, capl
     xs_new = identity(ALICE)
     policy = TrustPolicy("cross-signed")
     policy.observe_keys_query(alice_body(alice))
-    with caplog.at_level(logging.WARNING, "bot.crypto.trust"):
+    with caplog.at_level(logging.WARNING, "bot.e2ee.trust"):
         changes, _ = policy.observe_keys_query(alice_body(alice, xs_new))
     assert len(changes) == 1 and "identity change" in caplog.text
     assert policy.identity_changes() == []  # nothing to resolve: trust follows the owner's current identity
@@ -364,7 +364,7 @@ def test_incoming_withheld_notices_are_remembered_and_logged_once(caplog):
     assert notice is not None and policy.withheld_reason("SID") == notice
     assert notice.code == CODE_UNVERIFIED and notice.reason == "R" and notice.room_id == "!r:x"
     assert policy.withheld_reason("OTHER") is None
-    with caplog.at_level(logging.INFO, "bot.crypto.trust"):
+    with caplog.at_level(logging.INFO, "bot.e2ee.trust"):
         assert policy.log_withheld_for({"SID": ["$e1"], "OTHER": ["$e2"]}) == 1
         assert policy.log_withheld_for({"SID": ["$e1"]}) == 0
     assert "$e1" in caplog.text and "m.unverified" in caplog.text and "(R)" in caplog.text
@@ -379,7 +379,7 @@ def test_withheld_after_sync_reads_waiting_events_from_state(tmp_path, caplog):
         state.add_pending("$other", "!r:x", "SID2", {"type": "m.room.encrypted", "sender": ALICE})
         policy.record_withheld(ALICE, {"code": "m.unverified", "session_id": "SID", "room_id": "!r:x"})
         policy.record_withheld(BOB, {"code": "m.unverified", "session_id": "SID2", "room_id": "!r:x"})  # not its sender
-        with caplog.at_level(logging.INFO, "bot.crypto.trust"):
+        with caplog.at_level(logging.INFO, "bot.e2ee.trust"):
             asyncio.run(policy.after_sync(state))
             asyncio.run(policy.after_sync(state))
         assert caplog.text.count("$waiting") == 1
@@ -522,7 +522,7 @@ def test_the_bots_own_identity_change_is_followed_not_flagged(alice, caplog):
     policy = TrustPolicy("tofu", own_user_id=ALICE)  # here alice plays the bot
     policy.observe_keys_query(alice_body(alice))
     xs_new = identity(ALICE)
-    with caplog.at_level(logging.INFO, "bot.crypto.trust"):
+    with caplog.at_level(logging.INFO, "bot.e2ee.trust"):
         changes, _ = policy.observe_keys_query(alice_body(alice, xs_new))
     assert changes == [] and policy.identity_changes() == []
     assert policy.pinned(ALICE) == xs_new.master_public

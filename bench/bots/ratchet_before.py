@@ -6,13 +6,13 @@ import sys
 
 from nio.store import SqliteStore
 
-import bot.fastpath
-import bot.lazy_store
+import bot.matrix.schemas
+import bot.matrix.store
 
-bot.fastpath.install = lambda: None  # keep nio's validate_json
-bot.lazy_store.LazySqliteStore = SqliteStore  # make_client imports it by name when it builds the client
+bot.matrix.schemas.install = lambda: None  # keep nio's validate_json
+bot.matrix.store.LazySqliteStore = SqliteStore  # make_client imports it by name when it builds the client
 
-from bot.cli import main  # noqa: E402
+from bot.cli.main import main  # noqa: E402
 
 sys.argv[0] = "ratchet"
 sys.exit(main())

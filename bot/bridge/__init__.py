@@ -1,6 +1,6 @@
 """Ratchet's bridge framework: relay bridges between Matrix rooms and remote networks, as plugins.
 
-A bridge is a :class:`~bot.plugin.Plugin` subclass of :class:`Bridge` that adds one :class:`RemoteConnection` per
+A bridge is a :class:`~bot.plugin.base.Plugin` subclass of :class:`Bridge` that adds one :class:`RemoteConnection` per
 remote network; the core keeps the portals (room <-> channel links), the message map, echo and loop prevention,
 format conversion, the supervised reconnecting connection with its outgoing queue and rate limit, and the ``!bridge``
 admin command. See ``docs/bridges.md``; everything a bridge needs is exported by ``bot``.

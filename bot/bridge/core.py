@@ -1,4 +1,4 @@
-"""The bridge core: a :class:`Bridge` is a :class:`~bot.plugin.Plugin` that relays between Matrix rooms and the
+"""The bridge core: a :class:`Bridge` is a :class:`~bot.plugin.base.Plugin` that relays between Matrix rooms and the
 channels of a remote network.
 
 A bridge subclass adds its connections in ``start()`` (after ``await super().start()``) and may override a few
@@ -30,7 +30,6 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from bot.api import MatrixError
 from bot.bridge.connection import ConnectionSupervisor, RemoteConnection
 from bot.bridge.flow import Backoff, TokenBucket
 from bot.bridge.formatting import (
@@ -56,9 +55,10 @@ from bot.bridge.model import (
     RemoteSend,
     matrix_message_from_event,
 )
-from bot.commands import Rest, parse_invocation
-from bot.context import Context
-from bot.plugin import Plugin, command, every, on_event
+from bot.plugin.api import MatrixError
+from bot.plugin.base import Plugin, command, every, on_event
+from bot.plugin.commands import Rest, parse_invocation
+from bot.plugin.context import Context
 
 __all__ = ["Bridge", "BridgeConfig"]
 

@@ -22,14 +22,14 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.api import MatrixError
 from bot.bridge.formatting import check_template, render_matrix_relay
 from bot.bridge.model import BRIDGE_MARKER, RemoteMessage
-from bot.content import edit_content, text_content
-from bot.markdown import sanitize_html
+from bot.content.markdown import sanitize_html
+from bot.content.text import edit_content, text_content
+from bot.plugin.api import MatrixError
 
 if TYPE_CHECKING:
-    from bot.api import BotAPI
+    from bot.plugin.api import BotAPI
 
 __all__ = ["MatrixSide", "RelayFormat", "RelayMatrixSide"]
 

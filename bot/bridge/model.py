@@ -9,8 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bot.commands import strip_reply_fallback
-from bot.media import MEDIA_MSGTYPES, media_source
+from bot.content.media import MEDIA_MSGTYPES, media_source
+from bot.plugin.commands import strip_reply_fallback
 
 __all__ = [
     "BRIDGE_MARKER",

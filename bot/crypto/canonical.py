@@ -261,7 +261,7 @@ class JsonSigner(NamedTuple):
     """A bound ``(user_id, key_id, signer)`` triple, callable as ``obj -> signed obj``.
 
     Handy wherever an API accepts "something that signs a JSON object", e.g.
-    :meth:`bot.crypto.backup.BackupKey.auth_data`.
+    :meth:`bot.crypto.megolm_backup.BackupKey.auth_data`.
     """
 
     user_id: str

@@ -35,8 +35,8 @@ from typing import Any
 
 import olm
 
-from .canonical import JsonSigner, Signer, b64decode, sign_json, signable, verify_json
-from .ssss import MASTER, SELF_SIGNING, USER_SIGNING, decode_secret_key, encode_secret_key
+from bot.crypto.canonical import JsonSigner, Signer, b64decode, sign_json, signable, verify_json
+from bot.crypto.ssss import MASTER, SELF_SIGNING, USER_SIGNING, decode_secret_key, encode_secret_key
 
 __all__ = [
     "USAGE_MASTER",

@@ -54,8 +54,8 @@ from typing import Any
 
 from Crypto.Cipher import AES
 
-from .canonical import b64decode, b64encode
-from .recoverykey import key_from_passphrase
+from bot.crypto.canonical import b64decode, b64encode
+from bot.crypto.recoverykey import key_from_passphrase
 
 __all__ = [
     "AES_HMAC_SHA2",

@@ -22,7 +22,7 @@ import olm
 import pytest
 from nio import MegolmEvent, RoomGetEventResponse, RoomMessageText
 
-from bot.crypto.backup import BackupKey
+from bot.crypto.megolm_backup import BackupKey
 from bot.testing.harness import InProcessBot, write_bot_config
 from bot.testing.member import Member
 

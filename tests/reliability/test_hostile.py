@@ -16,13 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nio import RoomSendResponse, SyncResponse
 
-from bot.api import BotAPI
-from bot.client import make_client
 from bot.config import ConfigError, load_config
-from bot.dispatch import Dispatcher
-from bot.host import PluginHost
-from bot.runtime import Bot
-from bot.state import StateStore
+from bot.matrix.client import make_client
+from bot.plugin.api import BotAPI
+from bot.plugin.dispatch import Dispatcher
+from bot.plugin.host import PluginHost
+from bot.runtime.bot import Bot
+from bot.storage.state import StateStore
 
 BOT = "@bot:localhost"
 ADMIN = "@admin:localhost"

@@ -115,7 +115,7 @@ class DirectRooms:
 
     async def room_for(self, user_id: str) -> str:
         """The id of the bot's encrypted DM room with ``user_id``, created (and synced) if there is none."""
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         if user_id == self._client.user_id:
             raise MatrixError("the bot cannot open a DM with itself")
@@ -148,7 +148,7 @@ class DirectRooms:
         return None
 
     async def _create(self, user_id: str) -> str:
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         resp = await self._client.room_create(**create_dm_request(user_id))
         if not isinstance(resp, RoomCreateResponse):
@@ -166,7 +166,7 @@ class DirectRooms:
 
     async def _wait_ready(self, room_id: str, user_id: str) -> None:
         """Wait until nio knows the room (encrypted, user invited) and the user's devices, so keys reach them."""
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         client = self._client
         deadline = time.monotonic() + self._sync_timeout
@@ -186,7 +186,7 @@ class DirectRooms:
             await client.keys_query()
 
     async def _read_m_direct(self) -> dict[str, Any]:
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         resp = await self._client.list_direct_rooms()
         if isinstance(resp, DirectRoomsResponse):
@@ -198,7 +198,7 @@ class DirectRooms:
         )
 
     async def _write_m_direct(self, m_direct: dict[str, list[str]]) -> None:
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         client = self._client
         path = Api._build_path(

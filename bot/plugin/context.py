@@ -1,6 +1,6 @@
 """The handler's view of one incoming event: who sent what where, and how to answer.
 
-A :class:`Context` is created per event and plugin; its methods send through the shared :class:`~bot.api.BotAPI`,
+A :class:`Context` is created per event and plugin; its methods send through the shared :class:`~bot.plugin.api.BotAPI`,
 so a reply is encrypted whenever the room is. ``reply`` is a proper Matrix rich reply (and stays in the thread when
 the command was sent in one). Every text method takes ``markdown=True``; ``reply_privately`` answers in the bot's
 encrypted DM with the sender; ``send_file``/``send_image`` send media and ``download`` reads the media a user sent.
@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
 
-from bot.media import MediaSource, media_source
+from bot.content.media import MediaSource, media_source
 
 if TYPE_CHECKING:
     from nio import Event
 
-    from bot.api import BotAPI
-    from bot.plugin import Plugin
+    from bot.plugin.api import BotAPI
+    from bot.plugin.base import Plugin
 
 __all__ = ["Context"]
 
@@ -190,13 +190,13 @@ class Context:
         """The file of this event, or else of the event it replies to, decrypted and verified.
 
         So a command sent as a reply to a file (``!convert`` answering someone's upload) can read that file. Raises
-        :class:`~bot.api.MatrixError` if neither has media.
+        :class:`~bot.plugin.api.MatrixError` if neither has media.
         """
         if self.media is not None:
             return await self.bot.download(self.event)
         target = self.replied_to
         if target is None:
-            from bot.api import MatrixError
+            from bot.plugin.api import MatrixError
 
             raise MatrixError(f"{self.event_id} has no file and replies to none")
         return await self.bot.download(await self.bot.fetch_event(self.room_id, target))

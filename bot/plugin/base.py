@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bot.commands import CommandSpec
+from bot.plugin.commands import CommandSpec
 
 if TYPE_CHECKING:
-    from bot.api import BotAPI
-    from bot.storage import PluginStorage
+    from bot.plugin.api import BotAPI
+    from bot.storage.plugin_storage import PluginStorage
 
 __all__ = [
     "Access",
@@ -116,8 +116,8 @@ def command(
 ) -> Callable[[Handler], Handler]:
     """Declare a command handler ``async def f(self, ctx, arg: type, ...)``.
 
-    Arguments are parsed from the handler's annotations (see :mod:`bot.commands` for the supported types); wrong or
-    missing arguments are answered with the command's usage. ``admin=True`` restricts it to the bot's admins;
+    Arguments are parsed from the handler's annotations (see :mod:`bot.plugin.commands` for the supported types);
+    wrong or missing arguments are answered with the command's usage. ``admin=True`` restricts it to the bot's admins;
     ``power_level=N`` to users with at least that power level in the room.
     """
 
@@ -208,8 +208,9 @@ class Plugin:
     * ``name``: the plugin's name (its key under ``plugins:`` in the config);
     * ``config``: its options: an instance of the plugin's nested ``Config`` dataclass if it declares one
       (validated, defaults applied), else a read-only mapping;
-    * ``storage``: its own SQLite database (:class:`~bot.storage.PluginStorage`: key-value API, SQL, migrations);
-    * ``bot``: the :class:`~bot.api.BotAPI` facade (send messages, find DMs, who am I, the plugin manager);
+    * ``storage``: its own SQLite database (:class:`~bot.storage.plugin_storage.PluginStorage`: key-value API, SQL,
+      migrations);
+    * ``bot``: the :class:`~bot.plugin.api.BotAPI` facade (send messages, find DMs, who am I, the plugin manager);
     * ``log``: a logger named ``ratchet.plugin.<name>``.
 
     Class attributes a plugin may set:

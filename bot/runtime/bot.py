@@ -38,17 +38,17 @@ from nio import (
     SyncResponse,
 )
 
-from bot.api import BotAPI
-from bot.client import RatchetClient, backoff_delay
 from bot.config import Config
-from bot.crypto.identity import Identity, IdentityError  # [identity]
-from bot.crypto.trust import TrustPolicy, install_trust
-from bot.dispatch import Dispatcher, JobOutcome
-from bot.host import PluginHost, PluginManager
-from bot.power import creators_from_create_event
-from bot.session import SessionError, open_session
-from bot.state import StateError, StateStore
-from bot.sync import CatchUpPolicy, TokenCommitter, own_join_index, select_events
+from bot.e2ee.identity import Identity, IdentityError  # [identity]
+from bot.e2ee.trust import TrustPolicy, install_trust
+from bot.matrix.client import RatchetClient, backoff_delay
+from bot.matrix.power import creators_from_create_event
+from bot.matrix.session import SessionError, open_session
+from bot.plugin.api import BotAPI
+from bot.plugin.dispatch import Dispatcher, JobOutcome
+from bot.plugin.host import PluginHost, PluginManager
+from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, own_join_index, select_events
+from bot.storage.state import StateError, StateStore
 
 __all__ = ["Bot", "BotStats"]
 
@@ -98,8 +98,8 @@ class Bot:
         self.manager: PluginManager | None = None
         self.dispatcher: Dispatcher | None = None
         self.stats = BotStats()
-        self.identity: Identity | None = None  # [identity] cross-signing, key backup (bot/crypto/identity.py)
-        self.trust: TrustPolicy | None = None  # [trust] bot/crypto/trust.py
+        self.identity: Identity | None = None  # [identity] cross-signing, key backup (bot/e2ee/identity.py)
+        self.trust: TrustPolicy | None = None  # [trust] bot/e2ee/trust.py
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._committer: TokenCommitter[tuple[str, int]] = TokenCommitter()
@@ -118,7 +118,8 @@ class Bot:
         self._stop.set()
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
-        """Start, sync until stopped, shut down. Raises :class:`~bot.session.SessionError` on identity problems."""
+        """Start, sync until stopped, shut down. Raises :class:`~bot.matrix.session.SessionError` on identity
+        problems."""
         cfg = self.config
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
@@ -157,7 +158,7 @@ class Bot:
             self.manager = PluginManager(self.host, self.config)
             self.api.plugins = self.manager
             self.api.stats = self.stats
-            self.api.trust = self.trust  # [trust] plugins: self.bot.trust (bot/crypto/trust.py)
+            self.api.trust = self.trust  # [trust] plugins: self.bot.trust (bot/e2ee/trust.py)
             await self.manager.start_all()
             if self.client.should_upload_keys:
                 await self.client.keys_upload()
@@ -178,9 +179,9 @@ class Bot:
 
         Each part keeps its own section below; ``_crypto_after_sync`` is its per-sync counterpart.
         """
-        # [trust] trust policy, m.room_key.withheld, fallback keys: bot/crypto/trust.py, bot/crypto/fallback.py
+        # [trust] trust policy, m.room_key.withheld, fallback keys: bot/e2ee/trust.py, bot/matrix/fallback_keys.py
         self.trust = install_trust(self.client, self.state, self.config.e2ee.trust)
-        # [identity] cross-signing, secret storage, recovery key: bot/crypto/identity.py
+        # [identity] cross-signing, secret storage, recovery key: bot/e2ee/identity.py
         try:
             self.identity = Identity.from_config(self.client, self.config)
         except IdentityError as exc:

@@ -5,10 +5,10 @@ nio already retries a request on connection errors and timeouts, and honours ``r
 lost the same homeserver would come back in lock-step; we add full jitter and a floor, so a down homeserver sees a
 handful of requests per minute from us, never a storm.
 
-E2EE hooks (see :mod:`bot.crypto.trust` and :mod:`bot.crypto.fallback`):
+E2EE hooks (see :mod:`bot.e2ee.trust` and :mod:`bot.matrix.fallback_keys`):
 
 * the raw ``/keys/query`` body (cross-signing keys nio ignores) goes to the attached
-  :class:`~bot.crypto.trust.TrustPolicy`; outbound sessions of rooms whose members' keys or signatures changed are
+  :class:`~bot.e2ee.trust.TrustPolicy`; outbound sessions of rooms whose members' keys or signatures changed are
   rotated;
 * :meth:`RatchetClient.share_group_session` (used by ``room_send`` and ``BotAPI``) gives room keys only to the
   devices the trust policy accepts and sends the others ``m.room_key.withheld``; ``ignore_unverified_devices`` is
@@ -42,11 +42,11 @@ from nio import (
 from nio.api import Api
 from nio.store import SqliteStore
 
-from bot.crypto.fallback import FallbackKeys
-from bot.crypto.trust import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
+from bot.e2ee.trust import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
+from bot.matrix.fallback_keys import FallbackKeys
 
 if TYPE_CHECKING:
-    from bot.crypto.trust import TrustPolicy
+    from bot.e2ee.trust import TrustPolicy
 
 __all__ = ["RatchetClient", "make_client"]
 
@@ -366,8 +366,8 @@ def make_client(
     homeserver: str, user_id: str, store_dir: Path, pickle_key: str, device_id: str | None = None
 ) -> RatchetClient:
     """Build a client with E2EE on and nio's SQLite crypto store under ``store_dir``."""
-    from bot import fastpath  # issue 8: nio's schema checks, compiled once (same results)
-    from bot.lazy_store import LazySqliteStore  # issue 8: room keys read from the store when first needed
+    from bot.matrix import schemas as fastpath  # issue 8: nio's schema checks, compiled once (same results)
+    from bot.matrix.store import LazySqliteStore  # issue 8: room keys read from the store when first needed
 
     fastpath.install()
     store: type[SqliteStore] = LazySqliteStore  # nio's SqliteStore and file format

@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from bot.crypto.cross_signing import verify_device_signed, verify_self_signing_key
-from bot.evidence import verify_bundle
+from bot.reports.evidence import verify_bundle
 
 __all__ = ["verify_report"]
 

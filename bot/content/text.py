@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.markdown import render_markdown
+from bot.content.markdown import render_markdown
 
 __all__ = ["edit_content", "reaction_content", "relates_to", "text_content"]
 
@@ -27,7 +27,7 @@ def text_content(
     """Content of an ``m.text``/``m.notice`` message, as a reply and/or in a thread if asked.
 
     With ``markdown=True`` the body is the Markdown source and ``formatted_body`` its rendering (see
-    :func:`bot.markdown.render_markdown`); an explicit ``html`` wins over the rendering.
+    :func:`bot.content.markdown.render_markdown`); an explicit ``html`` wins over the rendering.
     """
     if html is None and markdown:
         html = render_markdown(text)

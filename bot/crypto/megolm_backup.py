@@ -45,9 +45,9 @@ from typing import Any
 import olm
 import vodozemac
 
-from .canonical import b64decode, verify_json
-from .recoverykey import decode_recovery_key, encode_recovery_key
-from .ssss import decode_secret_key, encode_secret_key
+from bot.crypto.canonical import b64decode, verify_json
+from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
+from bot.crypto.ssss import decode_secret_key, encode_secret_key
 
 __all__ = [
     "ALGORITHM",

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from nio import LoginResponse, WhoamiError, WhoamiResponse
 
-from bot.client import RatchetClient, make_client
 from bot.log import add_secret
+from bot.matrix.client import RatchetClient, make_client
 
 __all__ = ["Credentials", "SessionError", "open_session", "prepare_data_dir", "start_new_device"]
 

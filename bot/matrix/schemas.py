@@ -19,7 +19,8 @@ defaults, same objects). ``tests/test_fastpath.py`` checks both against nio on e
 Only schemas that are attributes of ``nio.schemas.Schemas`` are compiled (at install time); any other schema goes
 to nio's function unchanged.
 
-``install()`` is idempotent and process-wide; :func:`bot.client.make_client` calls it. ``uninstall()`` restores nio.
+``install()`` is idempotent and process-wide; :func:`bot.matrix.client.make_client` calls it. ``uninstall()``
+restores nio.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class _Compiler:
 
     def compile(self, schema: Any) -> Check:
         name = self.function(schema)
-        code = compile("\n\n".join(self._sources), "<bot.fastpath generated>", "exec")
+        code = compile("\n\n".join(self._sources), "<bot.matrix.schemas generated>", "exec")
         exec(code, self.namespace)  # our own generated code, from nio's schema constants
         return self.namespace[name]
 

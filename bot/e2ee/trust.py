@@ -3,7 +3,7 @@
 Other users' cross-signing chains come from ``/keys/query``: a device is *cross-signed* when its device keys carry a
 valid signature by the user's self-signing key, and that key a valid signature by the user's master key
 (device <- self-signing key <- master key). nio ignores the ``master_keys``/``self_signing_keys`` of that response;
-:class:`~bot.client.RatchetClient` hands the raw body to :meth:`TrustPolicy.observe_keys_query`.
+:class:`~bot.matrix.client.RatchetClient` hands the raw body to :meth:`TrustPolicy.observe_keys_query`.
 
 The modes:
 
@@ -56,8 +56,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from .canonical import canonical_json, signable
-from .cross_signing import (
+from bot.crypto.canonical import canonical_json, signable
+from bot.crypto.cross_signing import (
     master_public,
     verify_device_self_signed,
     verify_device_signed,
@@ -65,8 +65,8 @@ from .cross_signing import (
 )
 
 if TYPE_CHECKING:
-    from bot.client import RatchetClient
-    from bot.state import StateStore
+    from bot.matrix.client import RatchetClient
+    from bot.storage.state import StateStore
 
 __all__ = [
     "CODE_BLACKLISTED",
@@ -380,7 +380,7 @@ class TrustPolicy:
     """Decides, per device, whether it is trusted and whether it gets room keys (see the module docs).
 
     The pure part (``observe_keys_query``, ``device_verdict``, ``sender_verdict``, pins, withheld bookkeeping)
-    needs no network; :meth:`attach` connects it to a :class:`~bot.client.RatchetClient` for the runtime
+    needs no network; :meth:`attach` connects it to a :class:`~bot.matrix.client.RatchetClient` for the runtime
     (:meth:`check_event` may query keys it lacks).
     """
 
@@ -398,7 +398,7 @@ class TrustPolicy:
         self.pins: PinStore = pins if pins is not None else MemoryPinStore()
         #: Under tofu, keep sharing room keys with devices cross-signed by a changed, not yet re-pinned identity.
         self.share_with_changed_identities = share_with_changed_identities
-        #: The bot's own user: its identity is managed by bot/crypto/identity.py, so a change is followed, not flagged.
+        #: The bot's own user: its identity is managed by bot/e2ee/identity.py, so a change is followed, not flagged.
         self.own_user_id = own_user_id
         self._users: dict[str, UserKeys] = {}
         self._digests: dict[str, str] = {}

@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 def _load(path: Path):
     """Load and validate the config and every configured plugin's options; exit 2 with the errors if any."""
     from bot.config import ConfigError, load_config
-    from bot.host import check_plugin_options
+    from bot.plugin.host import check_plugin_options
 
     try:
         config = load_config(path)
@@ -141,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.log_level or config.log_level, args.log_format or config.log_format)
         return _run(config)
     if args.command == "verify-report":
-        from bot.verify_report import verify_report
+        from bot.reports.verify import verify_report
 
         return asyncio.run(verify_report(args.file, args.config))
     if args.command == "new-plugin":
-        from bot.scaffold import ScaffoldError, new_plugin
+        from bot.cli.scaffold import ScaffoldError, new_plugin
 
         try:
             files = new_plugin(args.name, args.dir)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Add it to your config under plugins: ({args.name}: {{}}) and plugin_dirs: [{args.dir}]")
         return 0
     if args.command == "demo":
-        from bot.demo import run_demo
+        from bot.cli.demo import run_demo
 
         return run_demo()
     if args.command in ("recovery-key", "verify", "cross-signing"):
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _identity_command(args: argparse.Namespace) -> int:
     """``recovery-key show``, ``verify`` and ``cross-signing reset``: one line on error, exit 1 (2 for usage)."""
-    from bot.crypto.recovery import (
+    from bot.e2ee.offline import (
         RecoveryError,
         read_local_recovery_key,
         reset_cross_signing,
@@ -242,8 +242,8 @@ def _read_recovery_key(args: argparse.Namespace) -> str | None:
 
 
 def _run(config) -> int:
-    from bot.runtime import Bot
-    from bot.session import SessionError
+    from bot.matrix.session import SessionError
+    from bot.runtime.bot import Bot
 
     bot = Bot(config)
     try:

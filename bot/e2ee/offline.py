@@ -9,8 +9,8 @@ Run them while the bot is stopped (they open the same crypto store).
   operator made in Element) and the key backup is restored into its store;
 * crypto store lost (``credentials.json`` is there, the store is not): the recovery key is checked first, with the
   old access token, so a wrong key changes nothing; then the bot logs in as a NEW device on purpose
-  (:func:`bot.session.start_new_device`: the old credentials and store files are moved aside, never deleted), the new
-  device is cross-signed, and every room key in the backup is imported, so old messages decrypt again;
+  (:func:`bot.matrix.session.start_new_device`: the old credentials and store files are moved aside, never
+  deleted), the new device is cross-signed, and every room key in the backup is imported, so old messages decrypt again;
 * empty data_dir: the first login happens here, then the same.
 """
 
@@ -24,16 +24,15 @@ from typing import Any
 import aiohttp
 from nio import AsyncClient, AsyncClientConfig, KeysUploadResponse
 
-from bot.session import Credentials, SessionError, _store_file, open_session, start_new_device
-
-from .identity import (
+from bot.e2ee.identity import (
     SECRETS_FILE,
     Identity,
     IdentityError,
     LocalSecrets,
     recover_cross_signing_keys,
 )
-from .key_backup import TRACK_FILE, KeyBackup, RestoreResult
+from bot.e2ee.key_backup import TRACK_FILE, KeyBackup, RestoreResult
+from bot.matrix.session import Credentials, SessionError, _store_file, open_session, start_new_device
 
 __all__ = [
     "RecoveryError",

@@ -1,8 +1,8 @@
 """Moderation actions and evidence, for plugins such as ``report``: the raw and decrypted form of an event, who sent
 it from which device, a signed evidence bundle, reports to the homeserver, and kick/ban with permission checks.
 
-Available to plugins as ``self.bot.moderation``. The pure evidence format lives in :mod:`bot.evidence`; this is the
-thin async shell that gathers the facts from the homeserver and the crypto store.
+Available to plugins as ``self.bot.moderation``. The pure evidence format lives in :mod:`bot.reports.evidence`; this is
+the thin async shell that gathers the facts from the homeserver and the crypto store.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from nio import EncryptionError, Event, MegolmEvent, RoomBanResponse, RoomKickResponse
 
-from bot.crypto.identity import MatrixRequestError, request_json
-from bot.evidence import build_bundle, sign_bundle
+from bot.e2ee.identity import MatrixRequestError, request_json
+from bot.reports.evidence import build_bundle, sign_bundle
 
 if TYPE_CHECKING:
-    from bot.api import BotAPI
-    from bot.client import RatchetClient
+    from bot.matrix.client import RatchetClient
+    from bot.plugin.api import BotAPI
 
 __all__ = ["EventRecord", "Moderation"]
 
@@ -76,7 +76,7 @@ class Moderation:
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
         """One homeserver request through the shared JSON helper (retries 429/5xx); errors become MatrixError."""
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         try:
             return await request_json(self._client, method, path, body)
@@ -84,7 +84,7 @@ class Moderation:
             raise MatrixError(f"{method} {exc.path} failed: {exc.body.get('error', exc.status)}", exc.errcode) from exc
 
     def _record(self, room_id: str, raw: dict[str, Any]) -> EventRecord:
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         parsed = Event.parse_event(raw)
         decrypted = None
@@ -124,7 +124,7 @@ class Moderation:
 
     async def records_before(self, room_id: str, event_id: str, limit: int) -> list[EventRecord]:
         """Up to ``limit`` message events before ``event_id``, oldest first (undecryptable ones are skipped)."""
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         if limit <= 0:
             return []
@@ -146,7 +146,7 @@ class Moderation:
         return list(reversed(records))
 
     def attest(self, reported: EventRecord, context: list[EventRecord] = ()) -> dict[str, Any]:
-        """A signed evidence bundle (see :mod:`bot.evidence`) for ``reported`` and the chosen ``context``."""
+        """A signed evidence bundle (see :mod:`bot.reports.evidence`) for ``reported`` and the chosen ``context``."""
         olm = self._client.olm
         assert olm is not None, "evidence needs the bot's device keys"
         bundle = build_bundle(
@@ -185,7 +185,7 @@ class Moderation:
 
     async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Kick ``user_id`` from ``room_id``."""
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         resp = await self._client.room_kick(room_id, user_id, reason)
         if not isinstance(resp, RoomKickResponse):
@@ -193,7 +193,7 @@ class Moderation:
 
     async def ban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Ban ``user_id`` from ``room_id``."""
-        from bot.api import MatrixError
+        from bot.plugin.api import MatrixError
 
         resp = await self._client.room_ban(room_id, user_id, reason)
         if not isinstance(resp, RoomBanResponse):

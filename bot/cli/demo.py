@@ -33,7 +33,7 @@ def run_demo() -> int:
 
 async def _demo() -> bool:
     from bot.config import parse_config
-    from bot.runtime import Bot
+    from bot.runtime.bot import Bot
     from bot.testing.member import Member
     from bot.testing.synapse import SynapseServer
 
@@ -69,7 +69,7 @@ plugins:
             bot = Bot(config)
             bot_task = asyncio.create_task(bot.run(install_signal_handlers=False))
             await asyncio.wait_for(bot.ready.wait(), 60)
-            _step(f"the bot is running as device {bot.client.device_id}")
+            _step(f"the bot is running as device {bot.matrix.client.device_id}")
 
             member = Member(server.url, demo_user.user_id, demo_pw, root / "member-store")
             await member.start()

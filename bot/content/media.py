@@ -1,6 +1,6 @@
 """Media messages: the pure part of sending and receiving files, images, audio and video.
 
-:class:`~bot.api.BotAPI` reads, encrypts, uploads and downloads; everything that decides *what* is sent or how a
+:class:`~bot.plugin.api.BotAPI` reads, encrypts, uploads and downloads; everything that decides *what* is sent or how a
 received event is read lives here and is unit-tested without a network:
 
 * :func:`msgtype_for` picks ``m.image``/``m.audio``/``m.video``/``m.file`` from the MIME type;
@@ -17,7 +17,7 @@ import mimetypes
 from dataclasses import dataclass
 from typing import Any
 
-from bot.content import relates_to
+from bot.content.text import relates_to
 
 __all__ = [
     "MEDIA_MSGTYPES",

@@ -2,8 +2,9 @@
 redact, open DMs, download media.
 
 :class:`BotAPI` is a thin async shell over the nio client. Content building (replies, threads, edits, mentions,
-Markdown, media) is done by the pure helpers in :mod:`bot.content`, :mod:`bot.markdown` and :mod:`bot.media`; finding
-and creating DM rooms by :mod:`bot.dm`. This module only performs the requests and turns error responses into
+Markdown, media) is done by the pure helpers in :mod:`bot.content.text`, :mod:`bot.content.markdown` and
+:mod:`bot.content.media`; finding
+and creating DM rooms by :mod:`bot.matrix.direct`. This module only performs the requests and turns error responses into
 :class:`MatrixError` so a plugin never has to inspect nio response types.
 """
 
@@ -32,18 +33,18 @@ from nio import (
 from nio.api import Api
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
-from bot import content as build
-from bot import media
-from bot.dm import DirectRooms
-from bot.moderation import Moderation
-from bot.power import user_power_level
+from bot.content import media
+from bot.content import text as build
+from bot.matrix.direct import DirectRooms
+from bot.matrix.power import user_power_level
+from bot.reports.moderation import Moderation
 
 if TYPE_CHECKING:
-    from bot.client import RatchetClient
-    from bot.crypto.identity import Identity
-    from bot.crypto.trust import TrustPolicy
-    from bot.host import PluginManager
-    from bot.runtime import BotStats
+    from bot.e2ee.identity import Identity
+    from bot.e2ee.trust import TrustPolicy
+    from bot.matrix.client import RatchetClient
+    from bot.plugin.host import PluginManager
+    from bot.runtime.bot import BotStats
 
 __all__ = ["BotAPI", "MatrixError"]
 
@@ -74,11 +75,11 @@ class BotAPI:
         self.stats: BotStats | None = None
         #: Each room's creators from its m.room.create event (kept by the runtime; nio does not track them).
         self.creators: dict[str, set[str]] = {}
-        #: Evidence and moderation actions (see :mod:`bot.moderation`).
+        #: Evidence and moderation actions (see :mod:`bot.reports.moderation`).
         self.moderation = Moderation(client, self)
-        #: The trust policy: whose devices get room keys, pinned identities (see :mod:`bot.crypto.trust`).
+        #: The trust policy: whose devices get room keys, pinned identities (see :mod:`bot.e2ee.trust`).
         self.trust: TrustPolicy | None = None
-        #: The bot's own cross-signing identity and key backup (see :mod:`bot.crypto.identity`).
+        #: The bot's own cross-signing identity and key backup (see :mod:`bot.e2ee.identity`).
         self.identity: Identity | None = None
         self._direct = DirectRooms(client)
         self._upload_limit: Any = _UNKNOWN
@@ -106,7 +107,7 @@ class BotAPI:
     def power_level(self, room_id: str, user_id: str) -> int:
         """``user_id``'s power level in ``room_id`` (0 if the room is unknown).
 
-        In room versions 12 and later the room's creators outrank every level (see :mod:`bot.power`).
+        In room versions 12 and later the room's creators outrank every level (see :mod:`bot.matrix.power`).
         """
         room = self._client.rooms.get(room_id)
         if room is None:

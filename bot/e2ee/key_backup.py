@@ -1,6 +1,6 @@
 """Server-side key backup (``m.megolm_backup.v1.curve25519-aes-sha2``): versions, uploads and restores.
 
-The pure crypto lives in :mod:`bot.crypto.backup`; this module talks to the homeserver and to nio's crypto store:
+The pure crypto lives in :mod:`bot.crypto.megolm_backup`; this module talks to the homeserver and to nio's crypto store:
 
 * :func:`get_current_version` / :func:`create_version`: ``GET`` / ``POST /room_keys/version``;
 * :class:`KeyBackup` uploads each new inbound Megolm session (``PUT /room_keys/keys?version=``) and restores a whole
@@ -26,7 +26,7 @@ from typing import Any
 import vodozemac
 from nio.crypto.sessions import InboundGroupSession
 
-from .backup import (
+from bot.crypto.megolm_backup import (
     MEGOLM_ALGORITHM,
     BackupError,
     BackupKey,
@@ -35,7 +35,7 @@ from .backup import (
     key_backup_data,
     merge_key_backup_bodies,
 )
-from .identity import MatrixRequestError, request_json
+from bot.e2ee.identity import MatrixRequestError, request_json
 
 __all__ = [
     "RESTORE_PROGRESS_EVERY",

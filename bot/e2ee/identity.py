@@ -37,13 +37,8 @@ import aiohttp
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 
-from bot.client import backoff_delay
-from bot.log import add_secret
-from bot.session import write_private
-
-from .backup import BackupKey
-from .canonical import JsonSigner
-from .cross_signing import (
+from bot.crypto.canonical import JsonSigner
+from bot.crypto.cross_signing import (
     CrossSigningKeys,
     CrossSigningSeeds,
     cross_signing_public,
@@ -53,8 +48,9 @@ from .cross_signing import (
     verify_master_signed_by_device,
     verify_self_signing_key,
 )
-from .recoverykey import RecoveryKeyError, decode_recovery_key, encode_recovery_key
-from .ssss import (
+from bot.crypto.megolm_backup import BackupKey
+from bot.crypto.recoverykey import RecoveryKeyError, decode_recovery_key, encode_recovery_key
+from bot.crypto.ssss import (
     BACKUP,
     DEFAULT_KEY_TYPE,
     MASTER,
@@ -71,9 +67,12 @@ from .ssss import (
     read_secret,
     secret_content,
 )
+from bot.log import add_secret
+from bot.matrix.client import backoff_delay
+from bot.matrix.session import write_private
 
 if TYPE_CHECKING:
-    from .key_backup import KeyBackup
+    from bot.e2ee.key_backup import KeyBackup
 
 __all__ = [
     "RECOVERY_KEY_SECRET",
@@ -822,7 +821,7 @@ class Identity:
 
     async def _ensure_backup(self, *, force_new: bool = False) -> None:
         """Use the account's current backup if we hold its key; create one if there is none."""
-        from .key_backup import TRACK_FILE, KeyBackup, create_version, get_current_version
+        from bot.e2ee.key_backup import TRACK_FILE, KeyBackup, create_version, get_current_version
 
         self._backup_problem = None
         current = None if force_new else await get_current_version(self.client)
@@ -902,7 +901,7 @@ class Identity:
         self.state = "ok"
         self.problem = None
 
-        from .key_backup import get_current_version
+        from bot.e2ee.key_backup import get_current_version
 
         backup_key: BackupKey | None = None
         version: str | None = None

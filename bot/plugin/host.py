@@ -20,15 +20,15 @@ from typing import TYPE_CHECKING, Any
 
 from nio import Event, RoomMessageText
 
-from bot.api import BotAPI
-from bot.commands import UsageError, parse_invocation, strip_reply_fallback
-from bot.context import Context
-from bot.dispatch import Dispatcher, JobOutcome
-from bot.loader import PluginLoadError, import_plugin
-from bot.plugin import Access, CommandHandler, Handlers, Plugin, collect_handlers
-from bot.plugin_config import PluginConfigError, RoomFilter, find_schema, split_options, validate_options
-from bot.state import StateError, StateStore
-from bot.storage import PluginStorage, StorageError
+from bot.plugin.api import BotAPI
+from bot.plugin.base import Access, CommandHandler, Handlers, Plugin, collect_handlers
+from bot.plugin.commands import UsageError, parse_invocation, strip_reply_fallback
+from bot.plugin.context import Context
+from bot.plugin.dispatch import Dispatcher, JobOutcome
+from bot.plugin.loader import PluginLoadError, import_plugin
+from bot.plugin.options import PluginConfigError, RoomFilter, find_schema, split_options, validate_options
+from bot.storage.plugin_storage import PluginStorage, StorageError
+from bot.storage.state import StateError, StateStore
 
 if TYPE_CHECKING:
     from bot.config import Config

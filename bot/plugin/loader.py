@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from bot.plugin import Plugin
+from bot.plugin.base import Plugin
 
 __all__ = ["BUNDLED_DIR", "PluginLoadError", "available_plugins", "import_plugin"]
 
 #: The repository's folder of bundled plugins.
-BUNDLED_DIR = Path(__file__).resolve().parent.parent / "plugins"
+BUNDLED_DIR = Path(__file__).resolve().parents[2] / "plugins"
 _NAMESPACE = "ratchet_plugins"
 ENTRY_POINT_GROUP = "ratchet.plugins"
 
