@@ -367,7 +367,7 @@ def _install_proposed_runtime_changes() -> None:
     """The benchmark-only experiment behind ``ratchet-proposed`` (not Ratchet's code; see the module docstring)."""
     import types
 
-    from bot.plugin.base import dispatch
+    from bot.plugin import dispatch
     from bot.storage.state import StateStore
 
     def flush(self: Any) -> None:

@@ -43,6 +43,8 @@ from typing import Any, ClassVar
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from bot.errors import ConfigError
+
 __all__ = [
     "PICKLE_KEY_ENV",
     "Config",
@@ -59,46 +61,6 @@ PICKLE_KEY_ENV = "RATCHET_PICKLE_KEY"
 
 # --------------------------------------------------------------------------------------------------
 # The error type
-
-
-class ConfigError(Exception):
-    """A configuration problem, reported as one line: ``FILE:LINE: KEY: what is wrong``.
-
-    Attributes:
-        message: the description without the ``FILE:LINE:`` prefix.
-        key: dotted path of the offending key, e.g. ``invites.accept_from[1]`` or
-            ``plugins.ping``; None when the problem is not about one key (a YAML syntax error,
-            an unreadable file).
-        file: the config file's name as given (or the ``source`` passed to :func:`parse_config`).
-        line: the 1-based line of the offending YAML node, when there is one.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        key: str | None = None,
-        file: str | None = None,
-        line: int | None = None,
-    ) -> None:
-        self.message = message
-        self.key = key
-        self.file = file
-        self.line = line
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        if self.file is None:
-            return self.message
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return f"{where}: {self.message}"
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (self.message, self.key, self.file, self.line))
-
-
-def _rebuild_error(message: str, key: str | None, file: str | None, line: int | None) -> ConfigError:
-    return ConfigError(message, key=key, file=file, line=line)
 
 
 # --------------------------------------------------------------------------------------------------

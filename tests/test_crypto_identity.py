@@ -24,12 +24,12 @@ import pytest
 from nio.crypto.memorystores import GroupSessionStore
 from nio.crypto.sessions import InboundGroupSession, OlmAccount, OutboundGroupSession
 
-from bot.crypto import identity as identity_mod
 from bot.crypto.canonical import canonical_json
 from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds, verify_device_signed
 from bot.crypto.megolm_backup import BackupKey
 from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import BACKUP, MASTER, SELF_SIGNING
+from bot.e2ee import identity as identity_mod
 from bot.e2ee.identity import (
     RECOVERY_KEY_SECRET,
     SECRETS_FILE,

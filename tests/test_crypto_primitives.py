@@ -25,7 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.crypto import backup, canonical, cross_signing, ssss
+from bot.crypto import canonical, cross_signing, ssss
+from bot.crypto import megolm_backup as backup
 from bot.crypto import recoverykey as recovery_key
 from bot.crypto.canonical import (
     JsonSigner,

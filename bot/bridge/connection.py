@@ -29,6 +29,7 @@ from typing import ClassVar, Literal
 
 from bot.bridge.flow import Backoff, OutboundQueue, TokenBucket
 from bot.bridge.model import RemoteCapabilities, RemoteMessage, RemoteSend
+from bot.errors import PermanentSendError
 
 __all__ = [
     "ConnectionState",
@@ -41,11 +42,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ConnectionState = Literal["stopped", "connecting", "connected", "waiting"]
-
-
-class PermanentSendError(Exception):
-    """Raised by :meth:`RemoteConnection.send` for an item the remote side refuses for good (it is dropped, not
-    retried; the connection stays up). Any other exception means the link is broken: reconnect and retry."""
 
 
 class RemoteConnection(ABC):

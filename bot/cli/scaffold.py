@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bot.errors import ScaffoldError
+
 __all__ = ["ScaffoldError", "new_plugin"]
 
 _PLUGIN = '''"""{name}: a Ratchet plugin. Describe here what it does; the first line is shown by !plugins."""
@@ -56,10 +58,6 @@ async def test_{name}_usage_on_bad_arguments(ratchet):
     reply = await room.ask('!{name} "unclosed')
     assert "Usage: !{name}" in reply.body
 '''
-
-
-class ScaffoldError(Exception):
-    """The plugin cannot be created (bad name, or it exists)."""
 
 
 def new_plugin(name: str, directory: Path) -> list[Path]:

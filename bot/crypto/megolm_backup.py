@@ -48,6 +48,7 @@ import vodozemac
 from bot.crypto.canonical import b64decode, verify_json
 from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import decode_secret_key, encode_secret_key
+from bot.errors import BackupError
 
 __all__ = [
     "ALGORITHM",
@@ -71,10 +72,6 @@ _MAC_LENGTH = 8
 _AES_BLOCK = 16
 
 JsonSignerFn = Callable[[Mapping[str, Any]], dict[str, Any]]
-
-
-class BackupError(Exception):
-    """Backup data could not be decrypted or is malformed."""
 
 
 class BackupKey:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
+from bot.errors import RecoveryKeyError
+
 __all__ = [
     "BASE58_ALPHABET",
     "KEY_LENGTH",
@@ -39,10 +41,6 @@ RECOVERY_KEY_PREFIX = b"\x8b\x01"
 KEY_LENGTH = 32
 _DECODED_LENGTH = len(RECOVERY_KEY_PREFIX) + KEY_LENGTH + 1
 _GROUP = 4
-
-
-class RecoveryKeyError(ValueError):
-    """A recovery key could not be decoded (bad character, length, prefix or parity)."""
 
 
 # --------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from Crypto.Cipher import AES
 
 from bot.crypto.canonical import b64decode, b64encode
 from bot.crypto.recoverykey import key_from_passphrase
+from bot.errors import SecretStorageError
 
 __all__ = [
     "AES_HMAC_SHA2",
@@ -106,10 +107,6 @@ _MAC_LENGTH = 32
 _KEY_ID_ALPHABET = string.ascii_letters + string.digits
 _KEY_ID_LENGTH = 32
 _ZERO_MESSAGE = "\0" * 32  # the key-check plaintext: 32 bytes of 0
-
-
-class SecretStorageError(Exception):
-    """A secret could not be decrypted or a secret storage input is malformed."""
 
 
 # --------------------------------------------------------------------------

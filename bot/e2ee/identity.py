@@ -67,6 +67,7 @@ from bot.crypto.ssss import (
     read_secret,
     secret_content,
 )
+from bot.errors import IdentityError, MatrixRequestError
 from bot.log import add_secret
 from bot.matrix.client import backoff_delay
 from bot.matrix.session import write_private
@@ -111,23 +112,6 @@ MAX_TRANSIENT = 4
 
 _V3 = "/_matrix/client/v3"
 _SEEDS = (MASTER, SELF_SIGNING, USER_SIGNING)
-
-
-class IdentityError(Exception):
-    """The identity cannot be set up or recovered; the message says why and what to do."""
-
-
-class MatrixRequestError(IdentityError):
-    """A homeserver request failed: ``status`` (0 for a transport error), ``errcode`` and the JSON ``body``."""
-
-    def __init__(self, method: str, path: str, status: int, body: Any) -> None:
-        self.method = method
-        self.path = path.split("?", 1)[0]
-        self.status = status
-        self.body = body if isinstance(body, dict) else {}
-        self.errcode = self.body.get("errcode")
-        detail = self.body.get("error") or (body if isinstance(body, str) else "")
-        super().__init__(f"{method} {self.path}: {status} {self.errcode or ''} {detail}".strip())
 
 
 # ----------------------------------------------------------------------------------------------- HTTP

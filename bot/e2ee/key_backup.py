@@ -36,6 +36,7 @@ from bot.crypto.megolm_backup import (
     merge_key_backup_bodies,
 )
 from bot.e2ee.identity import MatrixRequestError, request_json
+from bot.errors import KeyBackupError
 
 __all__ = [
     "RESTORE_PROGRESS_EVERY",
@@ -61,10 +62,6 @@ UPLOAD_BATCH = 200
 RESTORE_PROGRESS_EVERY = 500
 
 _V3 = "/_matrix/client/v3"
-
-
-class KeyBackupError(Exception):
-    """The key backup cannot be used (wrong key, version gone, malformed server data)."""
 
 
 # ----------------------------------------------------------------------------------------------- versions

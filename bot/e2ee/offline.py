@@ -32,6 +32,7 @@ from bot.e2ee.identity import (
     recover_cross_signing_keys,
 )
 from bot.e2ee.key_backup import TRACK_FILE, KeyBackup, RestoreResult
+from bot.errors import RecoveryError
 from bot.matrix.session import Credentials, SessionError, _store_file, open_session, start_new_device
 
 __all__ = [
@@ -44,10 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("ratchet.recovery")
-
-
-class RecoveryError(Exception):
-    """A recovery procedure failed; the message is one line for the operator."""
 
 
 @dataclass

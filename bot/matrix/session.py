@@ -18,16 +18,13 @@ from pathlib import Path
 
 from nio import LoginResponse, WhoamiError, WhoamiResponse
 
+from bot.errors import SessionError
 from bot.log import add_secret
 from bot.matrix.client import RatchetClient, make_client
 
 __all__ = ["Credentials", "SessionError", "open_session", "prepare_data_dir", "start_new_device"]
 
 log = logging.getLogger(__name__)
-
-
-class SessionError(Exception):
-    """The bot cannot start with the identity it has on disk; the message says what to do."""
 
 
 @dataclass(frozen=True)

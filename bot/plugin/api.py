@@ -35,6 +35,7 @@ from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
 from bot.content import media
 from bot.content import text as build
+from bot.errors import MatrixError
 from bot.matrix.direct import DirectRooms
 from bot.matrix.power import user_power_level
 from bot.reports.moderation import Moderation
@@ -53,14 +54,6 @@ log = logging.getLogger(__name__)
 #: Attachments larger than this are encrypted and decrypted in a worker thread, not on the event loop.
 _THREAD_CRYPTO_BYTES = 1 << 20
 _UNKNOWN = object()
-
-
-class MatrixError(Exception):
-    """A request to the homeserver failed; ``errcode`` is the Matrix error code if there was one."""
-
-    def __init__(self, message: str, errcode: str | None = None) -> None:
-        super().__init__(message)
-        self.errcode = errcode
 
 
 class BotAPI:

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Self
 
+from bot.errors import ArgumentError, UsageError
+
 __all__ = [
     "ArgumentError",
     "CommandSpec",
@@ -66,43 +68,6 @@ def _show(value: str, limit: int = 60) -> str:
     if len(value) > limit:
         value = value[: limit - 1] + "…"
     return repr(value)
-
-
-class ArgumentError(ValueError):
-    """One argument could not be read: an unclosed quote, or a value of the wrong type.
-
-    The message names the parameter and what was expected, e.g.
-    ``count: expected an integer, got 'abc'``.
-    """
-
-    def __init__(self, message: str, *, param: str | None = None, value: str | None = None) -> None:
-        """Create the error; ``param`` and ``value`` are kept as attributes for callers."""
-        super().__init__(message)
-        #: The message, as given.
-        self.message: str = message
-        #: Name of the parameter the argument was for, when known.
-        self.param: str | None = param
-        #: The offending raw text, when known.
-        self.value: str | None = value
-
-
-class UsageError(Exception):
-    """A command was invoked wrongly. ``str(err)`` is the message followed by the usage line.
-
-    The dispatcher is expected to send ``str(err)`` back to the room as is.
-    """
-
-    def __init__(self, message: str, usage: str) -> None:
-        """Create the error from a specific ``message`` and the command's ``usage`` string."""
-        super().__init__(message, usage)
-        #: What went wrong, e.g. ``missing argument <minutes: int>``.
-        self.message: str = message
-        #: The command's usage line, e.g. ``!remind <who: user> <minutes: int> <text...>``.
-        self.usage: str = usage
-
-    def __str__(self) -> str:
-        """The message and the usage line, on two lines."""
-        return f"{self.message}\nUsage: {self.usage}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from bot.errors import PluginLoadError
 from bot.plugin.base import Plugin
 
 __all__ = ["BUNDLED_DIR", "PluginLoadError", "available_plugins", "import_plugin"]
@@ -25,10 +26,6 @@ __all__ = ["BUNDLED_DIR", "PluginLoadError", "available_plugins", "import_plugin
 BUNDLED_DIR = Path(__file__).resolve().parents[2] / "plugins"
 _NAMESPACE = "ratchet_plugins"
 ENTRY_POINT_GROUP = "ratchet.plugins"
-
-
-class PluginLoadError(Exception):
-    """A plugin could not be found, imported or instantiated; the message names the plugin."""
 
 
 def _ensure_namespace() -> None:

@@ -60,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from bot.config import describe_value as _describe
+from bot.errors import PluginConfigError, plugin_option_path
 
 __all__ = [
     "RESERVED_OPTIONS",
@@ -80,42 +81,6 @@ _SECRET_WORDS = ("key", "token", "secret", "password")
 
 # --------------------------------------------------------------------------------------------------
 # The error type
-
-
-class PluginConfigError(Exception):
-    """A problem with a plugin's options, reported as one line: ``plugins.NAME.KEY: what is wrong``.
-
-    Attributes:
-        message: the whole line (also ``str(error)``).
-        plugin: the plugin's name.
-        key: dotted path of the offending option inside the plugin's options, e.g. ``max_items``, ``db.host``,
-            ``rooms.allow[1]`` (for a missing or unknown option, that option's path); None when the problem is about
-            the options as a whole.
-    """
-
-    def __init__(self, message: str, *, plugin: str, key: str | None = None) -> None:
-        self.message = message
-        self.plugin = plugin
-        self.key = key
-        super().__init__(message)
-
-    @property
-    def path(self) -> str:
-        """Full dotted path of the offending key in the config file, e.g. ``plugins.reminders.max_items``."""
-        return _full_path(self.plugin, self.key or "")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (self.message, self.plugin, self.key))
-
-
-def _rebuild_error(message: str, plugin: str, key: str | None) -> PluginConfigError:
-    return PluginConfigError(message, plugin=plugin, key=key)
-
-
-def _full_path(plugin: str, key: str) -> str:
-    if not key:
-        return f"plugins.{plugin}"
-    return f"plugins.{plugin}{key}" if key.startswith("[") else f"plugins.{plugin}.{key}"
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -152,7 +117,7 @@ class _Where:
     def error(self, message: str, *, key: str | None = None) -> PluginConfigError:
         """``plugins.PLUGIN.PATH: message``; ``key`` overrides the reported key (default: this path)."""
         return PluginConfigError(
-            f"{_full_path(self.plugin, self.path)}: {message}",
+            f"{plugin_option_path(self.plugin, self.path)}: {message}",
             plugin=self.plugin,
             key=(self.path or None) if key is None else key,
         )

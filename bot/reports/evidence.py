@@ -23,15 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.crypto.canonical import canonical_json, sign_json, verify_json
+from bot.errors import EvidenceError
 
 __all__ = ["EVIDENCE_FORMAT", "EvidenceError", "VerifyResult", "build_bundle", "sign_bundle", "verify_bundle"]
 
 #: The ``format`` field of every bundle; bumped if the layout ever changes.
 EVIDENCE_FORMAT = "ratchet.evidence.v1"
-
-
-class EvidenceError(ValueError):
-    """A bundle cannot be built from what was given."""
 
 
 def _event_summary(raw: dict[str, Any], decrypted: dict[str, Any] | None) -> dict[str, Any]:

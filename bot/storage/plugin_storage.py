@@ -44,6 +44,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.errors import StorageError
+
 __all__ = ["KV_TABLE", "Migration", "PluginStorage", "StorageError", "plugin_db_path"]
 
 T = TypeVar("T")
@@ -62,10 +64,6 @@ _KV_SCHEMA = f"""CREATE TABLE IF NOT EXISTS {KV_TABLE} (
 
 #: How long a statement waits for a lock held by another connection before failing (seconds).
 _BUSY_TIMEOUT = 10.0
-
-
-class StorageError(Exception):
-    """The plugin's database could not be opened or migrated, or the storage is closed."""
 
 
 def plugin_db_path(data_dir: Path, plugin: str) -> Path:

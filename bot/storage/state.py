@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.errors import StateError
+
 __all__ = ["PendingEvent", "StateError", "StateStore", "secure_file"]
 
 _SCHEMA = """
@@ -35,11 +37,6 @@ CREATE TABLE IF NOT EXISTS pending_utd (
     source TEXT NOT NULL, received_ts INTEGER NOT NULL
 );
 """
-
-
-class StateError(Exception):
-    """``state.db`` cannot be written (disk full, read-only, I/O error): the bot must stop rather than go on
-    handling events it can no longer record."""
 
 
 def secure_file(path: Path) -> None:
