@@ -1,4 +1,4 @@
-"""The bridge core's pure parts (issue 6): formatting both ways, splitting, relay templates, degradations, the
+"""The bridge core's pure parts (issue 6): HTML to text, splitting, relay templates, degradations, the
 message map, token bucket, backoff, queue, reading Matrix events, and the connection supervisor driven with an
 in-memory connection (no network)."""
 
@@ -11,78 +11,69 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot import (
-    BRIDGE_MARKER,
-    Backoff,
+from bot.bridge import (
+    BridgeConfig,
     ConnectionSupervisor,
-    MappedMessage,
-    MessageMap,
-    OutboundQueue,
+    MentionLinker,
     PermanentSendError,
     RelayMatrixSide,
     RemoteConnection,
     RemoteMessage,
     RemoteSend,
-    TokenBucket,
-    edit_fallback,
-    html_to_irc,
-    human_size,
-    irc_line_budget,
-    irc_to_html,
+    TextStyle,
+    html_to_lines,
+    html_to_plain,
     link_mentions,
-    media_text,
-    render_matrix_relay,
-    render_remote_lines,
-    reply_fallback,
+    runs_to_html,
     sanitize_name,
-    split_irc_text,
     split_utf8,
-    strip_irc_formatting,
 )
-from bot.bridge import BridgeConfig, RelayFormat, matrix_message_from_event
-from bot.bridge.formatting import apply_sed, check_template, parse_sed, quote_excerpt, reaction_fallback, sed_edit
+from bot.bridge.flow import Backoff, OutboundQueue, TokenBucket
+from bot.bridge.matrix import RelayFormat
+from bot.bridge.messages import MappedMessage, MessageMap
+from bot.bridge.model import BRIDGE_MARKER, matrix_message_from_event
+from bot.bridge.relay_text import (
+    apply_sed,
+    check_template,
+    edit_fallback,
+    human_size,
+    media_text,
+    parse_sed,
+    quote_excerpt,
+    reaction_fallback,
+    render_matrix_relay,
+    reply_fallback,
+    sed_edit,
+)
 
-B, IT, U, S, M, C, R = "\x02", "\x1d", "\x1f", "\x1e", "\x11", "\x03", "\x0f"
+# ------------------------------------------------------------------------------------------- Matrix HTML <-> text
+# (IRC control codes: tests/test_irc_formatting.py, with the IRC bridge that owns them)
 
-# ------------------------------------------------------------------------------------------- Matrix HTML -> IRC
+
+def test_html_to_plain_lays_out_pills_links_lists_and_quotes():
+    assert html_to_plain("plain &amp; simple <strong>bold</strong> <code>c</code>") == "plain & simple bold c"
+    assert html_to_plain('<a href="https://matrix.to/#/@bob:example.org">Bob</a>: hi') == "Bob: hi"
+    assert html_to_plain('see <a href="https://example.org/x">the docs</a>') == "see the docs (https://example.org/x)"
+    assert html_to_plain('<a href="https://example.org">https://example.org</a>') == "https://example.org"
+    assert html_to_plain("<p>one</p><p>two</p>") == "one\ntwo"
+    assert html_to_plain("a<br>b<br/>c") == "a\nb\nc"
+    assert html_to_plain("<ul><li>x</li><li>y</li></ul><ol start=\"3\"><li>z</li></ol>") == "• x\n• y\n3. z"
+    assert html_to_plain("<blockquote><p>quoted</p></blockquote><p>answer</p>") == "> quoted\nanswer"
+    assert html_to_plain("<pre><code>def f():\n    pass\n</code></pre>") == "def f():\n    pass"
+    assert html_to_plain("<mx-reply><blockquote>old</blockquote></mx-reply>new") == "new"
 
 
-def test_html_to_irc_styles_pills_links_lists_and_quotes():
-    assert html_to_irc("plain &amp; simple") == "plain & simple"
-    assert html_to_irc("a <strong>bold</strong> <em>it</em> <u>u</u> <del>s</del> <code>c</code>") == (
-        f"a {B}bold{B} {IT}it{IT} {U}u{U} {S}s{S} {M}c{M}"
+def test_html_to_lines_keeps_the_styles_and_runs_to_html_writes_them_back():
+    bold, red = TextStyle(bold=True), TextStyle(fg="#ff0000")
+    assert html_to_lines("a <b>x <i>y</i></b>") == [
+        [("a", TextStyle()), (" ", TextStyle()), ("x", bold), (" ", bold), ("y", TextStyle(bold=True, italic=True))]
+    ]
+    assert html_to_lines('<h1>T</h1><font data-mx-color="#ff0000">r</font>') == [[("T", bold)], [("r", red)]]
+    runs = [("a ", TextStyle()), ("b", bold), (" <c>", TextStyle(mono=True, strike=True)), ("r", red)]
+    assert runs_to_html(runs) == (
+        'a <strong>b</strong><del><code> &lt;c&gt;</code></del><font data-mx-color="#ff0000">r</font>'
     )
-    assert html_to_irc("<b>x <i>y</i></b>") == f"{B}x {IT}y{B}{IT}"
-    assert html_to_irc('<font data-mx-color="#ff0000">red</font>1 after') == f"{C}04red{R}1 after"
-    assert html_to_irc('<a href="https://matrix.to/#/@bob:example.org">Bob</a>: hi') == "Bob: hi"
-    assert html_to_irc('see <a href="https://example.org/x">the docs</a>') == "see the docs (https://example.org/x)"
-    assert html_to_irc('<a href="https://example.org">https://example.org</a>') == "https://example.org"
-    assert html_to_irc("<p>one</p><p>two</p>") == "one\ntwo"
-    assert html_to_irc("a<br>b<br/>c") == "a\nb\nc"
-    assert html_to_irc("<ul><li>x</li><li>y</li></ul><ol start=\"3\"><li>z</li></ol>") == "• x\n• y\n3. z"
-    assert html_to_irc("<blockquote><p>quoted</p></blockquote><p>answer</p>") == "> quoted\nanswer"
-    assert html_to_irc("<pre><code>def f():\n    pass\n</code></pre>") == "def f():\n    pass"
-    assert html_to_irc("<h1>Title</h1>text") == f"{B}Title{B}\ntext"
-    # a rich reply's quoted original is dropped
-    assert html_to_irc("<mx-reply><blockquote>old</blockquote></mx-reply>new") == "new"
-
-
-def test_irc_to_html_and_strip():
-    assert irc_to_html("no codes here") is None
-    assert irc_to_html(f"a {B}b{B} {IT}i{R} {U}u") == "a <strong>b</strong> <em>i</em> <u>u</u>"
-    assert irc_to_html(f"{C}04,02red{C} x <y>") == (
-        '<font data-mx-color="#ff0000" data-mx-bg-color="#00007f">red</font> x &lt;y&gt;'
-    )
-    assert irc_to_html(f"{S}gone{S} {M}mono") == "<del>gone</del> <code>mono</code>"
-    assert strip_irc_formatting(f"{B}a{B} {C}12,3b{R} {C}c\x04ff0000d") == "a b cd"
-
-
-@given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80))
-def test_irc_round_trip_keeps_the_text(text):
-    html = irc_to_html(text)
-    plain = strip_irc_formatting(text)
-    if html is not None:
-        assert strip_irc_formatting(html_to_irc(html)).replace("\n", " ").split() == plain.split()
+    assert runs_to_html([("x", TextStyle())], transform=lambda run, start: f"[{run}:{start}]") == "[x:True]"
 
 
 # ------------------------------------------------------------------------------------------- splitting
@@ -106,32 +97,6 @@ def test_split_utf8_properties(text, limit):
         assert len(piece.encode()) <= limit
         piece.encode().decode()  # valid UTF-8 on its own
     assert "".join(pieces).replace(" ", "").replace("\t", "") == text.replace(" ", "").replace("\t", "")
-
-
-def test_split_irc_text_carries_formatting_over_and_drops_empty_lines():
-    lines = split_irc_text(f"{B}bold words that go on\n\n  \nnext line", 12)
-    assert lines[0].startswith(B) and lines[1].startswith(B)  # bold re-opened on the continued piece
-    assert lines[-1] == "next line"
-    assert all(len(line.encode()) <= 12 for line in lines)
-    assert strip_irc_formatting(" ".join(lines[:-1])).split() == ["bold", "words", "that", "go", "on"]
-
-
-def test_irc_line_budget_counts_the_relayed_prefix():
-    exact = irc_line_budget("relay", "#chan", user="relay", host="127.0.0.1")
-    assert exact == 512 - len(":relay!relay@127.0.0.1 PRIVMSG #chan :\r\n")
-    assert irc_line_budget("relay", "#chan") < exact  # unknown host: the longest usual one is assumed
-
-
-def test_render_remote_lines_prefixes_every_line_and_fits():
-    words = " ".join(f"w{i}" for i in range(200))
-    lines = render_remote_lines("<{name}> {text}", "Alice", words, 100)
-    assert len(lines) > 5 and all(line.startswith("<Alice> ") for line in lines)
-    assert all(len(line.encode()) <= 100 for line in lines)
-    assert " ".join(line.removeprefix("<Alice> ") for line in lines).split() == words.split()
-    cut = render_remote_lines("<{name}> {text}", "Alice", words, 100, max_lines=3)
-    assert len(cut) == 3 and cut[-1].startswith("<Alice> … (") and "more lines not relayed" in cut[-1]
-    bold = render_remote_lines("<{name}> {text} ~", "A", f"{B}open", 100)
-    assert bold == [f"<A> {B}open{B} ~"]  # formatting closed before the template's tail
 
 
 def test_templates_are_checked():
@@ -181,6 +146,7 @@ def test_reply_reaction_media_and_names():
     quoted = "one two three four five six seven eight nine ten"
     assert quote_excerpt(quoted) == "one two three four five six seven eight…"
     assert quote_excerpt("x" * 100).endswith("…") and len(quote_excerpt("x" * 100)) == 60
+    assert quote_excerpt("a\x02b\nc") == "ab c"  # one clean line
     assert reply_fallback("{text} (re @{nick}: {quote})", "sure", "carol", "hi there") == "sure (re @carol: hi there)"
     assert reaction_fallback("👍", "bob", "nice work") == 'reacted 👍 to bob: "nice work"'
     assert media_text("cat.png", 123_456, "m.image") == "sent an image: cat.png (123.5 kB)"
@@ -200,8 +166,11 @@ def test_link_mentions_makes_pills_only_for_clear_mentions():
     assert link_mentions("I saw Bob yesterday", members) == (None, [])  # a bare name mid-sentence is no mention
     assert link_mentions("Bot: ping", members, exclude={"@bot:x"}) == (None, [])
     assert link_mentions("Sam: two of them", members) == (None, [])  # ambiguous
-    html, ids = link_mentions(f"{B}bob{B}: styled", members)
-    assert ids == [] and html == "<strong>bob</strong>: styled"  # a mention inside formatting is left alone
+    linker = MentionLinker(members)
+    assert linker.transform("bob, ", True) + linker.transform("and @Sam", False) == (
+        '<a href="https://matrix.to/#/@bob:x">Bob</a>, and @Sam'
+    )
+    assert linker.mentioned == ["@bob:x"]
 
 
 # ------------------------------------------------------------------------------------------- flow control

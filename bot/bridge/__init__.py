@@ -2,52 +2,41 @@
 
 A bridge is a :class:`~bot.plugin.base.Plugin` subclass of :class:`Bridge` that adds one :class:`RemoteConnection` per
 remote network; the core keeps the portals (room <-> channel links), the message map, echo and loop prevention,
-format conversion, the supervised reconnecting connection with its outgoing queue and rate limit, and the ``!bridge``
-admin command. See ``docs/bridges.md``; everything a bridge needs is exported by ``bot``.
+degrading what a network lacks, the supervised reconnecting connection with its outgoing queue and rate limit, and the
+``!bridge`` admin command. A network's own markup (IRC control codes, say) is the bridge's business: it overrides
+:meth:`Bridge.format_outgoing` / :meth:`Bridge.prepare_inbound`, with the text helpers exported here.
+
+Everything a bridge needs is exported here (``from bot.bridge import Bridge, ...``); see ``docs/bridges.md``. The
+submodules are internal.
 """
 
-from bot.bridge.connection import (
-    ConnectionState,
-    ConnectionStatus,
-    ConnectionSupervisor,
-    PermanentSendError,
-    RemoteConnection,
-)
+from bot.bridge.connection import ConnectionSupervisor, RemoteConnection
 from bot.bridge.core import Bridge, BridgeConfig
-from bot.bridge.flow import Backoff, OutboundQueue, TokenBucket
-from bot.bridge.matrix import MatrixSide, RelayFormat, RelayMatrixSide
-from bot.bridge.messages import MappedMessage, MessageMap
-from bot.bridge.model import (
-    BRIDGE_MARKER,
-    MatrixMessage,
-    Portal,
-    RemoteCapabilities,
-    RemoteMessage,
-    RemoteSend,
-    matrix_message_from_event,
-)
+from bot.bridge.matrix import MatrixSide, RelayMatrixSide
+from bot.bridge.model import MatrixMessage, Portal, RemoteCapabilities, RemoteMessage, RemoteSend
+from bot.bridge.relay_text import MentionLinker, link_mentions, sanitize_name, split_utf8
+from bot.bridge.rich_text import TextStyle, html_to_lines, html_to_plain, runs_to_html
+from bot.errors import PermanentSendError
 
 __all__ = [
-    "BRIDGE_MARKER",
-    "Backoff",
     "Bridge",
     "BridgeConfig",
-    "ConnectionState",
-    "ConnectionStatus",
     "ConnectionSupervisor",
-    "MappedMessage",
     "MatrixMessage",
     "MatrixSide",
-    "MessageMap",
-    "OutboundQueue",
+    "MentionLinker",
     "PermanentSendError",
     "Portal",
-    "RelayFormat",
     "RelayMatrixSide",
     "RemoteCapabilities",
     "RemoteConnection",
     "RemoteMessage",
     "RemoteSend",
-    "TokenBucket",
-    "matrix_message_from_event",
+    "TextStyle",
+    "html_to_lines",
+    "html_to_plain",
+    "link_mentions",
+    "runs_to_html",
+    "sanitize_name",
+    "split_utf8",
 ]

@@ -32,19 +32,6 @@ from typing import Any, ClassVar, Literal
 
 from bot.bridge.connection import ConnectionSupervisor, RemoteConnection
 from bot.bridge.flow import Backoff, TokenBucket
-from bot.bridge.formatting import (
-    apply_sed,
-    check_template,
-    edit_fallback,
-    html_to_irc,
-    link_mentions,
-    media_text,
-    parse_sed,
-    reaction_fallback,
-    reply_fallback,
-    sanitize_name,
-    strip_irc_formatting,
-)
 from bot.bridge.matrix import MatrixSide, RelayFormat, RelayMatrixSide
 from bot.bridge.messages import MappedMessage, MessageMap
 from bot.bridge.model import (
@@ -55,7 +42,19 @@ from bot.bridge.model import (
     RemoteSend,
     matrix_message_from_event,
 )
-from bot.plugin.api import MatrixError
+from bot.bridge.relay_text import (
+    apply_sed,
+    check_template,
+    edit_fallback,
+    link_mentions,
+    media_text,
+    parse_sed,
+    reaction_fallback,
+    reply_fallback,
+    sanitize_name,
+)
+from bot.bridge.rich_text import html_to_plain
+from bot.errors import MatrixError
 from bot.plugin.base import Plugin, command, every, on_event
 from bot.plugin.commands import Rest, parse_invocation
 from bot.plugin.context import Context
@@ -372,6 +371,18 @@ class Bridge(Plugin):
             return message
         return replace(message, html=html, mentions=tuple(mentioned))
 
+    def plain_text(self, message: MatrixMessage) -> str:
+        """A Matrix message as plain text, for edit fallbacks (``s/old/new/``) and the quotes of later replies.
+
+        Default: its HTML laid out as lines without markup (:func:`~bot.bridge.rich_text.html_to_plain`), else its
+        body.
+        """
+        if message.html:
+            rendered = html_to_plain(message.html)
+            if rendered.strip():
+                return rendered
+        return message.body
+
     async def on_unlinked_message(self, message: RemoteMessage) -> str | None:
         """A remote message for a channel without a portal (a private message, say). Default: ignored."""
         return None
@@ -413,7 +424,7 @@ class Bridge(Plugin):
         if targets is None:
             targets = self._outgoing_supervisors(message.room_id)
         kind: Literal["message", "action", "notice"] = "action" if message.is_emote else "message"
-        plain = _plain(message)
+        plain = self.plain_text(message)
         for portal, supervisor in targets:
             caps = supervisor.connection.capabilities
             text, html = message.body, message.html
@@ -727,15 +738,6 @@ class Bridge(Plugin):
         await self.remove_portal(portal)
         self.log.info("%s unlinked %s from %s", ctx.sender, portal.describe(), ctx.room_id)
         return f"✅ Unlinked this room from {portal.describe()}."
-
-
-def _plain(message: MatrixMessage) -> str:
-    """The text of a Matrix message as plain text (its HTML rendered without markup, if it has HTML)."""
-    if message.html:
-        rendered = strip_irc_formatting(html_to_irc(message.html))
-        if rendered.strip():
-            return rendered
-    return message.body
 
 
 def _row_to_mapped(row: tuple[Any, ...] | None) -> MappedMessage | None:

@@ -22,11 +22,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.bridge.formatting import check_template, render_matrix_relay
 from bot.bridge.model import BRIDGE_MARKER, RemoteMessage
+from bot.bridge.relay_text import check_template, render_matrix_relay
 from bot.content.markdown import sanitize_html
 from bot.content.text import edit_content, text_content
-from bot.plugin.api import MatrixError
+from bot.errors import MatrixError
 
 if TYPE_CHECKING:
     from bot.plugin.api import BotAPI

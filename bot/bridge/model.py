@@ -56,7 +56,7 @@ class Portal:
 
 @dataclass(frozen=True)
 class RemoteCapabilities:
-    """What a remote network supports natively; the bridge degrades the rest (see :mod:`bot.bridge.formatting`).
+    """What a remote network supports natively; the bridge degrades the rest (see :mod:`bot.bridge.relay_text`).
 
     * ``edits``/``replies``/``reactions``/``redactions``: the network has them (else an edit becomes ``s/old/new/``
       or ``* corrected: ...``, a reply quotes the original's first words, a reaction becomes a short line, a

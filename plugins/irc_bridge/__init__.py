@@ -27,21 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bot import (
-    Bridge,
-    BridgeConfig,
-    MatrixMessage,
-    Portal,
-    RemoteMessage,
-    RemoteSend,
-    html_to_irc,
-    link_mentions,
-    render_remote_lines,
-    sanitize_name,
-    strip_irc_formatting,
-)
+from bot.bridge import Bridge, BridgeConfig, MatrixMessage, Portal, RemoteMessage, RemoteSend, sanitize_name
 
 from .connection import IrcConnection, clean_outgoing, irc_lower
+from .formatting import html_to_irc, link_irc_mentions, render_remote_lines, strip_irc_formatting
 
 __all__ = ["IrcBridge", "Network"]
 
@@ -166,7 +155,7 @@ class IrcBridge(Bridge):
             return message
         raw = message.text
         members = self.matrix.members(portal.room_id)
-        html, mentioned = link_mentions(raw, members, exclude={self.matrix.user_id})
+        html, mentioned = link_irc_mentions(raw, members, exclude={self.matrix.user_id})
         return RemoteMessage(
             message.network, message.channel, message.sender_id, message.sender_name, strip_irc_formatting(raw),
             html=html, kind=message.kind, msgtype=message.msgtype, mentions=tuple(mentioned),

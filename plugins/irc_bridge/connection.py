@@ -1,10 +1,10 @@
-"""One IRC network as a :class:`~bot.RemoteConnection`, on jaraco's ``irc`` library (``irc.client_aio``).
+"""One IRC network as a :class:`~bot.bridge.RemoteConnection`, on jaraco's ``irc`` library (``irc.client_aio``).
 
 The library parses the protocol, handles CTCP and PING, decodes leniently and dispatches events in the order lines
 arrive (so messages reach Matrix in IRC order). This module adds what a bridge needs around it: TLS (with or without
 certificate checks), SASL PLAIN through the library's own state machine, nick collisions (433: ``nick_``, ``nick__``,
 then ``nick1``, ``nick2``...), joining the portal channels, keepalive pings, and turning events into
-:class:`~bot.RemoteMessage` values.
+:class:`~bot.bridge.RemoteMessage` values.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from irc import connection as irc_connection
 from irc.client import Event, NickMask, is_channel
 from jaraco.stream import buffer
 
-from bot import RemoteCapabilities, RemoteConnection, RemoteMessage, RemoteSend, irc_line_budget
+from bot.bridge import RemoteCapabilities, RemoteConnection, RemoteMessage, RemoteSend
+
+from .formatting import irc_line_budget
 
 __all__ = ["IrcConnection", "irc_lower", "next_nick"]
 

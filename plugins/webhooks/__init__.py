@@ -19,7 +19,7 @@ retried with backoff while the URL fails::
         outbound:
           archive: {room: "#ops:example.org", url: "https://archive.example.org/matrix", secret: "${ARCHIVE_KEY}"}
 
-This plugin is the worked example of ``docs/bridges.md``: a bridge on :class:`bot.Bridge`, with its HTTP side.
+This plugin is the worked example of ``docs/bridges.md``: a bridge on :class:`bot.bridge.Bridge`, with its HTTP side.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bot import Bridge, BridgeConfig, MatrixMessage, Portal, RemoteSend
+from bot.bridge import Bridge, BridgeConfig, MatrixMessage, Portal, RemoteSend
 
 from .connection import HookServer, OutboundHook
 

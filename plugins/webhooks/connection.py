@@ -1,8 +1,8 @@
 """The two kinds of webhook connection: the inbound HTTP endpoint and an outbound hook (a URL to POST to).
 
-Both are :class:`~bot.RemoteConnection`\\ s, so the bridge core supervises them like any remote network: the inbound
-server is (re)bound with backoff if its port is busy; an outbound hook's POSTs wait in the ordered queue while the URL
-fails and are retried with exponential backoff (dropped after ``max_attempts``).
+Both are :class:`~bot.bridge.RemoteConnection`\\ s, so the bridge core supervises them like any remote network: the
+inbound server is (re)bound with backoff if its port is busy; an outbound hook's POSTs wait in the ordered queue while
+the URL fails and are retried with exponential backoff (dropped after ``max_attempts``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot import PermanentSendError, RemoteCapabilities, RemoteConnection, RemoteMessage, RemoteSend
+from bot.bridge import PermanentSendError, RemoteCapabilities, RemoteConnection, RemoteMessage, RemoteSend
 
 from .templates import TEMPLATES, TemplateError, forge_event, verify_bearer, verify_signature
 
