@@ -300,7 +300,6 @@ class OfflineBot:
         from bot.config import parse_config
         from bot.matrix import schemas as fastpath
         from bot.matrix.client import make_client
-        from bot.runtime.bot import Bot
 
         cfg = parse_config(self.config_text())
         (self.work / "data" / "crypto").mkdir(parents=True)
@@ -311,37 +310,25 @@ class OfflineBot:
         if not self.lazy:
             client.config = dataclasses.replace(client.config, store=SqliteStore)
         client.restore_login(BOT_USER, BOT_DEVICE, "unused-token")
-        self.bot = Bot(cfg)
-        self.bot.client = client
+        self.cfg = cfg
+        self.client = client
+        self.bot = None
         from nio import SyncResponse
 
         await client.receive_response(SyncResponse.from_dict(json.loads((DATA / "warm.json").read_bytes())))
 
     async def fresh_state(self, k: int) -> None:
         """A new state.db, plugin host and dispatcher (so no event counts as handled already)."""
-        from bot.plugin.api import BotAPI
-        from bot.plugin.dispatch import Dispatcher
-        from bot.plugin.host import PluginHost, PluginManager
+        from bot.runtime.bot import Bot
         from bot.storage.state import StateStore
 
-        bot = self.bot
-        if bot.plugin.host is not None:
-            await bot.plugin.host.unload_all()
-            await bot.dispatcher.close()
-            bot.storage.state.close()
-        cfg = bot.config
-        bot.storage.state = StateStore.open(self.work / f"state-{k}.db")
-        bot.plugin.api = BotAPI(bot.matrix.client, admins=cfg.admins)
-        bot.dispatcher = Dispatcher(max_concurrency=cfg.max_concurrency, timeout=cfg.handler_timeout)
-        bot.plugin.host = PluginHost(
-            bot.plugin.api, bot.storage.state, bot.dispatcher, prefix=cfg.command_prefix, plugin_dirs=cfg.plugin_dirs,
-            data_dir=self.work / "data",
-        )
-        bot.manager = PluginManager(bot.plugin.host, cfg)
-        bot.plugin.api.plugins = bot.manager
-        bot.plugin.api.stats = bot.stats
+        if self.bot is not None:
+            await self.bot.host.unload_all()
+            await self.bot.dispatcher.close()
+            self.bot.state.close()
+        self.bot = bot = Bot(self.cfg, self.client, StateStore.open(self.work / f"state-{k}.db"))
         await bot.manager.start_all()
-        assert "benchnoop" in bot.plugin.host.plugins, bot.plugin.host.errors
+        assert "benchnoop" in bot.host.plugins, bot.host.errors
 
     async def feed(self, raw: bytes) -> None:
         """What the sync loop does with one response: parse, let nio handle it, route, wait until handled."""
@@ -349,18 +336,18 @@ class OfflineBot:
 
         bot = self.bot
         resp = SyncResponse.from_dict(json.loads(raw))
-        await bot.matrix.client.receive_response(resp)
+        await bot.client.receive_response(resp)
         await bot._handle_sync(resp, initial=False, resumed=False)
         while bot._background:
             await asyncio.gather(*list(bot._background))
 
     async def close(self) -> None:
         bot = self.bot
-        if bot.plugin.host is not None:
-            await bot.plugin.host.unload_all()
+        if bot is not None:
+            await bot.host.unload_all()
             await bot.dispatcher.close()
-            bot.storage.state.close()
-        await bot.matrix.client.close()
+            bot.state.close()
+        await self.client.close()
 
 
 def _install_proposed_runtime_changes() -> None:

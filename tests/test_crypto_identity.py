@@ -29,22 +29,20 @@ from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds, verify
 from bot.crypto.megolm_backup import BackupKey
 from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import BACKUP, MASTER, SELF_SIGNING
-from bot.e2ee import identity as identity_mod
 from bot.e2ee.identity import (
     RECOVERY_KEY_SECRET,
     SECRETS_FILE,
     Identity,
-    IdentityError,
     LocalSecrets,
-    MatrixRequestError,
     local_secrets_key,
-    post_with_password_auth,
     query_own_keys,
     recovery_banner,
-    request_json,
 )
 from bot.e2ee.key_backup import KeyBackup, KeyBackupError, UploadTracker, backup_entry, import_session
+from bot.errors import IdentityError, MatrixRequestError
 from bot.log import SecretFilter
+from bot.matrix import requests as requests_mod
+from bot.matrix.requests import post_with_password_auth, request_json
 
 USER = "@bot:example.org"
 PASSWORD = "the-account-password"
@@ -218,7 +216,7 @@ def no_sleep(monkeypatch):
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr(identity_mod.asyncio, "sleep", fake_sleep)
+    monkeypatch.setattr(requests_mod.asyncio, "sleep", fake_sleep)
     return slept
 
 
@@ -461,7 +459,7 @@ async def test_setup_failure_is_logged_not_raised_and_retried(tmp_path, monkeypa
         return real(method, path, body)
 
     server.handle = handle
-    monkeypatch.setattr(identity_mod, "backoff_delay", lambda n: 0)
+    monkeypatch.setattr(requests_mod, "backoff_delay", lambda n: 0)
     identity = _identity(client, tmp_path)
     await identity.setup()
     assert identity.status()["state"] == "error" and "500" in identity.status()["problem"]
@@ -481,7 +479,7 @@ async def test_interrupted_bootstrap_is_finished_at_the_next_start(tmp_path, mon
         return real(method, path, body)
 
     server.handle = no_account_data
-    monkeypatch.setattr(identity_mod, "backoff_delay", lambda n: 0)
+    monkeypatch.setattr(requests_mod, "backoff_delay", lambda n: 0)
     client = FakeClient(server)
     first = _identity(client, tmp_path, key_backup=False)
     with caplog.at_level(logging.WARNING, "ratchet"):

@@ -18,8 +18,8 @@ import pytest
 from nio import InviteEvent, InviteMemberEvent, MemoryDownloadResponse, RoomCreateResponse, UploadResponse
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
+from bot.errors import MatrixError
 from bot.matrix.direct import DirectRooms
-from bot.plugin.api import MatrixError
 from bot.testing.harness import InProcessBot, write_bot_config
 from bot.testing.member import Member, MemberError
 from bot.testing.synapse import RegisteredUser, SynapseServer

@@ -29,7 +29,7 @@ async def echo(room, message):
         if mark:
             with open(mark, "a") as fh:  # noqa: ASYNC230 - a tiny append, as cheap as a log line
                 fh.write(f"{time.time()}\n")
-        await bot.plugin.api.send_text_message(room.room_id, "pong")
+        await bot.api.send_text_message(room.room_id, "pong")
 
 
 print("READY", flush=True)

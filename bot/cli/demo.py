@@ -66,10 +66,10 @@ plugins:
 """,
                 source="<demo>",
             )
-            bot = Bot(config)
+            bot = await Bot.open(config)
             bot_task = asyncio.create_task(bot.run(install_signal_handlers=False))
             await asyncio.wait_for(bot.ready.wait(), 60)
-            _step(f"the bot is running as device {bot.matrix.client.device_id}")
+            _step(f"the bot is running as device {bot.client.device_id}")
 
             member = Member(server.url, demo_user.user_id, demo_pw, root / "member-store")
             await member.start()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bot import __version__
+from bot.errors import ConfigError, ScaffoldError, SessionError
 
 __all__ = ["main"]
 
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(path: Path):
     """Load and validate the config and every configured plugin's options; exit 2 with the errors if any."""
-    from bot.config import ConfigError, load_config
+    from bot.config import load_config
     from bot.plugin.host import check_plugin_options
 
     try:
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(verify_report(args.file, args.config))
     if args.command == "new-plugin":
-        from bot.cli.scaffold import ScaffoldError, new_plugin
+        from bot.cli.scaffold import new_plugin
 
         try:
             files = new_plugin(args.name, args.dir)
@@ -242,12 +243,14 @@ def _read_recovery_key(args: argparse.Namespace) -> str | None:
 
 
 def _run(config) -> int:
-    from bot.matrix.session import SessionError
     from bot.runtime.bot import Bot
 
-    bot = Bot(config)
+    async def open_and_run() -> None:
+        bot = await Bot.open(config)
+        await bot.run()
+
     try:
-        asyncio.run(bot.run())
+        asyncio.run(open_and_run())
     except SessionError as err:
         logging.getLogger("ratchet").error("%s", err)
         print(f"ratchet: {err}", file=sys.stderr)

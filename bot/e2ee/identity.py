@@ -17,23 +17,19 @@ this module is the async shell that talks to the homeserver:
   account has cross-signing keys we do not hold (made in Element, say), they are never overwritten: the log says to
   run ``ratchet verify --recovery-key KEY`` (or ``ratchet cross-signing reset``) and the bot keeps running.
 
-Requests the nio client has no method for go through :func:`request_json`: nio's public low-level ``client.send``
-with the bearer token, JSON in and out, retrying 429s (honouring ``retry_after_ms``), 5xx and connection errors.
+Requests the nio client has no method for go through :func:`bot.matrix.requests.request_json`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import secrets
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 from Crypto.Hash import SHA256
 from Crypto.Protocol.KDF import HKDF
 
@@ -49,7 +45,7 @@ from bot.crypto.cross_signing import (
     verify_self_signing_key,
 )
 from bot.crypto.megolm_backup import BackupKey
-from bot.crypto.recoverykey import RecoveryKeyError, decode_recovery_key, encode_recovery_key
+from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import (
     BACKUP,
     DEFAULT_KEY_TYPE,
@@ -67,9 +63,9 @@ from bot.crypto.ssss import (
     read_secret,
     secret_content,
 )
-from bot.errors import IdentityError, MatrixRequestError
+from bot.errors import IdentityError, MatrixRequestError, RecoveryKeyError
 from bot.log import add_secret
-from bot.matrix.client import backoff_delay
+from bot.matrix.requests import api_path, post_with_password_auth, request_json
 from bot.matrix.session import write_private
 
 if TYPE_CHECKING:
@@ -79,19 +75,15 @@ __all__ = [
     "RECOVERY_KEY_SECRET",
     "SECRETS_FILE",
     "Identity",
-    "IdentityError",
     "LocalSecrets",
-    "MatrixRequestError",
     "OwnKeys",
     "RecoveredKeys",
     "SecretStorage",
     "VerifyResult",
     "local_secrets_key",
-    "post_with_password_auth",
     "query_own_keys",
     "recover_cross_signing_keys",
     "recovery_banner",
-    "request_json",
 ]
 
 log = logging.getLogger("ratchet.identity")
@@ -105,107 +97,10 @@ _LOCAL_SALT = b"ratchet local secrets v1"
 #: Seconds before the first retry of a failed identity set-up (from the sync loop); doubles up to RETRY_MAX.
 RETRY_SECONDS = 60.0
 RETRY_MAX = 3600.0
-#: 429 answers tolerated per request before giving up.
-MAX_RATE_LIMITED = 10
-#: Connection errors / 5xx answers tolerated per request before giving up.
-MAX_TRANSIENT = 4
-
-_V3 = "/_matrix/client/v3"
 _SEEDS = (MASTER, SELF_SIGNING, USER_SIGNING)
 
 
 # ----------------------------------------------------------------------------------------------- HTTP
-
-
-def _path(*parts: str) -> str:
-    return _V3 + "".join("/" + urllib.parse.quote(p, safe="") for p in parts)
-
-
-async def request_json(client: Any, method: str, path: str, body: Any = None) -> Any:
-    """Send a JSON request with the client's access token; return the decoded JSON answer.
-
-    429 answers are retried after ``retry_after_ms`` (or the ``Retry-After`` header), transport errors and 5xx answers
-    with jittered backoff; any other non-2xx answer raises :class:`MatrixRequestError`.
-    """
-    headers = {"Content-Type": "application/json"}
-    if getattr(client, "access_token", None):
-        headers["Authorization"] = f"Bearer {client.access_token}"
-    data = json.dumps(body) if body is not None else None
-    limited = transient = 0
-    while True:
-        try:
-            resp = await client.send(method, path, data, headers)
-            try:
-                status = resp.status
-                raw = await resp.read()
-                retry_header = resp.headers.get("Retry-After") if getattr(resp, "headers", None) else None
-            finally:
-                resp.release()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            transient += 1
-            if transient > MAX_TRANSIENT:
-                raise MatrixRequestError(method, path, 0, f"{exc.__class__.__name__}: {exc}") from exc
-            await asyncio.sleep(backoff_delay(transient))
-            continue
-        try:
-            answer = json.loads(raw) if raw else {}
-        except ValueError:
-            answer = raw.decode("utf-8", "replace")[:200]
-        if 200 <= status < 300:
-            return answer
-        errcode = answer.get("errcode") if isinstance(answer, dict) else None
-        if status == 429 or errcode == "M_LIMIT_EXCEEDED":
-            limited += 1
-            if limited > MAX_RATE_LIMITED:
-                raise MatrixRequestError(method, path, status, answer)
-            wait_ms = answer.get("retry_after_ms") if isinstance(answer, dict) else None
-            if not isinstance(wait_ms, int | float) and retry_header and str(retry_header).isdigit():
-                wait_ms = int(retry_header) * 1000
-            delay = min(float(wait_ms) / 1000, 60.0) if isinstance(wait_ms, int | float) else backoff_delay(limited)
-            log.warning("rate limited on %s %s; retrying in %.1fs", method, path.split("?", 1)[0], delay)
-            await asyncio.sleep(delay)
-            continue
-        if status >= 500 and transient < MAX_TRANSIENT:
-            transient += 1
-            await asyncio.sleep(backoff_delay(transient))
-            continue
-        raise MatrixRequestError(method, path, status, answer)
-
-
-async def post_with_password_auth(
-    client: Any, path: str, body: dict[str, Any], *, user_id: str, password: str | None
-) -> Any:
-    """POST ``body``; if the server asks for user-interactive auth, answer with ``m.login.password``."""
-    try:
-        return await request_json(client, "POST", path, body)
-    except MatrixRequestError as err:
-        if err.status != 401 or "flows" not in err.body:
-            raise
-        challenge = err.body
-    stages = {s for flow in challenge.get("flows") or [] for s in (flow.get("stages") or [])}
-    if "m.login.password" not in stages:
-        raise IdentityError(
-            f"the homeserver wants user-interactive auth ({', '.join(sorted(stages)) or 'no stages'}) for {path}, "
-            "and Ratchet can only answer with the password"
-        )
-    if not password:
-        raise IdentityError(
-            "the homeserver asks for the account password to change cross-signing keys; set `password` in the config"
-        )
-    auth: dict[str, Any] = {
-        "type": "m.login.password",
-        "identifier": {"type": "m.id.user", "user": user_id},
-        "password": password,
-    }
-    if challenge.get("session"):
-        auth["session"] = challenge["session"]
-    log.info("the homeserver asks for user-interactive auth for %s; answering with the account password", path)
-    try:
-        return await request_json(client, "POST", path, {**body, "auth": auth})
-    except MatrixRequestError as err:
-        if err.status == 401:
-            raise IdentityError(f"the homeserver rejected the password for {user_id} ({err.errcode})") from None
-        raise
 
 
 # ----------------------------------------------------------------------------------------------- published keys
@@ -252,7 +147,7 @@ class OwnKeys:
 
 async def query_own_keys(client: Any, user_id: str) -> OwnKeys:
     """The published keys of ``user_id`` (our own account: the user-signing key is included)."""
-    resp = await request_json(client, "POST", _path("keys", "query"), {"device_keys": {user_id: []}})
+    resp = await request_json(client, "POST", api_path("keys", "query"), {"device_keys": {user_id: []}})
     resp = resp if isinstance(resp, dict) else {}
 
     def pick(section: str) -> dict[str, Any] | None:
@@ -283,7 +178,7 @@ class SecretStorage:
         """Global account data ``event_type``, or None if it is not set."""
         try:
             content = await request_json(
-                self.client, "GET", _path("user", self.user_id, "account_data", event_type)
+                self.client, "GET", api_path("user", self.user_id, "account_data", event_type)
             )
         except MatrixRequestError as err:
             if err.status == 404:
@@ -293,7 +188,7 @@ class SecretStorage:
 
     async def put_account_data(self, event_type: str, content: dict[str, Any]) -> None:
         """Set global account data ``event_type``."""
-        await request_json(self.client, "PUT", _path("user", self.user_id, "account_data", event_type), content)
+        await request_json(self.client, "PUT", api_path("user", self.user_id, "account_data", event_type), content)
 
     async def default_key_id(self) -> str | None:
         """The id of the default secret storage key, or None."""
@@ -675,7 +570,7 @@ class Identity:
         keys = keys or CrossSigningKeys(self.user_id, CrossSigningSeeds.generate())
         await post_with_password_auth(
             self.client,
-            _path("keys", "device_signing", "upload"),
+            api_path("keys", "device_signing", "upload"),
             keys.device_signing_upload_body(),
             user_id=self.user_id,
             password=self.password,
@@ -781,7 +676,7 @@ class Identity:
             to_upload.append(self.keys.master_key_signed_by_device(self.device_id, signer.sign))
         if to_upload:
             resp = await request_json(
-                self.client, "POST", _path("keys", "signatures", "upload"), signatures_upload_body(to_upload)
+                self.client, "POST", api_path("keys", "signatures", "upload"), signatures_upload_body(to_upload)
             )
             failures = (resp or {}).get("failures") if isinstance(resp, dict) else None
             if failures:

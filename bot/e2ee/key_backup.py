@@ -35,8 +35,8 @@ from bot.crypto.megolm_backup import (
     key_backup_data,
     merge_key_backup_bodies,
 )
-from bot.e2ee.identity import MatrixRequestError, request_json
-from bot.errors import KeyBackupError
+from bot.errors import KeyBackupError, MatrixRequestError
+from bot.matrix.requests import request_json
 
 __all__ = [
     "RESTORE_PROGRESS_EVERY",

@@ -32,8 +32,8 @@ from bot.e2ee.identity import (
     recover_cross_signing_keys,
 )
 from bot.e2ee.key_backup import TRACK_FILE, KeyBackup, RestoreResult
-from bot.errors import RecoveryError
-from bot.matrix.session import Credentials, SessionError, _store_file, open_session, start_new_device
+from bot.errors import RecoveryError, SessionError
+from bot.matrix.session import Credentials, _store_file, open_session, start_new_device
 
 __all__ = [
     "RecoveryError",

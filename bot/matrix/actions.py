@@ -1,7 +1,8 @@
-"""What the bot can do in Matrix, as plugins and bridges see it: send (text, Markdown, files), reply, react, edit,
-redact, open DMs, download media.
+"""What the bot can do in Matrix: send (text, Markdown, files), reply, react, edit, redact, open DMs, download media,
+read members and power levels, kick and ban.
 
-:class:`BotAPI` is a thin async shell over the nio client. Content building (replies, threads, edits, mentions,
+:class:`MatrixActions` is a thin async shell over the nio client; plugins reach it through
+:class:`~bot.plugin.api.BotAPI`, which adds what only plugins need. Content building (replies, threads, edits, mentions,
 Markdown, media) is done by the pure helpers in :mod:`bot.content.text`, :mod:`bot.content.markdown` and
 :mod:`bot.content.media`; finding
 and creating DM rooms by :mod:`bot.matrix.direct`. This module only performs the requests and turns error responses into
@@ -15,7 +16,6 @@ import logging
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from uuid import uuid4
 
 import aiofiles
 import aiofiles.os
@@ -30,7 +30,6 @@ from nio import (
     RoomSendResponse,
     UploadResponse,
 )
-from nio.api import Api
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
 from bot.content import media
@@ -38,16 +37,11 @@ from bot.content import text as build
 from bot.errors import MatrixError
 from bot.matrix.direct import DirectRooms
 from bot.matrix.power import user_power_level
-from bot.reports.moderation import Moderation
 
 if TYPE_CHECKING:
-    from bot.e2ee.identity import Identity
-    from bot.e2ee.trust import TrustPolicy
     from bot.matrix.client import RatchetClient
-    from bot.plugin.host import PluginManager
-    from bot.runtime.bot import BotStats
 
-__all__ = ["BotAPI", "MatrixError"]
+__all__ = ["MatrixActions"]
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +50,13 @@ _THREAD_CRYPTO_BYTES = 1 << 20
 _UNKNOWN = object()
 
 
-class BotAPI:
-    """The bot's Matrix actions, shared by all plugins."""
+class MatrixActions:
+    """The bot's actions in Matrix, shared by the runtime, plugins and bridges."""
 
-    def __init__(self, client: RatchetClient, *, admins: tuple[str, ...] = ()) -> None:
+    def __init__(self, client: RatchetClient) -> None:
         self._client = client
-        self.admins = admins
-        #: The plugin manager (list, reload, enable, disable plugins; their commands), set by the runtime.
-        self.plugins: PluginManager | None = None
-        #: Runtime counters (uptime, UTDs, rooms), set by the runtime.
-        self.stats: BotStats | None = None
         #: Each room's creators from its m.room.create event (kept by the runtime; nio does not track them).
         self.creators: dict[str, set[str]] = {}
-        #: Evidence and moderation actions (see :mod:`bot.reports.moderation`).
-        self.moderation = Moderation(client, self)
-        #: The trust policy: whose devices get room keys, pinned identities (see :mod:`bot.e2ee.trust`).
-        self.trust: TrustPolicy | None = None
-        #: The bot's own cross-signing identity and key backup (see :mod:`bot.e2ee.identity`).
-        self.identity: Identity | None = None
         self._direct = DirectRooms(client)
         self._upload_limit: Any = _UNKNOWN
         self._upload_limit_lock = asyncio.Lock()
@@ -87,10 +70,6 @@ class BotAPI:
     def device_id(self) -> str:
         """The bot's device id (the same across restarts)."""
         return self._client.device_id
-
-    def is_admin(self, user_id: str) -> bool:
-        """True if ``user_id`` is one of the bot's admins from the config."""
-        return user_id in self.admins
 
     def room_encrypted(self, room_id: str) -> bool:
         """True if the room has encryption enabled (as far as the bot has synced)."""
@@ -112,7 +91,7 @@ class BotAPI:
         client = self._client
         if event_type == "m.reaction" and self.room_encrypted(room_id) and client.olm:
             # nio sends reactions in the clear; modern clients encrypt them like any other event.
-            resp = await self._send_encrypted_raw(room_id, event_type, content)
+            resp = await client.room_send_encrypted(room_id, event_type, content)
         else:
             resp = await client.room_send(
                 room_id, event_type, content, ignore_unverified_devices=True
@@ -123,25 +102,6 @@ class BotAPI:
                 getattr(resp, "status_code", None),
             )
         return resp.event_id
-
-    async def _send_encrypted_raw(self, room_id: str, event_type: str, content: dict[str, Any]):
-        client = self._client
-        # Make sure a group session is shared, as room_send would, then encrypt ourselves.
-        room = client.rooms.get(room_id)
-        if room is not None and not room.members_synced:
-            await client.joined_members(room_id)
-            if client.should_query_keys:
-                await client.keys_query()
-        if client.olm.should_share_group_session(room_id):
-            sharing = client.sharing_session.get(room_id)
-            if sharing is not None:
-                await sharing.wait()  # another send is sharing the session right now
-            else:
-                await client.share_group_session(room_id, ignore_unverified_devices=True)
-        enc_type, enc_content = client.encrypt(room_id, event_type, content)
-        # Not room_send: it would encrypt the m.room.encrypted payload a second time (it only spares m.reaction).
-        method, path, data = Api.room_send(client.access_token, room_id, enc_type, enc_content, uuid4())
-        return await client._send(RoomSendResponse, method, path, data, (room_id,))
 
     async def send_text(
         self,

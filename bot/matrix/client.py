@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import uuid4
 
 from nio import (
@@ -35,20 +35,23 @@ from nio import (
     KeysUploadResponse,
     LocalProtocolError,
     Response,
+    RoomSendResponse,
     ShareGroupSessionError,
     ShareGroupSessionResponse,
     SyncResponse,
 )
 from nio.api import Api
-from nio.store import SqliteStore
+from nio.responses import EmptyResponse
+from nio.store import SqliteMemoryStore, SqliteStore
 
-from bot.e2ee.trust import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
+from bot.crypto.withheld import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
 from bot.matrix.fallback_keys import FallbackKeys
+from bot.matrix.olm import RatchetOlm
 
 if TYPE_CHECKING:
-    from bot.e2ee.trust import TrustPolicy
+    from collections.abc import Mapping
 
-__all__ = ["RatchetClient", "make_client"]
+__all__ = ["KeySharePolicy", "RatchetClient", "make_client"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,10 @@ class _SyncWithKeyCounts(SyncResponse):
 _CAPTURING = {KeysQueryResponse: _KeysQueryWithCrossSigning, SyncResponse: _SyncWithKeyCounts}
 
 
+class _AccountDataPut(EmptyResponse):
+    """Answer of ``PUT /user/{userId}/account_data/{type}`` (an empty object)."""
+
+
 @dataclass
 class _ToDeviceSent(Response):
     """A ``/sendToDevice`` answer for messages nio does not track."""
@@ -135,13 +142,33 @@ def _chunks(messages: dict[str, dict[str, Any]], size: int) -> Iterator[dict[str
         yield chunk
 
 
+class KeySharePolicy(Protocol):
+    """Who gets the bot's room keys: what :class:`RatchetClient` asks its trust policy (see :mod:`bot.e2ee.trust`)."""
+
+    def wants_query(self, user_id: str) -> bool:
+        """True when ``user_id``'s keys should be (re)queried before sharing."""
+
+    def note_queried(self, users: Iterable[str]) -> None:
+        """``users``' keys are being queried now."""
+
+    def device_verdict(self, user_id: str, device_id: str, *, blacklisted: bool = False) -> Verdict:
+        """Whether this device gets room keys (``share``), and the withheld code when it does not."""
+
+    def observe_keys_query(self, body: Mapping[str, Any]) -> tuple[list[Any], set[str]]:
+        """Take a raw ``/keys/query`` answer; returns the identity changes and the users whose keys changed."""
+
+    def notify(self, changes: Iterable[Any]) -> None:
+        """Tell the policy's listeners about identity changes."""
+
+
 class RatchetClient(AsyncClient):
     """nio's AsyncClient with jittered exponential backoff, trust-aware key sharing and fallback keys."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: The trust policy deciding who gets room keys (set by :meth:`TrustPolicy.attach`); None: nio's default.
-        self.trust: TrustPolicy | None = None
+        self.trust: KeySharePolicy | None = None
+        self.olm: RatchetOlm | None = None
         #: Keeps a fallback key on the server.
         self.fallback = FallbackKeys(self)
         self._no_olm_sent: set[tuple[str, str]] = set()
@@ -184,7 +211,35 @@ class RatchetClient(AsyncClient):
     async def _send(self, response_class: type, *args: Any, **kwargs: Any):
         return await super()._send(_CAPTURING.get(response_class, response_class), *args, **kwargs)
 
+    def load_store(self) -> None:
+        """nio's ``load_store``, with :class:`RatchetOlm` as the Olm machine."""
+        if self.store or not self.config.encryption_enabled or self.config.store is SqliteMemoryStore:
+            super().load_store()
+            return
+        if not self.user_id:
+            raise LocalProtocolError("User id is not set")
+        if not self.device_id:
+            raise LocalProtocolError("Device id is not set")
+        if not self.store_path:
+            return
+        self.store = self.config.store(
+            self.user_id, self.device_id, self.store_path, self.config.pickle_key, self.config.store_name
+        )
+        self.olm = RatchetOlm(self.user_id, self.device_id, self.store)
+        self.encrypted_rooms = self.store.load_encrypted_rooms()
+        if self.config.store_sync_tokens:
+            self.loaded_sync_token = self.store.load_sync_token()
+
     async def receive_response(self, response: Response) -> None:
+        """nio's handling, a guard against misparsed soft logouts, and the E2EE hooks.
+
+        nio 0.26 builds ``ShareGroupSessionError`` with its arguments shifted: the set of devices the key went to
+        lands in ``soft_logout``, and nio wipes the access token on a truthy ``soft_logout``. One 5xx with a JSON body
+        on ``/sendToDevice`` while sharing a room key then logged the bot out for good ("Not logged in" on every
+        request). A real soft logout is a JSON boolean; anything else is not one.
+        """
+        if isinstance(response, ErrorResponse) and not isinstance(response.soft_logout, bool):
+            response.soft_logout = False
         await super().receive_response(response)
         if self.olm is None:
             return
@@ -248,6 +303,36 @@ class RatchetClient(AsyncClient):
             log.warning("fallback key upload failed: %s", getattr(resp, "message", resp))
         return resp
 
+    # -- requests nio has no method for ------------------------------------------------------------------------
+
+    async def room_send_encrypted(self, room_id: str, event_type: str, content: dict[str, Any]) -> Response:
+        """Encrypt and send an event of any type, reactions included.
+
+        nio's ``room_send`` sends ``m.reaction`` in the clear; modern clients encrypt reactions like any other event.
+        The room's Megolm session is shared first, as ``room_send`` would do.
+        """
+        room = self.rooms.get(room_id)
+        if room is not None and not room.members_synced:
+            await self.joined_members(room_id)
+            if self.should_query_keys:
+                await self.keys_query()
+        assert self.olm is not None
+        if self.olm.should_share_group_session(room_id):
+            sharing = self.sharing_session.get(room_id)
+            if sharing is not None:
+                await sharing.wait()  # another send is sharing the session right now
+            else:
+                await self.share_group_session(room_id, ignore_unverified_devices=True)
+        enc_type, enc_content = self.encrypt(room_id, event_type, content)
+        # Not room_send: it would encrypt the m.room.encrypted payload a second time (it only spares m.reaction).
+        method, path, data = Api.room_send(self.access_token, room_id, enc_type, enc_content, uuid4())
+        return await self._send(RoomSendResponse, method, path, data, (room_id,))
+
+    async def set_account_data(self, event_type: str, content: dict[str, Any]) -> Response:
+        """``PUT /user/{userId}/account_data/{type}`` (nio 0.26 only writes room account data)."""
+        path = Api._build_path(["user", self.user_id, "account_data", event_type], {"access_token": self.access_token})
+        return await self._send(_AccountDataPut, "PUT", path, Api.to_json(content))
+
     # -- trust-aware key sharing -------------------------------------------------------------------------------
 
     def get_missing_sessions(self, room_id: str) -> dict[str, list[str]]:
@@ -279,7 +364,7 @@ class RatchetClient(AsyncClient):
                 return ShareGroupSessionResponse(room_id, set())  # a concurrent call just shared it
             return await self._share_by_policy(room_id, room, olm, trust)
 
-    async def _share_by_policy(self, room_id: str, room, olm, trust: TrustPolicy):
+    async def _share_by_policy(self, room_id: str, room, olm: RatchetOlm, trust: KeySharePolicy):
         unknown = [u for u in room.users if trust.wants_query(u)]
         if unknown or self.should_query_keys:
             trust.note_queried(unknown)

@@ -24,17 +24,20 @@ from typing import TYPE_CHECKING, Any
 from nio import (
     DirectRoomsErrorResponse,
     DirectRoomsResponse,
+    ErrorResponse,
     JoinedMembersResponse,
     JoinedRoomsResponse,
     RoomCreateResponse,
     RoomPreset,
     RoomVisibility,
 )
-from nio.api import Api
-from nio.responses import EmptyResponse
+
+from bot.errors import MatrixError
 
 if TYPE_CHECKING:
-    from nio import AsyncClient, MatrixRoom
+    from nio import MatrixRoom
+
+    from bot.matrix.client import RatchetClient
 
 __all__ = ["DirectRooms", "create_dm_request", "direct_candidates", "is_usable_dm", "with_direct_room"]
 
@@ -95,14 +98,10 @@ def is_usable_dm(room: MatrixRoom | None, own_user_id: str, user_id: str) -> boo
 # -- the I/O -------------------------------------------------------------------------------------------------
 
 
-class _AccountDataPutResponse(EmptyResponse):
-    """Answer of ``PUT /user/{userId}/account_data/{type}`` (an empty object)."""
-
-
 class DirectRooms:
     """Finds or creates the bot's DM room with a user; one instance per bot, shared by all plugins."""
 
-    def __init__(self, client: AsyncClient, *, sync_timeout: float = DM_SYNC_TIMEOUT) -> None:
+    def __init__(self, client: RatchetClient, *, sync_timeout: float = DM_SYNC_TIMEOUT) -> None:
         self._client = client
         self._sync_timeout = sync_timeout
         self._cache: dict[str, str] = {}
@@ -115,8 +114,6 @@ class DirectRooms:
 
     async def room_for(self, user_id: str) -> str:
         """The id of the bot's encrypted DM room with ``user_id``, created (and synced) if there is none."""
-        from bot.plugin.api import MatrixError
-
         if user_id == self._client.user_id:
             raise MatrixError("the bot cannot open a DM with itself")
         lock = self._locks.setdefault(user_id, asyncio.Lock())
@@ -148,8 +145,6 @@ class DirectRooms:
         return None
 
     async def _create(self, user_id: str) -> str:
-        from bot.plugin.api import MatrixError
-
         resp = await self._client.room_create(**create_dm_request(user_id))
         if not isinstance(resp, RoomCreateResponse):
             raise MatrixError(
@@ -166,8 +161,6 @@ class DirectRooms:
 
     async def _wait_ready(self, room_id: str, user_id: str) -> None:
         """Wait until nio knows the room (encrypted, user invited) and the user's devices, so keys reach them."""
-        from bot.plugin.api import MatrixError
-
         client = self._client
         deadline = time.monotonic() + self._sync_timeout
         while not self._usable(room_id, user_id):
@@ -186,8 +179,6 @@ class DirectRooms:
             await client.keys_query()
 
     async def _read_m_direct(self) -> dict[str, Any]:
-        from bot.plugin.api import MatrixError
-
         resp = await self._client.list_direct_rooms()
         if isinstance(resp, DirectRoomsResponse):
             return resp.rooms if isinstance(resp.rooms, dict) else {}
@@ -198,15 +189,6 @@ class DirectRooms:
         )
 
     async def _write_m_direct(self, m_direct: dict[str, list[str]]) -> None:
-        from bot.plugin.api import MatrixError
-
-        client = self._client
-        path = Api._build_path(
-            ["user", client.user_id, "account_data", "m.direct"], {"access_token": client.access_token}
-        )
-        resp = await client._send(_AccountDataPutResponse, "PUT", path, Api.to_json(m_direct))
-        if not isinstance(resp, _AccountDataPutResponse):
-            raise MatrixError(
-                f"updating the bot's m.direct failed: {getattr(resp, 'message', resp)}",
-                getattr(resp, "status_code", None),
-            )
+        resp = await self._client.set_account_data("m.direct", m_direct)
+        if isinstance(resp, ErrorResponse):
+            raise MatrixError(f"updating the bot's m.direct failed: {resp.message}", resp.status_code)

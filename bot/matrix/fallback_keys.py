@@ -26,10 +26,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from nio import AsyncClient
+    from bot.matrix.olm import RatchetOlm
+
+
+class _HasOlm(Protocol):
+    olm: RatchetOlm | None
 
 __all__ = [
     "FALLBACK_KEY_ALGORITHM",
@@ -81,23 +85,17 @@ def fallback_key_used(unused_types: list[str] | None) -> bool:
 class FallbackKeys:
     """Keeps one unused fallback key on the server for ``client`` (see the module docs)."""
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: _HasOlm) -> None:
         self._client = client
         #: How many fallback keys were generated in this run.
         self.generated = 0
         #: How many times the server reported ours as used (a peer started a session with it).
         self.used = 0
 
-    def _account(self):
-        olm = self._client.olm
-        return olm.account._account if olm is not None else None  # the vodozemac Account inside nio's OlmAccount
-
     def unpublished(self) -> dict[str, str]:
         """Fallback keys generated but not uploaded yet (key id -> public key)."""
-        account = self._account()
-        if account is None:
-            return {}
-        return {key_id: key.to_base64() for key_id, key in account.fallback_key.items()}
+        olm = self._client.olm
+        return olm.unpublished_fallback_keys() if olm is not None else {}
 
     @property
     def pending(self) -> bool:
@@ -114,15 +112,12 @@ class FallbackKeys:
 
     def generate(self) -> str | None:
         """Generate a new fallback key (unless one already waits for upload) and save the account."""
-        account = self._account()
         olm = self._client.olm
-        if account is None or olm is None:
+        if olm is None:
             return None
-        if not account.fallback_key:
-            account.generate_fallback_key()
-            olm.save_account()
+        if not self.pending:
             self.generated += 1
-        return next(iter(account.fallback_key), None)
+        return olm.generate_fallback_key()
 
     def observe_sync(self, sync_body: Mapping[str, Any]) -> None:
         """Look at a sync body's key counts: rotate a used fallback key, unstick nio's zero OTK count."""

@@ -123,7 +123,6 @@ async def open_session(
         client = make_client(homeserver, user_id, crypto_dir, pickle_key, creds.device_id)
         _restore(client, creds)
         await _ensure_token_valid(client, creds, creds_path, password, device_name)
-        _save_keys_before_upload(client)
         return client
 
     strays = sorted(p.name for p in crypto_dir.glob("*.db"))
@@ -156,7 +155,6 @@ async def open_session(
         log.info("using access token for %s, device %s", creds.user_id, creds.device_id)
     add_secret(creds.access_token)
     creds.save(creds_path)
-    _save_keys_before_upload(client)
     return client
 
 
@@ -208,29 +206,6 @@ async def start_new_device(
         device_name=device_name,
     )
     return client, moved
-
-
-def _save_keys_before_upload(client: RatchetClient) -> None:
-    """Persist one-time keys as soon as they are generated, before they are uploaded.
-
-    nio's ``share_keys()`` generates the keys of a ``/keys/upload`` and saves the account only once the server
-    answered. A crash in between (the server stored the keys, the bot never heard back) left the server with keys
-    whose private halves were lost, and the next start generated *different* keys under the same key ids: every
-    upload then failed with "One time key ... already exists" and Olm sessions started on the lost keys could never
-    be decrypted. Saved first, a retry uploads the very same keys, which the server accepts.
-    """
-    olm = client.olm
-    if olm is None or getattr(olm.share_keys, "_ratchet_saves", False):
-        return
-    share_keys = olm.share_keys
-
-    def share_and_save() -> dict:
-        content = share_keys()
-        olm.save_account()
-        return content
-
-    share_and_save._ratchet_saves = True  # type: ignore[attr-defined]
-    olm.share_keys = share_and_save  # type: ignore[method-assign]
 
 
 def _restore(client: RatchetClient, creds: Credentials) -> None:

@@ -13,6 +13,7 @@ from os import PathLike
 from typing import TYPE_CHECKING, Any
 
 from bot.content.media import MediaSource, media_source
+from bot.errors import MatrixError
 
 if TYPE_CHECKING:
     from nio import Event
@@ -196,7 +197,5 @@ class Context:
             return await self.bot.download(self.event)
         target = self.replied_to
         if target is None:
-            from bot.plugin.api import MatrixError
-
             raise MatrixError(f"{self.event_id} has no file and replies to none")
         return await self.bot.download(await self.bot.fetch_event(self.room_id, target))

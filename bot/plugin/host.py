@@ -20,20 +20,26 @@ from typing import TYPE_CHECKING, Any
 
 from nio import Event, RoomMessageText
 
+from bot.errors import ConfigError, PluginConfigError, PluginLoadError, StateError, StorageError, UsageError
 from bot.plugin.api import BotAPI
 from bot.plugin.base import Access, CommandHandler, Handlers, Plugin, collect_handlers
-from bot.plugin.commands import UsageError, parse_invocation, strip_reply_fallback
+from bot.plugin.commands import parse_invocation, strip_reply_fallback
 from bot.plugin.context import Context
 from bot.plugin.dispatch import Dispatcher, JobOutcome
-from bot.plugin.loader import PluginLoadError, import_plugin
-from bot.plugin.options import PluginConfigError, RoomFilter, find_schema, split_options, validate_options
-from bot.storage.plugin_storage import PluginStorage, StorageError
-from bot.storage.state import StateError, StateStore
+from bot.plugin.info import CommandInfo, PluginInfo
+from bot.plugin.loader import import_plugin
+from bot.plugin.options import RoomFilter, find_schema, split_options, validate_options
+from bot.storage.plugin_storage import PluginStorage
+from bot.storage.state import StateStore
 
 if TYPE_CHECKING:
     from bot.config import Config
+    from bot.e2ee.identity import Identity
+    from bot.e2ee.trust import TrustPolicy
+    from bot.matrix.client import RatchetClient
+    from bot.stats import BotStats
 
-__all__ = ["CommandInfo", "LoadedPlugin", "PluginHost", "PluginInfo", "PluginManager", "check_plugin_options"]
+__all__ = ["LoadedPlugin", "PluginHost", "PluginManager", "check_plugin_options"]
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +91,26 @@ class PluginHost:
 
     def __init__(
         self,
-        api: BotAPI,
+        client: RatchetClient,
         state: StateStore,
         dispatcher: Dispatcher,
+        config: Config,
         *,
-        prefix: str = "!",
-        plugin_dirs: tuple[Path, ...] = (),
-        data_dir: Path,
+        stats: BotStats,
+        trust: TrustPolicy,
+        identity: Identity | None,
     ) -> None:
-        self.api = api
         self.state = state
         self.dispatcher = dispatcher
-        self.prefix = prefix
-        self.plugin_dirs = plugin_dirs
-        self.data_dir = data_dir
+        self.prefix = config.command_prefix
+        self.plugin_dirs = config.plugin_dirs
+        self.data_dir = config.data_dir
+        #: The configured plugins as plugins see them (``self.bot.plugins``).
+        self.manager = PluginManager(self, config)
+        #: What every plugin gets as ``self.bot``.
+        self.api = BotAPI(
+            client, admins=config.admins, plugins=self.manager, stats=stats, trust=trust, identity=identity
+        )
         self.plugins: dict[str, LoadedPlugin] = {}
         self.options: dict[str, dict[str, Any]] = {}
         #: Why a configured plugin is not running (load error), by name.
@@ -351,30 +363,6 @@ async def _isolated(
 # -- the manager plugins use --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CommandInfo:
-    """A command as ``!help`` shows it."""
-
-    plugin: str
-    name: str
-    aliases: tuple[str, ...]
-    help: str
-    usage: str
-    admin_only: bool
-    power_level: int | None
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """A configured plugin and its state."""
-
-    name: str
-    state: str  # "running", "disabled" or "failed"
-    commands: tuple[str, ...] = ()
-    error: str | None = None
-    loaded_at: float | None = None
-
-
 class PluginManager:
     """The plugin host as plugins may see it (the ``help`` and ``admin`` plugins use it): list, reload, enable
     and disable plugins, and the commands a user may run in a room."""
@@ -459,7 +447,7 @@ class PluginManager:
 
     def _fresh_options(self, name: str) -> dict[str, Any] | None:
         """The plugin's options from the config file as it is now (None if the file cannot be read)."""
-        from bot.config import ConfigError, load_config
+        from bot.config import load_config
 
         if not self._config.source:
             return None

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from nio import EncryptionError, Event, MegolmEvent, RoomBanResponse, RoomKickResponse
 
-from bot.e2ee.identity import MatrixRequestError, request_json
+from bot.errors import MatrixError, MatrixRequestError
+from bot.matrix.requests import request_json
 from bot.reports.evidence import build_bundle, sign_bundle
 
 if TYPE_CHECKING:
+    from bot.e2ee.trust import TrustPolicy
+    from bot.matrix.actions import MatrixActions
     from bot.matrix.client import RatchetClient
-    from bot.plugin.api import BotAPI
 
 __all__ = ["EventRecord", "Moderation"]
 
@@ -70,22 +72,19 @@ class EventRecord:
 class Moderation:
     """Gathering evidence and acting on it."""
 
-    def __init__(self, client: RatchetClient, api: BotAPI) -> None:
+    def __init__(self, client: RatchetClient, actions: MatrixActions, trust: TrustPolicy | None = None) -> None:
         self._client = client
-        self._api = api
+        self._actions = actions
+        self._trust = trust
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
         """One homeserver request through the shared JSON helper (retries 429/5xx); errors become MatrixError."""
-        from bot.plugin.api import MatrixError
-
         try:
             return await request_json(self._client, method, path, body)
         except MatrixRequestError as exc:
             raise MatrixError(f"{method} {exc.path} failed: {exc.body.get('error', exc.status)}", exc.errcode) from exc
 
     def _record(self, room_id: str, raw: dict[str, Any]) -> EventRecord:
-        from bot.plugin.api import MatrixError
-
         parsed = Event.parse_event(raw)
         decrypted = None
         device = None
@@ -101,10 +100,8 @@ class Moderation:
                 self._client.olm
             ) else None
             keys = dict(olm_device.keys) if olm_device is not None else {"curve25519": parsed.sender_key}
-            trust = getattr(self._api, "trust", None)
-            cross_signed = None
-            if trust is not None and hasattr(trust, "device_cross_signed"):
-                cross_signed = trust.device_cross_signed(parsed.sender, parsed.device_id)
+            trust = self._trust
+            cross_signed = trust.device_cross_signed(parsed.sender, parsed.device_id) if trust is not None else None
             device = {"device_id": parsed.device_id, "keys": keys, "cross_signed": cross_signed}
         return EventRecord(
             room_id=room_id,
@@ -124,8 +121,6 @@ class Moderation:
 
     async def records_before(self, room_id: str, event_id: str, limit: int) -> list[EventRecord]:
         """Up to ``limit`` message events before ``event_id``, oldest first (undecryptable ones are skipped)."""
-        from bot.plugin.api import MatrixError
-
         if limit <= 0:
             return []
         q = urllib.parse.quote
@@ -181,20 +176,16 @@ class Moderation:
 
     def can(self, room_id: str, action: str) -> bool:
         """True if the bot's power level allows ``action`` (``redact``, ``kick``, ``ban``) in ``room_id``."""
-        return self._api.power_level(room_id, self._client.user_id) >= self.required_level(room_id, action)
+        return self._actions.power_level(room_id, self._client.user_id) >= self.required_level(room_id, action)
 
     async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Kick ``user_id`` from ``room_id``."""
-        from bot.plugin.api import MatrixError
-
         resp = await self._client.room_kick(room_id, user_id, reason)
         if not isinstance(resp, RoomKickResponse):
             raise MatrixError(f"kick failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))
 
     async def ban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Ban ``user_id`` from ``room_id``."""
-        from bot.plugin.api import MatrixError
-
         resp = await self._client.room_ban(room_id, user_id, reason)
         if not isinstance(resp, RoomBanResponse):
             raise MatrixError(f"ban failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))

@@ -21,12 +21,10 @@ import os
 import signal
 import sqlite3
 import time
-from datetime import timedelta
 from typing import Any
 
 from nio import (
     EncryptionError,
-    ErrorResponse,
     Event,
     InviteMemberEvent,
     LocalProtocolError,
@@ -39,18 +37,20 @@ from nio import (
 )
 
 from bot.config import Config
-from bot.e2ee.identity import Identity, IdentityError  # [identity]
+from bot.e2ee.identity import Identity  # [identity]
 from bot.e2ee.trust import TrustPolicy, install_trust
+from bot.errors import IdentityError, SessionError, StateError
 from bot.matrix.client import RatchetClient, backoff_delay
 from bot.matrix.power import creators_from_create_event
-from bot.matrix.session import SessionError, open_session
+from bot.matrix.session import open_session
 from bot.plugin.api import BotAPI
 from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.host import PluginHost, PluginManager
 from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, own_join_index, select_events
-from bot.storage.state import StateError, StateStore
+from bot.stats import BotStats
+from bot.storage.state import StateStore
 
-__all__ = ["Bot", "BotStats"]
+__all__ = ["Bot"]
 
 log = logging.getLogger("ratchet")
 
@@ -68,48 +68,65 @@ SHUTDOWN_GRACE = 6.0
 SENDER_CHECK_ATTEMPTS = 12
 
 
-class BotStats:
-    """Counters exposed to the admin plugin and the tests."""
-
-    def __init__(self) -> None:
-        self.started_at = time.time()
-        self.events_routed = 0
-        self.utd_waiting = 0
-        self.utd_total = 0
-        self.utd_recovered = 0
-        self.sync_errors = 0
-        self.rooms = 0
-
-    @property
-    def uptime(self) -> float:
-        """Seconds since the bot started."""
-        return time.time() - self.started_at
-
-
 class Bot:
-    """One bot account: its session, its plugins and its sync loop."""
+    """One bot account: its session, its plugins and its sync loop.
 
-    def __init__(self, config: Config) -> None:
+    Built whole: the constructor wires every collaborator (trust policy, identity, dispatcher, plugin host and the
+    :class:`~bot.plugin.api.BotAPI` plugins see), so nothing is filled in later and plugins see all of it from their
+    first ``start()``. :meth:`open` is the usual way in: it opens the session (one device forever) and ``state.db``
+    first. :meth:`run` starts the plugins, syncs until asked to stop and shuts down.
+    """
+
+    def __init__(self, config: Config, client: RatchetClient, state: StateStore) -> None:
         self.config = config
-        self.client: RatchetClient | None = None
-        self.state: StateStore | None = None
-        self.api: BotAPI | None = None
-        self.host: PluginHost | None = None
-        self.manager: PluginManager | None = None
-        self.dispatcher: Dispatcher | None = None
+        self.client = client
+        self.state = state
+        self.state.on_write_error = self._storage_failed
         self.stats = BotStats()
-        self.identity: Identity | None = None  # [identity] cross-signing, key backup (bot/e2ee/identity.py)
-        self.trust: TrustPolicy | None = None  # [trust] bot/e2ee/trust.py
+        #: Whose devices get room keys and whose messages count as trusted (bot/e2ee/trust.py).
+        self.trust: TrustPolicy = install_trust(client, state, config.e2ee.trust)
+        #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
+        #: be read (logged: cross-signing and key backup are off for this run).
+        self.identity: Identity | None = _open_identity(client, config)
+        self.dispatcher = Dispatcher(max_concurrency=config.max_concurrency, timeout=config.handler_timeout)
+        self.host = PluginHost(
+            client, state, self.dispatcher, config, stats=self.stats, trust=self.trust, identity=self.identity
+        )
+        #: What plugins see as ``self.bot``.
+        self.api: BotAPI = self.host.api
+        #: The configured plugins (reload, enable, disable).
+        self.manager: PluginManager = self.host.manager
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self._committer: TokenCommitter[tuple[str, int]] = TokenCommitter()
         self._background: set[asyncio.Task[Any]] = set()
         self._invites_done: set[str] = set()
         self._policy = CatchUpPolicy(config.catch_up, int(config.catch_up_max_age * 1000))
-        #: Each encrypted room's rotation period from its m.room.encryption state: (messages, milliseconds).
-        self._rotation: dict[str, tuple[int | None, int | None]] = {}
         #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
         self._fatal: Exception | None = None
+
+    @classmethod
+    async def open(cls, config: Config) -> Bot:
+        """Open the bot's session (logging in only the first time) and ``state.db``, and build the bot.
+
+        Raises :class:`~bot.errors.SessionError` with what to do when the identity on disk cannot be used.
+        """
+        os.umask(0o077)  # everything the bot writes (stores, plugin databases, keys) is private to its user
+        client = await open_session(
+            homeserver=config.homeserver,
+            user_id=config.user_id,
+            data_dir=config.data_dir,
+            pickle_key=config.pickle_key,
+            password=config.password,
+            access_token=config.access_token,
+            device_name=config.device_name,
+        )
+        try:
+            state = StateStore.open(config.data_dir / "state.db")
+        except StateError as exc:
+            await client.close()
+            raise SessionError(str(exc)) from exc
+        return cls(config, client, state)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -118,47 +135,18 @@ class Bot:
         self._stop.set()
 
     async def run(self, *, install_signal_handlers: bool = True) -> None:
-        """Start, sync until stopped, shut down. Raises :class:`~bot.matrix.session.SessionError` on identity
-        problems."""
-        cfg = self.config
+        """Start the plugins, sync until stopped, shut down (closing the session and ``state.db``).
+
+        Raises :class:`~bot.errors.SessionError` when storage failed while running.
+        """
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
-        os.umask(0o077)  # everything the bot writes (stores, plugin databases, keys) is private to its user
         try:
-            self.client = await open_session(
-                homeserver=cfg.homeserver,
-                user_id=cfg.user_id,
-                data_dir=cfg.data_dir,
-                pickle_key=cfg.pickle_key,
-                password=cfg.password,
-                access_token=cfg.access_token,
-                device_name=cfg.device_name,
-            )
-            try:
-                self.state = StateStore.open(cfg.data_dir / "state.db")
-            except StateError as exc:
-                raise SessionError(str(exc)) from exc
-            self.state.on_write_error = self._storage_failed
-            self._keep_token_on_misparsed_errors()
-            self._follow_rotation_periods()
-            await self._setup_crypto()
-            self.api = BotAPI(self.client, admins=cfg.admins)
-            self.dispatcher = Dispatcher(max_concurrency=cfg.max_concurrency, timeout=cfg.handler_timeout)
-            self.host = PluginHost(
-                self.api,
-                self.state,
-                self.dispatcher,
-                prefix=cfg.command_prefix,
-                plugin_dirs=cfg.plugin_dirs,
-                data_dir=cfg.data_dir,
-            )
-            self.manager = PluginManager(self.host, self.config)
-            self.api.plugins = self.manager
-            self.api.stats = self.stats
-            self.api.trust = self.trust  # [trust] plugins: self.bot.trust (bot/e2ee/trust.py)
+            if self.identity is not None:
+                await self.identity.setup()  # never raises: problems are logged and retried from the sync loop
             await self.manager.start_all()
             if self.client.should_upload_keys:
                 await self.client.keys_upload()
@@ -174,61 +162,33 @@ class Bot:
                     loop.remove_signal_handler(sig)
             await self._shutdown()
 
-    async def _setup_crypto(self) -> None:
-        """E2EE that nio 0.26 lacks (``bot/crypto/``), set up after the session opens and before the first sync.
-
-        Each part keeps its own section below; ``_crypto_after_sync`` is its per-sync counterpart.
-        """
-        # [trust] trust policy, m.room_key.withheld, fallback keys: bot/e2ee/trust.py, bot/matrix/fallback_keys.py
-        self.trust = install_trust(self.client, self.state, self.config.e2ee.trust)
-        # [identity] cross-signing, secret storage, recovery key: bot/e2ee/identity.py
-        try:
-            self.identity = Identity.from_config(self.client, self.config)
-        except IdentityError as exc:
-            log.error("cross-signing and key backup are off for this run: %s", exc)
-        else:
-            await self.identity.setup()  # never raises: problems are logged and retried from the sync loop
-            if self.api is not None:
-                self.api.identity = self.identity
-
-    async def _crypto_after_sync(self, resp: SyncResponse) -> None:
+    async def _crypto_after_sync(self) -> None:
         """Per-sync E2EE work (e.g. backing up new room keys); failures are logged, never fatal."""
-        # [trust] explain withheld keys of waiting events (fallback keys rotate inside RatchetClient)
-        if self.trust is not None:
-            await self.trust.after_sync(self.state)
-        # [identity]
+        await self.trust.after_sync(self.state)  # explain withheld keys of waiting events
         if self.identity is not None:
-            if self.api is not None and getattr(self.api, "identity", None) is not self.identity:
-                self.api.identity = self.identity  # the API object is made after _setup_crypto
             await self.identity.after_sync()
 
     def _on_sighup(self) -> None:
-        if self.manager is None:
-            return
         log.info("SIGHUP: reloading plugins")
         self._spawn(self.manager.reload_all())
 
     async def _shutdown(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        if self.dispatcher is not None:
-            finished = await self.dispatcher.drain(SHUTDOWN_GRACE)
-            if not finished:
-                log.warning("stopping: handlers still running after %.0fs were cancelled", SHUTDOWN_GRACE)
-            await self.dispatcher.close()
+        finished = await self.dispatcher.drain(SHUTDOWN_GRACE)
+        if not finished:
+            log.warning("stopping: handlers still running after %.0fs were cancelled", SHUTDOWN_GRACE)
+        await self.dispatcher.close()
         for task in list(self._background):
             task.cancel()
         if self._background:
             await asyncio.wait(self._background, timeout=1)
-        if self.host is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.host.unload_all(), max(0.5, deadline + 2 - time.monotonic()))
-        if self.client is not None:
-            await self.client.close()
-        if self.state is not None:
-            try:
-                self.state.close()
-            except sqlite3.Error as exc:
-                log.error("could not close state.db cleanly: %s", exc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.host.unload_all(), max(0.5, deadline + 2 - time.monotonic()))
+        await self.client.close()
+        try:
+            self.state.close()
+        except sqlite3.Error as exc:
+            log.error("could not close state.db cleanly: %s", exc)
         log.info("stopped")
 
     def _spawn(self, coro) -> asyncio.Task[Any]:
@@ -240,7 +200,6 @@ class Bot:
     # -- the sync loop ---------------------------------------------------------------------------------------
 
     async def _sync_loop(self) -> None:
-        assert self.client and self.state
         client, state = self.client, self.state
         token = state.sync_token
         initial = token is None
@@ -284,7 +243,7 @@ class Bot:
                     await self._handle_sync(resp, initial=initial and first, resumed=first and not initial)
                 except StateError:
                     break  # reported by _storage_failed; stop before handling anything that cannot be recorded
-                await self._crypto_after_sync(resp)
+                await self._crypto_after_sync()
                 token = resp.next_batch
                 if first:
                     first = False
@@ -310,7 +269,6 @@ class Bot:
             log.warning("key maintenance failed (%s); will retry after the next sync", _describe(exc))
 
     async def _handle_sync(self, resp: SyncResponse, *, initial: bool, resumed: bool) -> None:
-        assert self.client and self.state and self.host
         await self._handle_invites(resp)
         futures: list[asyncio.Future[JobOutcome]] = []
         keys = {e.session_id for e in resp.to_device_events if isinstance(e, RoomKeyEvent)}
@@ -345,7 +303,6 @@ class Bot:
             self._commit(batch)
 
     def _note_creators(self, room_id: str, info) -> None:
-        assert self.api
         for event in (*info.state, *info.timeline.events):
             source = getattr(event, "source", None)
             if isinstance(source, dict) and source.get("type") == "m.room.create":
@@ -367,52 +324,7 @@ class Bot:
             )
         self.request_stop()
 
-    def _keep_token_on_misparsed_errors(self) -> None:
-        """Do not let a misparsed error response log the bot out.
-
-        nio 0.26 builds ``ShareGroupSessionError`` with its arguments shifted: the set of devices the key went to
-        lands in ``soft_logout``, and nio wipes the access token on a truthy ``soft_logout``. One 5xx with a JSON body
-        on ``/sendToDevice`` while sharing a room key then logged the bot out for good ("Not logged in" on every
-        request, the reply that was being sent lost). A real soft logout is a JSON boolean; anything else is not one.
-        """
-        client = self.client
-        if client is None or getattr(client.receive_response, "_ratchet_guard", False):
-            return
-        receive = client.receive_response
-
-        async def receive_response(response) -> None:
-            if isinstance(response, ErrorResponse) and not isinstance(response.soft_logout, bool):
-                response.soft_logout = False
-            await receive(response)
-
-        receive_response._ratchet_guard = True  # type: ignore[attr-defined]
-        client.receive_response = receive_response  # type: ignore[method-assign]
-
     # -- Megolm rotation -----------------------------------------------------------------------------------------
-
-    def _follow_rotation_periods(self) -> None:
-        """Make the bot's outbound Megolm sessions rotate as each room's ``m.room.encryption`` asks.
-
-        nio gives every outbound session the defaults (100 messages, a week) and ignores ``rotation_period_msgs``
-        and ``rotation_period_ms``; each new session of a room gets the room's own limits here.
-        """
-        olm = self.client.olm if self.client else None
-        if olm is None:
-            return
-        create = olm.create_outbound_group_session
-
-        def create_with_room_limits(room_id: str) -> None:
-            create(room_id)
-            msgs, ms = self._rotation.get(room_id, (None, None))
-            session = olm.outbound_group_sessions.get(room_id)
-            if session is None:
-                return
-            if msgs is not None:
-                session.max_messages = min(session.max_messages, msgs)
-            if ms is not None:
-                session.max_age = min(session.max_age, timedelta(milliseconds=ms))
-
-        olm.create_outbound_group_session = create_with_room_limits  # type: ignore[method-assign]
 
     def _note_encryption(self, room_id: str, info) -> None:
         for event in (*info.state, *info.timeline.events):
@@ -426,23 +338,16 @@ class Bot:
                 max(1, msgs) if isinstance(msgs, int) and not isinstance(msgs, bool) else None,
                 max(1000, ms) if isinstance(ms, int) and not isinstance(ms, bool) else None,
             )
-            if self._rotation.get(room_id) != period:
-                self._rotation[room_id] = period
-                if self.client is not None and self.client.olm is not None:
-                    session = self.client.olm.outbound_group_sessions.get(room_id)
-                    if session is not None and period[0] is not None:
-                        session.max_messages = min(session.max_messages, period[0])
-                    if session is not None and period[1] is not None:
-                        session.max_age = min(session.max_age, timedelta(milliseconds=period[1]))
+            if self.client.olm is not None:
+                self.client.olm.set_rotation_period(room_id, *period)
 
     def _commit(self, batch: int) -> None:
         done = self._committer.finish(batch)
-        if done is not None and self.state is not None:
+        if done is not None:
             self.state.save_sync_token(*done)
 
     async def _backfill(self, room_id: str, prev_batch: str, now_ms: int) -> list[Event]:
         """Fetch what a limited timeline left out since the last handled batch (oldest first)."""
-        assert self.client and self.state
         last = self.state.sync_token_ms or now_ms
         stop_ms = max(last - BACKFILL_MARGIN_MS, now_ms - self._policy.max_age_ms)
         collected: list[Event] = []
@@ -469,7 +374,6 @@ class Bot:
         return collected
 
     async def _deliver(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
-        assert self.host and self.state
         if isinstance(event, MegolmEvent):
             await self._wait_for_key(room_id, event)
             return []
@@ -481,7 +385,6 @@ class Bot:
 
     async def _route_checked(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
         """Route ``event``; a decrypted one only once its claimed sender is proven to own the sending device."""
-        assert self.host
         if getattr(event, "decrypted", False):
             owned = await self._sender_owns_device(room_id, event)
             if owned is False:
@@ -493,7 +396,7 @@ class Bot:
                     event.sender,
                 )
                 return [self._spawn(self._route_when_sender_known(room_id, event))]
-        trusted = await self.trust.check_event(room_id, event) if self.trust else True
+        trusted = await self.trust.check_event(room_id, event)
         return self.host.route(room_id, event, trusted=trusted)
 
     # -- who really sent an encrypted event ------------------------------------------------------------------
@@ -535,9 +438,9 @@ class Bot:
             owned = await self._sender_owns_device(room_id, event)
             if owned is None:
                 continue
-            if owned is False or self.host is None:
+            if owned is False:
                 return JobOutcome("ok")
-            trusted = await self.trust.check_event(room_id, event) if self.trust else True
+            trusted = await self.trust.check_event(room_id, event)
             outcomes = await asyncio.gather(*self.host.route(room_id, event, trusted=trusted))
             return JobOutcome("cancelled" if any(o.status == "cancelled" for o in outcomes) else "ok")
         log.warning("giving up on %s: the device keys of %s could not be fetched", event.event_id, event.sender)
@@ -546,7 +449,6 @@ class Bot:
     # -- undecryptable events --------------------------------------------------------------------------------
 
     async def _wait_for_key(self, room_id: str, event: MegolmEvent) -> None:
-        assert self.client and self.state
         source = dict(event.source)
         source.setdefault("room_id", room_id)
         if not self.state.add_pending(event.event_id, room_id, event.session_id, source):
@@ -570,7 +472,6 @@ class Bot:
 
     async def _retry_pending(self, session_ids: set[str] | None) -> list[asyncio.Future[JobOutcome]]:
         """Try again to decrypt waiting events (those of ``session_ids``, or all); route the ones that work."""
-        assert self.client and self.state and self.host
         futures: list[asyncio.Future[JobOutcome]] = []
         now_ms = int(time.time() * 1000)
         for pending in self.state.pending(session_ids):
@@ -598,14 +499,13 @@ class Bot:
 
     async def _forget_pending_when_done(self, event_id: str, futures: list[asyncio.Future[JobOutcome]]) -> None:
         outcomes = await asyncio.gather(*futures)
-        if not any(o.status == "cancelled" for o in outcomes) and self.state is not None:
+        if not any(o.status == "cancelled" for o in outcomes):
             self.state.remove_pending(event_id)
             self.stats.utd_waiting = self.state.count_pending()
 
     # -- invites ---------------------------------------------------------------------------------------------
 
     async def _handle_invites(self, resp: SyncResponse) -> None:
-        assert self.client
         for room_id, info in resp.rooms.invite.items():
             if room_id in self._invites_done:
                 continue
@@ -623,6 +523,14 @@ class Bot:
             else:
                 log.info("rejected invite to %s from %s (not in invites.accept_from)", room_id, inviter)
                 await self.client.room_leave(room_id)
+
+
+def _open_identity(client: RatchetClient, config: Config) -> Identity | None:
+    try:
+        return Identity.from_config(client, config)
+    except IdentityError as exc:
+        log.error("cross-signing and key backup are off for this run: %s", exc)
+        return None
 
 
 def _device_owner_verdict(olm, room_id: str, event: Event, *, queried: bool) -> bool | None:

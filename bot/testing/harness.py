@@ -67,7 +67,7 @@ class InProcessBot:
         from bot.config import load_config
         from bot.runtime.bot import Bot
 
-        self.bot = Bot(load_config(self.config_path))
+        self.bot = await Bot.open(load_config(self.config_path))
         self._task = asyncio.create_task(self.bot.run(install_signal_handlers=False))
         ready = asyncio.ensure_future(self.bot.ready.wait())
         done, _ = await asyncio.wait({ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -18,9 +18,6 @@ from nio import RoomSendResponse, SyncResponse
 
 from bot.config import ConfigError, load_config
 from bot.matrix.client import make_client
-from bot.plugin.api import BotAPI
-from bot.plugin.dispatch import Dispatcher
-from bot.plugin.host import PluginHost
 from bot.runtime.bot import Bot
 from bot.storage.state import StateStore
 
@@ -50,7 +47,6 @@ class Harness:
                 }
             )
         )
-        self.bot = Bot(load_config(cfg))
         (tmp / "data" / "crypto").mkdir(parents=True, exist_ok=True)
         client = make_client("http://127.0.0.1:9", BOT, tmp / "data" / "crypto", "hostile-input-pickle-key", "BOTDEV")
         client.restore_login(BOT, "BOTDEV", "not-a-real-token")
@@ -70,13 +66,7 @@ class Harness:
         client.keys_query = record("keys_query")
         client.room_send = record("send", lambda room_id, *_: RoomSendResponse("$reply", room_id))
         self.client = client
-        self.bot.client = client
-        self.bot.state = StateStore.open(tmp / "data" / "state.db")
-        self.bot.api = BotAPI(client, admins=(ADMIN,))
-        self.bot.dispatcher = Dispatcher(timeout=5)
-        self.bot.host = PluginHost(
-            self.bot.api, self.bot.state, self.bot.dispatcher, plugin_dirs=(TESTS / "plugins",), data_dir=tmp / "data"
-        )
+        self.bot = Bot(load_config(cfg), client, StateStore.open(tmp / "data" / "state.db"))
 
     async def start(self) -> Harness:
         await self.bot.host.load("recorder")
