@@ -20,31 +20,33 @@ Only schemas that are attributes of ``nio.schemas.Schemas`` are compiled (at ins
 to nio's function unchanged.
 
 Why our own compiler and not ``fastjsonschema`` (issue 11, item 7, measured with nio 0.26 / fastjsonschema 2.22):
-fastjsonschema does not give nio's results. It refuses to compile one of nio's schemas (``delete_devices``, whose
-``required`` sits where Draft 4 expects an object; jsonschema tolerates it), and its ``default`` support differs from
-nio's ``extend_with_default`` in ways nio's parsers depend on: it writes a fresh copy of each default *after*
-checking the others, never validates it, so nested defaults are not filled in (nio turns a missing ``rooms`` into
-``{"invite": {}, "join": {}, "leave": {}}``; fastjsonschema leaves ``{}``, and ``SyncResponse`` then breaks), and it
-never shares the schema's default objects as nio does. It is also slower here: 7.4 µs against 2.7 µs for the three
-checks of a Megolm event, 13.7 µs against 8.2 µs for a sync response (nio's own: 114 µs and 340 µs).
+fastjsonschema does not give nio's results. It refuses to compile one of nio's schemas (``delete_devices``, which puts a
+``required`` list among its ``properties``, where Draft 4 expects a schema; jsonschema ignores it), and its ``default``
+support differs from nio's ``extend_with_default`` in ways nio's parsers depend on: it writes a fresh copy of the
+default in place of a missing property and does not validate it, so nested defaults are not filled in (nio turns a
+missing ``rooms`` into ``{"invite": {}, "join": {}, "leave": {}}``; fastjsonschema leaves ``{}``, and ``SyncResponse``
+then breaks), and it never shares the schema's default objects as nio does. It is also slower here: 7.4 µs against
+2.7 µs for the three checks of a Megolm event, 13.7 µs against 8.2 µs for a sync response (nio's own:
+114 µs and 340 µs).
 
 ``install()`` is idempotent; :func:`bot.matrix.client.make_client` calls it. ``uninstall()`` restores nio.
 
 It is the one process-wide change Ratchet makes to nio, and it cannot be made per client: nio 0.26 looks
 ``validate_json`` up as a global of the module that calls it, and nothing of a client reaches those calls. The call
-sites are ``nio.responses`` (the ``verify`` decorator on 36 ``Response.from_dict`` classmethods, and 12 direct calls
-in ``from_dict`` methods and the sync helpers), ``nio.events.misc`` (the ``verify``/``verify_or_none`` decorators,
-applied at import time to 57 ``from_dict`` classmethods of the event classes, and ``validate_or_badevent``, called
-from ``Event.parse_event`` and friends) and ``nio.crypto.olm_machine`` (``Olm.decrypt`` and
-``Olm.import_keys_static``). The decorators' closures hold only the schema and the error class. A client's only
-handle is the response class it passes to ``_send`` (``RatchetClient`` already substitutes some): below it,
-``SyncResponse.from_dict`` goes through module-level helpers to the classmethods ``Event.parse_event``,
-``ToDeviceEvent.parse_event`` and ``AccountDataEvent.parse_event``, which pick nio's own event classes from their own
-tables; decryption goes from the client's ``Olm`` to ``Event.parse_decrypted_event``. Making the checks per client
-would mean substituting every one of those ~100 parse functions, that is, forking nio's parsing; making a patched
-global consult a per-client setting would still be a process-wide patch. So :func:`install` assigns the module
-globals by name (a grep for assignments to ``nio.*`` finds exactly these lines), and ``tests/test_fastpath.py``
-checks that no other nio module binds ``validate_json``, so a nio upgrade that adds a call site is noticed.
+sites are ``nio.responses`` (the ``verify`` decorator on 36 ``from_dict`` classmethods, and 12 direct calls in
+``from_dict`` methods and the sync helpers ``_get_timeline``/``_get_state``/``_get_invite_state``), ``nio.events.misc``
+(the ``verify``/``verify_or_none`` decorators, applied at import time to 57 ``from_dict`` and ``parse_*`` classmethods
+of the event classes, and ``validate_or_badevent``, called by three message classes and by Megolm decryption in
+``nio.crypto.olm_machine``) and ``nio.crypto.olm_machine`` itself (``Olm.decrypt`` and ``Olm.import_keys_static``). The
+decorators' closures hold only the schema and the error class. A client's only handle is the response class it passes to
+``_send`` (``RatchetClient`` already substitutes some): below it, ``SyncResponse.from_dict`` goes through module-level
+helpers to the classmethods ``Event.parse_event``, ``ToDeviceEvent.parse_event`` and ``AccountDataEvent.parse_event``,
+which pick nio's own event classes from their own tables; decryption goes from the client's ``Olm`` through
+``validate_or_badevent`` to those classmethods. Making the checks per client would mean substituting every one of those
+~100 parse functions, that is, forking nio's parsing; making a patched global consult a per-client setting would still
+be a process-wide patch. So :func:`install` assigns the module globals by name (a grep for assignments to ``nio.*``
+finds exactly these lines), and ``tests/test_fastpath.py`` checks that no other nio module binds ``validate_json``, so a
+nio upgrade that adds a call site is noticed.
 """
 
 from __future__ import annotations
