@@ -299,6 +299,25 @@ def test_canonical_json_never_emits_whitespace(value: Any) -> None:
     assert not any(ch in encoded for ch in b" \t\n\r")
 
 
+@settings(max_examples=300)
+@given(json_values)
+def test_canonical_json_is_byte_for_byte_synapses(value: Any) -> None:
+    # matrix-org's canonicaljson (Synapse's encoder) gives the same bytes for everything canonical JSON allows ...
+    canonicaljson = pytest.importorskip("canonicaljson")
+    assert canonical_json(value) == canonicaljson.encode_canonical_json(value)
+
+
+def test_canonical_json_enforces_what_canonicaljson_does_not() -> None:
+    # ... but it does not enforce the spec's number and key rules, which is why bot.crypto.canonical keeps its own
+    canonicaljson = pytest.importorskip("canonicaljson")
+    assert canonicaljson.encode_canonical_json({"a": 1.0}) == b'{"a":1.0}'  # Rust/Synapse verifiers want 1
+    assert canonicaljson.encode_canonical_json({"a": 2**53}) == b'{"a":9007199254740992}'
+    assert canonicaljson.encode_canonical_json({1: "x"}) == b'{"1":"x"}'
+    for value in ({"a": 1.0}, {"a": 2**53}, {1: "x"}):
+        with pytest.raises(ValueError):
+            canonical_json(value)
+
+
 # ==========================================================================
 # Signing JSON
 # ==========================================================================
@@ -358,6 +377,20 @@ def test_sign_verify_round_trip_and_tampering() -> None:
     assert not verify_json({**signed, "f": 1.5}, "@a:x", "ed25519:DEV", pub)
     for junk in (None, [], "x", {"signatures": []}, {"signatures": {"@a:x": "s"}}):
         assert not verify_json(junk, "@a:x", "ed25519:DEV", pub)  # type: ignore[arg-type]
+
+
+def test_signatures_interoperate_with_signedjson() -> None:
+    # Synapse's signedjson (PyNaCl keys) and ours (libolm signers) produce and accept the same signatures
+    signedjson_sign = pytest.importorskip("signedjson.sign")
+    signedjson_key = pytest.importorskip("signedjson.key")
+    nacl_key = signedjson_key.decode_signing_key_base64("ed25519", "1", b64encode(SPEC_SEED))
+    theirs = signedjson_sign.sign_json({"one": 1, "two": "Two"}, "domain", nacl_key)
+    ours = sign_json({"one": 1, "two": "Two"}, "domain", "ed25519:1", olm.PkSigning(SPEC_SEED).sign)
+    assert theirs == ours
+    assert ours["signatures"]["domain"]["ed25519:1"] == SPEC_SIG_ONE_TWO
+    verify_key = signedjson_key.get_verify_key(nacl_key)
+    signedjson_sign.verify_signed_json(ours, "domain", verify_key)  # raises if it does not verify
+    assert verify_json(theirs, "domain", "ed25519:1", signedjson_key.encode_verify_key_base64(verify_key))
 
 
 def test_json_signer_and_sign_json_validation() -> None:
