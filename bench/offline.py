@@ -334,10 +334,12 @@ class OfflineBot:
         """What the sync loop does with one response: parse, let nio handle it, route, wait until handled."""
         from nio import SyncResponse
 
+        from bot.matrix.sync import SyncBatch
+
         bot = self.bot
         resp = SyncResponse.from_dict(json.loads(raw))
         await bot.client.receive_response(resp)
-        await bot._handle_sync(resp, initial=False, resumed=False)
+        await bot._handle_sync(SyncBatch.from_response(resp, BOT_USER), initial=False, resumed=False)
         while bot._background:
             await asyncio.gather(*list(bot._background))
 

@@ -23,11 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import vodozemac
-from nio.crypto.sessions import InboundGroupSession
-
 from bot.crypto.megolm_backup import (
-    MEGOLM_ALGORITHM,
     BackupError,
     BackupKey,
     JsonSignerFn,
@@ -37,6 +33,13 @@ from bot.crypto.megolm_backup import (
 )
 from bot.errors import KeyBackupError, MatrixRequestError
 from bot.matrix.requests import request_json
+from bot.matrix.room_keys import (
+    InboundGroupSession,
+    export_session,
+    import_session,
+    sessions_by_room,
+    store_session,
+)
 
 __all__ = [
     "RESTORE_PROGRESS_EVERY",
@@ -97,38 +100,9 @@ def _keys_path(version: str) -> str:
 
 def backup_entry(session: InboundGroupSession, backup_key: BackupKey) -> dict[str, Any]:
     """The ``KeyBackupData`` for one nio inbound session, encrypted to ``backup_key``."""
-    index = session.first_known_index
-    export = {
-        "algorithm": MEGOLM_ALGORITHM,
-        "sender_key": session.sender_key,
-        "session_key": session.export_session(index),
-        "sender_claimed_keys": {"ed25519": session.ed25519},
-        "forwarding_curve25519_key_chain": list(session.forwarding_chain or []),
-    }
     chain_length = len(session.forwarding_chain or [])
-    return key_backup_data(index, chain_length, False, backup_key.encrypt_session(backup_session_data(export)))
-
-
-def import_session(room_id: str, session_id: str, data: dict[str, Any]) -> InboundGroupSession:
-    """Build a nio inbound session from decrypted ``BackedUpSessionData``; raises :class:`KeyBackupError`."""
-    if data.get("algorithm", MEGOLM_ALGORITHM) != MEGOLM_ALGORITHM:
-        raise KeyBackupError(f"unsupported session algorithm {data.get('algorithm')!r}")
-    sender_key = data.get("sender_key")
-    session_key = data.get("session_key")
-    claimed = data.get("sender_claimed_keys")
-    ed25519 = claimed.get("ed25519") if isinstance(claimed, dict) else None
-    chain = data.get("forwarding_curve25519_key_chain") or []
-    if not isinstance(sender_key, str) or not isinstance(session_key, str) or not isinstance(ed25519, str):
-        raise KeyBackupError("backed-up session lacks sender_key, session_key or sender_claimed_keys.ed25519")
-    if not isinstance(chain, list) or not all(isinstance(k, str) for k in chain):
-        raise KeyBackupError("backed-up session has a malformed forwarding chain")
-    try:
-        session = InboundGroupSession.import_session(session_key, ed25519, sender_key, room_id, list(chain))
-    except (vodozemac.SessionKeyDecodeException, ValueError, TypeError) as exc:
-        raise KeyBackupError(f"cannot import session {session_id}: {exc}") from exc
-    if session.id != session_id:
-        raise KeyBackupError(f"backed-up session {session_id} holds the key of session {session.id}")
-    return session
+    data = backup_key.encrypt_session(backup_session_data(export_session(session)))
+    return key_backup_data(session.first_known_index, chain_length, False, data)
 
 
 # ----------------------------------------------------------------------------------------------- tracking
@@ -207,17 +181,8 @@ class KeyBackup:
 
     def _store_rooms(self) -> Iterator[tuple[str, dict[str, dict[str, InboundGroupSession]]]]:
         olm = getattr(self.client, "olm", None)
-        if olm is None:
-            return
-        store = olm.inbound_group_store
-        entries = getattr(store, "_entries", None)
-        if isinstance(entries, dict):
-            yield from list(entries.items())
-            return
-        grouped: dict[str, dict[str, dict[str, InboundGroupSession]]] = {}
-        for session in store:  # fallback: a full scan
-            grouped.setdefault(session.room_id, {}).setdefault(session.sender_key, {})[session.id] = session
-        yield from grouped.items()
+        if olm is not None:
+            yield from sessions_by_room(olm)
 
     def pending(self) -> tuple[list[InboundGroupSession], dict[str, int]]:
         """Sessions not yet backed up, and the per-room counts to remember once they are."""
@@ -300,12 +265,7 @@ class KeyBackup:
                     failed += 1
                     log.debug("skipping backed-up session %s: %s", session_id, exc)
                     continue
-                existing = olm.inbound_group_store.get(room_id, session.sender_key, session_id)
-                if existing is None or existing.first_known_index > session.first_known_index:
-                    if existing is not None:
-                        olm.inbound_group_store[room_id][session.sender_key].pop(session_id, None)
-                    olm.inbound_group_store.add(session)
-                    olm.save_inbound_group_session(session)
+                if store_session(olm, room_id, session):
                     imported += 1
                 restored.append((room_id, session_id))
                 if progress_every and seen % progress_every == 0:

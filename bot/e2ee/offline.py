@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from nio import AsyncClient, AsyncClientConfig, KeysUploadResponse
 
 from bot.e2ee.identity import (
     SECRETS_FILE,
@@ -33,7 +32,14 @@ from bot.e2ee.identity import (
 )
 from bot.e2ee.key_backup import TRACK_FILE, KeyBackup, RestoreResult
 from bot.errors import RecoveryError, SessionError
-from bot.matrix.session import Credentials, _store_file, open_session, start_new_device
+from bot.matrix.session import (
+    Credentials,
+    _store_file,
+    open_session,
+    plain_client,
+    start_new_device,
+    upload_device_keys,
+)
 
 __all__ = [
     "RecoveryError",
@@ -126,13 +132,7 @@ def _local_store_state(config: Any) -> tuple[Credentials | None, bool]:
 
 async def _precheck_with_old_token(config: Any, creds: Credentials, recovery_key: str) -> None:
     """Check the recovery key with the old device's token before anything is moved (skipped if the token is dead)."""
-    client = AsyncClient(
-        config.homeserver,
-        creds.user_id,
-        device_id=creds.device_id,
-        config=AsyncClientConfig(encryption_enabled=False, max_timeouts=3),
-    )
-    client.access_token = creds.access_token
+    client = plain_client(config.homeserver, creds.user_id, creds.device_id, creds.access_token)
     try:
         await recover_cross_signing_keys(client, config.user_id, recovery_key)
     except IdentityError as err:
@@ -145,10 +145,10 @@ async def _precheck_with_old_token(config: Any, creds: Credentials, recovery_key
 
 
 async def _upload_device_keys(client: Any) -> None:
-    if client.should_upload_keys:
-        resp = await client.keys_upload()
-        if not isinstance(resp, KeysUploadResponse):
-            raise RecoveryError(f"could not upload the device's keys: {getattr(resp, 'message', resp)}")
+    try:
+        await upload_device_keys(client)
+    except SessionError as err:
+        raise RecoveryError(str(err)) from None
 
 
 #: Seconds the reachability check may take (the bot's client retries forever; a one-shot command should not).

@@ -94,6 +94,7 @@ __all__ = [
     "IdentityChanged",
     "MemoryPinStore",
     "PinStore",
+    "SenderCheck",
     "StatePinStore",
     "TrustPolicy",
     "UserKeys",
@@ -115,6 +116,19 @@ REQUERY_SECONDS = 30.0
 
 
 # ------------------------------------------------------------------------------------------------ value types
+
+
+@dataclass(frozen=True)
+class SenderCheck:
+    """The verdict on one incoming event's sender (see :meth:`TrustPolicy.check_sender`).
+
+    ``owned``: True when the claimed sender owns the sending device (or the event was not encrypted), False for a
+    forged sender (the event must not be handled), None when the sender's keys cannot be fetched yet (retry later).
+    ``trusted``: the device counts as trusted under the policy (``Context.trusted``).
+    """
+
+    owned: bool | None
+    trusted: bool
 
 
 @dataclass(frozen=True)
@@ -574,54 +588,64 @@ class TrustPolicy:
 
     def attach(self, client: RatchetClient) -> None:
         """Make ``client`` share keys by this policy and report keys queries and withheld notices to it."""
-        from nio import UnknownToDeviceEvent
-
         self._client = client
         client.trust = self
+        client.on_unknown_to_device(WITHHELD_EVENT_TYPES, self.record_withheld)
 
-        async def on_to_device(event: UnknownToDeviceEvent) -> None:
-            if event.type in WITHHELD_EVENT_TYPES:
-                self.record_withheld(event.sender, event.source.get("content"))
+    async def check_sender(self, room_id: str, event: Any) -> SenderCheck:
+        """Who really sent ``event`` and whether that counts as trusted: the one verdict the runtime routes by.
 
-        client.add_to_device_callback(on_to_device, (UnknownToDeviceEvent,))
-
-    async def check_event(self, room_id: str, event: Any) -> bool:
-        """Whether ``event`` (as the runtime routes it) comes from a trusted device; never raises.
-
-        Queries the sender's keys first when they are unknown or known to have changed.
+        A decrypted event is traced to the device whose Megolm session encrypted it; the sender's keys are queried
+        (once) when that device is unknown, when nio marked them outdated, or when the policy has not seen the device
+        (at most every ``REQUERY_SECONDS``). Forged senders are logged and come back with ``owned=False``. Events that
+        arrived unencrypted carry no device claim: they are trusted only under ``all``. Never raises.
         """
-        if self.mode == "all":
-            return True
         if not getattr(event, "decrypted", False):
-            return False
+            return SenderCheck(True, self.mode == "all")
+        client = self._client
+        olm = client.olm if client is not None else None
+        if olm is None:
+            return SenderCheck(True, self.mode == "all")
+        sender = event.sender
         try:
-            return await self._check_decrypted(room_id, event)
+            device = olm.trace_sender(room_id, event, queried=False)
+            keys = self._users.get(sender)
+            unknown = keys is None or (device.sender_key and keys.device_by_curve25519(device.sender_key) is None)
+            requery = unknown and time.monotonic() - self._queried_at.get(sender, -1e9) > REQUERY_SECONDS
+            if device.owned is None or sender in olm.users_for_key_query or (self.mode != "all" and requery):
+                self.note_queried([sender])
+                try:
+                    await client.query_user_keys([sender])
+                except Exception as exc:
+                    log.debug("key query for %s failed: %s", sender, exc)
+                device = olm.trace_sender(room_id, event, queried=True)
         except Exception as exc:
             log.warning("could not check the sender of %s: %s", getattr(event, "event_id", "?"), exc)
-            return False
-
-    async def _check_decrypted(self, room_id: str, event: Any) -> bool:
-        client = self._client
-        sender = event.sender
-        sender_key = getattr(event, "sender_key", None)
-        session_id = getattr(event, "session_id", None)
-        claimed = None
-        forwarded = False
-        if client is not None and client.olm is not None:
-            session = client.olm.inbound_group_store.get(room_id, sender_key, session_id) if session_id else None
-            if session is not None:
-                claimed = session.ed25519
-                forwarded = bool(session.forwarding_chain)
-            keys = self._users.get(sender)
-            stale = sender in client.olm.users_for_key_query
-            unknown = keys is None or (sender_key and keys.device_by_curve25519(sender_key) is None)
-            if stale or (unknown and time.monotonic() - self._queried_at.get(sender, -1e9) > REQUERY_SECONDS):
-                self.note_queried([sender])
-                await client.query_user_keys([sender])
-        verdict = self.sender_verdict(sender, sender_key, claimed_ed25519=claimed, forwarded=forwarded)
+            return SenderCheck(None, False)
+        if device.owned is False:
+            log.warning(
+                "refusing %s in %s: it claims to come from %s, but the device that encrypted it is not theirs "
+                "(sender key %s)",
+                getattr(event, "event_id", "?"),
+                room_id,
+                sender,
+                device.sender_key,
+            )
+            return SenderCheck(False, False)
+        if device.owned is None:
+            return SenderCheck(None, False)
+        if self.mode == "all":
+            return SenderCheck(True, True)
+        verdict = self.sender_verdict(
+            sender, device.sender_key, claimed_ed25519=device.claimed_ed25519, forwarded=device.forwarded
+        )
         if not verdict.trusted:
             log.debug("%s from %s is untrusted: %s", getattr(event, "event_id", "?"), sender, verdict.reason)
-        return verdict.trusted
+        return SenderCheck(True, verdict.trusted)
+
+    async def check_event(self, room_id: str, event: Any) -> bool:
+        """Whether ``event`` comes from a trusted device (see :meth:`check_sender`); never raises."""
+        return (await self.check_sender(room_id, event)).trusted
 
     async def after_sync(self, state: StateStore | None) -> None:
         """Per-sync work for the runtime: explain withheld keys of waiting events. Never raises."""

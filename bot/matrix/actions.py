@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,9 @@ from nio import (
     Event,
     MegolmEvent,
     MemoryDownloadResponse,
+    RoomBanResponse,
     RoomGetEventResponse,
+    RoomKickResponse,
     RoomRedactResponse,
     RoomSendResponse,
     UploadResponse,
@@ -41,7 +44,7 @@ from bot.matrix.power import user_power_level
 if TYPE_CHECKING:
     from bot.matrix.client import RatchetClient
 
-__all__ = ["MatrixActions"]
+__all__ = ["DecryptedEvent", "MatrixActions"]
 
 log = logging.getLogger(__name__)
 
@@ -371,3 +374,53 @@ def _localpart(user_id: str) -> str:
 
 def _failed(what: str, resp: object) -> MatrixError:
     return MatrixError(f"{what} failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))
+
+    # -- moderation ------------------------------------------------------------------------------------------
+
+    async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        """Kick ``user_id`` from ``room_id``; raises :class:`MatrixError` if the server refuses."""
+        resp = await self._client.room_kick(room_id, user_id, reason)
+        if not isinstance(resp, RoomKickResponse):
+            raise _failed("kick", resp)
+
+    async def ban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        """Ban ``user_id`` from ``room_id``; raises :class:`MatrixError` if the server refuses."""
+        resp = await self._client.room_ban(room_id, user_id, reason)
+        if not isinstance(resp, RoomBanResponse):
+            raise _failed("ban", resp)
+
+    def decrypt_raw_event(self, room_id: str, raw: dict[str, Any]) -> DecryptedEvent | None:
+        """Decrypt an event as the homeserver returned it (``/event``, ``/context``); None if it is not encrypted.
+
+        The sending device's keys come from the bot's device store (the session's curve25519 key if the device is
+        unknown). Raises :class:`MatrixError` (``M_UNABLE_TO_DECRYPT``) when the bot has no key for it.
+        """
+        parsed = Event.parse_event(raw)
+        if not isinstance(parsed, MegolmEvent):
+            return None
+        parsed.room_id = room_id
+        try:
+            clear = self._client.decrypt_event(parsed)
+        except EncryptionError as exc:
+            raise MatrixError(f"cannot decrypt {raw.get('event_id')}: {exc}", "M_UNABLE_TO_DECRYPT") from exc
+        source = getattr(clear, "source", {}) or {}
+        olm_device = self._client.device_store[parsed.sender].get(parsed.device_id) if self._client.olm else None
+        keys = dict(olm_device.keys) if olm_device is not None else {"curve25519": parsed.sender_key}
+        return DecryptedEvent(
+            sender=parsed.sender,
+            device_id=parsed.device_id,
+            device_keys=keys,
+            event_type=source.get("type"),
+            content=source.get("content"),
+        )
+
+
+@dataclass(frozen=True)
+class DecryptedEvent:
+    """What :meth:`MatrixActions.decrypt_raw_event` found: the clear type and content, and the sending device."""
+
+    sender: str
+    device_id: str
+    device_keys: dict[str, str]
+    event_type: Any
+    content: Any

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -39,6 +39,7 @@ from nio import (
     ShareGroupSessionError,
     ShareGroupSessionResponse,
     SyncResponse,
+    UnknownToDeviceEvent,
 )
 from nio.api import Api
 from nio.responses import EmptyResponse
@@ -302,6 +303,17 @@ class RatchetClient(AsyncClient):
         else:
             log.warning("fallback key upload failed: %s", getattr(resp, "message", resp))
         return resp
+
+    def on_unknown_to_device(self, types: Iterable[str], callback: Callable[[str, Any], None]) -> None:
+        """Call ``callback(sender, content)`` for each to-device event of one of ``types`` that nio does not parse
+        (``m.room_key.withheld`` among them)."""
+        wanted = frozenset(types)
+
+        async def deliver(event: UnknownToDeviceEvent) -> None:
+            if event.type in wanted:
+                callback(event.sender, event.source.get("content"))
+
+        self.add_to_device_callback(deliver, (UnknownToDeviceEvent,))
 
     # -- requests nio has no method for ------------------------------------------------------------------------
 

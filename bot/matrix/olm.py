@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from nio.crypto import Olm
 
-__all__ = ["RatchetOlm"]
+__all__ = ["RatchetOlm", "SenderDevice"]
+
+
+@dataclass(frozen=True)
+class SenderDevice:
+    """The device whose Megolm session encrypted a decrypted event, as the bot's stores know it.
+
+    ``owned``: True when the claimed sender owns that device (its signed device keys hold the session's curve25519
+    key, and the session's claimed ed25519 key is the device's); False when it is someone else's device or the keys
+    disagree (a forged ``sender``); None when the device is unknown until the sender's keys are fetched.
+    """
+
+    owned: bool | None
+    sender_key: str | None = None
+    #: The ed25519 signing key the Megolm session claims.
+    claimed_ed25519: str | None = None
+    #: The session reached the bot through a third device (``m.forwarded_room_key``): its sender is not provable.
+    forwarded: bool = False
 
 
 class RatchetOlm(Olm):
@@ -66,3 +84,34 @@ class RatchetOlm(Olm):
             account.generate_fallback_key()
             self.save_account()
         return next(iter(account.fallback_key), None)
+
+    # -- who sent a decrypted event ---------------------------------------------------------------------------
+
+    def trace_sender(self, room_id: str, event: Any, *, queried: bool) -> SenderDevice:
+        """Trace a decrypted event to the device whose Megolm session encrypted it (see :class:`SenderDevice`).
+
+        The ``sender`` field of a room event is not covered by Megolm: a homeserver (or anyone between it and the
+        bot) can rewrite it, and nio decrypts such an event as if it came from the forged sender. ``queried``: the
+        sender's keys were just fetched, so a device still unknown is not theirs.
+        """
+        sender = getattr(event, "sender", None)
+        sender_key = getattr(event, "sender_key", None)
+        if not isinstance(sender, str) or not isinstance(sender_key, str):
+            return SenderDevice(False)
+        session_id = getattr(event, "session_id", None)
+        session = self.inbound_group_store.get(room_id, sender_key, session_id) if session_id else None
+        claimed = session.ed25519 if session is not None else None
+        forwarded = bool(session.forwarding_chain) if session is not None else False
+        owner = None
+        for user_id, devices in list(self.device_store.items()):
+            for device in devices.values():
+                if device.curve25519 == sender_key:
+                    if user_id != sender:
+                        return SenderDevice(False, sender_key, claimed, forwarded)  # another user's device
+                    owner = device
+        if owner is None:
+            owned = False if queried and sender not in self.users_for_key_query else None
+            return SenderDevice(owned, sender_key, claimed, forwarded)
+        if session is not None and session.ed25519 != owner.ed25519:
+            return SenderDevice(False, sender_key, claimed, forwarded)  # the session claims another signing key
+        return SenderDevice(True, sender_key, claimed, forwarded)

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nio import LoginResponse, WhoamiError, WhoamiResponse
+from nio import AsyncClient, AsyncClientConfig, KeysUploadResponse, LoginResponse, WhoamiError, WhoamiResponse
 
 from bot.errors import SessionError
 from bot.log import add_secret
@@ -251,3 +251,20 @@ async def _ensure_token_valid(
         Credentials(creds.homeserver, creds.user_id, creds.device_id, resp.access_token).save(creds_path)
         return
     raise SessionError(f"cannot check the session with the homeserver: {getattr(who, 'message', who)}")
+
+
+def plain_client(homeserver: str, user_id: str, device_id: str, access_token: str) -> AsyncClient:
+    """A client without E2EE for one-shot requests with an existing login (gives up after 3 timeouts)."""
+    client = AsyncClient(
+        homeserver, user_id, device_id=device_id, config=AsyncClientConfig(encryption_enabled=False, max_timeouts=3)
+    )
+    client.access_token = access_token
+    return client
+
+
+async def upload_device_keys(client: RatchetClient) -> None:
+    """Publish the device's identity and one-time keys if they are not yet; raises SessionError if that fails."""
+    if client.should_upload_keys:
+        resp = await client.keys_upload()
+        if not isinstance(resp, KeysUploadResponse):
+            raise SessionError(f"could not upload the device's keys: {getattr(resp, 'message', resp)}")

@@ -16,8 +16,7 @@ from bot.content.media import MediaSource, media_source
 from bot.errors import MatrixError
 
 if TYPE_CHECKING:
-    from nio import Event
-
+    from bot.matrix.events import Event
     from bot.plugin.api import BotAPI
     from bot.plugin.base import Plugin
 

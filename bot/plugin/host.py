@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nio import Event, RoomMessageText
-
 from bot.errors import ConfigError, PluginConfigError, PluginLoadError, StateError, StorageError, UsageError
+from bot.matrix.events import Event, is_text_message
 from bot.plugin.api import BotAPI
 from bot.plugin.base import Access, CommandHandler, Handlers, Plugin, collect_handlers
 from bot.plugin.commands import parse_invocation, strip_reply_fallback
@@ -239,7 +238,7 @@ class PluginHost:
         """Submit the jobs that handle ``event``; returns their futures (empty if nothing wants it)."""
         futures: list[asyncio.Future[JobOutcome]] = []
         invocation = None
-        if isinstance(event, RoomMessageText) and event.source.get("content", {}).get("msgtype") == "m.text":
+        if is_text_message(event) and event.source.get("content", {}).get("msgtype") == "m.text":
             invocation = parse_invocation(strip_reply_fallback(event.body), self.prefix)
         for loaded in list(self.plugins.values()):
             if not loaded.rooms.permits(room_id):
@@ -262,7 +261,7 @@ class PluginHost:
             for cmd in h.commands:
                 if invocation.name == cmd.spec.name or invocation.name in cmd.spec.aliases:
                     calls.append((f"command {cmd.spec.name}", self._command_call(cmd, invocation.args)))
-        if isinstance(event, RoomMessageText):
+        if is_text_message(event):
             for handler in h.messages:
                 match = handler.pattern.search(event.body)
                 if match is not None:

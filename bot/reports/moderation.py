@@ -12,8 +12,6 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from nio import EncryptionError, Event, MegolmEvent, RoomBanResponse, RoomKickResponse
-
 from bot.errors import MatrixError, MatrixRequestError
 from bot.matrix.requests import request_json
 from bot.reports.evidence import build_bundle, sign_bundle
@@ -85,24 +83,14 @@ class Moderation:
             raise MatrixError(f"{method} {exc.path} failed: {exc.body.get('error', exc.status)}", exc.errcode) from exc
 
     def _record(self, room_id: str, raw: dict[str, Any]) -> EventRecord:
-        parsed = Event.parse_event(raw)
         decrypted = None
         device = None
-        if isinstance(parsed, MegolmEvent):
-            parsed.room_id = room_id
-            try:
-                clear = self._client.decrypt_event(parsed)
-            except EncryptionError as exc:
-                raise MatrixError(f"cannot decrypt {raw.get('event_id')}: {exc}", "M_UNABLE_TO_DECRYPT") from exc
-            source = getattr(clear, "source", {}) or {}
-            decrypted = {"type": source.get("type"), "content": source.get("content"), "room_id": room_id}
-            olm_device = self._client.device_store[parsed.sender].get(parsed.device_id) if (
-                self._client.olm
-            ) else None
-            keys = dict(olm_device.keys) if olm_device is not None else {"curve25519": parsed.sender_key}
+        clear = self._actions.decrypt_raw_event(room_id, raw)
+        if clear is not None:
+            decrypted = {"type": clear.event_type, "content": clear.content, "room_id": room_id}
             trust = self._trust
-            cross_signed = trust.device_cross_signed(parsed.sender, parsed.device_id) if trust is not None else None
-            device = {"device_id": parsed.device_id, "keys": keys, "cross_signed": cross_signed}
+            cross_signed = trust.device_cross_signed(clear.sender, clear.device_id) if trust is not None else None
+            device = {"device_id": clear.device_id, "keys": clear.device_keys, "cross_signed": cross_signed}
         return EventRecord(
             room_id=room_id,
             event_id=str(raw.get("event_id")),
@@ -180,12 +168,8 @@ class Moderation:
 
     async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Kick ``user_id`` from ``room_id``."""
-        resp = await self._client.room_kick(room_id, user_id, reason)
-        if not isinstance(resp, RoomKickResponse):
-            raise MatrixError(f"kick failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))
+        await self._actions.kick(room_id, user_id, reason)
 
     async def ban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Ban ``user_id`` from ``room_id``."""
-        resp = await self._client.room_ban(room_id, user_id, reason)
-        if not isinstance(resp, RoomBanResponse):
-            raise MatrixError(f"ban failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))
+        await self._actions.ban(room_id, user_id, reason)

@@ -23,26 +23,15 @@ import sqlite3
 import time
 from typing import Any
 
-from nio import (
-    EncryptionError,
-    Event,
-    InviteMemberEvent,
-    LocalProtocolError,
-    MegolmEvent,
-    MessageDirection,
-    RoomKeyEvent,
-    RoomMessagesResponse,
-    SyncError,
-    SyncResponse,
-)
-
 from bot.config import Config
 from bot.e2ee.identity import Identity  # [identity]
 from bot.e2ee.trust import TrustPolicy, install_trust
 from bot.errors import IdentityError, SessionError, StateError
 from bot.matrix.client import RatchetClient, backoff_delay
+from bot.matrix.events import Event
 from bot.matrix.power import creators_from_create_event
 from bot.matrix.session import open_session
+from bot.matrix.sync import SyncBatch, SyncFailed, SyncSource, describe, is_storage_error, is_undecrypted
 from bot.plugin.api import BotAPI
 from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.host import PluginHost, PluginManager
@@ -56,8 +45,6 @@ log = logging.getLogger("ratchet")
 
 #: Long-poll timeout of /sync, in milliseconds.
 SYNC_TIMEOUT_MS = 30_000
-#: The sync filter: enough timeline per room that a short outage leaves no gap.
-SYNC_FILTER: dict[str, Any] = {"room": {"timeline": {"limit": 100}}}
 #: How far back a gap in a room's timeline is filled after downtime: pages of 100 events.
 MAX_BACKFILL_PAGES = 20
 #: Clock skew tolerated between the bot and the homeserver when filling gaps, in ms.
@@ -80,6 +67,8 @@ class Bot:
     def __init__(self, config: Config, client: RatchetClient, state: StateStore) -> None:
         self.config = config
         self.client = client
+        #: How events come in: this account's /sync.
+        self.source = SyncSource(client)
         self.state = state
         self.state.on_write_error = self._storage_failed
         self.stats = BotStats()
@@ -200,7 +189,7 @@ class Bot:
     # -- the sync loop ---------------------------------------------------------------------------------------
 
     async def _sync_loop(self) -> None:
-        client, state = self.client, self.state
+        state = self.state
         token = state.sync_token
         initial = token is None
         first = True
@@ -208,102 +197,87 @@ class Bot:
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
             while not self._stop.is_set():
-                sync = asyncio.ensure_future(
-                    client.sync(
-                        timeout=0 if first else SYNC_TIMEOUT_MS,
-                        sync_filter=SYNC_FILTER,
-                        since=token,
+                fetch = asyncio.ensure_future(
+                    self.source.fetch(
+                        token,
+                        timeout_ms=0 if first else SYNC_TIMEOUT_MS,
                         full_state=True if first and not initial else None,
                     )
                 )
-                await asyncio.wait({sync, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not sync.done():
-                    sync.cancel()
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
                     with contextlib.suppress(BaseException):
-                        await sync
+                        await fetch
                     break
                 try:
-                    resp = sync.result()
-                except Exception as exc:  # malformed responses, transport errors nio did not retry
-                    if _is_storage_error(exc):  # the crypto store could not be written: memory and disk disagree
-                        self._storage_failed(exc)
-                        break
-                    resp = exc
-                if not isinstance(resp, SyncResponse):
+                    batch = fetch.result()
+                except SyncFailed as exc:
                     failures += 1
                     self.stats.sync_errors += 1
                     delay = backoff_delay(failures)
-                    log.warning("sync failed (%s); retrying in %.1fs", _describe(resp), delay)
+                    log.warning("sync failed (%s); retrying in %.1fs", exc, delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(stop_wait), delay)
                     continue
+                except Exception as exc:
+                    if not is_storage_error(exc):
+                        raise
+                    self._storage_failed(exc)  # the crypto store could not be written: memory and disk disagree
+                    break
                 failures = 0
-                self.stats.rooms = len(client.rooms)
+                self.stats.rooms = self.source.room_count()
                 try:
-                    await self._handle_sync(resp, initial=initial and first, resumed=first and not initial)
+                    await self._handle_sync(batch, initial=initial and first, resumed=first and not initial)
                 except StateError:
                     break  # reported by _storage_failed; stop before handling anything that cannot be recorded
                 await self._crypto_after_sync()
-                token = resp.next_batch
+                token = batch.token
                 if first:
                     first = False
                     await self._retry_pending(None)  # keys stored before a restart or crash
                     self.ready.set()
-                    log.info("synced; %d rooms, handling events", len(client.rooms))
-                await self._key_maintenance()
+                    log.info("synced; %d rooms, handling events", self.source.room_count())
+                await self.source.maintain_keys()
         finally:
             stop_wait.cancel()
 
-    async def _key_maintenance(self) -> None:
-        client = self.client
-        assert client
-        try:
-            if client.should_upload_keys:
-                await client.keys_upload()
-            if client.should_query_keys:
-                await client.keys_query()
-            if client.should_claim_keys:
-                await client.keys_claim(client.get_users_for_key_claiming())
-            await client.send_to_device_messages()
-        except Exception as exc:
-            log.warning("key maintenance failed (%s); will retry after the next sync", _describe(exc))
-
-    async def _handle_sync(self, resp: SyncResponse, *, initial: bool, resumed: bool) -> None:
-        await self._handle_invites(resp)
+    async def _handle_sync(self, batch: SyncBatch, *, initial: bool, resumed: bool) -> None:
+        await self._handle_invites(batch)
         futures: list[asyncio.Future[JobOutcome]] = []
-        keys = {e.session_id for e in resp.to_device_events if isinstance(e, RoomKeyEvent)}
-        if keys:
-            futures += await self._retry_pending(keys)
+        if batch.room_keys:
+            futures += await self._retry_pending(batch.room_keys)
         now_ms = int(time.time() * 1000)
-        for room_id, info in resp.rooms.join.items():
-            self._note_creators(room_id, info)
-            self._note_encryption(room_id, info)
-            timeline = info.timeline.events
+        own_user_id = self.source.own_user_id
+        for room in batch.rooms:
+            self._note_creators(room.room_id, room.state, room.events)
+            self._note_encryption(room.room_id, room.state, room.events)
+            timeline = room.events
             if (
-                info.timeline.limited
+                room.limited
                 and not initial
-                and info.timeline.prev_batch
-                and own_join_index(timeline, self.client.user_id) < 0  # a new room: its past is history
+                and room.prev_batch
+                and own_join_index(timeline, own_user_id) < 0  # a new room: its past is history
             ):
-                timeline = await self._backfill(room_id, info.timeline.prev_batch, now_ms) + list(timeline)
+                timeline = await self._backfill(room.room_id, room.prev_batch, now_ms) + list(timeline)
             events = select_events(
                 timeline,
-                own_user_id=self.client.user_id,
+                own_user_id=own_user_id,
                 initial_sync=initial,
                 resumed=resumed,
                 now_ms=now_ms,
                 policy=self._policy,
             )
             for event in events:
-                futures += await self._deliver(room_id, event)
-        batch = self._committer.begin((resp.next_batch, now_ms))
+                futures += await self._deliver(room.room_id, event)
+        step = self._committer.begin((batch.token, now_ms))
         if futures:
-            self._spawn(self._commit_when_done(batch, futures))
+            self._spawn(self._commit_when_done(step, futures))
         else:
-            self._commit(batch)
+            self._commit(step)
 
-    def _note_creators(self, room_id: str, info) -> None:
-        for event in (*info.state, *info.timeline.events):
+    def _note_creators(self, room_id: str, state: list[Event], events: list[Event]) -> None:
+        for event in (*state, *events):
             source = getattr(event, "source", None)
             if isinstance(source, dict) and source.get("type") == "m.room.create":
                 self.api.creators[room_id] = creators_from_create_event(source)
@@ -320,14 +294,14 @@ class Bot:
         if self._fatal is None:
             self._fatal = exc
             log.error(
-                "storage failure: %s; stopping so that no event is handled twice and no key is lost", _describe(exc)
+                "storage failure: %s; stopping so that no event is handled twice and no key is lost", describe(exc)
             )
         self.request_stop()
 
     # -- Megolm rotation -----------------------------------------------------------------------------------------
 
-    def _note_encryption(self, room_id: str, info) -> None:
-        for event in (*info.state, *info.timeline.events):
+    def _note_encryption(self, room_id: str, state: list[Event], events: list[Event]) -> None:
+        for event in (*state, *events):
             source = getattr(event, "source", None)
             if not (isinstance(source, dict) and source.get("type") == "m.room.encryption"):
                 continue
@@ -350,31 +324,13 @@ class Bot:
         """Fetch what a limited timeline left out since the last handled batch (oldest first)."""
         last = self.state.sync_token_ms or now_ms
         stop_ms = max(last - BACKFILL_MARGIN_MS, now_ms - self._policy.max_age_ms)
-        collected: list[Event] = []
-        token = prev_batch
-        for _ in range(MAX_BACKFILL_PAGES):
-            resp = await self.client.room_messages(room_id, start=token, direction=MessageDirection.back, limit=100)
-            if not isinstance(resp, RoomMessagesResponse):
-                log.warning("could not fill the timeline gap in %s: %s", room_id, _describe(resp))
-                break
-            reached = False
-            for event in resp.chunk:
-                if (getattr(event, "server_timestamp", 0) or 0) < stop_ms:
-                    reached = True
-                    break
-                collected.append(event)
-            if reached or not resp.chunk or not resp.end or resp.end == token:
-                break
-            token = resp.end
-        else:
-            log.warning("timeline gap in %s is longer than %d pages; older events skipped", room_id, MAX_BACKFILL_PAGES)
+        collected = await self.source.backfill(room_id, prev_batch, stop_ms, MAX_BACKFILL_PAGES)
         if collected:
             log.info("filled a timeline gap in %s with %d events", room_id, len(collected))
-        collected.reverse()
         return collected
 
     async def _deliver(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
-        if isinstance(event, MegolmEvent):
+        if is_undecrypted(event):
             await self._wait_for_key(room_id, event)
             return []
         if not hasattr(event, "event_id") or not hasattr(event, "sender"):
@@ -385,70 +341,35 @@ class Bot:
 
     async def _route_checked(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
         """Route ``event``; a decrypted one only once its claimed sender is proven to own the sending device."""
-        if getattr(event, "decrypted", False):
-            owned = await self._sender_owns_device(room_id, event)
-            if owned is False:
-                return []
-            if owned is None:
-                log.warning(
-                    "cannot check the device that sent %s yet (%s's keys could not be fetched); will retry",
-                    event.event_id,
-                    event.sender,
-                )
-                return [self._spawn(self._route_when_sender_known(room_id, event))]
-        trusted = await self.trust.check_event(room_id, event)
-        return self.host.route(room_id, event, trusted=trusted)
-
-    # -- who really sent an encrypted event ------------------------------------------------------------------
-
-    async def _sender_owns_device(self, room_id: str, event: Event) -> bool | None:
-        """Whether the claimed ``sender`` of a decrypted event owns the device whose Megolm session encrypted it.
-
-        The ``sender`` field of a room event is not covered by Megolm: a homeserver (or anyone between it and the
-        bot) can rewrite it, and nio decrypts such an event as if it came from the forged sender. The session's
-        curve25519 key (and the ed25519 key it claims) must belong to one of the sender's devices, as their signed
-        device keys say. True: proven; False: forged (logged, never routed); None: the sender's device keys cannot
-        be fetched right now.
-        """
-        olm = self.client.olm if self.client else None
-        if olm is None:
-            return True
-        verdict = _device_owner_verdict(olm, room_id, event, queried=False)
-        if verdict is None:
-            try:
-                await self.client.query_user_keys([event.sender])
-            except Exception as exc:
-                log.debug("key query for %s failed: %s", event.sender, _describe(exc))
-            verdict = _device_owner_verdict(olm, room_id, event, queried=True)
-        if verdict is False:
+        check = await self.trust.check_sender(room_id, event)
+        if check.owned is False:
+            return []
+        if check.owned is None:
             log.warning(
-                "refusing %s in %s: it claims to come from %s, but the device that encrypted it is not theirs "
-                "(sender key %s)",
-                getattr(event, "event_id", "?"),
-                room_id,
+                "cannot check the device that sent %s yet (%s's keys could not be fetched); will retry",
+                event.event_id,
                 event.sender,
-                getattr(event, "sender_key", "?"),
             )
-        return verdict
+            return [self._spawn(self._route_when_sender_known(room_id, event))]
+        return self.host.route(room_id, event, trusted=check.trusted)
 
     async def _route_when_sender_known(self, room_id: str, event: Event) -> JobOutcome:
         """Route ``event`` once its sender's device keys can be fetched (bounded retries with backoff)."""
         for attempt in range(1, SENDER_CHECK_ATTEMPTS + 1):
             await asyncio.sleep(backoff_delay(attempt, base=1.0))
-            owned = await self._sender_owns_device(room_id, event)
-            if owned is None:
+            check = await self.trust.check_sender(room_id, event)
+            if check.owned is None:
                 continue
-            if owned is False:
+            if check.owned is False:
                 return JobOutcome("ok")
-            trusted = await self.trust.check_event(room_id, event)
-            outcomes = await asyncio.gather(*self.host.route(room_id, event, trusted=trusted))
+            outcomes = await asyncio.gather(*self.host.route(room_id, event, trusted=check.trusted))
             return JobOutcome("cancelled" if any(o.status == "cancelled" for o in outcomes) else "ok")
         log.warning("giving up on %s: the device keys of %s could not be fetched", event.event_id, event.sender)
         return JobOutcome("ok")
 
     # -- undecryptable events --------------------------------------------------------------------------------
 
-    async def _wait_for_key(self, room_id: str, event: MegolmEvent) -> None:
+    async def _wait_for_key(self, room_id: str, event: Event) -> None:
         source = dict(event.source)
         source.setdefault("room_id", room_id)
         if not self.state.add_pending(event.event_id, room_id, event.session_id, source):
@@ -462,32 +383,22 @@ class Bot:
             event.session_id,
             event.sender,
         )
-        event.room_id = room_id
-        try:
-            await self.client.request_room_key(event)
-        except LocalProtocolError:
-            pass  # already requested
-        except Exception as exc:
-            log.warning("room key request for %s failed: %s", event.event_id, _describe(exc))
+        await self.source.request_key(room_id, event)
 
     async def _retry_pending(self, session_ids: set[str] | None) -> list[asyncio.Future[JobOutcome]]:
         """Try again to decrypt waiting events (those of ``session_ids``, or all); route the ones that work."""
         futures: list[asyncio.Future[JobOutcome]] = []
         now_ms = int(time.time() * 1000)
         for pending in self.state.pending(session_ids):
-            event = Event.parse_event(pending.source)
-            if not isinstance(event, MegolmEvent):
+            try:
+                decrypted = self.source.decrypt(pending.room_id, pending.source)
+            except ValueError:
                 self.state.remove_pending(pending.event_id)
                 continue
-            event.room_id = pending.room_id
-            try:
-                decrypted = self.client.decrypt_event(event)
-            except (EncryptionError, Exception) as exc:
+            if decrypted is None:
                 if now_ms - pending.received_ts > self._policy.max_age_ms:
                     log.warning("giving up on %s: no key within the catch-up window", pending.event_id)
                     self.state.remove_pending(pending.event_id)
-                else:
-                    log.debug("still cannot decrypt %s: %s", pending.event_id, exc)
                 continue
             self.stats.utd_recovered += 1
             log.info("decrypted %s after its key arrived", pending.event_id)
@@ -505,24 +416,21 @@ class Bot:
 
     # -- invites ---------------------------------------------------------------------------------------------
 
-    async def _handle_invites(self, resp: SyncResponse) -> None:
-        for room_id, info in resp.rooms.invite.items():
+    async def _handle_invites(self, batch: SyncBatch) -> None:
+        for invite in batch.invites:
+            room_id, inviter = invite.room_id, invite.inviter
             if room_id in self._invites_done:
                 continue
-            inviter = None
-            for event in info.invite_state:
-                if isinstance(event, InviteMemberEvent) and event.state_key == self.client.user_id:
-                    inviter = event.sender
             self._invites_done.add(room_id)
             if inviter and (inviter in self.config.admins or self.config.invites.allows(inviter)):
-                resp_join = await self.client.join(room_id)
-                if hasattr(resp_join, "room_id"):
+                problem = await self.source.join(room_id)
+                if problem is None:
                     log.info("joined %s on invite from %s", room_id, inviter)
                 else:
-                    log.warning("could not join %s: %s", room_id, _describe(resp_join))
+                    log.warning("could not join %s: %s", room_id, problem)
             else:
                 log.info("rejected invite to %s from %s (not in invites.accept_from)", room_id, inviter)
-                await self.client.room_leave(room_id)
+                await self.source.leave(room_id)
 
 
 def _open_identity(client: RatchetClient, config: Config) -> Identity | None:
@@ -531,42 +439,3 @@ def _open_identity(client: RatchetClient, config: Config) -> Identity | None:
     except IdentityError as exc:
         log.error("cross-signing and key backup are off for this run: %s", exc)
         return None
-
-
-def _device_owner_verdict(olm, room_id: str, event: Event, *, queried: bool) -> bool | None:
-    """See :meth:`Bot._sender_owns_device`; ``queried``: the sender's keys were just asked for."""
-    sender = getattr(event, "sender", None)
-    sender_key = getattr(event, "sender_key", None)
-    if not isinstance(sender, str) or not isinstance(sender_key, str):
-        return False
-    store = olm.device_store
-    owner = None
-    for user_id, devices in list(store.items()):
-        for device in devices.values():
-            if device.curve25519 == sender_key:
-                if user_id != sender:
-                    return False  # another user's device
-                owner = device
-    if owner is None:
-        # Unknown device: once the sender's keys were fetched successfully, it is not one of theirs.
-        return False if queried and sender not in olm.users_for_key_query else None
-    session_id = getattr(event, "session_id", None)
-    session = olm.inbound_group_store.get(room_id, sender_key, session_id) if session_id else None
-    if session is not None and session.ed25519 != owner.ed25519:
-        return False  # the session claims another signing key than the device has
-    return True
-
-
-def _is_storage_error(exc: BaseException) -> bool:
-    """A failed write to a SQLite store (state.db, or nio's crypto store through peewee)."""
-    if isinstance(exc, (sqlite3.Error, StateError)):
-        return True
-    return any(cls.__module__ == "peewee" for cls in type(exc).__mro__)
-
-
-def _describe(obj: object) -> str:
-    if isinstance(obj, SyncError) or hasattr(obj, "status_code"):
-        return f"{getattr(obj, 'status_code', '')} {getattr(obj, 'message', '')}".strip()
-    if isinstance(obj, BaseException):
-        return f"{obj.__class__.__name__}: {obj}"[:200]
-    return obj.__class__.__name__

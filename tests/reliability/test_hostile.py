@@ -18,6 +18,7 @@ from nio import RoomSendResponse, SyncResponse
 
 from bot.config import ConfigError, load_config
 from bot.matrix.client import make_client
+from bot.matrix.sync import SyncBatch
 from bot.runtime.bot import Bot
 from bot.storage.state import StateStore
 
@@ -82,7 +83,7 @@ class Harness:
         if not isinstance(resp, SyncResponse):
             return  # nio refused the body (the sync loop logs and retries)
         await self.client.receive_response(resp)
-        await self.bot._handle_sync(resp, initial=False, resumed=False)
+        await self.bot._handle_sync(SyncBatch.from_response(resp, BOT), initial=False, resumed=False)
         await self.bot.dispatcher.drain(10)
         await asyncio.sleep(0)
 

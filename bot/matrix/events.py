@@ -1,0 +1,28 @@
+"""The event types the layers above the Matrix layer see, and the questions they ask of them.
+
+Events are matrix-nio's parsed event objects (``event.source`` holds the raw, decrypted JSON). They are named here so
+that nothing outside :mod:`bot.matrix` imports nio: plugins and the runtime take them from this module. An
+appservice transaction will hand over the same types.
+"""
+
+from __future__ import annotations
+
+from nio import Event, MegolmEvent, RoomMessageText
+
+__all__ = ["Event", "MegolmEvent", "RoomMessageText", "event_type", "is_text_message", "parse_event"]
+
+
+def event_type(event: Event) -> str | None:
+    """The event's Matrix type (``m.room.message``, ``m.reaction``...), from its source."""
+    value = event.source.get("type") if isinstance(event.source, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def is_text_message(event: Event) -> bool:
+    """True for an ``m.room.message`` nio parsed as text (``m.text``, ``m.notice``, ``m.emote``)."""
+    return isinstance(event, RoomMessageText)
+
+
+def parse_event(source: dict) -> Event:
+    """An event object from its raw JSON (a ``MegolmEvent`` while it is still encrypted)."""
+    return Event.parse_event(source)

@@ -1,0 +1,232 @@
+"""How events come in for a bot that is an ordinary account: one device's ``/sync``.
+
+:class:`SyncSource` is the runtime's view of the Matrix side: it fetches the next batch (the long poll, its filter,
+nio's parsing and decryption), fills timeline gaps, decrypts events that waited for their keys, asks for missing keys,
+answers invites and keeps the device's keys published. Each batch reaches the runtime as a plain :class:`SyncBatch`;
+the runtime decides what to hand to plugins and when the batch's token may be committed. An appservice transaction
+source produces the same batches from ``PUT /transactions``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from nio import (
+    EncryptionError,
+    Event,
+    InviteMemberEvent,
+    LocalProtocolError,
+    MegolmEvent,
+    MessageDirection,
+    RoomKeyEvent,
+    RoomMessagesResponse,
+    SyncResponse,
+)
+
+from bot.errors import StateError
+
+if TYPE_CHECKING:
+    from bot.matrix.client import RatchetClient
+
+__all__ = [
+    "Invite",
+    "RoomTimeline",
+    "SyncBatch",
+    "SyncFailed",
+    "SyncSource",
+    "describe",
+    "is_storage_error",
+    "is_undecrypted",
+]
+
+log = logging.getLogger(__name__)
+
+#: The sync filter: enough timeline per room that a short outage leaves no gap.
+SYNC_FILTER: dict[str, Any] = {"room": {"timeline": {"limit": 100}}}
+
+
+@dataclass
+class RoomTimeline:
+    """One joined room's part of a batch: new timeline events (oldest first) and state."""
+
+    room_id: str
+    events: list[Event]
+    state: list[Event] = field(default_factory=list)
+    #: The server left events out (a gap since the last batch); ``prev_batch`` fills it.
+    limited: bool = False
+    prev_batch: str | None = None
+
+
+@dataclass(frozen=True)
+class Invite:
+    """An invite of the bot to a room, with who sent it (None if the invite state does not say)."""
+
+    room_id: str
+    inviter: str | None
+
+
+@dataclass
+class SyncBatch:
+    """What one sync brought, as the runtime handles it; ``token`` is committed once all of it is handled."""
+
+    token: str
+    rooms: list[RoomTimeline]
+    invites: list[Invite] = field(default_factory=list)
+    #: Session ids of the room keys that arrived with this batch (waiting events of these sessions may decrypt now).
+    room_keys: set[str] = field(default_factory=set)
+
+    @classmethod
+    def from_response(cls, resp: SyncResponse, own_user_id: str) -> SyncBatch:
+        """The batch of a nio ``SyncResponse`` (already handled by the client: decrypted, state applied)."""
+        rooms = [
+            RoomTimeline(
+                room_id,
+                list(info.timeline.events),
+                list(info.state),
+                bool(info.timeline.limited),
+                info.timeline.prev_batch,
+            )
+            for room_id, info in resp.rooms.join.items()
+        ]
+        invites = []
+        for room_id, info in resp.rooms.invite.items():
+            inviter = None
+            for event in info.invite_state:
+                if isinstance(event, InviteMemberEvent) and event.state_key == own_user_id:
+                    inviter = event.sender
+            invites.append(Invite(room_id, inviter))
+        keys = {e.session_id for e in resp.to_device_events if isinstance(e, RoomKeyEvent)}
+        return cls(resp.next_batch, rooms, invites, keys)
+
+
+class SyncFailed(Exception):
+    """A sync request failed (the message says how); the runtime backs off and tries again."""
+
+
+def is_undecrypted(event: Event) -> bool:
+    """True for an event still encrypted (its Megolm key has not arrived)."""
+    return isinstance(event, MegolmEvent)
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """A failed write to a SQLite store (state.db, or nio's crypto store through peewee)."""
+    if isinstance(exc, (sqlite3.Error, StateError)):
+        return True
+    return any(cls.__module__ == "peewee" for cls in type(exc).__mro__)
+
+
+def describe(obj: object) -> str:
+    """A short, secret-free description of an error response or exception, for logs."""
+    if hasattr(obj, "status_code"):
+        return f"{getattr(obj, 'status_code', '')} {getattr(obj, 'message', '')}".strip()
+    if isinstance(obj, BaseException):
+        return f"{obj.__class__.__name__}: {obj}"[:200]
+    return obj.__class__.__name__
+
+
+class SyncSource:
+    """One account's ``/sync`` through :class:`~bot.matrix.client.RatchetClient`."""
+
+    def __init__(self, client: RatchetClient) -> None:
+        self.client = client
+
+    @property
+    def own_user_id(self) -> str:
+        """The bot's user id."""
+        return self.client.user_id
+
+    def room_count(self) -> int:
+        """How many rooms the bot is in (as far as it has synced)."""
+        return len(self.client.rooms)
+
+    async def fetch(self, since: str | None, *, timeout_ms: int, full_state: bool | None = None) -> SyncBatch:
+        """Long-poll the next batch after ``since``.
+
+        Raises :class:`SyncFailed` for an error answer or a transport or parse error nio did not retry; a storage
+        error (the crypto store could not be written) propagates as is, see :func:`is_storage_error`.
+        """
+        try:
+            resp = await self.client.sync(
+                timeout=timeout_ms, sync_filter=SYNC_FILTER, since=since, full_state=full_state
+            )
+        except Exception as exc:  # malformed responses, transport errors nio did not retry
+            if is_storage_error(exc):
+                raise
+            raise SyncFailed(describe(exc)) from exc
+        if not isinstance(resp, SyncResponse):
+            raise SyncFailed(describe(resp))
+        return SyncBatch.from_response(resp, self.client.user_id)
+
+    async def backfill(self, room_id: str, prev_batch: str, stop_ms: int, max_pages: int) -> list[Event]:
+        """Events of ``room_id`` before ``prev_batch`` back to ``stop_ms`` (server time), oldest first."""
+        collected: list[Event] = []
+        token = prev_batch
+        for _ in range(max_pages):
+            resp = await self.client.room_messages(room_id, start=token, direction=MessageDirection.back, limit=100)
+            if not isinstance(resp, RoomMessagesResponse):
+                log.warning("could not fill the timeline gap in %s: %s", room_id, describe(resp))
+                break
+            reached = False
+            for event in resp.chunk:
+                if (getattr(event, "server_timestamp", 0) or 0) < stop_ms:
+                    reached = True
+                    break
+                collected.append(event)
+            if reached or not resp.chunk or not resp.end or resp.end == token:
+                break
+            token = resp.end
+        else:
+            log.warning("timeline gap in %s is longer than %d pages; older events skipped", room_id, max_pages)
+        collected.reverse()
+        return collected
+
+    def decrypt(self, room_id: str, source: dict[str, Any]) -> Event | None:
+        """A waiting event decrypted now; None if it still cannot be (logged at DEBUG).
+
+        Raises ValueError if ``source`` is not an encrypted event at all.
+        """
+        event = Event.parse_event(source)
+        if not isinstance(event, MegolmEvent):
+            raise ValueError("not an encrypted event")
+        event.room_id = room_id
+        try:
+            return self.client.decrypt_event(event)
+        except (EncryptionError, Exception) as exc:
+            log.debug("still cannot decrypt %s: %s", source.get("event_id"), exc)
+            return None
+
+    async def request_key(self, room_id: str, event: Event) -> None:
+        """Ask the sender's devices for the key of an undecryptable event (once); failures are logged."""
+        event.room_id = room_id
+        try:
+            await self.client.request_room_key(event)
+        except LocalProtocolError:
+            pass  # already requested
+        except Exception as exc:
+            log.warning("room key request for %s failed: %s", event.event_id, describe(exc))
+
+    async def join(self, room_id: str) -> str | None:
+        """Join ``room_id``; None on success, else why it failed."""
+        resp = await self.client.join(room_id)
+        return None if hasattr(resp, "room_id") else describe(resp)
+
+    async def leave(self, room_id: str) -> None:
+        """Leave (or reject the invite to) ``room_id``."""
+        await self.client.room_leave(room_id)
+
+    async def maintain_keys(self) -> None:
+        """Upload, query and claim keys as nio asks, and send queued to-device messages; failures are logged."""
+        client = self.client
+        try:
+            if client.should_upload_keys:
+                await client.keys_upload()
+            if client.should_query_keys:
+                await client.keys_query()
+            if client.should_claim_keys:
+                await client.keys_claim(client.get_users_for_key_claiming())
+            await client.send_to_device_messages()
+        except Exception as exc:
+            log.warning("key maintenance failed (%s); will retry after the next sync", describe(exc))
