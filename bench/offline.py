@@ -320,13 +320,13 @@ class OfflineBot:
     async def fresh_state(self, k: int) -> None:
         """A new state.db, plugin host and dispatcher (so no event counts as handled already)."""
         from bot.runtime.bot import Bot
-        from bot.storage.state import StateStore
+        from bot.storage.backend import SqliteStorage
 
         if self.bot is not None:
             await self.bot.host.unload_all()
             await self.bot.dispatcher.close()
             self.bot.state.close()
-        self.bot = bot = Bot(self.cfg, self.client, StateStore.open(self.work / f"state-{k}.db"))
+        self.bot = bot = Bot(self.cfg, self.client, SqliteStorage(self.work / f"run-{k}"))
         await bot.manager.start_all()
         assert "benchnoop" in bot.host.plugins, bot.host.errors
 

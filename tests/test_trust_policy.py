@@ -122,6 +122,14 @@ def test_chain_device_ssk_master(alice):
     assert not keys.device_cross_signed("NOSUCH")
 
 
+def test_policy_answers_whether_a_device_is_cross_signed_for_evidence(alice):
+    policy = TrustPolicy("tofu")
+    assert policy.device_cross_signed(ALICE, "ASIGNED") is None  # keys not seen yet: cannot tell
+    policy.observe_keys_query(alice_body(alice))
+    assert policy.device_cross_signed(ALICE, "ASIGNED") is True
+    assert policy.device_cross_signed(ALICE, "AUNSIGNED") is False
+
+
 def test_chain_breaks_when_ssk_not_signed_by_master(alice):
     _xs, signed, _ = alice
     other = identity(ALICE)

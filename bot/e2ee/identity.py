@@ -66,7 +66,7 @@ from bot.crypto.ssss import (
 from bot.errors import IdentityError, MatrixRequestError, RecoveryKeyError
 from bot.log import add_secret
 from bot.matrix.requests import api_path, post_with_password_auth, request_json
-from bot.matrix.session import write_private
+from bot.storage.credentials import write_private
 
 if TYPE_CHECKING:
     from bot.e2ee.key_backup import KeyBackup

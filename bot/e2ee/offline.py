@@ -32,14 +32,9 @@ from bot.e2ee.identity import (
 )
 from bot.e2ee.key_backup import TRACK_FILE, KeyBackup, RestoreResult
 from bot.errors import RecoveryError, SessionError
-from bot.matrix.session import (
-    Credentials,
-    _store_file,
-    open_session,
-    plain_client,
-    start_new_device,
-    upload_device_keys,
-)
+from bot.matrix.session import open_session, plain_client, start_new_device, upload_device_keys
+from bot.storage.backend import SqliteStorage
+from bot.storage.credentials import Credentials
 
 __all__ = [
     "RecoveryError",
@@ -119,15 +114,14 @@ class ResetReport:
 
 def _local_store_state(config: Any) -> tuple[Credentials | None, bool]:
     """``(credentials or None, whether their crypto store exists)``."""
-    creds_path = config.data_dir / "credentials.json"
-    if not creds_path.exists():
-        return None, False
+    storage = SqliteStorage(config.data_dir)
     try:
-        creds = Credentials.load(creds_path)
+        creds = storage.load_credentials()
     except SessionError as err:
         raise RecoveryError(str(err)) from None
-    store = _store_file(config.data_dir / "crypto", creds.user_id, creds.device_id)
-    return creds, store.exists()
+    if creds is None:
+        return None, False
+    return creds, storage.has_crypto_store(creds.user_id, creds.device_id)
 
 
 async def _precheck_with_old_token(config: Any, creds: Credentials, recovery_key: str) -> None:
@@ -173,7 +167,7 @@ def _session_kwargs(config: Any) -> dict[str, Any]:
     return {
         "homeserver": config.homeserver,
         "user_id": config.user_id,
-        "data_dir": config.data_dir,
+        "storage": SqliteStorage(config.data_dir),
         "pickle_key": config.pickle_key,
         "password": config.password,
         "device_name": config.device_name,

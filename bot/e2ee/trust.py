@@ -517,6 +517,14 @@ class TrustPolicy:
         """Shorthand for ``device_verdict(user_id, device_id).trusted``."""
         return self.device_verdict(user_id, device_id).trusted
 
+    def device_cross_signed(self, user_id: str, device_id: str) -> bool | None:
+        """Whether ``device_id`` is cross-signed by ``user_id``'s current master key; None if their keys are unknown.
+
+        What a report's evidence records about the sending device (the moderators see it next to the case).
+        """
+        keys = self._users.get(user_id)
+        return None if keys is None else keys.device_cross_signed(device_id)
+
     def sender_verdict(
         self,
         user_id: str,

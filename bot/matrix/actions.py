@@ -368,13 +368,6 @@ class MatrixActions:
         return resp.event  # nio decrypts it on receipt when it can
 
 
-def _localpart(user_id: str) -> str:
-    return user_id[1:].split(":", 1)[0] if user_id.startswith("@") else user_id
-
-
-def _failed(what: str, resp: object) -> MatrixError:
-    return MatrixError(f"{what} failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))
-
     # -- moderation ------------------------------------------------------------------------------------------
 
     async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
@@ -413,6 +406,14 @@ def _failed(what: str, resp: object) -> MatrixError:
             event_type=source.get("type"),
             content=source.get("content"),
         )
+
+
+def _localpart(user_id: str) -> str:
+    return user_id[1:].split(":", 1)[0] if user_id.startswith("@") else user_id
+
+
+def _failed(what: str, resp: object) -> MatrixError:
+    return MatrixError(f"{what} failed: {getattr(resp, 'message', resp)}", getattr(resp, "status_code", None))
 
 
 @dataclass(frozen=True)

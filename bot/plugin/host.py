@@ -28,7 +28,6 @@ from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.info import CommandInfo, PluginInfo
 from bot.plugin.loader import import_plugin
 from bot.plugin.options import RoomFilter, find_schema, split_options, validate_options
-from bot.storage.plugin_storage import PluginStorage
 from bot.storage.state import StateStore
 
 if TYPE_CHECKING:
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from bot.e2ee.trust import TrustPolicy
     from bot.matrix.client import RatchetClient
     from bot.stats import BotStats
+    from bot.storage.backend import Storage
 
 __all__ = ["LoadedPlugin", "PluginHost", "PluginManager", "check_plugin_options"]
 
@@ -92,6 +92,7 @@ class PluginHost:
         self,
         client: RatchetClient,
         state: StateStore,
+        storage: Storage,
         dispatcher: Dispatcher,
         config: Config,
         *,
@@ -100,10 +101,10 @@ class PluginHost:
         identity: Identity | None,
     ) -> None:
         self.state = state
+        self.storage = storage
         self.dispatcher = dispatcher
         self.prefix = config.command_prefix
         self.plugin_dirs = config.plugin_dirs
-        self.data_dir = config.data_dir
         #: The configured plugins as plugins see them (``self.bot.plugins``).
         self.manager = PluginManager(self, config)
         #: What every plugin gets as ``self.bot``.
@@ -171,9 +172,7 @@ class PluginHost:
             except TypeError as exc:
                 raise PluginLoadError(f"plugin {name}: {exc}") from exc
         try:
-            instance.storage = await PluginStorage.open(
-                self.data_dir / "plugins" / f"{name}.db", migrations=cls.migrations, plugin=name
-            )
+            instance.storage = await self.storage.open_plugin_storage(name, cls.migrations)
         except StorageError as exc:
             raise PluginLoadError(str(exc)) from exc
         try:

@@ -17,6 +17,7 @@ import aiohttp
 
 from bot.crypto.cross_signing import verify_device_signed, verify_self_signing_key
 from bot.reports.evidence import verify_bundle
+from bot.storage.backend import SqliteStorage
 
 __all__ = ["verify_report"]
 
@@ -83,8 +84,11 @@ async def verify_report(path: Path, config_path: Path | None) -> int:
         from bot.config import load_config
 
         config = load_config(config_path)
-        creds = json.loads((config.data_dir / "credentials.json").read_text())
-        more_passed, more_problems = await _online(bundle, config.homeserver, creds["access_token"])
+        creds = SqliteStorage(config.data_dir).load_credentials()
+        if creds is None:
+            print(f"FAILED: no login stored in {config.data_dir} (start the bot once first)")
+            return 1
+        more_passed, more_problems = await _online(bundle, config.homeserver, creds.access_token)
         passed += more_passed
         problems += more_problems
     for line in passed:

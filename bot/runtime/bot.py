@@ -37,6 +37,7 @@ from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.host import PluginHost, PluginManager
 from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, own_join_index, select_events
 from bot.stats import BotStats
+from bot.storage.backend import SqliteStorage, Storage
 from bot.storage.state import StateStore
 
 __all__ = ["Bot"]
@@ -64,22 +65,33 @@ class Bot:
     first. :meth:`run` starts the plugins, syncs until asked to stop and shuts down.
     """
 
-    def __init__(self, config: Config, client: RatchetClient, state: StateStore) -> None:
+    def __init__(self, config: Config, client: RatchetClient, storage: Storage) -> None:
+        """Raises :class:`~bot.errors.StateError` if the runtime state cannot be opened."""
         self.config = config
         self.client = client
         #: How events come in: this account's /sync.
         self.source = SyncSource(client)
-        self.state = state
+        #: Where everything that survives a restart lives (SQLite files under data_dir by default).
+        self.storage = storage
+        #: Sync token, handled-event records, waiting events, trust pins.
+        self.state: StateStore = storage.open_state()
         self.state.on_write_error = self._storage_failed
         self.stats = BotStats()
         #: Whose devices get room keys and whose messages count as trusted (bot/e2ee/trust.py).
-        self.trust: TrustPolicy = install_trust(client, state, config.e2ee.trust)
+        self.trust: TrustPolicy = install_trust(client, self.state, config.e2ee.trust)
         #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
         #: be read (logged: cross-signing and key backup are off for this run).
         self.identity: Identity | None = _open_identity(client, config)
         self.dispatcher = Dispatcher(max_concurrency=config.max_concurrency, timeout=config.handler_timeout)
         self.host = PluginHost(
-            client, state, self.dispatcher, config, stats=self.stats, trust=self.trust, identity=self.identity
+            client,
+            self.state,
+            storage,
+            self.dispatcher,
+            config,
+            stats=self.stats,
+            trust=self.trust,
+            identity=self.identity,
         )
         #: What plugins see as ``self.bot``.
         self.api: BotAPI = self.host.api
@@ -101,21 +113,21 @@ class Bot:
         Raises :class:`~bot.errors.SessionError` with what to do when the identity on disk cannot be used.
         """
         os.umask(0o077)  # everything the bot writes (stores, plugin databases, keys) is private to its user
+        storage = SqliteStorage(config.data_dir)
         client = await open_session(
             homeserver=config.homeserver,
             user_id=config.user_id,
-            data_dir=config.data_dir,
+            storage=storage,
             pickle_key=config.pickle_key,
             password=config.password,
             access_token=config.access_token,
             device_name=config.device_name,
         )
         try:
-            state = StateStore.open(config.data_dir / "state.db")
+            return cls(config, client, storage)
         except StateError as exc:
             await client.close()
             raise SessionError(str(exc)) from exc
-        return cls(config, client, state)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 

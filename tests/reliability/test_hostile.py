@@ -20,7 +20,7 @@ from bot.config import ConfigError, load_config
 from bot.matrix.client import make_client
 from bot.matrix.sync import SyncBatch
 from bot.runtime.bot import Bot
-from bot.storage.state import StateStore
+from bot.storage.backend import SqliteStorage
 
 BOT = "@bot:localhost"
 ADMIN = "@admin:localhost"
@@ -67,7 +67,7 @@ class Harness:
         client.keys_query = record("keys_query")
         client.room_send = record("send", lambda room_id, *_: RoomSendResponse("$reply", room_id))
         self.client = client
-        self.bot = Bot(load_config(cfg), client, StateStore.open(tmp / "data" / "state.db"))
+        self.bot = Bot(load_config(cfg), client, SqliteStorage(tmp / "data"))
 
     async def start(self) -> Harness:
         await self.bot.host.load("recorder")
