@@ -59,6 +59,12 @@ class Member:
         self._task: asyncio.Task[None] | None = None
         self._synced = asyncio.Event()
 
+    @classmethod
+    async def login(cls, homeserver: str, user: Any, store_dir: Path) -> Member:
+        """Log ``user`` (a :class:`~bot.testing.synapse.RegisteredUser`: ``user_id`` and ``password``) in at
+        ``homeserver`` (a base URL) on a new device whose store is ``store_dir``, and start syncing."""
+        return await cls(homeserver, user.user_id, user.password, store_dir).start()
+
     @property
     def device_id(self) -> str:
         """This member's device id."""

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -41,7 +42,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-__all__ = ["FaultProxy", "Request", "Rule", "Seen"]
+__all__ = ["FaultProxy", "Request", "Rule", "Seen", "backoff_violations"]
 
 log = logging.getLogger(__name__)
 
@@ -378,6 +379,27 @@ class FaultProxy:
         if request.transport is not None:
             request.transport.abort()
         raise asyncio.CancelledError  # aiohttp's quiet path for a connection that is gone
+
+
+def backoff_violations(
+    attempts: Sequence[Seen], *, first: float, cap: float = float("inf"), factor: float = 2.0, slack: float = 0.9
+) -> list[str]:
+    """The gaps between consecutive ``attempts`` (oldest first) that are shorter than an exponential backoff allows.
+
+    Attempt ``k + 1`` (k = 1, 2, ...) must arrive at least ``slack * min(cap, first * factor ** (k - 1))`` seconds
+    after attempt ``k``: ``first`` is the shortest first wait (for a jittered delay, the bottom of its range) and
+    ``slack`` allows for timer granularity. Only lower bounds: a busy machine makes gaps longer, never shorter, so
+    the check does not flake under load, while a client that retries without backing off fails it at once.
+    Returns one line per violation (empty: the spacing is a backoff).
+    """
+    problems = []
+    for k, (before, after) in enumerate(itertools.pairwise(attempts), start=1):
+        need = slack * min(cap, first * factor ** (k - 1))
+        gap = after.time - before.time
+        if gap < need:
+            problems.append(f"attempt {k + 1} ({after.method} {after.path}) came {gap:.2f}s after attempt {k}, "
+                            f"not at least {need:.2f}s")
+    return problems
 
 
 async def _maybe_await(value: Any) -> None:

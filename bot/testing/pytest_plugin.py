@@ -6,7 +6,18 @@ Fixtures:
     One real :class:`~bot.testing.synapse.SynapseServer` shared by the whole test session,
     started on first use and stopped at the end. Tests must leave it running: tests that
     stop, pause or reconfigure a homeserver should start their own ``SynapseServer``.
-    Skips the test when ``matrix-synapse`` is not installed.
+    Skips the test when ``matrix-synapse`` is not installed (fails it under ``CI=true``, see
+    :mod:`bot.testing.tools`).
+
+``own_synapse`` (function scope)
+    A factory ``own_synapse(**kwargs) -> SynapseServer`` starting a homeserver of the test's own (the
+    :class:`~bot.testing.synapse.SynapseServer` keyword arguments: ``tight_rate_limits=True``,
+    ``extra_config={...}``), for tests that stop, pause, restart or reconfigure it. All are stopped afterwards.
+
+``fault_proxy`` (function scope, async)
+    A factory ``await fault_proxy(upstream_url, **kwargs) -> FaultProxy``: a started
+    :class:`~bot.testing.proxy.FaultProxy` in front of a homeserver (give it to the bot as ``connect_via``, or as
+    ``server`` in ``write_bot_config``). All are closed afterwards.
 
 ``new_user`` (function scope)
     A factory ``new_user(prefix="user", admin=False, displayname=None) -> RegisteredUser``
@@ -17,6 +28,13 @@ Fixtures:
     real bot with those plugins and returns a :class:`~bot.testing.kit.TestRoom` (an encrypted room with a member
     and the bot) whose ``ask("!cmd")`` returns the bot's decrypted reply. Needs pytest-asyncio
     (``asyncio_mode = "auto"`` is the easy way).
+
+``bot_in_room`` (function scope, async)
+    A factory ``await bot_in_room(synapse, plugins={...}, **config) -> BotInRoom``
+    (:class:`~bot.testing.scenario.BotInRoom`): the bot as a ``ratchet run`` process, ready, and a member in an
+    encrypted room with it (``.proc``, ``.member``, ``.room``, ``.bot_user``, ``.ask("!cmd")``). ``member=``,
+    ``start=`` and ``room=`` (all true by default) stop earlier; the other keyword arguments are
+    :class:`~bot.testing.scenario.BotInRoom`'s. The process is killed and the members closed after the test.
 
 Command-line options:
 
@@ -30,11 +48,10 @@ Marker ``e2e``: tests against a real Synapse.
 from __future__ import annotations
 
 import importlib.util
-import itertools
-import secrets
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,15 +61,17 @@ except ImportError:  # the kit's async fixtures need it; the sync ones work with
     pytest_asyncio = None
 
 from bot.testing.kit import RatchetKit
+from bot.testing.proxy import FaultProxy
+from bot.testing.scenario import BotInRoom, register_user
 from bot.testing.synapse import RegisteredUser, SynapseServer
+from bot.testing.tools import require_tool
 
-__all__ = ["NewUser", "new_user", "ratchet", "synapse"]
+__all__ = ["NewUser", "bot_in_room", "fault_proxy", "new_user", "own_synapse", "ratchet", "synapse"]
 
 #: Type of the ``new_user`` fixture's factory.
 NewUser = Callable[..., RegisteredUser]
 
 _KEPT_DIR = pytest.StashKey[Path]()
-_user_counter = itertools.count(1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,8 +102,10 @@ def synapse(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[SynapseServer]:
     """A real Synapse homeserver shared by the whole test session."""
-    if importlib.util.find_spec("synapse") is None:
-        pytest.skip("matrix-synapse is not installed (pip install 'ratchet[homeserver]')")
+    require_tool(
+        importlib.util.find_spec("synapse") is not None,
+        "matrix-synapse is not installed (pip install 'ratchet[homeserver]')",
+    )
     if request.config.getoption("--synapse-keep"):
         base_dir = Path(tempfile.mkdtemp(prefix="ratchet-synapse-"))
         request.config.stash[_KEPT_DIR] = base_dir
@@ -96,6 +117,31 @@ def synapse(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def own_synapse(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
+    """Factory for homeservers of the test's own (to stop, restart or reconfigure), all stopped afterwards.
+
+    ``own_synapse(**kwargs)`` starts ``SynapseServer(tmp_path / "hsN", **kwargs)`` and returns it.
+    """
+    require_tool(
+        importlib.util.find_spec("synapse") is not None,
+        "matrix-synapse is not installed (pip install 'ratchet[homeserver]')",
+    )
+    servers: list[SynapseServer] = []
+
+    def make(**kwargs: Any) -> SynapseServer:
+        server = SynapseServer(tmp_path / f"hs{len(servers)}", **kwargs)
+        servers.append(server)
+        server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.stop()
 
 
 # ---------------------------------------------------------------------- users
@@ -112,10 +158,7 @@ def new_user(synapse: SynapseServer) -> NewUser:
     def factory(
         prefix: str = "user", admin: bool = False, displayname: str | None = None
     ) -> RegisteredUser:
-        localpart = f"{prefix.lower()}-{next(_user_counter)}-{secrets.token_hex(3)}"
-        return synapse.register_user(
-            localpart, secrets.token_urlsafe(16), admin=admin, displayname=displayname
-        )
+        return register_user(synapse, prefix, admin=admin, displayname=displayname)
 
     return factory
 
@@ -137,3 +180,46 @@ async def ratchet(synapse: SynapseServer, new_user: NewUser, tmp_path: Path):
         yield kit
     finally:
         await kit.close()
+
+
+@_async_fixture
+async def bot_in_room(tmp_path: Path):
+    """Factory ``await bot_in_room(synapse, **kwargs)`` of opened :class:`~bot.testing.scenario.BotInRoom`.
+
+    ``member``, ``start`` and ``room`` go to :meth:`~bot.testing.scenario.BotInRoom.open`, the rest to the
+    constructor. The first one lives in ``tmp_path`` itself, further ones in ``tmp_path / "bot2"``... Every bot
+    process is killed and every member closed after the test.
+    """
+    made: list[BotInRoom] = []
+
+    async def make(
+        synapse: SynapseServer, *, member: bool = True, start: bool = True, room: bool = True, **kwargs: Any
+    ) -> BotInRoom:
+        folder = tmp_path if not made else tmp_path / f"bot{len(made) + 1}"
+        scenario = BotInRoom(synapse, folder, **kwargs)
+        made.append(scenario)
+        return await scenario.open(member=member, start=start, room=room)
+
+    try:
+        yield make
+    finally:
+        for scenario in reversed(made):
+            await scenario.close()
+
+
+@_async_fixture
+async def fault_proxy() -> AsyncIterator[Callable[..., Any]]:
+    """Factory ``await fault_proxy(upstream_url, **kwargs)`` of started :class:`~bot.testing.proxy.FaultProxy`
+    instances, closed after the test."""
+    proxies: list[FaultProxy] = []
+
+    async def make(upstream: str, **kwargs: Any) -> FaultProxy:
+        proxy = await FaultProxy(upstream, **kwargs).start()
+        proxies.append(proxy)
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in proxies:
+            await proxy.close()
