@@ -9,7 +9,7 @@ crypto store holding the 100 inbound sessions. Each variant then handles the sam
 * ``nio``: bare matrix-nio, as a nio bot does it: ``json.loads``, ``SyncResponse.from_dict``, ``receive_response``
   (decryption, room state, callbacks) with a no-op callback for text messages;
 * ``ratchet``: Ratchet's full pipeline as the sync loop runs it (the client from ``make_client``, so with the fast
-  path and the lazy store; ``Bot._handle_sync`` filtering, routing, the dispatcher, the exactly-once bookkeeping in
+  path and the lazy store; ``Runtime._handle_sync`` filtering, routing, the dispatcher, the exactly-once bookkeeping in
   ``state.db``) down to a no-op command handler (``bench/plugins/benchnoop``), until every handler has finished and
   the sync token is committed;
 * ``ratchet-before``: the same pipeline with nio's own validation and store (``bot.matrix.schemas`` uninstalled), i.e.
@@ -276,7 +276,7 @@ async def _run_nio(passes: int, work: Path) -> tuple[list[float], dict]:
 
 
 class OfflineBot:
-    """Ratchet's runtime pieces wired as ``Bot.run()`` wires them, fed with raw sync JSON instead of the network."""
+    """Ratchet's runtime pieces wired as ``Runtime.run()`` wires them, fed with raw sync JSON instead of the network."""
 
     def __init__(self, work: Path, *, fast: bool, lazy: bool = True) -> None:
         self.work = work
@@ -319,14 +319,14 @@ class OfflineBot:
 
     async def fresh_state(self, k: int) -> None:
         """A new state.db, plugin host and dispatcher (so no event counts as handled already)."""
-        from bot.runtime.bot import Bot
+        from bot.runtime.runtime import Runtime
         from bot.storage.backend import SqliteStorage
 
         if self.bot is not None:
             await self.bot.host.unload_all()
             await self.bot.dispatcher.close()
             self.bot.state.close()
-        self.bot = bot = Bot(self.cfg, self.client, SqliteStorage(self.work / f"run-{k}"))
+        self.bot = bot = Runtime(self.cfg, self.client, SqliteStorage(self.work / f"run-{k}"))
         await bot.manager.start_all()
         assert "benchnoop" in bot.host.plugins, bot.host.errors
 

@@ -33,7 +33,7 @@ def run_demo() -> int:
 
 async def _demo() -> bool:
     from bot.config import parse_config
-    from bot.runtime.bot import Bot
+    from bot.runtime.runtime import Runtime
     from bot.testing.member import Member
     from bot.testing.synapse import SynapseServer
 
@@ -66,7 +66,7 @@ plugins:
 """,
                 source="<demo>",
             )
-            bot = await Bot.open(config)
+            bot = await Runtime.open(config)
             bot_task = asyncio.create_task(bot.run(install_signal_handlers=False))
             await asyncio.wait_for(bot.ready.wait(), 60)
             _step(f"the bot is running as device {bot.client.device_id}")

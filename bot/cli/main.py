@@ -243,10 +243,10 @@ def _read_recovery_key(args: argparse.Namespace) -> str | None:
 
 
 def _run(config) -> int:
-    from bot.runtime.bot import Bot
+    from bot.runtime.runtime import Runtime
 
     async def open_and_run() -> None:
-        bot = await Bot.open(config)
+        bot = await Runtime.open(config)
         await bot.run()
 
     try:

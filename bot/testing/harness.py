@@ -55,7 +55,7 @@ def write_bot_config(
 
 
 class InProcessBot:
-    """A :class:`bot.runtime.bot.Bot` running as a task in the test's event loop."""
+    """A :class:`bot.runtime.runtime.Runtime` running as a task in the test's event loop."""
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
@@ -65,9 +65,9 @@ class InProcessBot:
     async def start(self, timeout: float = 60) -> InProcessBot:
         """Start the bot and wait until its first sync is handled."""
         from bot.config import load_config
-        from bot.runtime.bot import Bot
+        from bot.runtime.runtime import Runtime
 
-        self.bot = await Bot.open(load_config(self.config_path))
+        self.bot = await Runtime.open(load_config(self.config_path))
         self._task = asyncio.create_task(self.bot.run(install_signal_handlers=False))
         ready = asyncio.ensure_future(self.bot.ready.wait())
         done, _ = await asyncio.wait({ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -19,7 +19,7 @@ from nio import RoomSendResponse, SyncResponse
 from bot.config import ConfigError, load_config
 from bot.matrix.client import make_client
 from bot.matrix.sync import SyncBatch
-from bot.runtime.bot import Bot
+from bot.runtime.runtime import Runtime
 from bot.storage.backend import SqliteStorage
 
 BOT = "@bot:localhost"
@@ -29,7 +29,7 @@ TESTS = Path(__file__).resolve().parent.parent
 
 
 class Harness:
-    """A Bot whose client never touches the network: the sync handling path with a recording plugin."""
+    """A Runtime whose client never touches the network: the sync handling path with a recording plugin."""
 
     def __init__(self, tmp: Path) -> None:
         cfg = tmp / "bot.yaml"
@@ -67,7 +67,7 @@ class Harness:
         client.keys_query = record("keys_query")
         client.room_send = record("send", lambda room_id, *_: RoomSendResponse("$reply", room_id))
         self.client = client
-        self.bot = Bot(load_config(cfg), client, SqliteStorage(tmp / "data"))
+        self.bot = Runtime(load_config(cfg), client, SqliteStorage(tmp / "data"))
 
     async def start(self) -> Harness:
         await self.bot.host.load("recorder")

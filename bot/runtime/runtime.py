@@ -1,6 +1,6 @@
 """The runtime: start, sync, hand events to plugins, stop cleanly.
 
-``Bot.run()`` opens the session (one device forever), loads the configured plugins and syncs until asked to stop.
+``Runtime.run()`` opens the session (one device forever), loads the configured plugins and syncs until asked to stop.
 Each sync batch goes through the same steps:
 
 1. invites are accepted or rejected by ``invites.accept_from``;
@@ -40,7 +40,7 @@ from bot.stats import BotStats
 from bot.storage.backend import SqliteStorage, Storage
 from bot.storage.state import StateStore
 
-__all__ = ["Bot"]
+__all__ = ["Runtime"]
 
 log = logging.getLogger("ratchet")
 
@@ -56,8 +56,9 @@ SHUTDOWN_GRACE = 6.0
 SENDER_CHECK_ATTEMPTS = 12
 
 
-class Bot:
-    """One bot account: its session, its plugins and its sync loop.
+class Runtime:
+    """The running bot: one account's session, its plugins and its sync loop (plugins see it as ``self.bot``,
+    a :class:`~bot.plugin.api.BotAPI`, never this object).
 
     Built whole: the constructor wires every collaborator (trust policy, identity, dispatcher, plugin host and the
     :class:`~bot.plugin.api.BotAPI` plugins see), so nothing is filled in later and plugins see all of it from their
@@ -107,7 +108,7 @@ class Bot:
         self._fatal: Exception | None = None
 
     @classmethod
-    async def open(cls, config: Config) -> Bot:
+    async def open(cls, config: Config) -> Runtime:
         """Open the bot's session (logging in only the first time) and ``state.db``, and build the bot.
 
         Raises :class:`~bot.errors.SessionError` with what to do when the identity on disk cannot be used.
