@@ -12,7 +12,6 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from nio import MegolmEvent, RoomGetEventResponse, RoomMessageText
@@ -21,16 +20,12 @@ from bot.crypto.cross_signing import verify_device_signed, verify_master_signed_
 from bot.crypto.recoverykey import decode_recovery_key, encode_recovery_key
 from bot.e2ee.identity import SECRETS_FILE, query_own_keys
 from bot.matrix.session import SessionError
-from bot.testing.harness import BotProcess, InProcessBot, write_bot_config
+from bot.testing.harness import InProcessBot, write_bot_config
 from bot.testing.member import Member
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
 WAIT = 30
-
-
-async def _member(synapse, user, tmp_path: Path, name: str = "member") -> Member:
-    return await Member(synapse.url, user.user_id, user.password, tmp_path / name).start()
 
 
 def _ratchet(*args: str, timeout: float = 45) -> subprocess.CompletedProcess[str]:
@@ -75,7 +70,7 @@ async def test_bootstrap_then_restart_reuses_keys_and_recovery_key_show(synapse,
         data_dir=tmp_path / "data",
         e2ee={"cross_signing": True, "key_backup": True, "recovery_key_file": str(key_file)},
     )
-    member = await _member(synapse, alice, tmp_path)
+    member = await Member.login(synapse.url, alice, tmp_path / "member")
     bot = await InProcessBot(cfg).start()
     try:
         identity = bot.bot.identity
@@ -133,7 +128,7 @@ async def test_bootstrap_then_restart_reuses_keys_and_recovery_key_show(synapse,
     assert joined.returncode == 0, joined.stdout + joined.stderr
     assert "new device" in joined.stdout and "is now cross-signed" in joined.stdout, joined.stdout
     second_device = json.loads((tmp_path / "data2" / "credentials.json").read_text())["device_id"]
-    observer = await _member(synapse, alice, tmp_path, "observer")
+    observer = await Member.login(synapse.url, alice, tmp_path / "observer")
     try:
         keys = await _published(observer, bot_user.user_id)
         assert keys.master_public == master
@@ -153,7 +148,7 @@ async def test_lost_crypto_store_recovered_with_verify_and_key_backup(synapse, n
         data_dir=data_dir,
         e2ee={"cross_signing": True, "key_backup": True, "recovery_key_file": str(key_file)},
     )
-    member = await _member(synapse, alice, tmp_path)
+    member = await Member.login(synapse.url, alice, tmp_path / "member")
     try:
         bot = await InProcessBot(cfg).start()
         try:
@@ -230,43 +225,36 @@ async def test_wrong_recovery_key_changes_nothing(synapse, new_user, tmp_path):
     assert not list(data_dir.glob("credentials.json.replaced-*"))
 
 
-async def test_banner_once_then_cross_signing_reset_with_password(synapse, new_user, tmp_path):
-    bot_user, alice = new_user("bot"), new_user("alice")
-    cfg = write_bot_config(tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data")
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    member = await _member(synapse, alice, tmp_path)
-    try:
-        await proc.run_ready()
-        assert await proc.stop() == 0
-        await proc.run_ready()
-        assert await proc.stop() == 0
-        log = proc.log_text()
-        assert log.count("NEW RECOVERY KEY") == 1, "the recovery key is shown exactly once"
-        shown = await _ratchet_async("recovery-key", "show", "-c", str(cfg))
-        assert shown.returncode == 0, shown.stderr
-        first_key = shown.stdout.strip()
-        assert log.count(first_key) == 1
-        device_id = json.loads((tmp_path / "data" / "credentials.json").read_text())["device_id"]
-        first_master = (await _published(member, bot_user.user_id)).master_public
+async def test_banner_once_then_cross_signing_reset_with_password(synapse, bot_in_room):
+    t = await bot_in_room(synapse, room=False)
+    proc, member, bot_user, cfg = t.proc, t.member, t.bot_user, t.config_path
+    assert await proc.stop() == 0
+    await proc.run_ready()
+    assert await proc.stop() == 0
+    log = proc.log_text()
+    assert log.count("NEW RECOVERY KEY") == 1, "the recovery key is shown exactly once"
+    shown = await _ratchet_async("recovery-key", "show", "-c", str(cfg))
+    assert shown.returncode == 0, shown.stderr
+    first_key = shown.stdout.strip()
+    assert log.count(first_key) == 1
+    device_id = json.loads((t.data_dir / "credentials.json").read_text())["device_id"]
+    first_master = (await _published(member, bot_user.user_id)).master_public
 
-        # Replacing existing keys needs user-interactive auth: the password answers it.
-        reset = await _ratchet_async("cross-signing", "reset", "-c", str(cfg), "--yes")
-        assert reset.returncode == 0, reset.stdout + reset.stderr
-        assert "NEW RECOVERY KEY" in reset.stderr and "new cross-signing keys" in reset.stdout
-        assert "user-interactive auth" in reset.stderr, reset.stderr
-        assert bot_user.password not in reset.stderr + reset.stdout
-        keys = await _published(member, bot_user.user_id)
-        assert keys.master_public and keys.master_public != first_master
-        _assert_cross_signed(keys, bot_user.user_id, device_id)
-        second = await _ratchet_async("recovery-key", "show", "-c", str(cfg))
-        new_key = second.stdout.strip()
-        assert new_key != first_key and new_key in reset.stderr
+    # Replacing existing keys needs user-interactive auth: the password answers it.
+    reset = await _ratchet_async("cross-signing", "reset", "-c", str(cfg), "--yes")
+    assert reset.returncode == 0, reset.stdout + reset.stderr
+    assert "NEW RECOVERY KEY" in reset.stderr and "new cross-signing keys" in reset.stdout
+    assert "user-interactive auth" in reset.stderr, reset.stderr
+    assert bot_user.password not in reset.stderr + reset.stdout
+    keys = await _published(member, bot_user.user_id)
+    assert keys.master_public and keys.master_public != first_master
+    _assert_cross_signed(keys, bot_user.user_id, device_id)
+    second = await _ratchet_async("recovery-key", "show", "-c", str(cfg))
+    new_key = second.stdout.strip()
+    assert new_key != first_key and new_key in reset.stderr
 
-        # The bot starts on the new keys without uploading anything.
-        await proc.run_ready()
-        assert await proc.stop() == 0
-        assert proc.log_text().count("published new cross-signing keys") == 1  # the first start only
-        assert (await _published(member, bot_user.user_id)).master_public == keys.master_public
-    finally:
-        proc.kill()
-        await member.close()
+    # The bot starts on the new keys without uploading anything.
+    await proc.run_ready()
+    assert await proc.stop() == 0
+    assert proc.log_text().count("published new cross-signing keys") == 1  # the first start only
+    assert (await _published(member, bot_user.user_id)).master_public == keys.master_public

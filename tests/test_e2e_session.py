@@ -12,9 +12,6 @@ import urllib.parse
 import pytest
 import yaml
 
-from bot.testing.harness import BotProcess, write_bot_config
-from bot.testing.member import Member
-
 pytestmark = pytest.mark.e2e
 
 
@@ -23,35 +20,26 @@ def _device_ids(synapse, admin, user_id):
     return sorted(d["device_id"] for d in synapse.admin_request("GET", path, admin.access_token)["devices"])
 
 
-async def test_rejected_token_logs_in_again_with_the_same_device(synapse, new_user, tmp_path):
-    bot_user, alice, admin = new_user("bot"), new_user("alice"), new_user("admin", admin=True)
-    data = tmp_path / "data"
-    cfg = write_bot_config(tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=data)
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    member = await Member(synapse.url, alice.user_id, alice.password, tmp_path / "m").start()
-    try:
-        await proc.run_ready()
-        room = await member.create_room(invite=[bot_user.user_id])
-        await member.wait_joined(room, bot_user.user_id)
-        assert await proc.stop() == 0
-        creds_path = data / "credentials.json"
-        creds = json.loads(creds_path.read_text())
-        devices = _device_ids(synapse, admin, bot_user.user_id)
-        creds["access_token"] = "syt_this_token_is_not_valid"
-        creds_path.write_text(json.dumps(creds))
+async def test_rejected_token_logs_in_again_with_the_same_device(synapse, new_user, bot_in_room):
+    admin = new_user("admin", admin=True)
+    t = await bot_in_room(synapse)
+    proc, member, room, bot_user, data = t.proc, t.member, t.room, t.bot_user, t.data_dir
+    assert await proc.stop() == 0
+    creds_path = data / "credentials.json"
+    creds = json.loads(creds_path.read_text())
+    devices = _device_ids(synapse, admin, bot_user.user_id)
+    creds["access_token"] = "syt_this_token_is_not_valid"
+    creds_path.write_text(json.dumps(creds))
 
-        await proc.run_ready()
-        renewed = json.loads(creds_path.read_text())
-        assert renewed["device_id"] == creds["device_id"]
-        assert renewed["access_token"] != creds["access_token"]
-        assert _device_ids(synapse, admin, bot_user.user_id) == devices
-        ping = await member.send(room, "!ping")
-        reply = await member.expect_reply(room, ping, sender=bot_user.user_id)
-        assert reply.decrypted and reply.body.startswith("pong")
-        assert await proc.stop() == 0
-    finally:
-        proc.kill()
-        await member.close()
+    await proc.run_ready()
+    renewed = json.loads(creds_path.read_text())
+    assert renewed["device_id"] == creds["device_id"]
+    assert renewed["access_token"] != creds["access_token"]
+    assert _device_ids(synapse, admin, bot_user.user_id) == devices
+    ping = await member.send(room, "!ping")
+    reply = await member.expect_reply(room, ping, sender=bot_user.user_id)
+    assert reply.decrypted and reply.body.startswith("pong")
+    assert await proc.stop() == 0
     assert "stored access token rejected; logging in again as device" in proc.log_text()
     assert renewed["access_token"] not in proc.log_text()
 
@@ -62,16 +50,13 @@ def _run_once(cfg) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_missing_store_or_wrong_pickle_key_is_a_clear_error_not_a_new_device(synapse, new_user, tmp_path):
-    bot_user, admin = new_user("bot"), new_user("admin", admin=True)
-    data = tmp_path / "data"
-    cfg = write_bot_config(tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=data)
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    try:
-        await proc.run_ready()
-        assert await proc.stop() == 0
-    finally:
-        proc.kill()
+async def test_missing_store_or_wrong_pickle_key_is_a_clear_error_not_a_new_device(
+    synapse, new_user, tmp_path, bot_in_room
+):
+    admin = new_user("admin", admin=True)
+    t = await bot_in_room(synapse, member=False, room=False)
+    proc, bot_user, data, cfg = t.proc, t.bot_user, t.data_dir, t.config_path
+    assert await proc.stop() == 0
     devices = _device_ids(synapse, admin, bot_user.user_id)
 
     # Wrong pickle key: the store cannot be opened, and the bot says why.
