@@ -890,3 +890,11 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         ) from None
     base_dir = Path(os.path.abspath(name)).parent
     return parse_config(text, source=name, base_dir=base_dir, environ=environ)
+
+
+def reread_plugin_options(config: Config, plugin: str) -> dict[str, Any] | None:
+    """``plugin``'s options from the config file as it is now (a reload picks up edits); None if the config was not
+    loaded from a file. Raises :class:`ConfigError` if the file has an error now."""
+    if not config.source:
+        return None
+    return load_config(config.source).plugins.get(plugin)

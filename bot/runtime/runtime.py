@@ -364,7 +364,7 @@ class Runtime:
                 event.sender,
             )
             return [self._spawn(self._route_when_sender_known(room_id, event))]
-        return self.host.route(room_id, event, trusted=check.trusted)
+        return self.host.router.route(room_id, event, trusted=check.trusted)
 
     async def _route_when_sender_known(self, room_id: str, event: Event) -> JobOutcome:
         """Route ``event`` once its sender's device keys can be fetched (bounded retries with backoff)."""
@@ -375,7 +375,7 @@ class Runtime:
                 continue
             if check.owned is False:
                 return JobOutcome("ok")
-            outcomes = await asyncio.gather(*self.host.route(room_id, event, trusted=check.trusted))
+            outcomes = await asyncio.gather(*self.host.router.route(room_id, event, trusted=check.trusted))
             return JobOutcome("cancelled" if any(o.status == "cancelled" for o in outcomes) else "ok")
         log.warning("giving up on %s: the device keys of %s could not be fetched", event.event_id, event.sender)
         return JobOutcome("ok")

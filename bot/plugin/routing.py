@@ -1,0 +1,191 @@
+"""Routing: which loaded plugins' handlers want an event, run through the dispatcher with exactly-once bookkeeping.
+
+Plain code: for a text message it strips the reply fallback, looks for ``<prefix><command>``, checks the command's
+access rules and parses its typed arguments; passive ``on_message`` patterns and ``on_event`` types are matched next.
+What runs for one event and one plugin becomes one dispatcher job on the lane ``(room, plugin)``, recorded as handled
+in the runtime state in the same step as the handlers return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from bot.errors import StateError, UsageError
+from bot.matrix.events import Event, is_text_message
+from bot.plugin.base import Access, CommandHandler, Handlers, Plugin
+from bot.plugin.commands import parse_invocation, strip_reply_fallback
+from bot.plugin.context import Context
+from bot.plugin.dispatch import Dispatcher, JobOutcome
+from bot.plugin.options import RoomFilter
+
+if TYPE_CHECKING:
+    from bot.plugin.api import BotAPI
+    from bot.storage.state import StateStore
+
+__all__ = ["LoadedPlugin", "Router"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedPlugin:
+    """A running plugin instance and what it declared."""
+
+    name: str
+    instance: Plugin
+    handlers: Handlers
+    rooms: RoomFilter = field(default_factory=RoomFilter)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    loaded_at: float = field(default_factory=time.time)
+
+
+class Router:
+    """Turns events into handler jobs for the loaded plugins (the host's ``plugins`` mapping, shared)."""
+
+    def __init__(
+        self,
+        plugins: dict[str, LoadedPlugin],
+        api: BotAPI,
+        state: StateStore,
+        dispatcher: Dispatcher,
+        *,
+        prefix: str,
+    ) -> None:
+        self.plugins = plugins
+        self.api = api
+        self.state = state
+        self.dispatcher = dispatcher
+        self.prefix = prefix
+        # (event id, plugin) pairs submitted but not finished: the same event can reach route() twice before its
+        # first handling is recorded (a late key and a restart retry, overlapping gap fills).
+        self._inflight: set[tuple[str, str]] = set()
+
+    def route(self, room_id: str, event: Event, *, trusted: bool = True) -> list[asyncio.Future[JobOutcome]]:
+        """Submit the jobs that handle ``event``; returns their futures (empty if nothing wants it)."""
+        futures: list[asyncio.Future[JobOutcome]] = []
+        invocation = None
+        if is_text_message(event) and event.source.get("content", {}).get("msgtype") == "m.text":
+            invocation = parse_invocation(strip_reply_fallback(event.body), self.prefix)
+        for loaded in list(self.plugins.values()):
+            if not loaded.rooms.permits(room_id):
+                continue
+            calls = self._calls_for(loaded, room_id, event, invocation, trusted)
+            if not calls:
+                continue
+            if (event.event_id, loaded.name) in self._inflight or self.state.is_handled(event.event_id, loaded.name):
+                log.debug("event %s already handled by %s", event.event_id, loaded.name)
+                continue
+            futures.append(self._submit(loaded, room_id, event, calls, trusted=trusted))
+        return futures
+
+    def _calls_for(
+        self, loaded: LoadedPlugin, room_id: str, event: Event, invocation, trusted: bool
+    ) -> list[tuple[str, Callable[[Context], Awaitable[Any]]]]:
+        calls: list[tuple[str, Callable[[Context], Awaitable[Any]]]] = []
+        h = loaded.handlers
+        if invocation is not None:
+            for cmd in h.commands:
+                if invocation.name == cmd.spec.name or invocation.name in cmd.spec.aliases:
+                    calls.append((f"command {cmd.spec.name}", self._command_call(cmd, invocation.args)))
+        if is_text_message(event):
+            for handler in h.messages:
+                match = handler.pattern.search(event.body)
+                if match is not None:
+                    calls.append(
+                        (f"message handler {handler.func.__name__}", _bind(handler.func, match))
+                    )
+        event_type = event.source.get("type")
+        for handler in h.events:
+            wanted = handler.event_type
+            if (isinstance(wanted, str) and wanted == event_type) or (
+                isinstance(wanted, type) and isinstance(event, wanted)
+            ):
+                calls.append((f"event handler {handler.func.__name__}", _bind(handler.func)))
+        return calls
+
+    def _command_call(self, cmd: CommandHandler, args: str) -> Callable[[Context], Awaitable[Any]]:
+        async def call(ctx: Context) -> None:
+            if cmd.access is Access.ADMIN and not ctx.is_admin:
+                log.info("denied %s%s to %s (admins only)", self.prefix, cmd.spec.name, ctx.sender)
+                await ctx.reply(f"⛔ {self.prefix}{cmd.spec.name} is for the bot's admins only.", notice=True)
+                return
+            if cmd.power_level is not None and ctx.power_level < cmd.power_level:
+                log.info("denied %s%s to %s (power level)", self.prefix, cmd.spec.name, ctx.sender)
+                await ctx.reply(
+                    f"⛔ {self.prefix}{cmd.spec.name} needs power level {cmd.power_level} in this room.",
+                    notice=True,
+                )
+                return
+            try:
+                kwargs = cmd.spec.parse(args)
+            except UsageError as err:
+                await ctx.reply(f"{err.message}\nUsage: {err.usage}", notice=True)
+                return
+            await cmd.func(ctx, **kwargs)
+
+        return call
+
+    def _submit(
+        self,
+        loaded: LoadedPlugin,
+        room_id: str,
+        event: Event,
+        calls: list[tuple[str, Callable[[Context], Awaitable[Any]]]],
+        *,
+        trusted: bool = True,
+    ) -> asyncio.Future[JobOutcome]:
+        ctx = Context(self.api, room_id, event, loaded.instance, trusted=trusted)
+
+        async def run() -> None:
+            for label, call in calls:
+                await _isolated(loaded.name, label, call, ctx)
+            # Recorded in the same step as the handler's return, with no await in between: a crash (kill -9) can
+            # no longer fall between "the plugin finished" and "the framework knows" while the loop runs other work.
+            with contextlib.suppress(StateError):  # the disk is full or read-only: the runtime stops the bot
+                self.state.mark_handled(event.event_id, loaded.name)
+
+        key = (event.event_id, loaded.name)
+        self._inflight.add(key)
+
+        def finished(fut: asyncio.Future[JobOutcome]) -> None:
+            # A handler that failed or timed out has had its turn: it is not retried after a restart (a poison
+            # message must not hang the bot forever). Only jobs cut short by shutdown are left for redelivery.
+            self._inflight.discard(key)
+            if fut.result().status not in ("cancelled", "ok"):
+                with contextlib.suppress(StateError):
+                    self.state.mark_handled(event.event_id, loaded.name)
+
+        label = ", ".join(label for label, _ in calls)
+        fut = self.dispatcher.submit((room_id, loaded.name), run, label)
+        fut.add_done_callback(finished)
+        return fut
+
+
+def _bind(func: Callable[..., Awaitable[Any]], *extra: Any) -> Callable[[Context], Awaitable[Any]]:
+    async def call(ctx: Context) -> Any:
+        return await func(ctx, *extra)
+
+    return call
+
+
+async def _isolated(
+    plugin: str, label: str, call: Callable[[Context], Awaitable[Any]], ctx: Context
+) -> None:
+    """Run one handler; an exception is logged and answered briefly (for commands), never propagated."""
+    try:
+        await call(ctx)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error("plugin %s: %s raised on %s", plugin, label, ctx.event_id, exc_info=exc)
+        if label.startswith("command "):
+            try:
+                await ctx.reply(f"⚠️ {label} failed ({exc.__class__.__name__}); the error was logged.", notice=True)
+            except Exception:
+                log.warning("plugin %s: could not report the error in %s", plugin, ctx.room_id)
