@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nio import (
     EncryptionError,
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from bot.matrix.client import RatchetClient
 
 __all__ = [
+    "EventSource",
     "Invite",
     "RoomTimeline",
     "SyncBatch",
@@ -127,8 +128,41 @@ def describe(obj: object) -> str:
     return obj.__class__.__name__
 
 
+class EventSource(Protocol):
+    """How events reach the runtime: what :class:`SyncSource` does for one account's ``/sync``, and what an
+    appservice's transaction source does for a bridge's bot and ghosts."""
+
+    @property
+    def own_user_id(self) -> str:
+        """The bot's user id (its own events are not handed to plugins)."""
+
+    def room_count(self) -> int:
+        """How many rooms the bot is in."""
+
+    async def fetch(self, since: str | None, *, timeout_ms: int, full_state: bool | None = None) -> SyncBatch:
+        """The next batch after ``since``; :class:`SyncFailed` to back off and retry."""
+
+    async def backfill(self, room_id: str, prev_batch: str, stop_ms: int, max_pages: int) -> list[Event]:
+        """Events a gap left out, oldest first."""
+
+    def decrypt(self, room_id: str, source: dict[str, Any]) -> Event | None:
+        """A waiting event decrypted now, or None."""
+
+    async def request_key(self, room_id: str, event: Event) -> None:
+        """Ask for the key of an undecryptable event."""
+
+    async def join(self, room_id: str) -> str | None:
+        """Accept an invite; None on success, else why not."""
+
+    async def leave(self, room_id: str) -> None:
+        """Reject an invite."""
+
+    async def maintain_keys(self) -> None:
+        """Keep the device's keys published and other devices' keys fresh."""
+
+
 class SyncSource:
-    """One account's ``/sync`` through :class:`~bot.matrix.client.RatchetClient`."""
+    """One account's ``/sync`` through :class:`~bot.matrix.client.RatchetClient` (an :class:`EventSource`)."""
 
     def __init__(self, client: RatchetClient) -> None:
         self.client = client

@@ -31,7 +31,7 @@ from bot.matrix.client import RatchetClient, backoff_delay
 from bot.matrix.events import Event
 from bot.matrix.power import creators_from_create_event
 from bot.matrix.session import open_session
-from bot.matrix.sync import SyncBatch, SyncFailed, SyncSource, describe, is_storage_error, is_undecrypted
+from bot.matrix.sync import EventSource, SyncBatch, SyncFailed, SyncSource, describe, is_storage_error, is_undecrypted
 from bot.plugin.api import BotAPI
 from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.host import PluginHost, PluginManager
@@ -71,7 +71,7 @@ class Runtime:
         self.config = config
         self.client = client
         #: How events come in: this account's /sync.
-        self.source = SyncSource(client)
+        self.source: EventSource = SyncSource(client)
         #: Where everything that survives a restart lives (SQLite files under data_dir by default).
         self.storage = storage
         #: Sync token, handled-event records, waiting events, trust pins.
