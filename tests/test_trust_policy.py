@@ -15,17 +15,8 @@ from nio import KeysUploadResponse, LocalProtocolError
 
 from bot.crypto.canonical import sign_json, verify_json
 from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds
-from bot.e2ee.trust import (
-    CODE_BLACKLISTED,
-    CODE_UNVERIFIED,
-    IdentityChanged,
-    MemoryPinStore,
-    StatePinStore,
-    TrustPolicy,
-    UserKeys,
-    parse_withheld,
-    withheld_content,
-)
+from bot.crypto.withheld import CODE_BLACKLISTED, CODE_UNVERIFIED, parse_withheld, withheld_content
+from bot.e2ee.trust import IdentityChanged, MemoryPinStore, StatePinStore, TrustPolicy, UserKeys
 from bot.matrix.client import RatchetClient, _KeysQueryWithCrossSigning, _SyncWithKeyCounts, make_client
 from bot.matrix.fallback_keys import (
     FALLBACK_KEY_ALGORITHM,

@@ -65,17 +65,11 @@ from bot.crypto.cross_signing import (
 )
 from bot.crypto.withheld import (
     CODE_BLACKLISTED,
-    CODE_NO_OLM,
-    CODE_UNAUTHORISED,
-    CODE_UNAVAILABLE,
     CODE_UNVERIFIED,
-    MEGOLM_ALGORITHM,
     WITHHELD_EVENT_TYPES,
     Verdict,
     Withheld,
-    no_olm_content,
     parse_withheld,
-    withheld_content,
 )
 
 if TYPE_CHECKING:
@@ -83,14 +77,7 @@ if TYPE_CHECKING:
     from bot.storage.state import StateStore
 
 __all__ = [
-    "CODE_BLACKLISTED",
-    "CODE_NO_OLM",
-    "CODE_UNAUTHORISED",
-    "CODE_UNAVAILABLE",
-    "CODE_UNVERIFIED",
-    "MEGOLM_ALGORITHM",
     "TRUST_MODES",
-    "WITHHELD_EVENT_TYPES",
     "IdentityChanged",
     "MemoryPinStore",
     "PinStore",
@@ -98,12 +85,7 @@ __all__ = [
     "StatePinStore",
     "TrustPolicy",
     "UserKeys",
-    "Verdict",
-    "Withheld",
     "install_trust",
-    "no_olm_content",
-    "parse_withheld",
-    "withheld_content",
 ]
 
 log = logging.getLogger(__name__)
