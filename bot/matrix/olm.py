@@ -102,13 +102,9 @@ class RatchetOlm(Olm):
         session = self.inbound_group_store.get(room_id, sender_key, session_id) if session_id else None
         claimed = session.ed25519 if session is not None else None
         forwarded = bool(session.forwarding_chain) if session is not None else False
-        owner = None
-        for user_id, devices in list(self.device_store.items()):
-            for device in devices.values():
-                if device.curve25519 == sender_key:
-                    if user_id != sender:
-                        return SenderDevice(False, sender_key, claimed, forwarded)  # another user's device
-                    owner = device
+        # Only the sender's own devices are looked at: a device anyone publishes with a copy of Alice's curve25519
+        # key must not make Alice's messages look forged.
+        owner = next((d for d in self.device_store.active_user_devices(sender) if d.curve25519 == sender_key), None)
         if owner is None:
             owned = False if queried and sender not in self.users_for_key_query else None
             return SenderDevice(owned, sender_key, claimed, forwarded)
