@@ -1,20 +1,15 @@
-"""Helpers of the fault suite: members, the ledger observable, log checks."""
+"""Helpers of the fault suite: the ledger observable, log checks."""
 
 from __future__ import annotations
 
 import asyncio
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from bot.testing.harness import BotProcess
 from bot.testing.member import Member
-from bot.testing.synapse import RegisteredUser
-
-
-async def start_member(homeserver: str, user: RegisteredUser, tmp_path: Path, name: str) -> Member:
-    return await Member(homeserver, user.user_id, user.password, tmp_path / f"member-{name}").start()
 
 
 def ledger_lines(path: Path) -> list[tuple[str, str, str]]:
@@ -32,6 +27,29 @@ async def wait_lines(path: Path, n: int, timeout: float = 60.0, *, settle: float
             raise AssertionError(f"{path.name} has {len(ledger_lines(path))} lines after {timeout}s, not {n}")
         await asyncio.sleep(0.1)
     await asyncio.sleep(settle)
+    return ledger_lines(path)
+
+
+async def wait_handled_then_sentinels(
+    path: Path, sent: dict[str, list[str]], members: Member | Mapping[str, Member], timeout: float = 60.0
+) -> list[tuple[str, str, str]]:
+    """Wait until the ledger holds every event of ``sent`` (room -> event ids), then send one more ``count`` message
+    per room (by ``members[room]``, or the one member) and wait until the ledger has those too.
+
+    The bot hands a room's events to the ledger plugin in timeline order, so once a room's sentinel is in the ledger,
+    any second handling of that room's earlier events is in it as well: an "exactly once" check needs no settling
+    sleep after that. The sentinels are appended to ``sent``; returns the ledger's lines.
+    """
+    await wait_lines(path, sum(len(ids) for ids in sent.values()), timeout, settle=0)
+    for room, ids in sent.items():
+        member = members if isinstance(members, Member) else members[room]
+        ids.append(await member.send(room, "count sentinel"))
+    sentinels = {ids[-1] for ids in sent.values()}
+    deadline = time.monotonic() + timeout
+    while not sentinels <= {event_id for event_id, _, _ in ledger_lines(path)}:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the sentinels did not reach {path.name} within {timeout}s")
+        await asyncio.sleep(0.1)
     return ledger_lines(path)
 
 

@@ -13,13 +13,11 @@ import time
 
 import pytest
 
-from bot.testing.harness import BotProcess, write_bot_config
-
 from .support import (
     assert_exactly_once_in_order,
     assert_log_clean,
     ledger_lines,
-    start_member,
+    wait_handled_then_sentinels,
     wait_lines,
 )
 
@@ -31,60 +29,41 @@ ROOMS = 5
 PER_ROOM = 100
 
 
-def _ledger_config(tmp_path, server_url_user, test_plugins_dir, **extra):
-    synapse, user = server_url_user
-    ledger = tmp_path / "ledger.tsv"
-    cfg = write_bot_config(
-        tmp_path / "bot.yaml",
-        server=synapse,
-        user=user,
-        data_dir=tmp_path / "data",
-        plugins={"ping": {}, "ledger": {"path": str(ledger)}},
-        plugin_dirs=[str(test_plugins_dir)],
-        **extra,
-    )
-    return cfg, ledger
-
-
 async def test_kill_9_during_an_encrypted_flood_loses_nothing_and_doubles_nothing(
-    synapse, new_user, tmp_path, test_plugins_dir
+    synapse, tmp_path, test_plugins_dir, bot_in_room
 ):
-    bot_user, alice = new_user("bot"), new_user("alice")
-    cfg, ledger = _ledger_config(tmp_path, (synapse, bot_user), test_plugins_dir)
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    member = await start_member(synapse.url, alice, tmp_path, "alice")
+    ledger = tmp_path / "ledger.tsv"
+    t = await bot_in_room(
+        synapse, plugins={"ping": {}, "ledger": {"path": str(ledger)}}, plugin_dirs=[test_plugins_dir], room=False
+    )
+    proc, member, bot_user, alice = t.proc, t.member, t.bot_user, t.member_user
     sent: dict[str, list[str]] = {}
     bodies: list[str] = []
-    try:
-        await proc.run_ready()
-        rooms = []
-        for _ in range(ROOMS):
-            rooms.append(await member.create_room(invite=[bot_user.user_id]))
-        for room in rooms:
-            await member.wait_joined(room, bot_user.user_id)
-            sent[room] = []
+    rooms = []
+    for _ in range(ROOMS):
+        rooms.append(await member.create_room(invite=[bot_user.user_id]))
+    for room in rooms:
+        await member.wait_joined(room, bot_user.user_id)
+        sent[room] = []
 
-        async def flood(room: str, index: int) -> None:
-            for i in range(PER_ROOM):
-                body = f"count r{index} m{i}"
-                bodies.append(body)
-                sent[room].append(await member.send(room, body))
+    async def flood(room: str, index: int) -> None:
+        for i in range(PER_ROOM):
+            body = f"count r{index} m{i}"
+            bodies.append(body)
+            sent[room].append(await member.send(room, body))
 
-        senders = asyncio.gather(*(flood(room, n) for n, room in enumerate(rooms)))
-        total = ROOMS * PER_ROOM
-        t0 = time.monotonic()
-        while len(ledger_lines(ledger)) < total // 3:
-            assert time.monotonic() - t0 < 90, "the bot did not keep up with the flood"
-            await asyncio.sleep(0.02)
-        proc.kill()  # SIGKILL in the middle of handling
-        killed_at = len(ledger_lines(ledger))
-        await senders
-        await proc.run_ready()
-        lines = await wait_lines(ledger, total, timeout=120, settle=1.0)
-        assert await proc.stop() == 0
-    finally:
-        proc.kill()
-        await member.close()
+    senders = asyncio.gather(*(flood(room, n) for n, room in enumerate(rooms)))
+    total = ROOMS * PER_ROOM
+    t0 = time.monotonic()
+    while len(ledger_lines(ledger)) < total // 3:
+        assert time.monotonic() - t0 < 90, "the bot did not keep up with the flood"
+        await asyncio.sleep(0.02)
+    proc.kill()  # SIGKILL in the middle of handling
+    killed_at = len(ledger_lines(ledger))
+    await senders
+    await proc.run_ready()
+    lines = await wait_handled_then_sentinels(ledger, sent, member, timeout=120)
+    assert await proc.stop() == 0
     assert 0 < killed_at < total
     assert_exactly_once_in_order(lines, sent)
     log = proc.log_text()
@@ -94,73 +73,59 @@ async def test_kill_9_during_an_encrypted_flood_loses_nothing_and_doubles_nothin
 
 
 async def test_kill_9_right_after_a_room_key_arrived_the_message_still_decrypts(
-    synapse, new_user, tmp_path, test_plugins_dir, fault_proxy
+    synapse, tmp_path, test_plugins_dir, fault_proxy, bot_in_room
 ):
     """The room key (to-device) comes in one /sync, the message it unlocks only later. The bot is killed in between:
     once right after the /sync carrying the key was delivered to it, once before that /sync answer reached it."""
-    bot_user, alice = new_user("bot"), new_user("alice")
     proxy = await fault_proxy(synapse.url)
     ledger = tmp_path / "ledger.tsv"
-    cfg = write_bot_config(
-        tmp_path / "bot.yaml",
-        server=proxy,
-        user=bot_user,
-        data_dir=tmp_path / "data",
-        plugins={"ledger": {"path": str(ledger)}},
-        plugin_dirs=[str(test_plugins_dir)],
+    t = await bot_in_room(
+        synapse, connect_via=proxy, plugins={"ledger": {"path": str(ledger)}}, plugin_dirs=[test_plugins_dir]
     )
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    member = await start_member(synapse.url, alice, tmp_path, "alice")
+    proc, member, room, alice = t.proc, t.member, t.room, t.member_user
     client = member.client
     sent: list[str] = []
-    try:
-        await proc.run_ready()
-        room = await member.create_room(invite=[bot_user.user_id])
-        await member.wait_joined(room, bot_user.user_id)
-        if client.should_query_keys:
-            await client.keys_query()
+    if client.should_query_keys:
+        await client.keys_query()
 
-        for after_delivery in (True, False):
-            killed = asyncio.Event()
+    for after_delivery in (True, False):
+        killed = asyncio.Event()
 
-            def has_room_key(body, _request) -> bool:
-                events = (body or {}).get("to_device", {}).get("events", [])
-                return any(e.get("sender") == alice.user_id and e.get("type") == "m.room.encrypted" for e in events)
+        def has_room_key(body, _request) -> bool:
+            events = (body or {}).get("to_device", {}).get("events", [])
+            return any(e.get("sender") == alice.user_id and e.get("type") == "m.room.encrypted" for e in events)
 
-            async def kill_on_key(body, request, after=after_delivery, killed=killed) -> None:
-                if has_room_key(body, request) and not killed.is_set():
-                    if not after:
-                        proc.kill()  # the answer is never delivered: the server must deliver the key again
-                    else:
-                        await asyncio.sleep(0.05)  # delivered; the bot is processing it
-                        proc.kill()
-                    killed.set()
+        async def kill_on_key(body, request, after=after_delivery, killed=killed) -> None:
+            if has_room_key(body, request) and not killed.is_set():
+                if not after:
+                    proc.kill()  # the answer is never delivered: the server must deliver the key again
+                else:
+                    await asyncio.sleep(0.05)  # delivered; the bot is processing it
+                    proc.kill()
+                killed.set()
 
-            rule = proxy.on_answer(r"/sync$", kill_on_key, after_delivery=after_delivery)
-            # A fresh Megolm session, shared now (to-device) but used only after the crash.
-            client.olm.create_outbound_group_session(room)
-            await client.share_group_session(room, ignore_unverified_devices=True)
-            await asyncio.wait_for(killed.wait(), 30)
-            proxy.remove(rule)
-            proc.kill()
-            sent.append(await member.send(room, f"count unlocked-{after_delivery}"))
-            await proc.run_ready()
-            await wait_lines(ledger, len(sent), timeout=30)
-        assert await proc.stop() == 0
-    finally:
+        rule = proxy.on_answer(r"/sync$", kill_on_key, after_delivery=after_delivery)
+        # A fresh Megolm session, shared now (to-device) but used only after the crash.
+        client.olm.create_outbound_group_session(room)
+        await client.share_group_session(room, ignore_unverified_devices=True)
+        await asyncio.wait_for(killed.wait(), 30)
+        proxy.remove(rule)
         proc.kill()
-        await member.close()
-    assert_exactly_once_in_order(ledger_lines(ledger), {room: sent})
+        sent.append(await member.send(room, f"count unlocked-{after_delivery}"))
+        await proc.run_ready()
+        await wait_lines(ledger, len(sent), timeout=30)
+    lines = await wait_handled_then_sentinels(ledger, {room: sent}, member)
+    assert await proc.stop() == 0
+    assert_exactly_once_in_order(lines, {room: sent})
     assert "cannot decrypt" not in proc.log_text(), "the key survived the crash"
 
 
 async def test_kill_9_after_the_server_stored_the_key_upload_but_before_the_bot_saw_it(
-    synapse, new_user, tmp_path, fault_proxy
+    synapse, tmp_path, fault_proxy, bot_in_room
 ):
-    bot_user, alice, bob = new_user("bot"), new_user("alice"), new_user("bob")
     proxy = await fault_proxy(synapse.url)
-    cfg = write_bot_config(tmp_path / "bot.yaml", server=proxy, user=bot_user, data_dir=tmp_path / "data")
-    proc = BotProcess(cfg, tmp_path / "bot.log")
+    t = await bot_in_room(synapse, connect_via=proxy, member=False, start=False, room=False)
+    proc, bot_user = t.proc, t.bot_user
 
     uploaded = asyncio.Event()
 
@@ -172,33 +137,26 @@ async def test_kill_9_after_the_server_stored_the_key_upload_but_before_the_bot_
 
     rule = proxy.on_answer(r"/keys/upload$", kill_now, times=1)
     proxy.drop(r"/keys/upload$", after_forward=True, times=1)
-    try:
-        proc.start()
-        await asyncio.wait_for(uploaded.wait(), 60)
-        assert rule.hits == 1
-        device_id = json.loads((tmp_path / "data" / "credentials.json").read_text())["device_id"]
-        uploads_before = proxy.count(r"/keys/upload$")
+    proc.start()
+    await asyncio.wait_for(uploaded.wait(), 60)
+    assert rule.hits == 1
+    device_id = json.loads((tmp_path / "data" / "credentials.json").read_text())["device_id"]
+    uploads_before = proxy.count(r"/keys/upload$")
 
-        await proc.run_ready()
-        assert json.loads((tmp_path / "data" / "credentials.json").read_text())["device_id"] == device_id
-        assert proxy.count(r"/keys/upload$") > uploads_before, "the next start uploads its keys again"
-        upload_answers = [s.status for s in proxy.requests(r"/keys/upload$")][1:]
-        assert upload_answers and all(status == 200 for status in upload_answers), upload_answers
+    await proc.run_ready()
+    assert json.loads((tmp_path / "data" / "credentials.json").read_text())["device_id"] == device_id
+    assert proxy.count(r"/keys/upload$") > uploads_before, "the next start uploads its keys again"
+    upload_answers = [s.status for s in proxy.requests(r"/keys/upload$")][1:]
+    assert upload_answers and all(status == 200 for status in upload_answers), upload_answers
 
-        # Reachable: members who never talked to the bot claim a one-time key, open an Olm session and get a reply.
-        for user, name in ((alice, "alice"), (bob, "bob")):
-            member = await start_member(synapse.url, user, tmp_path, name)
-            try:
-                room = await member.create_room(invite=[bot_user.user_id])
-                await member.wait_joined(room, bot_user.user_id)
-                ping = await member.send(room, "!ping")
-                reply = await member.expect_reply(room, ping, sender=bot_user.user_id, timeout=30)
-                assert reply.decrypted and reply.body.startswith("pong")
-            finally:
-                await member.close()
-        assert await proc.stop(signal.SIGTERM) == 0
-    finally:
-        proc.kill()
+    # Reachable: members who never talked to the bot claim a one-time key, open an Olm session and get a reply.
+    for name in ("alice", "bob"):
+        member = await t.add_member(name=name)
+        room = await t.create_room(member)
+        ping = await member.send(room, "!ping")
+        reply = await member.expect_reply(room, ping, sender=bot_user.user_id, timeout=30)
+        assert reply.decrypted and reply.body.startswith("pong")
+    assert await proc.stop(signal.SIGTERM) == 0
     log = proc.log_text()
     assert "already exists" not in log
     assert "cannot decrypt" not in log

@@ -8,10 +8,9 @@ import time
 import pytest
 from nio import RoomCreateResponse
 
-from bot.testing.harness import BotProcess, write_bot_config
 from bot.testing.member import Member
 
-from .support import assert_exactly_once_in_order, start_member, wait_lines
+from .support import assert_exactly_once_in_order, wait_handled_then_sentinels
 
 pytestmark = pytest.mark.e2e
 
@@ -21,42 +20,34 @@ PER_SENDER = 40
 
 
 async def test_more_than_100_room_keys_queued_while_offline_all_decrypt(
-    synapse, new_user, tmp_path, test_plugins_dir
+    synapse, tmp_path, test_plugins_dir, bot_in_room
 ):
-    bot_user = new_user("bot")
     ledger = tmp_path / "ledger.tsv"
-    cfg = write_bot_config(
-        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
-        plugins={"ledger": {"path": str(ledger)}}, plugin_dirs=[str(test_plugins_dir)],
+    t = await bot_in_room(
+        synapse, plugins={"ledger": {"path": str(ledger)}}, plugin_dirs=[test_plugins_dir], member_name="m0",
+        room=False,
     )
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    members = [await start_member(synapse.url, new_user(f"m{i}"), tmp_path, f"m{i}") for i in range(SENDERS)]
+    proc = t.proc
+    members = [t.member] + [await t.add_member(name=f"m{i}") for i in range(1, SENDERS)]
     sent: dict[str, list[str]] = {}
-    try:
-        await proc.run_ready()
-        rooms = []
-        for member in members:
-            room = await member.create_room(invite=[bot_user.user_id])
-            await member.wait_joined(room, bot_user.user_id)
-            rooms.append(room)
-            sent[room] = []
-        assert await proc.stop() == 0
+    rooms = []
+    for member in members:
+        room = await t.create_room(member)
+        rooms.append(room)
+        sent[room] = []
+    assert await proc.stop() == 0
 
-        async def send_rotating(member: Member, room: str, n: int) -> None:
-            for i in range(PER_SENDER):
-                member.client.olm.outbound_group_sessions.pop(room, None)  # a new session (and room key) each time
-                sent[room].append(await member.send(room, f"count m{n} {i}"))
+    async def send_rotating(member: Member, room: str, n: int) -> None:
+        for i in range(PER_SENDER):
+            member.client.olm.outbound_group_sessions.pop(room, None)  # a new session (and room key) each time
+            sent[room].append(await member.send(room, f"count m{n} {i}"))
 
-        await asyncio.gather(*(send_rotating(m, r, n) for n, (m, r) in enumerate(zip(members, rooms, strict=True))))
-        t0 = time.monotonic()
-        await proc.run_ready()
-        lines = await wait_lines(ledger, SENDERS * PER_SENDER, timeout=90)
-        print(f"{SENDERS * PER_SENDER} messages, as many room keys: handled {time.monotonic() - t0:.1f}s after start")
-        assert await proc.stop() == 0
-    finally:
-        proc.kill()
-        for member in members:
-            await member.close()
+    await asyncio.gather(*(send_rotating(m, r, n) for n, (m, r) in enumerate(zip(members, rooms, strict=True))))
+    t0 = time.monotonic()
+    await proc.run_ready()
+    lines = await wait_handled_then_sentinels(ledger, sent, dict(zip(rooms, members, strict=True)), timeout=90)
+    print(f"{SENDERS * PER_SENDER} messages, as many room keys: handled {time.monotonic() - t0:.1f}s after start")
+    assert await proc.stop() == 0
     assert_exactly_once_in_order(lines, sent)
 
 
@@ -70,14 +61,10 @@ async def _create_room(member: Member, invite: list[str], encryption: dict) -> s
     return resp.room_id
 
 
-async def test_bot_rotates_its_megolm_session_on_leave_and_by_room_settings_not_on_renames(
-    synapse, new_user, tmp_path
-):
-    bot_user, alice_user, bob_user = new_user("bot"), new_user("alice"), new_user("bob")
-    cfg = write_bot_config(tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data")
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    alice = await start_member(synapse.url, alice_user, tmp_path, "alice")
-    bob = await start_member(synapse.url, bob_user, tmp_path, "bob")
+async def test_bot_rotates_its_megolm_session_on_leave_and_by_room_settings_not_on_renames(synapse, bot_in_room):
+    t = await bot_in_room(synapse, room=False)
+    proc, alice, bot_user = t.proc, t.member, t.bot_user
+    bob = await t.add_member(name="bob")
 
     async def ask(room: str) -> tuple[str, str]:
         ping = await alice.send(room, "!ping")
@@ -85,63 +72,54 @@ async def test_bot_rotates_its_megolm_session_on_leave_and_by_room_settings_not_
         assert reply.decrypted, "the bot's reply is readable"
         return reply.session_id, reply.sender_key
 
-    try:
-        await proc.run_ready()
-        megolm = {"algorithm": "m.megolm.v1.aes-sha2"}
-        room = await _create_room(alice, [bot_user.user_id, bob.user_id], megolm)
-        await alice.wait_joined(room, bot_user.user_id)
-        await bob.wait_for(lambda: room in bob.client.invited_rooms, 30, "the invite")
-        await bob.client.join(room)
-        await alice.wait_joined(room, bob.user_id)
+    megolm = {"algorithm": "m.megolm.v1.aes-sha2"}
+    room = await _create_room(alice, [bot_user.user_id, bob.user_id], megolm)
+    await alice.wait_joined(room, bot_user.user_id)
+    await bob.wait_for(lambda: room in bob.client.invited_rooms, 30, "the invite")
+    await bob.client.join(room)
+    await alice.wait_joined(room, bob.user_id)
 
-        first, bot_key = await ask(room)
-        await bob.wait_for(
-            lambda: bob.client.olm.inbound_group_store.get(room, bot_key, first) is not None, 30, "bob's copy"
-        )
-        # A display-name change is no reason to rotate.
-        await alice.client.set_displayname("Alice Renamed")
-        await bob.wait_for(
-            lambda: bob.client.rooms[room].user_name(alice.user_id) == "Alice Renamed", 30, "the rename"
-        )
-        assert (await ask(room))[0] == first, "no rotation on a display-name change"
-        # A member leaves: the next message is under a session the leaver never gets.
-        await bob.client.room_leave(room)
-        await alice.wait_for(lambda: bob.user_id not in alice.client.rooms[room].users, 30, "bob to leave")
-        after_leave, _ = await ask(room)
-        assert after_leave != first, "rotated when a member left"
-        await asyncio.sleep(1)
-        assert bob.client.olm.inbound_group_store.get(room, bot_key, after_leave) is None, "the leaver has no key"
+    first, bot_key = await ask(room)
+    await bob.wait_for(
+        lambda: bob.client.olm.inbound_group_store.get(room, bot_key, first) is not None, 30, "bob's copy"
+    )
+    # A display-name change is no reason to rotate.
+    await alice.client.set_displayname("Alice Renamed")
+    await bob.wait_for(
+        lambda: bob.client.rooms[room].user_name(alice.user_id) == "Alice Renamed", 30, "the rename"
+    )
+    assert (await ask(room))[0] == first, "no rotation on a display-name change"
+    # A member leaves: the next message is under a session the leaver never gets.
+    await bob.client.room_leave(room)
+    await alice.wait_for(lambda: bob.user_id not in alice.client.rooms[room].users, 30, "bob to leave")
+    after_leave, _ = await ask(room)
+    assert after_leave != first, "rotated when a member left"
+    # The bot shares a room key before it sends under it; alice's invite to bob goes out after that reply, and
+    # nio handles a sync's to-device events before its invites: once bob sees the invite, he would have the key.
+    later = await alice.create_room(invite=[bob.user_id])
+    await bob.wait_for(lambda: later in bob.client.invited_rooms, 30, "alice's later invite")
+    assert bob.client.olm.inbound_group_store.get(room, bot_key, after_leave) is None, "the leaver has no key"
 
-        # rotation_period_msgs from the room's m.room.encryption: a new session every 2 messages.
-        small = await _create_room(alice, [bot_user.user_id], {**megolm, "rotation_period_msgs": 2})
-        await alice.wait_joined(small, bot_user.user_id)
-        sessions = [(await ask(small))[0] for _ in range(5)]
-        assert sessions[0] == sessions[1] != sessions[2] == sessions[3] != sessions[4], sessions
+    # rotation_period_msgs from the room's m.room.encryption: a new session every 2 messages.
+    small = await _create_room(alice, [bot_user.user_id], {**megolm, "rotation_period_msgs": 2})
+    await alice.wait_joined(small, bot_user.user_id)
+    sessions = [(await ask(small))[0] for _ in range(5)]
+    assert sessions[0] == sessions[1] != sessions[2] == sessions[3] != sessions[4], sessions
 
-        # nio keeps outbound sessions in memory only: a restart starts a new one (documented).
-        assert await proc.stop() == 0
-        await proc.run_ready()
-        assert (await ask(small))[0] not in sessions
-        assert await proc.stop() == 0
-    finally:
-        proc.kill()
-        await alice.close()
-        await bob.close()
+    # nio keeps outbound sessions in memory only: a restart starts a new one (documented).
+    assert await proc.stop() == 0
+    await proc.run_ready()
+    assert (await ask(small))[0] not in sessions
+    assert await proc.stop() == 0
 
 
 async def test_a_forged_sender_in_sync_is_refused_and_runs_no_command(
-    synapse, new_user, tmp_path, test_plugins_dir, fault_proxy
+    synapse, new_user, test_plugins_dir, fault_proxy, bot_in_room
 ):
     """Fault 9: the proxy rewrites the ``sender`` of an encrypted ``!secret`` (an admin-only command) from alice to
     the bot's admin. Megolm does not cover ``sender``; the bot must notice that alice's device encrypted it."""
-    bot_user, alice_user, admin = new_user("bot"), new_user("alice"), new_user("admin")
+    alice_user, admin = new_user("alice"), new_user("admin")
     proxy = await fault_proxy(synapse.url)
-    cfg = write_bot_config(
-        tmp_path / "bot.yaml", server=proxy, user=bot_user, data_dir=tmp_path / "data",
-        plugins={"ping": {}, "typed": {}}, plugin_dirs=[str(test_plugins_dir)], admins=[admin.user_id],
-    )
-    proc = BotProcess(cfg, tmp_path / "bot.log")
-    alice = await start_member(synapse.url, alice_user, tmp_path, "alice")
     forging = {"on": False, "done": []}
 
     def forge(body, _request):
@@ -155,25 +133,23 @@ async def test_a_forged_sender_in_sync_is_refused_and_runs_no_command(
         return body
 
     proxy.rewrite(r"/sync$", forge)
-    try:
-        await proc.run_ready()
-        room = await alice.create_room(invite=[bot_user.user_id])
-        await alice.wait_joined(room, bot_user.user_id)
-        ok = await alice.send(room, "!ping")
-        await alice.expect_reply(room, ok, sender=bot_user.user_id)
+    t = await bot_in_room(
+        synapse, connect_via=proxy, member_user=alice_user, plugins={"ping": {}, "typed": {}},
+        plugin_dirs=[test_plugins_dir], admins=[admin.user_id],
+    )
+    proc, alice, room, bot_user = t.proc, t.member, t.room, t.bot_user
+    ok = await alice.send(room, "!ping")
+    await alice.expect_reply(room, ok, sender=bot_user.user_id)
 
-        forging["on"] = True
-        forged = await alice.send(room, "!secret")
-        await proc.wait_for_log(f"refusing {forged}", timeout=30)
-        forging["on"] = False
-        assert forging["done"] == [forged]
-        # Still alive and answering the real alice; the forged command never ran.
-        again = await alice.send(room, "!ping")
-        await alice.expect_reply(room, again, sender=bot_user.user_id)
-        assert await proc.stop() == 0
-    finally:
-        proc.kill()
-        await alice.close()
+    forging["on"] = True
+    forged = await alice.send(room, "!secret")
+    await proc.wait_for_log(f"refusing {forged}", timeout=30)
+    forging["on"] = False
+    assert forging["done"] == [forged]
+    # Still alive and answering the real alice; the forged command never ran.
+    again = await alice.send(room, "!ping")
+    await alice.expect_reply(room, again, sender=bot_user.user_id)
+    assert await proc.stop() == 0
     bot_messages = [e.body for e in alice.messages(room, sender=bot_user.user_id)]
     assert not any("secret is 42" in b for b in bot_messages), bot_messages
     assert not any("admins only" in b for b in bot_messages), "no answer at all to the forged event"

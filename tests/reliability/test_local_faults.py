@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import ledger_lines, wait_lines
+from .support import ledger_lines, wait_handled_then_sentinels, wait_lines
 
 pytestmark = pytest.mark.e2e
 
@@ -175,7 +175,7 @@ async def test_disk_full_mid_run_stops_cleanly_and_the_next_start_loses_nothing(
                 assert _integrity(db) == "ok", db
             await proc.run_ready()
             assert json.loads((data_dir / "credentials.json").read_text())["device_id"] == device_id
-            lines = await wait_lines(ledger, len(sent), timeout=60)
+            lines = await wait_handled_then_sentinels(ledger, {room: sent}, member)
             assert await proc.stop() == 0
         finally:
             await t.close()  # before the tmpfs goes away

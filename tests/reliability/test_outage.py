@@ -11,7 +11,13 @@ import pytest
 
 from bot.testing.proxy import backoff_violations
 
-from .support import assert_exactly_once_in_order, assert_log_clean, ledger_lines, wait_lines
+from .support import (
+    assert_exactly_once_in_order,
+    assert_log_clean,
+    ledger_lines,
+    wait_handled_then_sentinels,
+    wait_lines,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -42,7 +48,7 @@ async def test_homeserver_down_for_a_while_few_requests_and_nothing_lost(
     await asyncio.to_thread(hs.start)
     for i in range(5):
         sent.append(await member.send(room, f"count after-{i}"))
-    lines = await wait_lines(ledger, len(sent), timeout=90)
+    lines = await wait_handled_then_sentinels(ledger, {room: sent}, member, timeout=90)
     ping = await member.send(room, "!ping")
     reply = await member.expect_reply(room, ping, sender=bot_user.user_id, timeout=60)
     assert reply.decrypted and reply.body.startswith("pong")
@@ -98,10 +104,11 @@ async def test_504s_on_key_endpoints_the_encrypted_exchange_still_works(
         "not handled before its sender's device is known"
     )
     proxy.remove(query_down)
-    lines = await wait_lines(ledger, 3, timeout=60)
-    assert await proc.stop() == 0
     # The held message is handled once its sender's device is known: after the later one.
-    assert_exactly_once_in_order(lines, {room: [from_alice, after_carol, from_carol]})
+    expected = [from_alice, after_carol, from_carol]
+    lines = await wait_handled_then_sentinels(ledger, {room: expected}, member)
+    assert await proc.stop() == 0
+    assert_exactly_once_in_order(lines, {room: expected})
     assert {s.path.rsplit("/", 2)[-2] if "sendToDevice" in s.path else s.path.rsplit("/", 1)[-1]
             for s in proxy.seen if s.status == 504} >= {"upload", "query"}
     assert "cannot decrypt" not in proc.log_text()
@@ -148,7 +155,7 @@ async def test_500s_and_malformed_json_are_logged_retried_and_survived(
     for i in range(3):
         sent.append(await member.send(room, f"count during-{i}"))
     ping = await member.send(room, "!ping")
-    lines = await wait_lines(ledger, len(sent), timeout=90)
+    lines = await wait_handled_then_sentinels(ledger, {room: sent}, member, timeout=90)
     reply = await member.expect_reply(room, ping, sender=bot_user.user_id, timeout=60)
     assert reply.body.startswith("pong")
     assert await proc.stop() == 0
