@@ -218,7 +218,12 @@ def _show(value: str, limit: int = 60) -> str:
 
 
 def _join(path: str, key: Any) -> str:
-    return f"{path}.{key}" if path else str(key)
+    """``path.key``; a key with control characters (a newline) is shown as ``path['\\n']`` so that every error
+    stays on one line."""
+    key = str(key)
+    if not key.isprintable():
+        return f"{path}[{key!r}]"
+    return f"{path}.{key}" if path else key
 
 
 # --------------------------------------------------------------------------------------------------

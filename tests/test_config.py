@@ -1052,3 +1052,10 @@ def test_expanded_values_are_shown_unexpanded(snippet: str) -> None:
     assert "Sekr1t" not in str(err)
     assert "${BOT_PASSWORD}" in str(err)
     assert "expanded value not shown" in str(err)
+
+
+def test_unknown_key_with_a_newline_is_reported_on_one_line() -> None:
+    # found by test_property_arbitrary_mappings: the key's newline used to split the error message in two
+    with pytest.raises(ConfigError) as info:
+        parse_config("invites:\n  ? '\n\n    '\n  : null\n", source="fuzz.yaml", base_dir=BASE_DIR, environ={})
+    assert "\n" not in str(info.value) and "unknown key" in str(info.value)
