@@ -123,7 +123,8 @@ class SqliteStorage:
         return moved
 
     def open_state(self) -> StateStore:
-        """``data_dir/state.db``."""
+        """``data_dir/state.db`` (``data_dir`` is created, mode 0700, if missing)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return StateStore.open(self.data_dir / "state.db")
 
     async def open_plugin_storage(self, plugin: str, migrations: Sequence[Migration]) -> PluginStorage:
