@@ -21,15 +21,10 @@ from nio import JoinResponse, MegolmEvent
 
 from bot.testing.member import Member
 
-from .jspeer import INSTALL_COMMAND, JsPeer, JsPeerError, js_available
+from .jspeer import JsPeer, JsPeerError
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.interop,
-    pytest.mark.timeout(90),
-    # Checked here too so that a missing peer skips before the session Synapse starts.
-    pytest.mark.skipif(not js_available(), reason=f"matrix-js-sdk peer not installed; run: {INSTALL_COMMAND}"),
-]
+# Node and the peer's packages are required by conftest.py (a skip, or a failure under CI=true).
+pytestmark = [pytest.mark.e2e, pytest.mark.interop, pytest.mark.timeout(90)]
 
 # Every wait below is bounded well under a minute.
 WAIT = 30
@@ -38,8 +33,6 @@ WAIT = 30
 @pytest.fixture
 def js_peers(tmp_path: Path):
     """Factory of started :class:`JsPeer` processes, all closed at teardown (logs kept under ``tmp_path``)."""
-    if not js_available():
-        pytest.skip(f"matrix-js-sdk peer not installed; run: {INSTALL_COMMAND}")
     return _PeerPool(tmp_path / "jspeer-logs")
 
 
@@ -70,10 +63,6 @@ async def _cleanup(pool: _PeerPool, *members: Member) -> AsyncIterator[None]:
                 await m.close()
 
 
-async def _member(synapse, user, tmp_path: Path, name: str = "member") -> Member:
-    return await Member(synapse.url, user.user_id, user.password, tmp_path / name).start()
-
-
 def _is_text(room_id: str, sender: str, body: str):
     def predicate(rid, event) -> bool:
         return (
@@ -95,7 +84,7 @@ def _ed25519_public(seed_b64: str) -> str:
 
 async def test_js_and_nio_exchange_encrypted_messages_in_all_devices_mode(synapse, new_user, tmp_path, js_peers):
     alice, bob = new_user("jsalice"), new_user("niobob")
-    member = await _member(synapse, bob, tmp_path)
+    member = await Member.login(synapse.url, bob, tmp_path / "member")
     async with _cleanup(js_peers, member):
         peer = await js_peers.login(synapse, alice, "alice")
         status = await peer.bootstrap_cross_signing(alice.password)
@@ -128,7 +117,7 @@ async def test_js_and_nio_exchange_encrypted_messages_in_all_devices_mode(synaps
 
 async def test_only_signed_mode_excludes_a_device_that_is_not_cross_signed(synapse, new_user, tmp_path, js_peers):
     alice, bob = new_user("jsalice"), new_user("niobob")
-    member = await _member(synapse, bob, tmp_path)
+    member = await Member.login(synapse.url, bob, tmp_path / "member")
     async with _cleanup(js_peers, member):
         peer = await js_peers.login(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
