@@ -50,6 +50,14 @@ async def _setup(ratchet, new_user, **report_options):
     return mod, mod_room, alice, mallory, room
 
 
+async def _mod_room_caught_up(mod, mod_room, bot_id) -> None:
+    """A moderator command the bot answers in the moderation room: once its answer is seen, every earlier bot message
+    in that room is seen too (instead of a pause before a "nothing was posted" check)."""
+    ask = await mod.send(mod_room, "!case NOSUCHCASE status")
+    answer = await mod.expect_reply(mod_room, ask, sender=bot_id)
+    assert answer.body == "No case NOSUCHCASE.", answer.body
+
+
 def _bot_says(member, room_id, bot_id, needle):
     def match(rid, event):
         return rid == room_id and event.sender == bot_id and needle in str(getattr(event, "body", ""))
@@ -74,7 +82,7 @@ async def test_consent_then_case_evidence_merge_and_redact(ratchet, new_user, sy
     assert prompt.decrypted
 
     # Nothing has left the bot before consent.
-    await asyncio.sleep(1)
+    await _mod_room_caught_up(mod, mod_room, bot_id)
     assert not [e for e in mod.messages(mod_room, sender=bot_id) if "Case" in getattr(e, "body", "")]
     assert _reports(synapse, admin, bad) == []
 
@@ -154,7 +162,11 @@ async def test_no_and_expiry_send_nothing(ratchet, new_user, synapse):
     await alice.expect(_bot_says(alice, dm, bot_id, "second rude thing"))
     await alice.expect(_bot_says(alice, dm, bot_id, "expired; nothing was sent"), timeout=30)
     await alice.send(dm, "yes")  # too late
-    await asyncio.sleep(2)
+    # Later messages instead of a pause: one in the DM, handled after the late "yes" (the same room and plugin run in
+    # order), then one in the moderation room, whose answer comes after any case the "yes" could have posted.
+    status = await alice.send(dm, "!report status NOSUCHCASE")
+    assert "no report NOSUCHCASE" in (await alice.expect_reply(dm, status, sender=bot_id)).body
+    await _mod_room_caught_up(mod, mod_room, bot_id)
     assert not [e for e in mod.messages(mod_room, sender=bot_id) if "Case" in getattr(e, "body", "")]
     assert _reports(synapse, admin, first) == [] and _reports(synapse, admin, second) == []
 
