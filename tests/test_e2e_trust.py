@@ -223,7 +223,7 @@ async def test_tofu_pins_detects_an_identity_reset_and_untrusts_until_repinned(r
     assert policy.pinned(alice.user_id) == xs1.master_public
 
     # A second device of alice's that she did not cross-sign: not trusted, gets no key.
-    alice2 = await Member(ratchet.synapse.url, alice.user_id, alice.password, ratchet.tmp_path / "alice2").start()
+    alice2 = await Member.login(ratchet.synapse.url, alice, ratchet.tmp_path / "alice2")
     try:
         alice2_to_device = record_to_device(alice2)
         await until(lambda: room.room_id in alice2.client.rooms, 30, "alice's second device to see the room")
@@ -365,12 +365,12 @@ async def test_a_withheld_notice_is_logged_once_with_the_waiting_event(ratchet, 
         "sender_key": sender_key,
     }
 
-    async def send_notice(txn: str, reason: str) -> None:
+    async def send_notice(txn: str, reason: str, session: str = session_id) -> None:
         status, data = await _api(
             member,
             "PUT",
             f"/_matrix/client/v3/sendToDevice/m.room_key.withheld/{txn}",
-            {"messages": {room.bot_user_id: {bot.device_id: content | {"reason": reason}}}},
+            {"messages": {room.bot_user_id: {bot.device_id: content | {"reason": reason, "session_id": session}}}},
         )
         assert status == 200, data
 
@@ -383,6 +383,12 @@ async def test_a_withheld_notice_is_logged_once_with_the_waiting_event(ratchet, 
     # The same session withheld again: remembered (newest reason), not logged a second time.
     await send_notice("w2", "second notice")
     await until(lambda: policy.withheld_reason(session_id).reason == "second notice", 30, "the second notice")
-    await asyncio.sleep(0.5)
+    # Instead of a pause: a later notice, for another waiting event, gets logged; the bot has gone over the waiting
+    # events again after the second notice by then.
+    later_id, _later_release = await member.send_with_late_key(room.room_id, "!ping")  # never released either
+    later = await until(lambda: [p for p in state.pending() if p.event_id == later_id], 30, "the bot's second UTD")
+    await send_notice("w3", "a later session", session=later[0].session_id)
+    later_line = f"the key for {later_id} (session {later[0].session_id}) was withheld by {member.user_id}"
+    await until(lambda: later_line in caplog.text, 30, "the later withheld reason in the log")
     assert caplog.text.count(line) == 1
     assert "(the sender does not trust this device)" in caplog.text
