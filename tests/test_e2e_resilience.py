@@ -55,14 +55,20 @@ def _seconds(stamp: str) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
-async def test_rate_limited_replies_all_arrive_in_order(own_synapse, bot_in_room):
+async def test_rate_limited_replies_all_arrive_in_order(own_synapse, fault_proxy, bot_in_room):
     hs = own_synapse(tight_rate_limits=True)
-    t = await bot_in_room(hs)
+    proxy = await fault_proxy(hs.url)
+    t = await bot_in_room(hs, connect_via=proxy)
     proc, member, room, bot_user = t.proc, t.member, t.room, t.bot_user
+    # The bot's /sync is held while the member sends, so the commands reach it at once however slowly the member
+    # sends them (a busy machine must not pace them below the rate limit).
+    burst = proxy.hold(r"/sync$")
     pings = [await member.send(room, "!ping") for _ in range(8)]
+    burst.release()
     replies = [await member.expect_reply(room, p, sender=bot_user.user_id, timeout=90) for p in pings]
     assert all(r.body.startswith("pong") for r in replies)
     order = [e.event_id for e in member.messages(room, sender=bot_user.user_id)]
     assert order == [r.event_id for r in replies], "replies go out in the order of the commands"
     assert await proc.stop() == 0
     assert "429" in proc.log_text() or "ratelimited" in proc.log_text(), "the bot was actually rate limited"
+    assert [s for s in proxy.requests(r"/send/") if s.status == 429], "the homeserver did answer 429"
