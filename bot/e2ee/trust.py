@@ -586,9 +586,10 @@ class TrustPolicy:
         """Who really sent ``event`` and whether that counts as trusted: the one verdict the runtime routes by.
 
         A decrypted event is traced to the device whose Megolm session encrypted it; the sender's keys are queried
-        (once) when that device is unknown, when nio marked them outdated, or when the policy has not seen the device
-        (at most every ``REQUERY_SECONDS``). Forged senders are logged and come back with ``owned=False``. Events that
-        arrived unencrypted carry no device claim: they are trusted only under ``all``. Never raises.
+        (once) when that device is unknown and, unless the mode is ``all`` (which needs no cross-signing facts), when
+        nio marked them outdated or the policy has not seen the device (at most every ``REQUERY_SECONDS``). Forged
+        senders are logged and come back with ``owned=False``. Events that arrived unencrypted carry no device claim:
+        they are trusted only under ``all``. Never raises.
         """
         if not getattr(event, "decrypted", False):
             return SenderCheck(True, self.mode == "all")
@@ -602,7 +603,8 @@ class TrustPolicy:
             keys = self._users.get(sender)
             unknown = keys is None or (device.sender_key and keys.device_by_curve25519(device.sender_key) is None)
             requery = unknown and time.monotonic() - self._queried_at.get(sender, -1e9) > REQUERY_SECONDS
-            if device.owned is None or sender in olm.users_for_key_query or (self.mode != "all" and requery):
+            stale = sender in olm.users_for_key_query  # nio knows their device list changed
+            if device.owned is None or (self.mode != "all" and (stale or requery)):
                 self.note_queried([sender])
                 try:
                     await client.query_user_keys([sender])
