@@ -30,15 +30,20 @@ from uuid import uuid4
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    BadEvent,
     ErrorResponse,
     KeysQueryResponse,
     KeysUploadResponse,
     LocalProtocolError,
+    MegolmEvent,
     Response,
+    RoomEncryptionEvent,
+    RoomMemberEvent,
     RoomSendResponse,
     ShareGroupSessionError,
     ShareGroupSessionResponse,
     SyncResponse,
+    UnknownBadEvent,
     UnknownToDeviceEvent,
 )
 from nio.api import Api
@@ -46,6 +51,7 @@ from nio.responses import EmptyResponse
 from nio.store import SqliteMemoryStore, SqliteStore
 
 from bot.crypto.withheld import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
+from bot.matrix.events import is_state_shaped
 from bot.matrix.fallback_keys import FallbackKeys
 from bot.matrix.olm import RatchetOlm
 
@@ -206,6 +212,40 @@ class RatchetClient(AsyncClient):
             )
             resp.release()
             await asyncio.sleep(delay)
+
+    # -- room state only from real state events --------------------------------------------------------------
+
+    def _handle_timeline_event(self, event: Any, room_id: str, room: Any, encrypted_rooms: set[str]) -> Any:
+        """nio's timeline handling, except that only real state events change the room's state.
+
+        nio applies every timeline event whose *type* is a state type to its room model, decrypted ones included: a
+        member could send a Megolm-encrypted "m.room.power_levels" with a state_key (or an ordinary message event of
+        that type) and become admin, or the room's creator, in the bot's eyes. State is never encrypted and always
+        carries a ``state_key``: a decrypted event, or one without a ``state_key``, is handed on as an event and
+        changes nothing. Returns the decrypted event, as nio does.
+        """
+        decrypted = None
+        if isinstance(event, MegolmEvent) and self.olm:
+            event.room_id = room_id
+            decrypted = self.olm._decrypt_megolm_no_error(event)
+            if decrypted:
+                if is_state_shaped(decrypted):
+                    log.warning(
+                        "%s in %s is an encrypted event of state type %s from %s: state is never encrypted, so it "
+                        "changes nothing and is not handled",
+                        getattr(event, "event_id", "?"), room_id, decrypted.source.get("type"), event.sender,
+                    )
+                return decrypted
+        if isinstance(event, RoomEncryptionEvent) and is_state_shaped(event):
+            encrypted_rooms.add(room_id)
+        if isinstance(event, (UnknownBadEvent, BadEvent)) or not is_state_shaped(event):
+            return decrypted
+        if isinstance(event, RoomMemberEvent):
+            if room.handle_membership(event):
+                self._invalidate_session_for_member_event(room_id)
+        else:
+            room.handle_event(event)
+        return decrypted
 
     # -- raw bodies --------------------------------------------------------------------------------------------
 

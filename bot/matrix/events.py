@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from nio import Event, MegolmEvent, RoomMessageText
 
-__all__ = ["Event", "MegolmEvent", "RoomMessageText", "event_type", "is_text_message", "parse_event"]
+__all__ = [
+    "Event",
+    "MegolmEvent",
+    "RoomMessageText",
+    "event_type",
+    "is_state_shaped",
+    "is_text_message",
+    "parse_event",
+]
 
 
 def event_type(event: Event) -> str | None:
@@ -26,3 +34,10 @@ def is_text_message(event: Event) -> bool:
 def parse_event(source: dict) -> Event:
     """An event object from its raw JSON (a ``MegolmEvent`` while it is still encrypted)."""
     return Event.parse_event(source)
+
+
+def is_state_shaped(event: Event) -> bool:
+    """True if ``event`` claims to be room state: it has a ``state_key``. Only such events that arrived in the clear
+    are state; a decrypted one is a forgery by whoever sent it (state is never encrypted)."""
+    source = event.source if isinstance(getattr(event, "source", None), dict) else {}
+    return isinstance(source.get("state_key"), str)

@@ -28,7 +28,8 @@ from bot.e2ee.identity import Identity  # [identity]
 from bot.e2ee.trust import TrustPolicy, install_trust
 from bot.errors import IdentityError, SessionError, StateError
 from bot.matrix.client import RatchetClient, backoff_delay
-from bot.matrix.events import Event
+from bot.matrix.events import Event, is_state_shaped
+from bot.matrix.events import event_type as event_type_of
 from bot.matrix.power import creators_from_create_event
 from bot.matrix.session import open_session
 from bot.matrix.sync import EventSource, SyncBatch, SyncFailed, SyncSource, describe, is_storage_error, is_undecrypted
@@ -290,10 +291,10 @@ class Runtime:
             self._commit(step)
 
     def _note_creators(self, room_id: str, state: list[Event], events: list[Event]) -> None:
-        for event in (*state, *events):
-            source = getattr(event, "source", None)
-            if isinstance(source, dict) and source.get("type") == "m.room.create":
-                self.api.creators[room_id] = creators_from_create_event(source)
+        """Room v12 creators, only from the real ``m.room.create`` (in the clear, empty state key)."""
+        for event in _clear_state(state, events, "m.room.create"):
+            if event.source.get("state_key") == "":
+                self.api.creators[room_id] = creators_from_create_event(event.source)
 
     async def _commit_when_done(self, batch: int, futures: list[asyncio.Future[JobOutcome]]) -> None:
         outcomes = await asyncio.gather(*futures)
@@ -314,11 +315,8 @@ class Runtime:
     # -- Megolm rotation -----------------------------------------------------------------------------------------
 
     def _note_encryption(self, room_id: str, state: list[Event], events: list[Event]) -> None:
-        for event in (*state, *events):
-            source = getattr(event, "source", None)
-            if not (isinstance(source, dict) and source.get("type") == "m.room.encryption"):
-                continue
-            content = source.get("content")
+        for event in _clear_state(state, events, "m.room.encryption"):
+            content = event.source.get("content")
             content = content if isinstance(content, dict) else {}
             msgs, ms = content.get("rotation_period_msgs"), content.get("rotation_period_ms")
             period = (
@@ -353,7 +351,15 @@ class Runtime:
         return await self._route_checked(room_id, event)
 
     async def _route_checked(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
-        """Route ``event``; a decrypted one only once its claimed sender is proven to own the sending device."""
+        """Route ``event``; a decrypted one only once its claimed sender is proven to own the sending device.
+
+        A decrypted event that claims to be state (it has a ``state_key``) is a forgery: state is never encrypted.
+        It changed nothing in the bot's view of the room (see ``RatchetClient._handle_timeline_event``) and is not
+        handed to plugins either.
+        """
+        if getattr(event, "decrypted", False) and is_state_shaped(event):
+            log.warning("not handling %s in %s: an encrypted event claiming to be room state", event.event_id, room_id)
+            return []
         check = await self.trust.check_sender(room_id, event)
         if check.owned is False:
             return []
@@ -444,6 +450,15 @@ class Runtime:
             else:
                 log.info("rejected invite to %s from %s (not in invites.accept_from)", room_id, inviter)
                 await self.source.leave(room_id)
+
+
+def _clear_state(state: list[Event], events: list[Event], event_type: str) -> list[Event]:
+    """The state events of ``event_type`` among ``state`` and ``events``: in the clear, with a state key."""
+    return [
+        event
+        for event in (*state, *events)
+        if event_type_of(event) == event_type and is_state_shaped(event) and not getattr(event, "decrypted", False)
+    ]
 
 
 def _open_identity(client: RatchetClient, config: Config) -> Identity | None:

@@ -6,6 +6,7 @@ a /sync body, then the runtime's handling and the plugin host's routing) and nev
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +260,79 @@ def test_config_files_with_broken_bytes_only_raise_config_errors(tmp_path, raw):
     path.write_bytes(raw)
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+# -- forged room state (issue 12, finding 1) ----------------------------------------------------------------------
+
+
+class _Encrypter:
+    """Alice's Megolm session for ROOM: the bot holds its inbound half, so what she encrypts decrypts at the bot."""
+
+    def __init__(self, harness: Harness) -> None:
+        import vodozemac
+        from nio.crypto import InboundGroupSession, OlmDevice
+
+        account = vodozemac.Account()
+        self.keys = {"ed25519": account.ed25519_key.to_base64(), "curve25519": account.curve25519_key.to_base64()}
+        self.outbound = vodozemac.GroupSession()
+        olm = harness.client.olm
+        olm.device_store.add(OlmDevice("@alice:localhost", "ALICEDEV", dict(self.keys)))
+        olm.inbound_group_store.add(
+            InboundGroupSession(
+                self.outbound.session_key.to_base64(), self.keys["ed25519"], self.keys["curve25519"], ROOM
+            )
+        )
+
+    def event(self, plaintext: dict[str, Any]) -> dict[str, Any]:
+        ciphertext = self.outbound.encrypt(json.dumps({**plaintext, "room_id": ROOM}).encode()).to_base64()
+        content = {
+            "algorithm": "m.megolm.v1.aes-sha2",
+            "sender_key": self.keys["curve25519"],
+            "ciphertext": ciphertext,
+            "session_id": self.outbound.session_id,
+            "device_id": "ALICEDEV",
+        }
+        return _event(content, etype="m.room.encrypted")
+
+
+async def test_encrypted_state_events_change_no_room_state_and_reach_no_plugin(harness, caplog):
+    alice, bob = "@alice:localhost", "@bob:localhost"
+    await harness.feed(_sync([
+        _event({"creator": BOT, "room_version": "12"}, sender=BOT, etype="m.room.create", state_key=""),
+        _event({"users": {BOT: 100}, "users_default": 0}, sender=BOT, etype="m.room.power_levels", state_key=""),
+        _member(bob, "join"),
+        _event({"membership": "join", "displayname": "Bob"}, sender=bob, etype="m.room.member", state_key=bob),
+    ], batch="real-state"))
+    api = harness.bot.api
+    room = harness.client.rooms[ROOM]
+    assert api.power_level(ROOM, BOT) > 100 and api.power_level(ROOM, alice) == 0  # v12: creators outrank all
+    assert api.creators[ROOM] == {BOT}
+    alice_encrypts = _Encrypter(harness)
+    forged = [
+        alice_encrypts.event({"type": "m.room.power_levels", "state_key": "", "content": {"users": {alice: 100}}}),
+        alice_encrypts.event({"type": "m.room.create", "state_key": "", "content": {"room_version": "12"}}),
+        alice_encrypts.event({
+            "type": "m.room.member", "state_key": bob, "content": {"membership": "join", "displayname": "Mallory"},
+        }),
+        alice_encrypts.event({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "!mod"}}),
+    ]
+    seen_before = len(harness.seen)
+    with caplog.at_level("WARNING"):
+        await harness.feed(_sync(forged, batch="forged-state"))
+    assert api.power_level(ROOM, alice) == 0, "an encrypted power_levels event must not make its sender admin"
+    assert api.creators[ROOM] == {BOT}, "creators come only from the real, unencrypted m.room.create"
+    assert room.users[bob].display_name == "Bob"
+    new = harness.seen[seen_before:]
+    assert [kind for kind, *_ in new] == ["message"], "only the ordinary encrypted message reaches the plugin"
+    assert not [k for k, *_ in new if k == "mod"], "!mod needs power level 50, which alice never got"
+    assert "claims to be room state" in caplog.text or "is an encrypted event of state type" in caplog.text
+
+
+async def test_a_state_typed_message_event_without_state_key_changes_nothing(harness):
+    alice = "@alice:localhost"
+    await harness.feed(_sync([
+        _event({"users": {BOT: 100}, "users_default": 0}, sender=BOT, etype="m.room.power_levels", state_key=""),
+    ], batch="pl"))
+    # PUT /send/m.room.power_levels: a timeline event of a state type, but no state_key: not state
+    await harness.feed(_sync([_event({"users": {alice: 100}}, etype="m.room.power_levels")], batch="pl-message"))
+    assert harness.bot.api.power_level(ROOM, alice) == 0
