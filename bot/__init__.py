@@ -9,6 +9,7 @@ only the plugin API below, not the runtime, the bridge framework or the encrypti
 """
 
 from bot.errors import MatrixError
+from bot.log import add_secret as mask_secret
 from bot.plugin.base import Plugin, command, every, on_event, on_message
 from bot.plugin.commands import Rest, RoomRef, UserId
 from bot.plugin.context import Context
@@ -25,6 +26,7 @@ __all__ = [
     "__version__",
     "command",
     "every",
+    "mask_secret",
     "on_event",
     "on_message",
 ]

@@ -32,6 +32,7 @@ PLUGIN_API = [
     "__version__",
     "command",
     "every",
+    "mask_secret",
     "on_event",
     "on_message",
 ]
