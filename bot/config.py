@@ -730,6 +730,9 @@ class E2EEConfig:
     key_backup: bool = field(default=True, metadata=_key(_boolean))
     #: Write the recovery key to this file (mode 0600) when it is created; otherwise it is only printed once.
     recovery_key_file: Path | None = field(default=None, metadata=_key(_path))
+    #: Run commands sent unencrypted into an encrypted room. Off: the server, or anyone with a stolen access token
+    #: and no device keys, could put them there; they are ignored (and logged).
+    plaintext_commands: bool = field(default=False, metadata=_key(_boolean))
 
 
 @dataclass(frozen=True, kw_only=True)

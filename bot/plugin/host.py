@@ -94,7 +94,14 @@ class PluginHost:
         #: Why a configured plugin is not running (load error), by name.
         self.errors: dict[str, str] = {}
         #: Hands events to the loaded plugins' handlers.
-        self.router = Router(self.plugins, self.api, state, dispatcher, prefix=self.prefix)
+        self.router = Router(
+            self.plugins,
+            self.api,
+            state,
+            dispatcher,
+            prefix=self.prefix,
+            plaintext_commands=config.e2ee.plaintext_commands,
+        )
 
     # -- loading ---------------------------------------------------------------------------------------------
 

@@ -56,8 +56,11 @@ class Router:
         dispatcher: Dispatcher,
         *,
         prefix: str,
+        plaintext_commands: bool = False,
     ) -> None:
         self.plugins = plugins
+        #: Whether commands sent unencrypted into an encrypted room run (``e2ee.plaintext_commands``).
+        self.plaintext_commands = plaintext_commands
         self.api = api
         self.state = state
         self.dispatcher = dispatcher
@@ -72,6 +75,17 @@ class Router:
         invocation = None
         if is_text_message(event) and event.source.get("content", {}).get("msgtype") == "m.text":
             invocation = parse_invocation(strip_reply_fallback(event.body), self.prefix)
+            if (
+                invocation is not None
+                and not self.plaintext_commands
+                and not getattr(event, "decrypted", False)
+                and self.api.room_encrypted(room_id)
+            ):
+                log.info(
+                    "ignoring %s%s from %s in %s: sent unencrypted into an encrypted room (e2ee.plaintext_commands)",
+                    self.prefix, invocation.name, event.sender, room_id,
+                )
+                invocation = None
         for loaded in list(self.plugins.values()):
             if not loaded.rooms.permits(room_id):
                 continue
@@ -119,6 +133,17 @@ class Router:
                 log.info("denied %s%s to %s (power level)", self.prefix, cmd.spec.name, ctx.sender)
                 await ctx.reply(
                     f"⛔ {self.prefix}{cmd.spec.name} needs power level {cmd.power_level} in this room.",
+                    notice=True,
+                )
+                return
+            if (cmd.access is Access.ADMIN or cmd.power_level is not None) and not ctx.trusted:
+                log.warning(
+                    "denied %s%s to %s: sent from a device the trust policy does not trust", self.prefix,
+                    cmd.spec.name, ctx.sender,
+                )
+                await ctx.reply(
+                    f"⛔ {self.prefix}{cmd.spec.name} acts with authority, so it must come from one of your devices "
+                    "the bot trusts, in an encrypted room (verify this device with your other sessions).",
                     notice=True,
                 )
                 return
