@@ -22,6 +22,17 @@ from typing import Any
 
 import olm
 import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, padding, serialization
+from cryptography.hazmat.primitives import hmac as c_hmac
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import (
+    X25519PrivateKey,
+    X25519PublicKey,
+)
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,20 +52,6 @@ from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds
 from bot.crypto.megolm_backup import BackupError, BackupKey
 from bot.crypto.recoverykey import RecoveryKeyError, decode_recovery_key, encode_recovery_key
 from bot.crypto.ssss import SecretStorageError
-
-pytest.importorskip("cryptography")
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, padding, serialization
-from cryptography.hazmat.primitives import hmac as c_hmac
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import (
-    X25519PrivateKey,
-    X25519PublicKey,
-)
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
 
 def pad_b64(text: str) -> str:
