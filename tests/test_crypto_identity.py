@@ -585,6 +585,9 @@ async def test_restore_imports_into_the_store_with_progress(tmp_path, caplog):
         result = await backup.restore(progress_every=2)
     assert (result.total, result.imported, result.failed) == (4, 3, 1)
     assert len(target.saved) == 3 and len(list(target.olm.inbound_group_store)) == 3
+    # anyone can add entries to a backup (its key is public): restored sessions are not proof of their sender
+    own = target.olm.account.identity_keys["curve25519"]
+    assert all(s.forwarding_chain and s.forwarding_chain[-1] == own for s in target.olm.inbound_group_store)
     assert "2 of 4 keys processed" in caplog.text
     assert await backup.upload_new() == 0, "restored keys are not uploaded again"
     again = await backup.restore()

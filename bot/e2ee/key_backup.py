@@ -244,6 +244,7 @@ class KeyBackup:
         olm = self.client.olm
         if olm is None:
             raise KeyBackupError("the client has no crypto store loaded")
+        own_key = olm.account.identity_keys["curve25519"]  # restored sessions count as forwarded by the bot itself
         resp = await request_json(self.client, "GET", _keys_path(self.version))
         rooms = resp.get("rooms") if isinstance(resp, dict) else None
         if not isinstance(rooms, dict):
@@ -260,7 +261,7 @@ class KeyBackup:
                 seen += 1
                 try:
                     data = self.backup_key.decrypt_session((entry or {}).get("session_data") or {})
-                    session = import_session(room_id, session_id, data)
+                    session = import_session(room_id, session_id, data, via=own_key)
                 except (BackupError, KeyBackupError) as exc:
                     failed += 1
                     log.debug("skipping backed-up session %s: %s", session_id, exc)

@@ -32,8 +32,15 @@ def export_session(session: InboundGroupSession) -> dict[str, Any]:
     }
 
 
-def import_session(room_id: str, session_id: str, data: dict[str, Any]) -> InboundGroupSession:
-    """Build a nio inbound session from decrypted ``BackedUpSessionData``; raises :class:`KeyBackupError`."""
+def import_session(
+    room_id: str, session_id: str, data: dict[str, Any], *, via: str | None = None
+) -> InboundGroupSession:
+    """Build a nio inbound session from decrypted ``BackedUpSessionData``; raises :class:`KeyBackupError`.
+
+    ``via``: the curve25519 key of whoever handed the session over (the bot's own, for a key backup). It is added to
+    the forwarding chain, so the session does not count as received from its sender's device: anyone can add entries
+    to a key backup (its key is public), so who sent what in such a session is not proven.
+    """
     if data.get("algorithm", MEGOLM_ALGORITHM) != MEGOLM_ALGORITHM:
         raise KeyBackupError(f"unsupported session algorithm {data.get('algorithm')!r}")
     sender_key = data.get("sender_key")
@@ -41,6 +48,8 @@ def import_session(room_id: str, session_id: str, data: dict[str, Any]) -> Inbou
     claimed = data.get("sender_claimed_keys")
     ed25519 = claimed.get("ed25519") if isinstance(claimed, dict) else None
     chain = data.get("forwarding_curve25519_key_chain") or []
+    if via is not None and isinstance(chain, list):
+        chain = [*chain, via]
     if not isinstance(sender_key, str) or not isinstance(session_key, str) or not isinstance(ed25519, str):
         raise KeyBackupError("backed-up session lacks sender_key, session_key or sender_claimed_keys.ed25519")
     if not isinstance(chain, list) or not all(isinstance(k, str) for k in chain):
