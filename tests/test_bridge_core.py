@@ -28,7 +28,7 @@ from bot.bridge import (
     sanitize_name,
     split_utf8,
 )
-from bot.bridge.flow import Backoff, OutboundQueue, TokenBucket
+from bot.bridge.flow import Backoff, OutboundQueue, SenderLimiter, TokenBucket
 from bot.bridge.matrix import RelayFormat
 from bot.bridge.messages import MappedMessage, MessageMap
 from bot.bridge.model import BRIDGE_MARKER, matrix_message_from_event
@@ -173,6 +173,18 @@ def test_link_mentions_makes_pills_only_for_clear_mentions():
     assert linker.mentioned == ["@bob:x"]
 
 
+def test_mentions_are_capped_per_message():
+    members = {f"@u{i}:x": f"user{i}" for i in range(30)}
+    text = "user0: " + " ".join(f"@user{i}" for i in range(30)) + " @user1"
+    html, ids = link_mentions(text, members, max_mentions=3)
+    assert ids == ["@u0:x", "@u1:x", "@u2:x"]
+    assert html.count("<a href=") == 5  # user0 twice, user1 twice, user2: already mentioned members stay pills
+    assert html.endswith("@user29 <a href=\"https://matrix.to/#/@u1:x\">user1</a>")
+    assert "@user3 " in html  # beyond the cap: the text as written
+    assert link_mentions("@user5 hi", members, max_mentions=0) == (None, [])
+    assert len(link_mentions(text, members)[1]) == 30  # no cap unless asked
+
+
 # ------------------------------------------------------------------------------------------- flow control
 
 
@@ -190,6 +202,27 @@ def test_token_bucket_bursts_then_paces():
     assert all(unlimited.reserve() == 0 for _ in range(100))
     with pytest.raises(ValueError):
         TokenBucket(1, 0)
+
+
+def test_sender_limiter_reports_one_flood_per_sender_until_they_pause():
+    now = [0.0]
+    limiter: SenderLimiter[str] = SenderLimiter(1.0, 3, clock=lambda: now[0], max_senders=3)
+    assert [limiter.admit("mallory") for _ in range(6)] == ["ok", "ok", "ok", "flood", "dropped", "dropped"]
+    assert limiter.admit("carol") == "ok" and limiter.ended is None  # others are not held back
+    for _ in range(10):  # just over the rate: still the same flood
+        now[0] += 0.9
+        limiter.admit("mallory")
+        assert limiter.ended is None
+    assert limiter.flooding("mallory")
+    now[0] += 10  # a pause: the bucket fills up, the flood is over
+    assert limiter.admit("mallory") == "ok" and limiter.ended[0] == "mallory" and limiter.ended[1] >= 3
+    assert not limiter.flooding("mallory")
+    dropped = limiter.dropped
+    for name in ("a", "b", "c", "d"):  # bounded: idle senders are forgotten first
+        limiter.admit(name)
+    assert len(limiter) <= 3 and limiter.dropped == dropped
+    unlimited: SenderLimiter[str] = SenderLimiter(0, 1)
+    assert all(unlimited.admit("x") == "ok" for _ in range(100)) and len(unlimited) == 0
 
 
 def test_backoff_grows_caps_jitters_and_resets():
@@ -232,6 +265,19 @@ def test_message_map_both_ways_bounded():
     assert mm.by_event("$e1") is None and mm.by_remote("net", "#c", "r1") is None and len(mm) == 2
     assert mm.forget("$e2").remote_id == "r2"
     assert mm.last_from("net", "#c", "bob") is None
+
+
+def test_message_map_forgets_a_senders_last_message_when_they_go():
+    mm = MessageMap()
+    for n, (channel, sender) in enumerate([("#a", "Carol"), ("#b", "carol"), ("#a", "dave"), ("#a", "carol2")]):
+        mm.add(MappedMessage("!r", f"$e{n}", "net", channel, None, sender, sender, "in", "hi"))
+    assert mm.forget_sender("net", "carol", "#a") == 1  # case-insensitive, only in #a
+    assert mm.last_from("net", "#a", "Carol") is None and mm.last_from("net", "#b", "carol").event_id == "$e1"
+    assert mm.forget_sender("other", "carol") == 0
+    assert mm.forget_sender("net", "carol") == 1  # every channel
+    assert mm.last_from("net", "#b", "carol") is None
+    assert mm.last_from("net", "#a", "dave").event_id == "$e2" and mm.last_from("net", "#a", "carol2") is not None
+    assert mm.by_event("$e0") is not None  # the messages stay mapped (replies and redactions still find them)
 
 
 # ------------------------------------------------------------------------------------------- Matrix events

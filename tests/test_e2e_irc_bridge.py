@@ -398,3 +398,190 @@ async def test_tls_with_and_without_certificate_checks(tmp_path):
         with pytest.raises(ssl.SSLCertVerificationError):
             await asyncio.wait_for(checking.connect(), 10)
         await checking.close()
+
+
+# ------------------------------------------------------------------------------------------- hostile IRC users
+# (issue 12, finding 7: mentions capped, per-sender flood limit, nick reuse cannot edit someone else's message)
+
+
+def bot_lines(room, *, since: int = 0) -> list[str]:
+    return [body(e) for e in room.bot_messages()[since:]]
+
+
+@pytest.mark.e2e
+async def test_one_irc_line_naming_60_members_mentions_at_most_max_mentions(ratchet, ircd, new_user):
+    import aiohttp
+
+    alice = await ratchet.member("alice")
+    room = await ratchet.room(plugins={"irc_bridge": bridge_options(ircd)}, member=alice, admins=[alice.user_id])
+    resp = await alice.client.room_put_state(room.room_id, "m.room.join_rules", {"join_rule": "public"})
+    assert type(resp).__name__ == "RoomPutStateResponse", resp
+    names = [f"n{i:02d}" for i in range(60)]
+    users = [await asyncio.to_thread(new_user, f"crowd{i:02d}", displayname=name) for i, name in enumerate(names)]
+    async with aiohttp.ClientSession() as http:
+        for user in users:
+            async with http.post(f"{user.homeserver}/_matrix/client/v3/join/{room.room_id}",
+                                 headers={"Authorization": f"Bearer {user.access_token}"}, json={}) as answer:
+                assert answer.status == 200, await answer.text()
+    bridge = the_bridge(ratchet)
+    await until(lambda: len(bridge.matrix.members(room.room_id)) >= 62, 60, "the bot to see the 60 members")
+    assert (await room.ask("!bridge link #crowd")).body.startswith("✅")
+    await until(lambda: "#crowd" in bridge.irc["local"].joined, what="the bridge to join #crowd")
+
+    mallory = await IrcClient.connect(ircd.port, "mallory")
+    await mallory.join("#crowd")
+    line = "wake up " + " ".join(f"@{name}" for name in names)
+    await mallory.say("#crowd", line)
+    event = await room.expect(lambda e: "wake up" in body(e))
+    content = event.source["content"]
+    cap = 10  # max_mentions' default
+    mentioned = content["m.mentions"]["user_ids"]
+    assert len(mentioned) == cap, mentioned
+    assert set(mentioned) == {u.user_id for u in users[:cap]}  # the first names, in order
+    pills = content["formatted_body"].count('href="https://matrix.to/#/@')
+    assert pills == cap, content["formatted_body"]
+    assert event.body == f"mallory: {line}"  # every name still there, as text
+    assert "@n59" in content["formatted_body"] and "@n10" in content["formatted_body"]
+    assert bridge.config.max_mentions == cap
+    await mallory.close()
+
+
+@pytest.mark.e2e
+async def test_a_flooding_irc_user_is_rate_limited_with_one_notice_per_flood(ratchet, ircd, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, "ratchet")
+    room = await ratchet.room(plugins={"irc_bridge": bridge_options(
+        ircd, channels={}, sender_rate_limit=1.0, sender_rate_burst=5,
+    )})
+    await ratchet.stop_bot()
+    await ratchet.start_bot({"irc_bridge": bridge_options(
+        ircd, channels={"#flood": room.room_id}, sender_rate_limit=1.0, sender_rate_burst=5,
+    )})
+    bridge = the_bridge(ratchet)
+    await until(lambda: "#flood" in bridge.irc["local"].joined, what="the bridge to join #flood")
+    mallory = await IrcClient.connect(ircd.port, "mallory")
+    carol = await IrcClient.connect(ircd.port, "carol")
+    await mallory.join("#flood")
+    await carol.join("#flood")
+
+    started = time.monotonic()
+    for i in range(40):
+        mallory.send_raw(f"PRIVMSG #flood :flood line {i}")
+    await mallory.say("#flood", "flood line 40")
+    # Another IRC user is not held back by mallory's flood.
+    await carol.say("#flood", "carol is fine")
+    await room.expect(lambda e: body(e) == "carol: carol is fine")
+    elapsed = time.monotonic() - started
+    lines = bot_lines(room)
+    relayed = [b for b in lines if b.startswith("mallory: flood line")]
+    assert 5 <= len(relayed) <= 5 + int(elapsed) + 1, (len(relayed), elapsed)
+    numbers = [int(b.rsplit(" ", 1)[1]) for b in relayed]
+    assert numbers[:5] == [0, 1, 2, 3, 4] and numbers == sorted(numbers), numbers  # the first ones, in order
+    notices = [e for e in room.bot_messages() if "sending too fast" in body(e)]
+    assert len(notices) == 1 and notices[0].source["content"]["msgtype"] == "m.notice", lines
+    assert notices[0].body == "⚠️ mallory is sending too fast: their messages are not relayed until they slow down."
+    warnings = [r for r in caplog.records if "sending faster than" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert bridge._senders.dropped == 41 - len(relayed)
+    assert f"incoming: {41 - len(relayed)} dropped" in bridge.status_text()
+
+    # After a pause long enough for the bucket to fill up (5 lines at 1 per second), mallory is relayed again and
+    # the end of the flood is logged with its count.
+    await asyncio.sleep(5.5)
+    await mallory.say("#flood", "calm again")
+    await room.expect(lambda e: body(e) == "mallory: calm again")
+    ended = [r.getMessage() for r in caplog.records if "stopped flooding" in r.getMessage()]
+    assert ended == [f"local mallory stopped flooding: {41 - len(relayed)} of their messages were not relayed"]
+    await mallory.close()
+    await carol.close()
+
+
+@pytest.mark.e2e
+async def test_whoever_takes_a_departed_nick_cannot_edit_their_last_message(ratchet, ircd):
+    room = await ratchet.room(plugins={"ping": {}})
+    await ratchet.stop_bot()
+    await ratchet.start_bot({"irc_bridge": bridge_options(ircd, channels={"#nicks": room.room_id})})
+    bridge = the_bridge(ratchet)
+    await until(lambda: "#nicks" in bridge.irc["local"].joined, what="the bridge to join #nicks")
+    mallory = await IrcClient.connect(ircd.port, "mallory")
+    await mallory.join("#nicks")
+
+    def edits_of(event_id: str) -> list:
+        return [e for e in room.bot_messages() if is_edit_of(e, event_id)]
+
+    async def relayed(text: str):
+        return await room.expect(lambda e: body(e) == text)
+
+    # QUIT: carol leaves the network, mallory takes "carol" and tries s/// on carol's message.
+    carol = await IrcClient.connect(ircd.port, "carol")
+    await carol.join("#nicks")
+    await carol.say("#nicks", "hello everyone")
+    carols = await relayed("carol: hello everyone")
+    await carol.close()  # QUIT
+    await mallory.expect(lambda m: m.command == "QUIT" and m.nick == "carol")
+    mallory.send_raw("NICK carol")
+    await mallory.expect(lambda m: m.command == "NICK" and m.text == "carol")
+    await mallory.say("#nicks", "s/hello/I hate/")
+    await relayed("carol: s/hello/I hate/")  # shown as text, not applied
+
+    # NICK: dave renames himself, mallory takes "dave".
+    dave = await IrcClient.connect(ircd.port, "dave")
+    await dave.join("#nicks")
+    await dave.say("#nicks", "dave was here")
+    daves = await relayed("dave: dave was here")
+    dave.send_raw("NICK dave_away")
+    await dave.expect(lambda m: m.command == "NICK" and m.text == "dave_away")
+    mallory.send_raw("NICK dave")
+    await mallory.expect(lambda m: m.command == "NICK" and m.text == "dave")
+    await mallory.say("#nicks", "s/here/never here/")
+    await relayed("dave: s/here/never here/")
+
+    # PART: erin leaves the channel, then renames herself where the bridge cannot see it; mallory takes "erin".
+    erin = await IrcClient.connect(ircd.port, "erin")
+    await erin.join("#nicks")
+    await erin.say("#nicks", "erin says hi")
+    erins = await relayed("erin: erin says hi")
+    erin.send_raw("PART #nicks :later")
+    await erin.expect(lambda m: m.command == "PART")
+    erin.send_raw("NICK erin_elsewhere")
+    await erin.expect(lambda m: m.command == "NICK" and m.text == "erin_elsewhere")
+    mallory.send_raw("NICK erin")
+    await mallory.expect(lambda m: m.command == "NICK" and m.text == "erin")
+    await mallory.say("#nicks", "s/hi/bye/")
+    await relayed("erin: s/hi/bye/")
+
+    # The rightful author still corrects their own message.
+    frank = await IrcClient.connect(ircd.port, "frank")
+    await frank.join("#nicks")
+    await frank.say("#nicks", "a tset message")
+    franks = await relayed("frank: a tset message")
+    await frank.say("#nicks", "s/tset/test/")
+    fixed = await room.expect(lambda e: is_edit_of(e, franks.event_id))
+    assert fixed.source["content"]["m.new_content"]["body"] == "frank: a test message"
+    for original in (carols, daves, erins):
+        assert edits_of(original.event_id) == [], original.body
+    for client in (mallory, dave, erin, frank):
+        await client.close()
+
+
+@pytest.mark.e2e
+async def test_irc_passwords_are_masked_in_logs(ratchet, ircd):
+    import base64
+    import socket
+
+    from bot.log import mask
+
+    with socket.socket() as sock:  # a port nobody listens on: that network never connects, which is fine here
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    options = bridge_options(ircd)
+    options["networks"]["local"]["password"] = "server-pass-1f9e3a"
+    options["networks"]["other"] = {"host": "127.0.0.1", "port": closed_port, "tls": False,
+                                    "sasl_username": "relay", "sasl_password": "sasl-pass-77c0d4"}
+    await ratchet.room(plugins={"irc_bridge": options})
+    sasl_plain = base64.b64encode(b"\0relay\0sasl-pass-77c0d4").decode()
+    assert mask("PASS server-pass-1f9e3a") == "PASS [redacted]"
+    assert mask("sasl: sasl-pass-77c0d4") == "sasl: [redacted]"
+    assert mask(f"AUTHENTICATE {sasl_plain}") == "AUTHENTICATE [redacted]"  # the irc library logs raw lines at DEBUG
+    assert "sasl-pass" not in repr(the_bridge(ratchet).config)

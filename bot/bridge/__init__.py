@@ -10,7 +10,7 @@ Everything a bridge needs is exported here (``from bot.bridge import Bridge, ...
 submodules are internal.
 """
 
-from bot.bridge.connection import ConnectionSupervisor, RemoteConnection
+from bot.bridge.connection import ConnectionSupervisor, InboundRefused, RemoteConnection
 from bot.bridge.core import Bridge, BridgeConfig
 from bot.bridge.matrix import MatrixSide, RelayMatrixSide
 from bot.bridge.model import MatrixMessage, Portal, RemoteCapabilities, RemoteMessage, RemoteSend
@@ -22,6 +22,7 @@ __all__ = [
     "Bridge",
     "BridgeConfig",
     "ConnectionSupervisor",
+    "InboundRefused",
     "MatrixMessage",
     "MatrixSide",
     "MentionLinker",

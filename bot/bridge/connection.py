@@ -35,6 +35,7 @@ __all__ = [
     "ConnectionState",
     "ConnectionStatus",
     "ConnectionSupervisor",
+    "InboundRefused",
     "PermanentSendError",
     "RemoteConnection",
 ]
@@ -42,6 +43,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ConnectionState = Literal["stopped", "connecting", "connected", "waiting"]
+
+#: The key of :attr:`RemoteMessage.extra <bot.bridge.model.RemoteMessage.extra>` that marks what
+#: :meth:`RemoteConnection.sender_gone` delivers: no message, an instruction kept in the order of the messages.
+SENDER_GONE = "ratchet.sender_gone"
+
+
+class InboundRefused(Exception):
+    """What the future :meth:`RemoteConnection.deliver` returns holds when the bridge did not take the message:
+    ``reason`` is ``"flood"`` (its sender is over ``sender_rate_limit``) or ``"full"`` (the bridge's inbound queue
+    is full: Matrix is not keeping up). Nothing was posted; a network that answers its sender says so (a webhook
+    answers 429 or 503)."""
+
+    def __init__(self, reason: Literal["flood", "full"], message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RemoteConnection(ABC):
@@ -71,6 +87,13 @@ class RemoteConnection(ABC):
             log.warning("%s: a message arrived before the connection was attached to a bridge", self.network)
             return fut
         return self._sink(message)
+
+    def sender_gone(self, sender_id: str, channel: str | None = None) -> None:
+        """Say that ``sender_id`` left ``channel`` (None: the network, or changed their name), in the order of the
+        messages delivered: the bridge forgets their last message, so whoever takes the name next cannot correct it
+        with ``s/old/new/``. IRC calls it on PART, KICK, QUIT and NICK."""
+        if self._sink is not None:
+            self._sink(RemoteMessage(self.network, channel or "", sender_id, sender_id, extra={SENDER_GONE: True}))
 
     def is_own(self, sender_id: str) -> bool:
         """True if ``sender_id`` is the bridge itself on the remote network (its messages are never relayed)."""

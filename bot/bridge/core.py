@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from bot.bridge.connection import ConnectionSupervisor, RemoteConnection
-from bot.bridge.flow import Backoff, TokenBucket
+from bot.bridge.connection import SENDER_GONE, ConnectionSupervisor, InboundRefused, RemoteConnection
+from bot.bridge.flow import Backoff, SenderLimiter, TokenBucket
 from bot.bridge.matrix import MatrixSide, RelayFormat, RelayMatrixSide
 from bot.bridge.messages import MappedMessage, MessageMap
 from bot.bridge.model import (
@@ -118,11 +118,19 @@ class BridgeConfig:
     relay_commands: bool = False
     #: A remote ``s/old/new/`` (on networks without edits) edits the sender's last relayed message instead.
     sed_edits: bool = True
+    #: Room members one remote message may mention (pills and ``m.mentions``); further names stay plain text.
+    max_mentions: int = 10
     #: Outgoing messages kept per network while it is unreachable (the oldest are dropped beyond it).
     queue_size: int = 1000
     #: Messages per second sent to a network (0: no limit), and how many may go at once after a pause.
     rate_limit: float = 1.0
     rate_burst: int = 5
+    #: Messages per second one remote sender may have posted into Matrix (0: no limit), and how many at once after a
+    #: pause; beyond it their messages are dropped, with one notice in the room and one warning logged per flood.
+    sender_rate_limit: float = 1.0
+    sender_rate_burst: int = 10
+    #: Remote messages waiting to be posted into Matrix; beyond it new ones are refused (and logged).
+    inbound_queue_size: int = 1000
     #: Reconnection delays (exponential with jitter between the two).
     reconnect_min_delay: float = 1.0
     reconnect_max_delay: float = 120.0
@@ -137,6 +145,12 @@ class BridgeConfig:
             raise ValueError("queue_size must be at least 1")
         if self.rate_burst < 1:
             raise ValueError("rate_burst must be at least 1")
+        if self.max_mentions < 0:
+            raise ValueError("max_mentions must be 0 or more")
+        if self.sender_rate_burst < 1:
+            raise ValueError("sender_rate_burst must be at least 1")
+        if self.inbound_queue_size < 1:
+            raise ValueError("inbound_queue_size must be at least 1")
         if not 0 < self.reconnect_min_delay <= self.reconnect_max_delay:
             raise ValueError("need 0 < reconnect_min_delay <= reconnect_max_delay")
 
@@ -181,6 +195,10 @@ class Bridge(Plugin):
         self.matrix: MatrixSide | None = None
         self._inbound: asyncio.Queue[tuple[RemoteMessage, asyncio.Future[str | None]]] = asyncio.Queue()
         self._inbound_task: asyncio.Task[None] | None = None
+        self._senders: SenderLimiter[tuple[str, str]] = SenderLimiter(0, 1)
+        #: Remote messages not posted because the inbound queue was full (the sender floods: ``_senders.dropped``).
+        self.inbound_refused = 0
+        self._inbound_full = False
 
     # ============================================================================================ life cycle
 
@@ -198,6 +216,7 @@ class Bridge(Plugin):
             "SELECT network, channel, room_id, origin, created_by, created_at FROM ratchet_bridge_portal"
         )
         self.portals = {(r[0], r[1]): Portal(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        self._senders = SenderLimiter(self.config.sender_rate_limit, self.config.sender_rate_burst)
         self._inbound_task = asyncio.create_task(self._inbound_loop(), name=f"{self.name} inbound")
 
     async def stop(self) -> None:
@@ -366,7 +385,9 @@ class Bridge(Plugin):
         if message.html is not None or message.kind not in ("message", "action") or self.matrix is None:
             return message
         members = self.matrix.members(portal.room_id)
-        html, mentioned = link_mentions(message.text, members, exclude={self.matrix.user_id})
+        html, mentioned = link_mentions(
+            message.text, members, exclude={self.matrix.user_id}, max_mentions=self.config.max_mentions
+        )
         if html is None:
             return message
         return replace(message, html=html, mentions=tuple(mentioned))
@@ -515,9 +536,53 @@ class Bridge(Plugin):
     # ============================================================================================ remote -> Matrix
 
     def _submit_inbound(self, message: RemoteMessage) -> asyncio.Future[str | None]:
+        """Queue a remote message for posting, unless its sender floods or the queue is full (the future then holds
+        :class:`~bot.bridge.connection.InboundRefused`)."""
         fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        if message.extra.get(SENDER_GONE):
+            self._inbound.put_nowait((message, fut))  # not a message: never refused, kept in order
+            return fut
+        supervisor = self.supervisors.get(message.network)
+        if supervisor is not None and supervisor.connection.is_own(message.sender_id):
+            self._inbound.put_nowait((message, fut))  # our own echo: dropped in order by handle_remote
+            return fut
+        verdict = self._senders.admit((message.network, message.sender_id.casefold()))
+        if self._senders.ended is not None:
+            (network, sender), dropped = self._senders.ended
+            self.log.info("%s %s stopped flooding: %d of their messages were not relayed", network, sender, dropped)
+        if verdict != "ok":
+            if verdict == "flood":
+                self._flood_started(message)
+            return _refused(fut, "flood", f"{message.sender_name} is sending too fast")
+        if self._inbound.qsize() >= self.config.inbound_queue_size:
+            self.inbound_refused += 1
+            if not self._inbound_full:
+                self._inbound_full = True
+                self.log.warning(
+                    "%s: %d remote messages are waiting to be posted into Matrix; refusing new ones until it catches "
+                    "up", message.network, self._inbound.qsize(),
+                )
+            return _refused(fut, "full", "too many messages are waiting to be posted into Matrix")
+        if self._inbound_full and self._inbound.qsize() < self.config.inbound_queue_size // 2:
+            self._inbound_full = False
+            self.log.info("%s: the inbound queue is taking messages again (%d were refused so far)",
+                          message.network, self.inbound_refused)
         self._inbound.put_nowait((message, fut))
         return fut
+
+    def _flood_started(self, message: RemoteMessage) -> None:
+        """The first message of a flood was dropped: log it once, and say it once in the room (a notice)."""
+        self.log.warning(
+            "%s %s: %s is sending faster than %g messages per second; their messages are dropped until they pause",
+            message.network, message.channel, message.sender_id, self.config.sender_rate_limit,
+        )
+        notice = RemoteMessage(
+            message.network, message.channel, "", message.sender_name,
+            f"⚠️ {sanitize_name(message.sender_name)} is sending too fast: their messages are not relayed until "
+            "they slow down.",
+            kind="notice", msgtype="m.notice", anonymous=True,
+        )
+        self._inbound.put_nowait((notice, asyncio.get_running_loop().create_future()))
 
     async def _inbound_loop(self) -> None:
         while True:
@@ -540,6 +605,10 @@ class Bridge(Plugin):
     async def handle_remote(self, message: RemoteMessage) -> str | None:
         """Post one remote message into its portal room; returns the Matrix event id (None if not posted)."""
         assert self.matrix is not None
+        if message.extra.get(SENDER_GONE):
+            channel = self.normalize_channel(message.network, message.channel) if message.channel else None
+            self.messages.forget_sender(message.network, message.sender_id, channel)
+            return None
         supervisor = self.supervisors.get(message.network)
         if supervisor is not None and supervisor.connection.is_own(message.sender_id):
             return None  # our own message, echoed back by the network
@@ -697,6 +766,9 @@ class Bridge(Plugin):
             status = supervisor.status()
             portals = self.portals_for_network(status.network)
             lines.append(f"- {status.line()}, {len(portals)} portal{'s' if len(portals) != 1 else ''}")
+        if self._senders.dropped or self.inbound_refused:
+            lines.append(f"- incoming: {self._senders.dropped} dropped (senders over the rate limit), "
+                         f"{self.inbound_refused} refused (queue full)")
         for portal in sorted(self.portals.values(), key=lambda p: p.key):
             here = " (this room)" if portal.room_id == room_id else ""
             lines.append(f"  - {portal.describe()} ↔ {portal.room_id}{here} [{portal.origin}]")
@@ -738,6 +810,14 @@ class Bridge(Plugin):
         await self.remove_portal(portal)
         self.log.info("%s unlinked %s from %s", ctx.sender, portal.describe(), ctx.room_id)
         return f"✅ Unlinked this room from {portal.describe()}."
+
+
+def _refused(
+    fut: asyncio.Future[str | None], reason: Literal["flood", "full"], text: str
+) -> asyncio.Future[str | None]:
+    fut.set_exception(InboundRefused(reason, text))
+    fut.exception()  # retrieved: a connection that does not answer its sender (IRC) never awaits it
+    return fut
 
 
 def _row_to_mapped(row: tuple[Any, ...] | None) -> MappedMessage | None:

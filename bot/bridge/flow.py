@@ -2,7 +2,8 @@
 
 * :class:`TokenBucket`: rate limit (``rate`` items per second, bursts of ``burst``);
 * :class:`Backoff`: exponential reconnect delays with jitter;
-* :class:`OutboundQueue`: the bounded, ordered queue that holds outgoing messages during an outage.
+* :class:`OutboundQueue`: the bounded, ordered queue that holds outgoing messages during an outage;
+* :class:`SenderLimiter`: a token bucket per remote sender, for what comes in (one flooding user cannot flood a room).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
 
-__all__ = ["Backoff", "OutboundQueue", "TokenBucket"]
+__all__ = ["Admission", "Backoff", "OutboundQueue", "SenderLimiter", "TokenBucket"]
 
 T = TypeVar("T")
 
@@ -144,3 +145,72 @@ class OutboundQueue(Generic[T]):
 
     def __bool__(self) -> bool:
         return bool(self._items)
+
+
+#: :meth:`SenderLimiter.admit`'s verdict: let the message through; drop it, the first of a flood (say so once); drop it.
+Admission = Literal["ok", "flood", "dropped"]
+
+
+class _Sender:
+    __slots__ = ("bucket", "dropped")
+
+    def __init__(self, bucket: TokenBucket) -> None:
+        self.bucket = bucket
+        self.dropped = 0  # messages dropped in the current flood (0: not flooding)
+
+
+class SenderLimiter(Generic[T]):
+    """A :class:`TokenBucket` per sender (``rate`` messages per second, bursts of ``burst``); ``rate <= 0``: no limit.
+
+    :meth:`admit` says whether a sender's message may go. The first message dropped starts a *flood*, reported once
+    (``"flood"``; the next ones are ``"dropped"``); the flood ends only when the sender has been quiet long enough
+    for the bucket to fill up again, so a sender going just over the rate is one flood, not one per message.
+    :attr:`ended` holds ``(sender, dropped)`` for the floods that ended at the last :meth:`admit`. At most
+    ``max_senders`` buckets are kept: idle ones are forgotten first, then the oldest.
+    """
+
+    def __init__(
+        self, rate: float, burst: int, *, clock: Callable[[], float] = time.monotonic, max_senders: int = 10000
+    ) -> None:
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self.max_senders = max_senders
+        self._clock = clock
+        self._senders: dict[T, _Sender] = {}
+        #: Messages dropped so far, all senders together.
+        self.dropped = 0
+        self.ended: tuple[T, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+    def admit(self, sender: T) -> Admission:
+        self.ended = None
+        if self.rate <= 0:
+            return "ok"
+        state = self._senders.get(sender)
+        if state is None:
+            self._prune()
+            state = self._senders[sender] = _Sender(TokenBucket(self.rate, self.burst, clock=self._clock))
+        if state.dropped and state.bucket.tokens >= self.burst:
+            self.ended = (sender, state.dropped)  # quiet for long enough: that flood is over
+            state.dropped = 0
+        if state.bucket.try_take():
+            return "ok"
+        state.dropped += 1
+        self.dropped += 1
+        return "flood" if state.dropped == 1 else "dropped"
+
+    def flooding(self, sender: T) -> bool:
+        state = self._senders.get(sender)
+        return bool(state and state.dropped)
+
+    def _prune(self) -> None:
+        if len(self._senders) < self.max_senders:
+            return
+        for key in [k for k, s in self._senders.items() if not s.dropped and s.bucket.tokens >= self.burst]:
+            del self._senders[key]
+        while len(self._senders) >= self.max_senders:
+            del self._senders[next(iter(self._senders))]

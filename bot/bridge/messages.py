@@ -97,6 +97,19 @@ class MessageMap:
         event_id = self._by_remote.get((network, channel, remote_id))
         return self._by_event.get(event_id) if event_id is not None else None
 
+    def forget_sender(self, network: str, sender: str, channel: str | None = None) -> int:
+        """Forget which message was ``sender``'s last (in ``channel``, or in every channel of ``network``), so that
+        ``s/old/new/`` from whoever has that name next edits nothing; names are compared case-insensitively.
+        Returns how many entries were forgotten (the messages themselves stay mapped)."""
+        folded = sender.casefold()
+        gone = [
+            key for key in self._last
+            if key[0] == network and key[2].casefold() == folded and (channel is None or key[1] == channel)
+        ]
+        for key in gone:
+            del self._last[key]
+        return len(gone)
+
     def last_from(
         self, network: str, channel: str, sender: str, direction: Literal["in", "out"] = "in"
     ) -> MappedMessage | None:

@@ -213,11 +213,15 @@ class MentionLinker:
     ``name`` is their display name or localpart (``members`` maps user ids to display names); a name two members share
     is no mention. :meth:`transform` has the signature :func:`~bot.bridge.rich_text.runs_to_html` takes, so a bridge
     whose network has markup links mentions in each run of its styled text; :func:`link_mentions` does it for plain
-    text.
+    text. At most ``max_mentions`` different members are mentioned (None: no limit); further names stay plain text,
+    so one remote line cannot ping a whole room.
     """
 
-    def __init__(self, members: Mapping[str, str], *, exclude: set[str] | None = None) -> None:
+    def __init__(
+        self, members: Mapping[str, str], *, exclude: set[str] | None = None, max_mentions: int | None = None
+    ) -> None:
         self.members = members
+        self.max_mentions = max_mentions
         #: The user ids mentioned so far, in order, for ``m.mentions``.
         self.mentioned: list[str] = []
         self._targets = _mention_targets(members, exclude or set())
@@ -232,8 +236,11 @@ class MentionLinker:
         else:
             self._start_re = self._at_re = None
 
-    def _pill(self, user_id: str, shown: str) -> str:
+    def _pill(self, user_id: str, shown: str, written: str) -> str:
+        """A pill for ``user_id``, or ``written`` as plain text once ``max_mentions`` others are mentioned."""
         if user_id not in self.mentioned:
+            if self.max_mentions is not None and len(self.mentioned) >= self.max_mentions:
+                return htmllib.escape(written, quote=False)
             self.mentioned.append(user_id)
         return f'<a href="https://matrix.to/#/{htmllib.escape(user_id)}">{htmllib.escape(shown, quote=False)}</a>'
 
@@ -247,25 +254,25 @@ class MentionLinker:
             m = self._start_re.match(run)
             if m:
                 user_id = self._targets[m.group("name").lower()]
-                out.append(self._pill(user_id, self.members.get(user_id) or m.group("name")))
+                out.append(self._pill(user_id, self.members.get(user_id) or m.group("name"), m.group("name")))
                 pos = m.end()
         for m in self._at_re.finditer(run, pos):
             out.append(htmllib.escape(run[pos : m.start()], quote=False))
             user_id = self._targets[m.group("name").lower()]
-            out.append(self._pill(user_id, self.members.get(user_id) or m.group("name")))
+            out.append(self._pill(user_id, self.members.get(user_id) or m.group("name"), m.group(0)))
             pos = m.end()
         out.append(htmllib.escape(run[pos:], quote=False))
         return "".join(out)
 
 
 def link_mentions(
-    text: str, members: Mapping[str, str], *, exclude: set[str] | None = None
+    text: str, members: Mapping[str, str], *, exclude: set[str] | None = None, max_mentions: int | None = None
 ) -> tuple[str | None, list[str]]:
     """Turn mentions of room members in a plain-text remote message into Matrix pills (see :class:`MentionLinker`).
 
     Returns the HTML (None if nobody was mentioned) and the mentioned user ids, for ``m.mentions``.
     """
-    linker = MentionLinker(members, exclude=exclude)
+    linker = MentionLinker(members, exclude=exclude, max_mentions=max_mentions)
     html = linker.transform(text, True) if text else ""
     if not linker.mentioned:
         return None, []

@@ -24,9 +24,11 @@ user's ``s/old/new/`` edits their last message in Matrix.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bot import mask_secret
 from bot.bridge import Bridge, BridgeConfig, MatrixMessage, Portal, RemoteMessage, RemoteSend, sanitize_name
 
 from .connection import IrcConnection, clean_outgoing, irc_lower
@@ -48,10 +50,10 @@ class Network:
     username: str | None = None
     realname: str = "Ratchet Matrix bridge"
     #: Server password (PASS), if the server wants one.
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     #: SASL PLAIN account (both or neither).
     sasl_username: str | None = None
-    sasl_password: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
     #: IRC channel -> Matrix room id or alias.
     channels: dict[str, str] = field(default_factory=dict)
     #: Seconds of silence before the bridge pings the server (twice that without an answer: reconnect).
@@ -90,6 +92,10 @@ class IrcBridge(Bridge):
         await super().start()
         self.irc: dict[str, IrcConnection] = {}
         for name, net in self.config.networks.items():
+            mask_secret(net.password)  # masked in every log line (the irc library logs raw lines at DEBUG)
+            mask_secret(net.sasl_password)
+            if net.sasl_username and net.sasl_password:  # SASL PLAIN sends it base64-encoded
+                mask_secret(base64.b64encode(f"\0{net.sasl_username}\0{net.sasl_password}".encode()).decode())
             await self.sync_config_portals(name, net.channels)
             connection = IrcConnection(
                 name,
@@ -155,7 +161,9 @@ class IrcBridge(Bridge):
             return message
         raw = message.text
         members = self.matrix.members(portal.room_id)
-        html, mentioned = link_irc_mentions(raw, members, exclude={self.matrix.user_id})
+        html, mentioned = link_irc_mentions(
+            raw, members, exclude={self.matrix.user_id}, max_mentions=self.config.max_mentions
+        )
         return RemoteMessage(
             message.network, message.channel, message.sender_id, message.sender_name, strip_irc_formatting(raw),
             html=html, kind=message.kind, msgtype=message.msgtype, mentions=tuple(mentioned),

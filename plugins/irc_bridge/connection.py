@@ -333,6 +333,7 @@ class IrcConnection(RemoteConnection):
             self.members.pop(irc_lower(channel), None)
             return
         self.members.get(irc_lower(channel), set()).discard(irc_lower(source.nick))
+        self.sender_gone(source.nick, channel)
         if self.relay_membership:
             reason = f" ({event.arguments[0]})" if event.arguments and event.arguments[0] else ""
             self._member_event(channel, source.nick, "part", f"{source.nick} left {channel}{reason}")
@@ -345,6 +346,7 @@ class IrcConnection(RemoteConnection):
             self.join(channel)
             return
         self.members.get(irc_lower(channel), set()).discard(irc_lower(kicked))
+        self.sender_gone(kicked, channel)
         if self.relay_membership:
             by = NickMask(event.source).nick
             self._member_event(channel, kicked, "kick", f"{kicked} was kicked from {channel} by {by}")
@@ -353,6 +355,7 @@ class IrcConnection(RemoteConnection):
         nick = NickMask(event.source).nick
         folded = irc_lower(nick)
         reason = f" ({event.arguments[0]})" if event.arguments and event.arguments[0] else ""
+        self.sender_gone(nick)  # in every channel: whoever takes the nick next must not edit their messages
         for channel, names in self.members.items():
             if folded in names:
                 names.discard(folded)
@@ -364,6 +367,7 @@ class IrcConnection(RemoteConnection):
         if self.is_own(old):
             self.nick = new
             return
+        self.sender_gone(old)  # the old nick is free for anyone now
         for channel, names in self.members.items():
             if irc_lower(old) in names:
                 names.discard(irc_lower(old))

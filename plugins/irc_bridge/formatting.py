@@ -197,14 +197,15 @@ def irc_to_html(text: str, *, transform: Callable[[str, bool], str] | None = Non
 
 
 def link_irc_mentions(
-    text: str, members: Mapping[str, str], *, exclude: set[str] | None = None
+    text: str, members: Mapping[str, str], *, exclude: set[str] | None = None, max_mentions: int | None = None
 ) -> tuple[str | None, list[str]]:
     """Matrix HTML for an IRC line, its formatting converted and mentions of room members made pills.
 
     Mentions are read as :class:`bot.bridge.MentionLinker` reads them, in the unformatted runs of the line. Returns
-    the HTML (None if nothing was mentioned and the line has no formatting) and the mentioned user ids.
+    the HTML (None if nothing was mentioned and the line has no formatting) and the mentioned user ids (at most
+    ``max_mentions`` of them: further names stay plain text).
     """
-    linker = MentionLinker(members, exclude=exclude)
+    linker = MentionLinker(members, exclude=exclude, max_mentions=max_mentions)
     html = irc_to_html(text, transform=linker.transform)
     styled = irc_to_html(text) is not None
     if not linker.mentioned and not styled:
