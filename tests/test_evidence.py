@@ -1,5 +1,7 @@
-"""Evidence bundles: built, signed, verified; any altered byte is caught."""
+"""Evidence bundles: built, signed, verified; any altered byte is caught; a bundle signed by anyone but the bot's key
+is not verified (issue 12, finding 2: forged evidence)."""
 
+import asyncio
 import json
 
 import olm
@@ -8,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.reports.evidence import EvidenceError, build_bundle, sign_bundle, verify_bundle
+from bot.reports.verify import verify_report
 
 SIGNER = olm.PkSigning(b"\x01" * 32)
 EVENT = {
@@ -27,27 +30,82 @@ EVENT = {
 DECRYPTED = {"type": "m.room.message", "room_id": "!r:x", "content": {"msgtype": "m.text", "body": "nasty words"}}
 
 
-def bundle(**over):
+def bundle(signer=SIGNER, **over):
     kw = dict(
         room_id="!r:x", event=EVENT, decrypted=DECRYPTED,
         sender_device={"device_id": "MALDEV", "keys": {"ed25519": "k"}, "cross_signed": True},
-        bot_user_id="@bot:x", bot_device_id="BOTDEV", bot_device_ed25519=SIGNER.public_key, collected_at_ms=1,
+        bot_user_id="@bot:x", bot_device_id="BOTDEV", bot_device_ed25519=signer.public_key, collected_at_ms=1,
     )
     kw.update(over)
-    return sign_bundle(build_bundle(**kw), SIGNER.sign)
+    return sign_bundle(build_bundle(**kw), signer.sign)
 
 
 def test_genuine_bundle_verifies():
-    result = verify_bundle(bundle(), trusted_device_key=SIGNER.public_key)
-    assert result.ok, result.problems
-    assert any("signed by @bot:x" in c for c in result.checks)
+    result = verify_bundle(
+        bundle(), trusted_device_key=SIGNER.public_key, expected_user_id="@bot:x", expected_device_id="BOTDEV"
+    )
+    assert result.ok and result.signer_verified, result.problems
+    assert any("signed by the trusted key" in c and "@bot:x" in c for c in result.checks)
+
+
+def test_without_a_trusted_key_the_signer_is_not_verified():
+    result = verify_bundle(bundle())
+    assert result.consistent and not result.signer_verified and not result.ok
+    assert "NOT verified" in " ".join(result.unverified)
+
+
+def test_a_fresh_key_naming_the_bots_device_is_not_the_bot():
+    forger = olm.PkSigning(b"\x09" * 32)
+    forged = bundle(signer=forger, decrypted={**DECRYPTED, "content": {"msgtype": "m.text", "body": "invented"}})
+    assert forged["attested_by"] == {"user_id": "@bot:x", "device_id": "BOTDEV", "ed25519": forger.public_key}
+    alone = verify_bundle(forged)
+    assert alone.consistent and not alone.ok  # self-consistent, nothing more
+    checked = verify_bundle(forged, trusted_device_key=SIGNER.public_key)
+    assert not checked.ok and not checked.signer_verified
+    assert "not the trusted key" in " ".join(checked.problems)
+    assert "does not verify with the trusted key" in " ".join(checked.problems)
+
+
+def test_a_member_signing_in_her_own_name_is_not_the_bot():
+    member = olm.PkSigning(b"\x05" * 32)
+    forged = bundle(signer=member, bot_user_id="@alice:x", bot_device_id="ALICEDEV")
+    result = verify_bundle(
+        forged, trusted_device_key=member.public_key, expected_user_id="@bot:x", expected_device_id="BOTDEV"
+    )
+    assert not result.ok and not result.signer_verified
+    problems = " ".join(result.problems)
+    assert "not of the bot @bot:x" in problems and "not of the bot's device BOTDEV" in problems
+
+
+def test_context_from_another_room_is_inconsistent():
+    other = {**EVENT, "event_id": "$other", "room_id": "!elsewhere:x"}
+    result = verify_bundle(bundle(context=[(other, {**DECRYPTED, "room_id": "!elsewhere:x"})]))
+    assert not result.consistent and "context message 1" in " ".join(result.problems)
+
+
+@pytest.mark.parametrize("key, forged, code, needle", [
+    (None, False, 3, "who signed it is not verified"),
+    (SIGNER.public_key, False, 0, "verified (offline, against the given key)"),
+    (SIGNER.public_key, True, 1, "does not verify with the trusted key"),
+    (None, True, 3, "NOT verified"),
+])
+def test_cli_exit_codes(tmp_path, capsys, key, forged, code, needle):
+    made = bundle(signer=olm.PkSigning(b"\x09" * 32)) if forged else bundle()
+    path = tmp_path / "evidence.json"
+    path.write_text(json.dumps(made))
+    assert asyncio.run(verify_report(path, None, key)) == code
+    out = capsys.readouterr().out
+    assert needle in out, out
+    if code:
+        assert "NOT VERIFIED" in out
 
 
 def test_any_altered_byte_is_rejected():
     text = json.dumps(bundle())
     i = text.index("nasty")
     altered = json.loads(text[:i] + "N" + text[i + 1:])
-    assert not verify_bundle(altered).ok
+    assert not verify_bundle(altered).consistent
+    assert not verify_bundle(altered, trusted_device_key=SIGNER.public_key).ok
 
 
 def test_wrong_key_or_inconsistent_parts_are_rejected():
@@ -74,4 +132,5 @@ def test_fuzzed_single_character_changes(pos, ch):
         return
     if data == json.loads(text):
         return  # e.g. a whitespace change outside strings
-    assert not verify_bundle(data).ok
+    assert not verify_bundle(data).consistent
+

@@ -41,11 +41,16 @@ def _parser() -> argparse.ArgumentParser:
     verify_report = sub.add_parser(
         "verify-report",
         help="check an evidence bundle from the report plugin",
-        description="Check a report's evidence bundle: its signature and consistency offline; with -c, also that "
-        "the signing device is the bot's and cross-signed, and that the event still matches the homeserver's copy.",
+        description="Check a report's evidence bundle: its signature and consistency; with -c, that the signer is "
+        "the configured bot (its user and stored device, key as the homeserver publishes it, cross-signed) and that "
+        "the event still matches the homeserver's copy; with --key, that the signature verifies under that key. "
+        "Exit 0: verified; 1: not verified; 3: intact but the signer is not verified (neither -c nor --key).",
     )
     verify_report.add_argument("file", type=Path, help="the evidence-*.json file")
     verify_report.add_argument("-c", "--config", type=Path, help="the bot's config (for the online checks)")
+    verify_report.add_argument(
+        "--key", metavar="ED25519", help="the bot device's ed25519 key (unpadded base64) the bundle must be signed with"
+    )
 
     new = sub.add_parser(
         "new-plugin",
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "verify-report":
         from bot.reports.verify import verify_report
 
-        return asyncio.run(verify_report(args.file, args.config))
+        return asyncio.run(verify_report(args.file, args.config, args.key))
     if args.command == "new-plugin":
         from bot.cli.scaffold import new_plugin
 

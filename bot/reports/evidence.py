@@ -6,10 +6,12 @@ canonical JSON holding the event exactly as the homeserver returned it (cipherte
 the sending device and its keys, the Megolm session id, and when it was collected; the bot signs it with its device's
 ed25519 key (the same signing scheme as Matrix device keys).
 
-Anyone can then check, offline, that the bundle was signed by that device and that its parts are consistent
-(:func:`verify_bundle`), and, online, that the event still is what the server holds and the signing device belongs to
-the bot and is cross-signed (``ratchet verify-report``). The Megolm key itself is never included: it would also
-decrypt the sender's later messages in the same session.
+Anyone can then check (:func:`verify_bundle`) that the bundle is intact and its parts are consistent, and, given
+the bot's device key from *outside* the bundle (the homeserver's device list of the bot's account, or by hand), that
+the bot signed it: the key and names inside a bundle are the forger's to choose, so on their own they prove nothing
+about who signed. ``ratchet verify-report`` also checks, online, that the event still is what the server holds and
+that the bot's device is cross-signed. The Megolm key itself is never included: it would also decrypt the sender's
+later messages in the same session.
 
 Pure code: no I/O here.
 """
@@ -84,22 +86,61 @@ def sign_bundle(bundle: dict[str, Any], sign: Callable[[bytes], str]) -> dict[st
 
 @dataclass
 class VerifyResult:
-    """What :func:`verify_bundle` found: ``ok`` only if there are no problems."""
+    """What :func:`verify_bundle` found.
+
+    ``consistent``: the bundle is intact (its signature matches a key) and its parts agree. ``signer_verified``: the
+    key that signed it is the one the verifier trusts (given from outside the bundle) and the names match. ``ok``
+    needs both: a bundle that is only consistent proves nothing about who made it, since anyone can sign a bundle
+    with a fresh key and name the bot's device in it.
+    """
 
     problems: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
+    #: True when the signature verified under a key given from outside the bundle (``trusted_device_key``).
+    signer_verified: bool = False
+    #: Why the signer is not verified (empty when it is, or when the signature failed outright).
+    unverified: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        """True when the signature matches a key and the parts agree (it says nothing about who signed)."""
+        return not self.problems
 
     @property
     def ok(self) -> bool:
-        """True when every check passed."""
-        return not self.problems
+        """True when every check passed and the signer is the trusted key."""
+        return not self.problems and self.signer_verified
 
 
-def verify_bundle(bundle: Any, *, trusted_device_key: str | None = None) -> VerifyResult:
+def _check_event(summary: Any, room_id: Any, what: str, result: VerifyResult) -> None:
+    """One ``{"event", "decrypted"}`` summary: it belongs to the bundle's room, and its parts agree."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("event"), dict):
+        result.problems.append(f"{what}: not an event summary")
+        return
+    event, decrypted = summary["event"], summary.get("decrypted")
+    if event.get("room_id") not in (None, room_id):
+        result.problems.append(f"{what}: the event belongs to another room")
+    encrypted = event.get("type") == "m.room.encrypted"
+    if encrypted and (not isinstance(decrypted, dict) or decrypted.get("room_id") not in (None, room_id)):
+        result.problems.append(f"{what}: the decrypted payload is missing or belongs to another room")
+    if not encrypted and decrypted is not None:
+        result.problems.append(f"{what}: an unencrypted event with a decrypted payload")
+
+
+def verify_bundle(
+    bundle: Any,
+    *,
+    trusted_device_key: str | None = None,
+    expected_user_id: str | None = None,
+    expected_device_id: str | None = None,
+) -> VerifyResult:
     """Offline checks: the format, the signature of the attesting device, and the consistency of the parts.
 
-    ``trusted_device_key`` is the bot device's ed25519 key as the verifier knows it from elsewhere (the server's
-    device list); without it the key inside the bundle is used, which proves integrity but not who signed.
+    ``trusted_device_key`` is the bot device's ed25519 key (unpadded base64) as the verifier knows it from outside
+    the bundle (the homeserver's device list of the bot's account, or given by hand); the signature must verify
+    under that key. ``expected_user_id`` and ``expected_device_id`` are the bot's user and device: the bundle must
+    be attested in their name. Without ``trusted_device_key`` the key named inside the bundle is used: that proves
+    the bundle was not altered since someone signed it, but not *who* signed it, so ``signer_verified`` stays False.
     """
     result = VerifyResult()
     if not isinstance(bundle, dict) or bundle.get("format") != EVIDENCE_FORMAT:
@@ -110,26 +151,64 @@ def verify_bundle(bundle: Any, *, trusted_device_key: str | None = None) -> Veri
     except (TypeError, ValueError) as exc:
         result.problems.append(f"not canonical JSON: {exc}")
         return result
-    who = bundle.get("attested_by") or {}
-    key = trusted_device_key or who.get("ed25519")
-    if trusted_device_key and who.get("ed25519") != trusted_device_key:
-        result.problems.append("the bundle names a different device key than the trusted one")
-    if not isinstance(key, str) or not verify_json(
-        bundle, str(who.get("user_id")), f"ed25519:{who.get('device_id')}", key
-    ):
-        result.problems.append("the signature does not verify: the bundle was altered or signed by another key")
+    who = bundle.get("attested_by")
+    if not isinstance(who, dict) or not all(isinstance(who.get(k), str) for k in ("user_id", "device_id", "ed25519")):
+        result.problems.append("the bundle does not say who attested it (attested_by)")
+        return result
+    user_id, device_id, named_key = who["user_id"], who["device_id"], who["ed25519"]
+    key_id = f"ed25519:{device_id}"
+    names_ok = True
+    if expected_user_id is not None and user_id != expected_user_id:
+        names_ok = False
+        result.problems.append(f"signed in the name of {user_id}, not of the bot {expected_user_id}")
+    if expected_device_id is not None and device_id != expected_device_id:
+        names_ok = False
+        result.problems.append(
+            f"signed in the name of device {device_id}, not of the bot's device {expected_device_id}"
+        )
+    if trusted_device_key is not None:
+        if named_key != trusted_device_key:
+            result.problems.append(
+                f"the bundle names the signing key {named_key}, not the trusted key {trusted_device_key}"
+            )
+        if verify_json(bundle, user_id, key_id, trusted_device_key):
+            result.checks.append(f"signed by the trusted key {trusted_device_key} ({user_id} device {device_id})")
+            result.signer_verified = names_ok and named_key == trusted_device_key
+        else:
+            result.problems.append(
+                f"the signature does not verify with the trusted key {trusted_device_key}: the bundle was altered "
+                "or signed by another key"
+            )
+    elif verify_json(bundle, user_id, key_id, named_key):
+        result.checks.append(f"the signature matches the key the bundle itself names ({named_key})")
+        result.unverified.append(
+            f"the signer is NOT verified: the bundle only claims to come from {user_id} device {device_id}; "
+            "anyone can sign a bundle with a fresh key and name any device (check it with the bot's key: "
+            "--key ED25519, or -c CONFIG)"
+        )
     else:
-        result.checks.append(f"signed by {who.get('user_id')} device {who.get('device_id')}")
+        result.problems.append("the signature does not verify: the bundle was altered or signed by another key")
+    room_id = bundle.get("room_id")
     reported = bundle.get("reported") or {}
-    event = reported.get("event") or {}
-    decrypted = reported.get("decrypted")
+    event = reported.get("event") if isinstance(reported, dict) else None
+    event = event if isinstance(event, dict) else {}
+    decrypted = reported.get("decrypted") if isinstance(reported, dict) else None
     if event.get("event_id") != bundle.get("event_id") or event.get("sender") != bundle.get("sender"):
         result.problems.append("the summary does not match the event")
+    if bundle.get("encrypted") != (event.get("type") == "m.room.encrypted"):
+        result.problems.append("the 'encrypted' field does not match the event")
+    _check_event(reported, room_id, "the reported event", result)
+    context = bundle.get("context")
+    if not isinstance(context, list):
+        result.problems.append("the context is not a list")
+    else:
+        for i, summary in enumerate(context):
+            _check_event(summary, room_id, f"context message {i + 1}", result)
     if bundle.get("encrypted"):
         content = event.get("content") or {}
         if content.get("session_id") != bundle.get("megolm_session_id"):
             result.problems.append("the Megolm session id does not match the ciphertext")
-        if not isinstance(decrypted, dict) or decrypted.get("room_id") not in (None, bundle.get("room_id")):
+        if not isinstance(decrypted, dict) or decrypted.get("room_id") not in (None, room_id):
             result.problems.append("the decrypted payload belongs to another room")
         device = bundle.get("sender_device") or {}
         if content.get("device_id") and device.get("device_id") not in (None, content.get("device_id")):
