@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 import socket
 import time
 from typing import Any
@@ -127,6 +128,24 @@ def test_secrets_bearer_and_hmac_signatures():
     assert not templates.verify_signature(GIT_SECRET, body, {"X-Hub-Signature-256": sig})  # prefix required
     assert not templates.verify_signature(GIT_SECRET, body, {})
     assert templates.forge_event({"X-GitHub-Event": "Push"}) == "push"
+    # With a timestamp, the signature covers "<timestamp>.<body>": the timestamp cannot be changed.
+    stamped = hmac.new(GIT_SECRET.encode(), b"1700000000." + body, hashlib.sha256).hexdigest()
+    headers = {"X-Hub-Signature-256": f"sha256={stamped}"}
+    assert templates.matching_signature(GIT_SECRET, body, headers, timestamp="1700000000") == stamped
+    assert not templates.verify_signature(GIT_SECRET, body, headers, timestamp="1700000001")
+    assert not templates.verify_signature(GIT_SECRET, body, headers)
+
+
+def test_outbound_urls_are_redacted_for_logs_and_status():
+    redact = templates.redact_url
+    slack = "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF1/abcDEF123ghiJKL456mnoPQR"
+    assert redact(slack) == "https://hooks.slack.com/services/T0ABCDEF1/B0ABCDEF1/[redacted]"
+    assert redact("http://user:pass@127.0.0.1:8080/in?token=abc") == "http://127.0.0.1:8080/in?[redacted]"
+    assert redact("https://example.org/matrix/notifications-endpoint") == (
+        "https://example.org/matrix/notifications-endpoint"  # a plain word, however long, is not a token
+    )
+    assert redact("https://x.example/a/0123456789abcdef0123456789abcdef01234567") == "https://x.example/a/[redacted]"
+    assert templates.url_secrets(slack) == [slack, "abcDEF123ghiJKL456mnoPQR"]
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -148,6 +167,27 @@ async def _until(condition, timeout: float = 20) -> None:
 
 def _body(event) -> str:
     return str(getattr(event, "body", "") or event.source.get("content", {}).get("body", ""))
+
+
+async def _wait_listening(url: str) -> None:
+    """The endpoint starts with the plugin; give it a moment."""
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            try:
+                async with http.post(f"{url}/nothing"):
+                    return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} is not listening")
+
+
+def _signed(body: bytes, secret: str = GIT_SECRET, timestamp: str | None = None) -> dict[str, str]:
+    signed = f"{timestamp}.".encode() + body if timestamp is not None else body
+    headers = {"Content-Type": "application/json",
+               "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()}
+    if timestamp is not None:
+        headers["X-Ratchet-Timestamp"] = timestamp
+    return headers
 
 
 async def _raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -206,14 +246,14 @@ async def test_webhooks_post_encrypted_messages_and_refuse_bad_requests(ratchet)
 
         await refused("ci", 401, "secret", json={"text": "nope"}, headers={"Authorization": "Bearer wrong"})
         await refused("ci", 401, "secret", json={"text": "nope"})
-        await refused("nope", 404, "unknown hook 'nope'", json={"text": "x"}, headers=auth)
+        await refused("nope", 401, "unknown hook, or a missing or wrong secret", json={"text": "x"}, headers=auth)
         await refused("ci", 415, "application/json", data="text=hi", headers={**auth, "Content-Type": "text/plain"})
         await refused("ci", 400, "malformed JSON", data=b"{not json", headers={**auth,
                                                                               "Content-Type": "application/json"})
         await refused("ci", 400, "unknown field 'colour'", json={"text": "x", "colour": "red"}, headers=auth)
         await refused("git", 401, "signature", json=PUSH, headers={"X-GitHub-Event": "push"})
         bad_sig = {"X-GitHub-Event": "push", "X-Hub-Signature-256": "sha256=" + "0" * 64}
-        await refused("git", 401, "wrong signature", json=PUSH, headers=bad_sig)
+        await refused("git", 401, "wrong secret or signature", json=PUSH, headers=bad_sig)
 
     # Oversize: refused from Content-Length before the body is read (only 10 of the promised bytes are sent)...
     status, data, headers = await _raw_request(
@@ -272,8 +312,12 @@ async def test_webhooks_post_encrypted_messages_and_refuse_bad_requests(ratchet)
     assert member.undecryptable(room.room_id) == []
 
 
+URL_TOKEN = "AbCdEf0123456789xyzTOKEN"
+
+
 @pytest.mark.e2e
-async def test_outbound_hook_posts_room_messages_with_retries_and_no_loop(ratchet):
+async def test_outbound_hook_posts_room_messages_with_retries_and_no_loop(ratchet, caplog):
+    caplog.set_level(logging.INFO)
     received: list[dict[str, Any]] = []
     signatures: list[str] = []
     statuses = iter([500])  # the first POST fails: it must be retried
@@ -285,8 +329,8 @@ async def test_outbound_hook_posts_room_messages_with_retries_and_no_loop(ratche
         return web.Response(status=next(statuses, 200))
 
     app = web.Application()
-    app.router.add_post("/in", collect)
-    runner = web.AppRunner(app)
+    app.router.add_post(f"/in/{URL_TOKEN}", collect)
+    runner = web.AppRunner(app, access_log=None)  # (the receiving end's log has the URL, of course)
     await runner.setup()
     out_port = _free_port()
     await web.TCPSite(runner, "127.0.0.1", out_port).start()
@@ -299,7 +343,8 @@ async def test_outbound_hook_posts_room_messages_with_retries_and_no_loop(ratche
         options = {
             "port": port,
             "hooks": {"ci": {"secret": SECRET}},  # no room: linked below with the command
-            "outbound": {"archive": {"room": room.room_id, "url": f"http://127.0.0.1:{out_port}/in", "secret": key}},
+            "outbound": {"archive": {"room": room.room_id, "secret": key,
+                                     "url": f"http://127.0.0.1:{out_port}/in/{URL_TOKEN}?key=sekrit-api-key"}},
             "reconnect_min_delay": 0.2,
             "reconnect_max_delay": 1.0,
         }
@@ -333,5 +378,149 @@ async def test_outbound_hook_posts_room_messages_with_retries_and_no_loop(ratche
 
         status = await room.ask("!webhooks status")
         assert "out:archive: connected" in status.body and "http: connected" in status.body, status.body
+        # The URL's credentials (a token-like path segment, the query string) are in neither the status nor the log.
+        assert f"POST http://127.0.0.1:{out_port}/in/[redacted]?[redacted]" in status.body, status.body
+        assert URL_TOKEN not in status.body and "sekrit" not in status.body
+        assert URL_TOKEN not in caplog.text and "sekrit" not in caplog.text
+        assert f"http://127.0.0.1:{out_port}/in/[redacted]?[redacted] answered 500" in caplog.text  # the retry
     finally:
         await runner.cleanup()
+
+
+# ------------------------------------------------------------------------------------------- hostile senders
+# (issue 12, finding 7: which hooks exist, replays, floods, an unbounded queue)
+
+
+@pytest.mark.e2e
+async def test_unknown_hooks_and_bad_credentials_get_the_same_answer(ratchet):
+    room = await ratchet.room(plugins={"ping": {}})
+    await ratchet.stop_bot()
+    port = _free_port()
+    hooks = {"ci": {"room": room.room_id, "secret": SECRET},
+             "git": {"room": room.room_id, "secret": GIT_SECRET, "auth": "hmac", "template": "push"}}
+    await ratchet.start_bot({"webhooks": {"port": port, "hooks": hooks}})
+    url = f"http://127.0.0.1:{port}/hooks"
+    await _wait_listening(url)
+    body = json.dumps({"text": "probe"}).encode()
+    bearer = {"Content-Type": "application/json", "Authorization": "Bearer wrong-but-long-enough-0000"}
+    unsigned = {"Content-Type": "application/json"}
+    answers = []
+    async with aiohttp.ClientSession() as http:
+        for hook in ("ci", "git", "nope", "also-nope"):
+            for headers in (bearer, _signed(body, "not-the-secret-000000000"), unsigned):
+                async with http.post(f"{url}/{hook}", data=body, headers=headers) as resp:
+                    answers.append((resp.status, await resp.json()))
+            async with http.get(f"{url}/{hook}") as resp:
+                answers.append((resp.status, await resp.json()))
+    probes = [a for i, a in enumerate(answers) if i % 4 != 3]
+    assert {status for status, _ in probes} == {401}
+    assert len({json.dumps(data, sort_keys=True) for _, data in probes}) == 1, probes  # the very same answer
+    assert {status for i, (status, _) in enumerate(answers) if i % 4 == 3} == {405}  # GET: known or not
+    assert not [e for e in room.bot_messages() if "probe" in _body(e)]
+
+
+@pytest.mark.e2e
+async def test_signed_hooks_refuse_replays_and_stale_timestamps(ratchet):
+    room = await ratchet.room(plugins={"ping": {}})
+    await ratchet.stop_bot()
+    port = _free_port()
+    hooks = {
+        "git": {"room": room.room_id, "secret": GIT_SECRET, "auth": "hmac", "template": "push", "max_age": 120},
+        "strict": {"room": room.room_id, "secret": GIT_SECRET, "auth": "hmac", "require_timestamp": True},
+    }
+    await ratchet.start_bot({"webhooks": {"port": port, "hooks": hooks}})
+    url = f"http://127.0.0.1:{port}/hooks"
+    await _wait_listening(url)
+    push = json.dumps(PUSH).encode()
+
+    async def post(hook: str, data: bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        async with aiohttp.ClientSession() as http, http.post(f"{url}/{hook}", data=data, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    # A GitHub-style body-only signature: posted once; the same request again is a replay.
+    headers = {**_signed(push), "X-GitHub-Event": "push"}
+    status, first = await post("git", push, headers)
+    assert status == 200, first
+    status, again = await post("git", push, headers)
+    assert status == 409 and "already received" in again["error"], again
+
+    # A signed timestamp: fresh is posted, replayed is refused, old is refused, changed is a wrong signature.
+    now = str(int(time.time()))
+    generic = json.dumps({"text": "stamped"}).encode()
+    stamped = _signed(generic, timestamp=now)
+    status, answer = await post("strict", generic, stamped)
+    assert status == 200, answer
+    assert (await post("strict", generic, stamped))[0] == 409
+    old = str(int(time.time()) - 600)
+    status, answer = await post("strict", json.dumps({"text": "old"}).encode(),
+                                _signed(json.dumps({"text": "old"}).encode(), timestamp=old))
+    assert status == 401 and "s old; at most 300s is accepted" in answer["error"], answer
+    forged = {**stamped, "X-Ratchet-Timestamp": str(int(time.time()) + 1)}
+    assert (await post("strict", generic, forged))[0] == 401
+    status, answer = await post("strict", json.dumps({"text": "bare"}).encode(),
+                                _signed(json.dumps({"text": "bare"}).encode()))
+    assert status == 401 and "X-Ratchet-Timestamp is required" in answer["error"], answer
+
+    # Exactly the two good requests were posted.
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{url}/strict", data=json.dumps({"text": "sentinel"}).encode(),
+        headers=_signed(json.dumps({"text": "sentinel"}).encode(), timestamp=str(int(time.time()))),
+    ) as resp:
+        sentinel = (await resp.json())["event_id"]
+    await room.expect(lambda e: e.event_id == sentinel)
+    bodies = [_body(e) for e in room.bot_messages()]
+    assert len(bodies) == 3 and bodies[0].startswith("alice pushed") and bodies[1] == "stamped", bodies
+
+
+@pytest.mark.e2e
+async def test_a_flooding_hook_gets_429_and_a_full_queue_503(ratchet, caplog):
+    caplog.set_level(logging.INFO, "ratchet")
+    room = await ratchet.room(plugins={"ping": {}})
+    await ratchet.stop_bot()
+    port = _free_port()
+    hooks = {"ci": {"room": room.room_id, "secret": SECRET}, "ops": {"room": room.room_id, "secret": SECRET}}
+    options = {"port": port, "hooks": hooks, "sender_rate_limit": 0.1, "sender_rate_burst": 4,
+               "inbound_queue_size": 2}
+    await ratchet.start_bot({"webhooks": options})
+    url = f"http://127.0.0.1:{port}/hooks"
+    await _wait_listening(url)
+    auth = {"Authorization": f"Bearer {SECRET}"}
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for i in range(6):
+            async with http.post(f"{url}/ci", json={"text": f"ci {i}"}, headers=auth) as resp:
+                statuses.append(resp.status)
+                if resp.status == 429:
+                    assert resp.headers["Retry-After"] and "too fast" in (await resp.json())["error"]
+        assert statuses == [200, 200, 200, 200, 429, 429], statuses
+        notice = await room.expect(lambda e: "sending too fast" in _body(e))
+        assert notice.body == "⚠️ ci is sending too fast: their messages are not relayed until they slow down."
+
+        # The queue toward Matrix: the bridge is held while "ops" posts; one message is being posted, two wait,
+        # the next is refused with 503 at once.
+        bridge = ratchet.bot.bot.host.plugins["webhooks"].instance
+        release = asyncio.Event()
+        real = bridge.handle_remote
+
+        async def held(message):
+            await release.wait()
+            return await real(message)
+
+        bridge.handle_remote = held
+        pending = [asyncio.create_task(http.post(f"{url}/ops", json={"text": f"ops {i}"}, headers=auth))
+                   for i in range(3)]
+        await _until(lambda: bridge._inbound.qsize() == 2)
+        async with http.post(f"{url}/ops", json={"text": "ops 3"}, headers=auth) as resp:
+            assert resp.status == 503 and resp.headers["Retry-After"], await resp.text()
+        release.set()
+        for task in pending:
+            async with await task as resp:
+                assert resp.status == 200, await resp.text()
+    for i in range(3):  # (the three requests ran concurrently: in any order)
+        await room.expect(lambda e, i=i: _body(e) == f"ops {i}")
+    bodies = [_body(e) for e in room.bot_messages()]
+    assert [b for b in bodies if b.startswith("ci ")] == ["ci 0", "ci 1", "ci 2", "ci 3"]
+    assert sorted(b for b in bodies if b.startswith("ops ")) == ["ops 0", "ops 1", "ops 2"]  # not "ops 3"
+    full = [r for r in caplog.records if "refusing new ones" in r.getMessage()]
+    flood = [r for r in caplog.records if "sending faster than" in r.getMessage()]
+    assert len(full) == 1 and len(flood) == 1 and full[0].levelname == flood[0].levelname == "WARNING"

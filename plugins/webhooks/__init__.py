@@ -4,8 +4,11 @@ Inbound: ``POST http://127.0.0.1:8470/hooks/<name>`` with the hook's secret (``A
 HMAC-SHA256 signature header like GitHub's ``X-Hub-Signature-256`` for ``auth: hmac``) posts the JSON payload into the
 hook's room through its template: ``generic`` (``{"text": "..."}``), ``alertmanager`` (firing/resolved alerts
 summarised) or ``push`` (a GitHub/Gitea/Forgejo push event). Bad requests are answered with a 4xx and a JSON body
-saying why, and nothing is posted: 401 bad or missing secret, 404 unknown hook, 413 body too large (refused from its
-Content-Length before it is read), 415 not JSON, 400 malformed JSON or fields the template does not know.
+saying why, and nothing is posted: 401 unknown hook or bad or missing credentials (the same answer for both, so hook
+names cannot be probed), 413 body too large (refused from its Content-Length before it is read), 415 not JSON, 400
+malformed JSON or fields the template does not know. Signed hooks refuse replays: a signature seen in the last
+``max_age`` seconds (409), or one whose signed ``X-Ratchet-Timestamp`` is older (401). A hook sending too fast is
+answered 429, and 503 when too many messages wait for Matrix.
 
 Outbound: every message in an outbound hook's room is POSTed to its URL as JSON (sender, room, body, event id...),
 retried with backoff while the URL fails::
@@ -27,9 +30,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bot import mask_secret
 from bot.bridge import Bridge, BridgeConfig, MatrixMessage, Portal, RemoteSend
 
 from .connection import HookServer, OutboundHook
+from .templates import redact_url, url_secrets
 
 __all__ = ["Hook", "Outbound", "Webhooks"]
 
@@ -41,7 +46,7 @@ INBOUND = "http"
 class Hook:
     """An inbound hook: who may post (its secret) and how the payload is shown."""
 
-    secret: str
+    secret: str = field(repr=False)
     #: The room to post into (id or alias); without one, link it with ``!webhooks link <name>`` in the room.
     room: str | None = None
     #: ``bearer``: ``Authorization: Bearer <secret>``; ``hmac``: a signature of the body with the secret.
@@ -50,10 +55,19 @@ class Hook:
     msgtype: Literal["m.text", "m.notice"] = "m.text"
     #: Shown as the author (``**name**: text``); by default messages are posted as they are.
     display_name: str | None = None
+    #: Signed hooks: seconds a signature is remembered (the same one again is a replay, refused) and, with a signed
+    #: ``X-Ratchet-Timestamp``, how old that timestamp may be.
+    max_age: float = 300.0
+    #: Signed hooks: refuse requests without a signed ``X-Ratchet-Timestamp`` (GitHub, Gitea and Forgejo send none).
+    require_timestamp: bool = False
 
     def __post_init__(self) -> None:
         if len(self.secret) < 16:
             raise ValueError("a hook's secret must be at least 16 characters")
+        if self.max_age <= 0:
+            raise ValueError("max_age must be positive")
+        if self.require_timestamp and self.auth != "hmac":
+            raise ValueError("require_timestamp is for signed hooks (auth: hmac)")
 
 
 @dataclass(frozen=True)
@@ -61,16 +75,18 @@ class Outbound:
     """An outbound hook: the messages of ``room`` are POSTed to ``url``."""
 
     room: str
-    url: str
+    #: Shown as ``scheme://host/path`` in logs and ``!webhooks status``, token-like path segments and the query left
+    #: out, and masked in every log line.
+    url: str = field(repr=False)
     #: Signs each body: ``X-Ratchet-Signature-256: sha256=<HMAC-SHA256 hex>``.
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
     #: Attempts per message before it is dropped (with backoff between them).
     max_attempts: int = 5
     timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
-            raise ValueError(f"{self.url!r} is not an http(s) URL")
+            raise ValueError(f"{redact_url(self.url)!r} is not an http(s) URL")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
 
@@ -96,6 +112,9 @@ class Webhooks(Bridge):
         #: Outbound hooks are rate limited like any remote network (requests per second).
         rate_limit: float = 5.0
         rate_burst: int = 10
+        #: Requests per second one inbound hook may post (beyond it: 429), and the burst.
+        sender_rate_limit: float = 2.0
+        sender_rate_burst: int = 20
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -111,6 +130,12 @@ class Webhooks(Bridge):
     async def start(self) -> None:
         await super().start()
         cfg = self.config
+        for hook in cfg.hooks.values():
+            mask_secret(hook.secret)
+        for out in cfg.outbound.values():
+            mask_secret(out.secret)
+            for part in url_secrets(out.url):
+                mask_secret(part)
         await self.sync_config_portals(INBOUND, {n: h.room for n, h in cfg.hooks.items() if h.room})
         self.server = HookServer(
             INBOUND, host=cfg.host, port=cfg.port, prefix=cfg.path_prefix, max_body=cfg.max_body_bytes,

@@ -12,15 +12,34 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from bot.bridge import PermanentSendError, RemoteCapabilities, RemoteConnection, RemoteMessage, RemoteSend
+from bot.bridge import (
+    InboundRefused,
+    PermanentSendError,
+    RemoteCapabilities,
+    RemoteConnection,
+    RemoteMessage,
+    RemoteSend,
+)
 
-from .templates import TEMPLATES, TemplateError, forge_event, verify_bearer, verify_signature
+from .templates import (
+    SIGNATURE_HEADERS,
+    TEMPLATES,
+    TIMESTAMP_HEADER,
+    TemplateError,
+    forge_event,
+    matching_signature,
+    redact_url,
+    verify_bearer,
+)
 
 __all__ = ["HookServer", "OutboundHook"]
 
@@ -28,6 +47,12 @@ log = logging.getLogger("ratchet.plugin.webhooks")
 
 #: How long a request waits for its message to be posted before it is answered 202 (queued) instead of 200.
 REPLY_TIMEOUT = 20.0
+#: The one answer to a request for an unknown hook or with missing or wrong credentials: which hook names exist is
+#: not given away.
+UNAUTHORIZED = ("unknown hook, or a missing or wrong secret or signature: send 'Authorization: Bearer <secret>', or "
+                "X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body with the hook's secret>")
+#: Signatures remembered per endpoint to refuse replays (the oldest are forgotten beyond it).
+MAX_SEEN_SIGNATURES = 10000
 
 
 def _error(status: int, message: str, *, close: bool = False, headers: dict[str, str] | None = None) -> web.Response:
@@ -65,6 +90,9 @@ class HookServer(RemoteConnection):
         self._closed = asyncio.Event()
         self.accepted = 0
         self.refused = 0
+        #: (hook, signature) -> when it stops being remembered (monotonic), for refusing replays.
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._decoy = secrets.token_urlsafe(32)  # checked against for unknown hooks, so they take as long
 
     def describe(self) -> str:
         where = f"http://{self.host}:{self.bound_port}{self.prefix}" if self.bound_port else "not listening"
@@ -111,30 +139,74 @@ class HookServer(RemoteConnection):
     async def _process(self, request: web.Request) -> web.Response:
         if not request.path.startswith(self.prefix):
             return _error(404, f"not found: hooks are at {self.prefix}<name>", close=True)
-        name = request.path[len(self.prefix) :]
-        hook = self.hooks.get(name)
-        if hook is None:
-            return _error(404, f"unknown hook {name!r}", close=True)
         if request.method != "POST":
             return _error(405, "use POST", close=True, headers={"Allow": "POST"})
-        if hook.auth == "bearer" and not verify_bearer(hook.secret, request.headers.get("Authorization")):
-            return _error(401, "missing or wrong secret: send 'Authorization: Bearer <secret>'", close=True)
-        if hook.auth == "hmac" and not any(h in request.headers for h in (
-            "X-Hub-Signature-256", "X-Gitea-Signature", "X-Forgejo-Signature"
-        )):
-            return _error(401, "missing signature: send X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body>",
-                          close=True)
+        name = request.path[len(self.prefix) :]
+        hook = self.hooks.get(name)
+        # Up to the credentials, what is checked and the answers depend on the request alone, never on whether the
+        # hook exists or how it authenticates: an unknown hook and wrong credentials get the same 401.
         ctype = request.content_type
         if ctype != "application/json" and not ctype.endswith("+json"):
             return _error(415, f"the body must be application/json, not {ctype}", close=True)
         length = request.content_length
         if length is not None and length > self.max_body:
             return _error(413, f"the body is {length} bytes; this endpoint takes at most {self.max_body}", close=True)
+        signed = any(header in request.headers for header, _ in SIGNATURE_HEADERS)
+        authorization = request.headers.get("Authorization")
+        if not signed:
+            # A bearer token is checked before the body is read.
+            ok = hook is not None and hook.auth == "bearer"
+            if not verify_bearer(hook.secret if ok else self._decoy, authorization) or not ok:
+                return _error(401, UNAUTHORIZED, close=True)
         body = await self._read_body(request)
         if body is None:
             return _error(413, f"the body is larger than the {self.max_body} bytes this endpoint takes", close=True)
-        if hook.auth == "hmac" and not verify_signature(hook.secret, body, request.headers):
-            return _error(401, "wrong signature: the HMAC-SHA256 of the body with the hook's secret does not match")
+        seen_key: tuple[str, str] | None = None
+        if signed:
+            timestamp = request.headers.get(TIMESTAMP_HEADER)
+            ok = hook is not None and hook.auth == "hmac"
+            signature = matching_signature(hook.secret if ok else self._decoy, body, request.headers,
+                                           timestamp=timestamp.strip() if timestamp is not None else None)
+            if signature is None or not ok:
+                return _error(401, UNAUTHORIZED)
+            problem = self._check_fresh(name, hook, timestamp, signature)
+            if problem is not None:
+                return problem
+            seen_key = (name, signature)
+        response = await self._post(request, name, hook, body)
+        if seen_key is not None and response.status in (429, 502, 503):
+            self._seen.pop(seen_key, None)  # not posted: the sender may try the same request again
+        return response
+
+    def _check_fresh(self, name: str, hook: Any, timestamp: str | None, signature: str) -> web.Response | None:
+        """Replay protection for a signed request whose signature is good: its timestamp (if any) is at most the
+        hook's ``max_age`` old, and the same signature was not seen within that time. None if it may go on."""
+        max_age = float(hook.max_age)
+        if timestamp is None:
+            if hook.require_timestamp:
+                return _error(401, f"a signed {TIMESTAMP_HEADER} is required: send it and sign "
+                                   f"'<timestamp>.<body>'")
+        else:
+            try:
+                age = time.time() - float(timestamp)
+            except ValueError:
+                return _error(401, f"{TIMESTAMP_HEADER} must be unix seconds")
+            if abs(age) > max_age:
+                return _error(401, f"the signature's timestamp is {age:.0f}s old; at most {max_age:.0f}s is accepted")
+        now = time.monotonic()
+        while self._seen and next(iter(self._seen.values())) <= now:
+            self._seen.popitem(last=False)
+        key = (name, signature)
+        if key in self._seen:
+            log.warning("%s: hook %s: a signed request was sent again (a replay?); refused", self.network, name)
+            return _error(409, "this signed request was already received; a replay is not posted again")
+        self._seen[key] = now + max_age
+        while len(self._seen) > MAX_SEEN_SIGNATURES:
+            self._seen.popitem(last=False)
+        return None
+
+    async def _post(self, request: web.Request, name: str, hook: Any, body: bytes) -> web.Response:
+        """The request is authenticated: render its payload and post it."""
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -167,6 +239,11 @@ class HookServer(RemoteConnection):
         except TimeoutError:
             self.accepted += 1
             return web.json_response({"ok": True, "queued": True}, status=202)
+        except InboundRefused as exc:
+            if exc.reason == "flood":
+                return _error(429, f"hook {name!r} is sending too fast; try again later", headers={"Retry-After": "10"})
+            return _error(503, "too many messages are waiting to be posted; try again later",
+                          headers={"Retry-After": "30"})
         except Exception as exc:
             log.warning("%s: posting hook %s failed: %s", self.network, name, exc)
             return _error(502, "posting into Matrix failed; try again later")
@@ -207,7 +284,7 @@ class OutboundHook(RemoteConnection):
 
     def describe(self) -> str:
         status = f", last answer {self.last_status}" if self.last_status is not None else ""
-        return f"POST {self.url}{status}"
+        return f"POST {redact_url(self.url)}{status}"
 
     async def connect(self) -> None:
         self._closed = asyncio.Event()
@@ -231,8 +308,8 @@ class OutboundHook(RemoteConnection):
             if 200 <= resp.status < 300:
                 return None
             if resp.status in (408, 425, 429) or resp.status >= 500:
-                raise ConnectionError(f"{self.url} answered {resp.status}")
-            raise PermanentSendError(f"{self.url} answered {resp.status}")
+                raise ConnectionError(f"{redact_url(self.url)} answered {resp.status}")
+            raise PermanentSendError(f"{redact_url(self.url)} answered {resp.status}")
 
     async def close(self) -> None:
         self._closed.set()

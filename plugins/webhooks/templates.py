@@ -2,7 +2,9 @@
 
 * :func:`verify_bearer` / :func:`verify_signature`: the hook's secret as ``Authorization: Bearer ...`` or an
   HMAC-SHA256 of the body (GitHub's ``X-Hub-Signature-256: sha256=...``, Gitea's ``X-Gitea-Signature``, Forgejo's
-  ``X-Forgejo-Signature``), compared in constant time;
+  ``X-Forgejo-Signature``), compared in constant time; with an ``X-Ratchet-Timestamp: <unix seconds>`` header the
+  HMAC covers ``<timestamp>.<body>`` (as Slack and Stripe sign), so the timestamp cannot be changed;
+* :func:`redact_url`: a URL fit for logs and ``!webhooks status`` (no query string, no token-like path segment);
 * :func:`render_generic` (``{"text": ...}``), :func:`render_alertmanager` (firing/resolved alerts summarised) and
   :func:`render_push` (a GitHub/Gitea/Forgejo push event) return a :class:`Rendered` message or raise
   :class:`TemplateError` (answered with 400 and nothing posted).
@@ -13,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html as htmllib
+import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +26,12 @@ __all__ = [
     "Rendered",
     "TemplateError",
     "forge_event",
+    "matching_signature",
+    "redact_url",
     "render_alertmanager",
     "render_generic",
     "render_push",
+    "url_secrets",
     "verify_bearer",
     "verify_signature",
 ]
@@ -60,13 +67,19 @@ def verify_bearer(secret: str, authorization: str | None) -> bool:
 
 #: Signature headers, and the prefix their value starts with.
 SIGNATURE_HEADERS = (("X-Hub-Signature-256", "sha256="), ("X-Gitea-Signature", ""), ("X-Forgejo-Signature", ""))
+#: The header of a signed timestamp (unix seconds): the signature is then the HMAC of ``<timestamp>.<body>``.
+TIMESTAMP_HEADER = "X-Ratchet-Timestamp"
 
 
-def verify_signature(secret: str, body: bytes, headers: Mapping[str, str]) -> bool:
-    """True if one of the known signature headers holds the HMAC-SHA256 of ``body`` with ``secret``."""
+def matching_signature(
+    secret: str, body: bytes, headers: Mapping[str, str], *, timestamp: str | None = None
+) -> str | None:
+    """The signature (lower-case hex) of the first known signature header holding the HMAC-SHA256 of ``body`` (of
+    ``<timestamp>.<body>`` if ``timestamp`` is given) with ``secret``; None if none does."""
     if not secret:
-        return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        return None
+    signed = f"{timestamp}.".encode() + body if timestamp is not None else body
+    expected = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     for name, prefix in SIGNATURE_HEADERS:
         value = headers.get(name)
         if value is None:
@@ -75,8 +88,65 @@ def verify_signature(secret: str, body: bytes, headers: Mapping[str, str]) -> bo
         if prefix and not value.lower().startswith(prefix):
             continue
         if hmac.compare_digest(value[len(prefix) :].lower().encode(), expected.encode()):
-            return True
-    return False
+            return expected
+    return None
+
+
+def verify_signature(secret: str, body: bytes, headers: Mapping[str, str], *, timestamp: str | None = None) -> bool:
+    """True if one of the known signature headers holds the HMAC-SHA256 of ``body`` (of ``<timestamp>.<body>`` if
+    ``timestamp`` is given) with ``secret``."""
+    return matching_signature(secret, body, headers, timestamp=timestamp) is not None
+
+
+# ----------------------------------------------------------------------------------------------------- URLs
+
+#: What stands for the parts of a URL that may be credentials.
+HIDDEN = "[redacted]"
+_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9_\-.~+=%:]+$")
+
+
+def _looks_like_token(segment: str) -> bool:
+    """A path segment that may be a credential: long, of token characters, and not a plain word or number."""
+    if len(segment) < 16 or not _TOKEN_CHARS.match(segment):
+        return False
+    classes = sum(bool(re.search(p, segment)) for p in (r"[a-z]", r"[A-Z]", r"[0-9]"))
+    return len(segment) >= 32 or classes >= 2
+
+
+def redact_url(url: str) -> str:
+    """``url`` for logs and status lines: scheme, host and port, the path with any token-like segment replaced by
+    ``[redacted]``, the query string and any user/password left out (``https://hooks.example/services/[redacted]?...``
+    style: an outbound hook's URL often holds its credentials)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return HIDDEN
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{port}" if port else "")
+    path = "/".join(HIDDEN if _looks_like_token(urllib.parse.unquote(seg)) or _looks_like_token(seg) else seg
+                    for seg in parts.path.split("/"))
+    query = f"?{HIDDEN}" if parts.query else ""
+    return f"{parts.scheme}://{netloc}{path}{query}" if parts.scheme else HIDDEN
+
+
+def url_secrets(url: str) -> list[str]:
+    """The parts of ``url`` :func:`redact_url` hides (the whole URL first), to register for masking in logs."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return [url]
+    found = [url]
+    if parts.query:
+        found.append(parts.query)
+    if password:
+        found.append(password)
+    found += [seg for seg in parts.path.split("/") if _looks_like_token(seg) or _looks_like_token(
+        urllib.parse.unquote(seg))]
+    return found
 
 
 def forge_event(headers: Mapping[str, str]) -> str | None:
