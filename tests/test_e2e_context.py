@@ -319,3 +319,53 @@ async def test_plain_media_in_unencrypted_room_and_size_limit(env: Env, tmp_path
     with pytest.raises(MatrixError) as err:
         await api.send_file(room, big)
     assert err.value.errcode == "M_TOO_LARGE" and str(limit) in str(err.value)
+
+async def test_media_downloads_are_capped(env: Env, monkeypatch):
+    """Issue 12, finding 7: ``download`` reads no file over its cap (``max_bytes``, 50 MiB by default), whatever the
+    event says: the declared size, the server's Content-Length and the bytes received are each checked."""
+    m, api = env.member, env.api
+    data = os.urandom(5000)
+    ciphertext, keys = encrypt_attachment(data)
+    resp, _ = await m.client.upload(
+        lambda *_: ciphertext, content_type="application/octet-stream", filesize=len(ciphertext)
+    )
+    assert isinstance(resp, UploadResponse), resp
+    content = {"msgtype": "m.file", "body": "blob.bin", "info": {"size": len(data)},
+               "file": {"url": resp.content_uri, **keys}}
+    assert await api.download(content) == data  # well under the default cap
+    assert await api.download(content, max_bytes=len(data)) == data
+    for lying_size in (len(data), 10, None):  # honest, understated, not given: all refused
+        claimed = dict(content, info={"size": lying_size}) if lying_size is not None else {
+            k: v for k, v in content.items() if k != "info"}
+        with pytest.raises(MatrixError) as err:
+            await api.download(claimed, max_bytes=1000)
+        assert err.value.errcode == "M_TOO_LARGE" and "at most 1000" in str(err.value), err.value
+
+    # A server that sends no Content-Length: the transfer is cut as soon as it passes the cap.
+    class Endless:
+        status, reason, content_length = 200, "OK", None
+        read = 0
+        closed = False
+
+        def __init__(self) -> None:
+            self.content = self
+
+        async def iter_chunked(self, n: int):
+            while True:
+                Endless.read += n
+                yield b"x" * n
+
+        def close(self) -> None:
+            Endless.closed = True
+
+        def release(self) -> None:
+            raise AssertionError("an oversized body must not be kept for reuse")
+
+    async def endless_send(*args, **kwargs):
+        return Endless()
+
+    monkeypatch.setattr(api._client, "send", endless_send)
+    with pytest.raises(MatrixError) as err:
+        await api.download({"msgtype": "m.file", "body": "x", "url": "mxc://localhost/endless"}, max_bytes=200_000)
+    assert err.value.errcode == "M_TOO_LARGE"
+    assert Endless.closed and Endless.read <= 200_000 + (1 << 16)

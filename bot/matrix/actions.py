@@ -12,6 +12,7 @@ and creating DM rooms by :mod:`bot.matrix.direct`. This module only performs the
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from os import PathLike
@@ -20,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 
 import aiofiles
 import aiofiles.os
+import aiohttp
 from nio import (
+    Api,
     ContentRepositoryConfigResponse,
     EncryptionError,
     Event,
     MegolmEvent,
-    MemoryDownloadResponse,
     RoomBanResponse,
     RoomGetEventResponse,
     RoomKickResponse,
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: Attachments larger than this are encrypted and decrypted in a worker thread, not on the event loop.
 _THREAD_CRYPTO_BYTES = 1 << 20
+#: The largest file :meth:`MatrixActions.download` reads unless given another ``max_bytes`` (50 MiB).
+MAX_DOWNLOAD_BYTES = 50 << 20
 _UNKNOWN = object()
 
 
@@ -295,11 +299,14 @@ class MatrixActions:
             raise _failed(f"uploading {name}", resp)
         return resp.content_uri, (media.encrypted_file(resp.content_uri, keys) if keys is not None else None)
 
-    async def download(self, event: Event | dict[str, Any]) -> bytes:
+    async def download(self, event: Event | dict[str, Any], *, max_bytes: int | None = None) -> bytes:
         """The bytes of a media event's file (``m.file``/``m.image``/...), decrypted and verified if encrypted.
 
         ``event`` is a nio event or an event's ``content``. Raises :class:`MatrixError` if the event has no media,
-        is still encrypted (no room key yet), cannot be downloaded or fails its integrity check.
+        is still encrypted (no room key yet), cannot be downloaded or fails its integrity check. A file larger than
+        ``max_bytes`` (default :data:`MAX_DOWNLOAD_BYTES`) is not read: its declared size (``info.size``), the
+        server's ``Content-Length`` and the bytes actually received are each checked against it, the transfer is cut
+        as soon as it goes over, and the error's ``errcode`` is ``M_TOO_LARGE``.
         """
         if isinstance(event, MegolmEvent):
             raise MatrixError(f"{event.event_id} is not decrypted (no room key yet): cannot read its media")
@@ -307,16 +314,62 @@ class MatrixActions:
         source = media.media_source(content)
         if source is None:
             raise MatrixError("the event carries no media (no url or file)")
-        resp = await self._client.download(mxc=source.mxc)
-        if not isinstance(resp, MemoryDownloadResponse):
-            raise _failed(f"downloading {source.mxc}", resp)
+        limit = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
+
+        def too_large(size: int | str) -> MatrixError:
+            return MatrixError(f"{source.mxc} is {size} bytes; at most {limit} are downloaded", "M_TOO_LARGE")
+
+        info = content.get("info") if isinstance(content, dict) else None
+        declared = info.get("size") if isinstance(info, dict) else None
+        if isinstance(declared, int) and not isinstance(declared, bool) and declared > limit:
+            raise too_large(declared)
+        server_name, _, media_id = source.mxc.removeprefix("mxc://").partition("/")
+        method, path = Api.download(server_name, media_id, access_token=self._client.access_token)
+        for attempt in range(4):
+            try:
+                resp = await self._client.send(method, path, timeout=0)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise MatrixError(f"downloading {source.mxc} failed: {exc}") from exc
+            try:
+                if resp.status != 200:
+                    try:
+                        error = json.loads(await resp.content.read(65536))
+                    except ValueError:
+                        error = {}
+                    error = error if isinstance(error, dict) else {}
+                    if resp.status == 429 and attempt < 3:
+                        retry = error.get("retry_after_ms")
+                        await asyncio.sleep(min(retry / 1000, 30) if isinstance(retry, int) else 1.0)
+                        continue
+                    raise MatrixError(
+                        f"downloading {source.mxc} failed: {resp.status} {error.get('error') or resp.reason}",
+                        error.get("errcode") if isinstance(error.get("errcode"), str) else None,
+                    )
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise too_large(resp.content_length)
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(f"more than {limit}")
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+            except aiohttp.ClientError as exc:
+                resp.close()
+                raise MatrixError(f"downloading {source.mxc} failed: {exc}") from exc
+            except BaseException:
+                resp.close()  # not drained: the connection is dropped
+                raise
+            resp.release()
+            break
         if not source.encrypted:
-            return resp.body
+            return body
         try:
             key, sha256, iv = source.decryption_args()
-            if len(resp.body) > _THREAD_CRYPTO_BYTES:
-                return await asyncio.to_thread(decrypt_attachment, resp.body, key, sha256, iv)
-            return decrypt_attachment(resp.body, key, sha256, iv)
+            if len(body) > _THREAD_CRYPTO_BYTES:
+                return await asyncio.to_thread(decrypt_attachment, body, key, sha256, iv)
+            return decrypt_attachment(body, key, sha256, iv)
         except (EncryptionError, ValueError) as exc:
             raise MatrixError(f"cannot decrypt {source.mxc}: {exc}") from exc
 
