@@ -53,7 +53,7 @@ def bridge_options(ircd: IrcServer, channels: dict[str, str] | None = None, **ex
 
 
 def the_bridge(ratchet):
-    return ratchet.bot.bot.host.plugins["irc_bridge"].instance
+    return ratchet.bot.runtime.host.plugins["irc_bridge"].instance
 
 
 async def until(condition, timeout: float = 20, what: str = "a condition") -> None:

@@ -73,12 +73,12 @@ async def test_bootstrap_then_restart_reuses_keys_and_recovery_key_show(synapse,
     member = await Member.login(synapse.url, alice, tmp_path / "member")
     bot = await InProcessBot(cfg).start()
     try:
-        identity = bot.bot.identity
+        identity = bot.runtime.identity
         status = identity.status()
         assert status["state"] == "ok" and status["cross_signed"] is True, status
         assert identity.device_signing_uploads == 1
         assert status["backup_version"] and status["recovery_key_stored"] is True, status
-        assert bot.bot.api.identity is identity
+        assert bot.runtime.api.identity is identity
         master = status["master_key"]
         device_id = bot.device_id
 
@@ -86,7 +86,7 @@ async def test_bootstrap_then_restart_reuses_keys_and_recovery_key_show(synapse,
         assert keys.master_public == master
         _assert_cross_signed(keys, bot_user.user_id, device_id)
         # Synapse shows the device's signature on the master key to the account itself only.
-        own = await query_own_keys(bot.bot.client, bot_user.user_id)
+        own = await query_own_keys(bot.runtime.client, bot_user.user_id)
         assert verify_master_signed_by_device(own.master, own.devices[device_id], bot_user.user_id)
 
         # The recovery key went to the file (0600), never into the log; data_dir keeps it only encrypted.
@@ -105,7 +105,7 @@ async def test_bootstrap_then_restart_reuses_keys_and_recovery_key_show(synapse,
     # Restart: the same keys, nothing uploaded again, still cross-signed, same backup.
     bot = await InProcessBot(cfg).start()
     try:
-        again = bot.bot.identity
+        again = bot.runtime.identity
         assert again.device_signing_uploads == 0
         st = again.status()
         assert st["master_key"] == master and st["cross_signed"] is True and st["state"] == "ok", st
@@ -153,12 +153,14 @@ async def test_lost_crypto_store_recovered_with_verify_and_key_backup(synapse, n
         bot = await InProcessBot(cfg).start()
         try:
             old_device = bot.device_id
-            master = bot.bot.identity.status()["master_key"]
+            master = bot.runtime.identity.status()["master_key"]
             room = await member.create_room(invite=[bot_user.user_id], encrypted=True)
             await member.wait_joined(room, bot_user.user_id)
             secret_event = await member.send(room, "said before the store was lost")
             # The member's room key reaches the bot and goes to the key backup.
-            await _wait_until(lambda: bot.bot.identity.status()["keys_backed_up"] >= 1, WAIT, "the key backup upload")
+            await _wait_until(
+                lambda: bot.runtime.identity.status()["keys_backed_up"] >= 1, WAIT, "the key backup upload"
+            )
         finally:
             await bot.stop()
 
@@ -180,14 +182,14 @@ async def test_lost_crypto_store_recovered_with_verify_and_key_backup(synapse, n
         bot = await InProcessBot(cfg).start()
         try:
             assert bot.device_id == new_device
-            st = bot.bot.identity.status()
+            st = bot.runtime.identity.status()
             assert st["master_key"] == master and st["cross_signed"] is True, st
-            assert bot.bot.identity.device_signing_uploads == 0
+            assert bot.runtime.identity.device_signing_uploads == 0
             _assert_cross_signed(await _published(member, bot_user.user_id), bot_user.user_id, new_device)
 
             # The message from before the loss decrypts with the key from the backup (the new device has never
             # synced, so the backup is the only place that key can have come from).
-            client = bot.bot.client
+            client = bot.runtime.client
             got = await client.room_get_event(room, secret_event)
             assert isinstance(got, RoomGetEventResponse), got
             event = got.event

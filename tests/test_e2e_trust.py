@@ -108,7 +108,7 @@ def record_to_device(member: Member) -> list[UnknownToDeviceEvent]:
 
 def probe_seen(bot) -> dict[str, bool]:
     """event id -> ``ctx.trusted`` as the probe plugin's handler saw it."""
-    return bot.bot.host.plugins["trustprobe"].instance.seen
+    return bot.runtime.host.plugins["trustprobe"].instance.seen
 
 
 async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -180,7 +180,7 @@ async def test_room_keys_follow_the_trust_policy(ratchet, probe_dir, mode):
         assert notice["code"] == "m.unverified"
         assert notice["room_id"] == room.room_id
         assert notice["algorithm"] == "m.megolm.v1.aes-sha2"
-        assert notice["sender_key"] == seen_by_carol.sender_key == bot.bot.client.olm.account.identity_keys[
+        assert notice["sender_key"] == seen_by_carol.sender_key == bot.runtime.client.olm.account.identity_keys[
             "curve25519"
         ]
         assert notice["reason"]
@@ -205,8 +205,8 @@ async def test_tofu_pins_detects_an_identity_reset_and_untrusts_until_repinned(r
     caplog.set_level(logging.INFO, "bot.e2ee.trust")
     bot = await ratchet.start_bot({"trustprobe": {}}, plugin_dirs=[probe_dir])  # default trust: tofu
     trusted = probe_seen(bot)
-    policy = bot.bot.trust
-    assert policy is not None and policy.mode == "tofu" and bot.bot.api.trust is policy
+    policy = bot.runtime.trust
+    assert policy is not None and policy.mode == "tofu" and bot.runtime.api.trust is policy
     changes: list[IdentityChanged] = []
 
     async def on_change(change: IdentityChanged) -> None:
@@ -270,7 +270,7 @@ async def test_tofu_pins_detects_an_identity_reset_and_untrusts_until_repinned(r
     # The pins are in state.db: a restarted bot still knows the re-pinned identity.
     await ratchet.stop_bot()
     bot = await ratchet.start_bot({"trustprobe": {}}, plugin_dirs=[probe_dir])
-    assert bot.bot.trust.pinned(alice.user_id) == xs2.master_public
+    assert bot.runtime.trust.pinned(alice.user_id) == xs2.master_public
 
 
 # -- (iii) fallback keys ------------------------------------------------------------------------------------------
@@ -278,7 +278,7 @@ async def test_tofu_pins_detects_an_identity_reset_and_untrusts_until_repinned(r
 
 async def test_exhausted_one_time_keys_fall_back_and_a_new_peer_still_gets_an_answer(ratchet, new_user):
     bot = await ratchet.start_bot({"ping": {}})
-    client = bot.bot.client
+    client = bot.runtime.client
     bot_user, bot_device = client.user_id, client.device_id
     device_ed25519 = client.olm.account.identity_keys["ed25519"]
     await until(lambda: client.fallback.generated and not client.fallback.pending, 30, "the fallback key upload")
@@ -353,7 +353,7 @@ async def test_a_withheld_notice_is_logged_once_with_the_waiting_event(ratchet, 
     room = await ratchet.room()
     member = room.member
     event_id, _release = await member.send_with_late_key(room.room_id, "!ping")  # never released
-    state = bot.bot.state
+    state = bot.runtime.state
     pending = await until(lambda: [p for p in state.pending() if p.event_id == event_id], 30, "the bot's UTD")
     session_id = pending[0].session_id
     sender_key = member.client.olm.account.identity_keys["curve25519"]
@@ -374,7 +374,7 @@ async def test_a_withheld_notice_is_logged_once_with_the_waiting_event(ratchet, 
         )
         assert status == 200, data
 
-    policy = bot.bot.trust
+    policy = bot.runtime.trust
     await send_notice("w1", "the sender does not trust this device")
     await until(lambda: policy.withheld_reason(session_id), 30, "the bot to read the notice")
     assert policy.withheld_reason(session_id).code == "m.unverified"

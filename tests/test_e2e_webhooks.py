@@ -498,7 +498,7 @@ async def test_a_flooding_hook_gets_429_and_a_full_queue_503(ratchet, caplog):
 
         # The queue toward Matrix: the bridge is held while "ops" posts; one message is being posted, two wait,
         # the next is refused with 503 at once.
-        bridge = ratchet.bot.bot.host.plugins["webhooks"].instance
+        bridge = ratchet.bot.runtime.host.plugins["webhooks"].instance
         release = asyncio.Event()
         real = bridge.handle_remote
 

@@ -59,7 +59,7 @@ class InProcessBot:
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
-        self.bot = None
+        self.runtime = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, timeout: float = 60) -> InProcessBot:
@@ -67,9 +67,9 @@ class InProcessBot:
         from bot.config import load_config
         from bot.runtime.runtime import Runtime
 
-        self.bot = await Runtime.open(load_config(self.config_path))
-        self._task = asyncio.create_task(self.bot.run(install_signal_handlers=False))
-        ready = asyncio.ensure_future(self.bot.ready.wait())
+        self.runtime = await Runtime.open(load_config(self.config_path))
+        self._task = asyncio.create_task(self.runtime.run(install_signal_handlers=False))
+        ready = asyncio.ensure_future(self.runtime.ready.wait())
         done, _ = await asyncio.wait({ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if self._task in done:
             ready.cancel()
@@ -83,14 +83,14 @@ class InProcessBot:
     @property
     def device_id(self) -> str:
         """The running bot's device id."""
-        assert self.bot and self.bot.client
-        return self.bot.client.device_id
+        assert self.runtime and self.runtime.client
+        return self.runtime.client.device_id
 
     async def stop(self, timeout: float = 15) -> None:
         """Ask the bot to stop and wait for a clean shutdown."""
         if self._task is None:
             return
-        self.bot.request_stop()
+        self.runtime.request_stop()
         await asyncio.wait_for(self._task, timeout)
         self._task = None
 

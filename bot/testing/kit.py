@@ -102,7 +102,7 @@ class RatchetKit:
             **config,
         )
         bot = await InProcessBot(path).start()
-        failed = dict(bot.bot.host.errors) if bot.bot and bot.bot.host else {}
+        failed = dict(bot.runtime.host.errors) if bot.runtime else {}
         if failed:
             await bot.stop()
             raise RuntimeError("plugins failed to load:\n" + "\n".join(failed.values()))

@@ -109,24 +109,24 @@ async def test_only_signed_js_talks_to_cross_signed_bot_not_to_unsigned_bot(syna
         assert reply["decryption_failure"] is None
         status = await peer.device_status(signed_user.user_id, signed_bot.device_id, expect_signed=True)
         assert status["known"] and status["signed_by_owner"] is True, status
-        assert signed_bot.bot.stats.utd_total == 0
+        assert signed_bot.runtime.stats.utd_total == 0
 
         # The bot without cross-signing: the js client withholds its key, so the ping never decrypts and no reply
         # comes; the device is "not signed by its owner".
         room2 = await peer.create_room(invite=[plain_user.user_id], name="plain")
         await peer.wait_joined(room2, plain_user.user_id, timeout=WAIT)
         await peer.send_text(room2, "!ping")
-        await _wait_until(lambda: plain_bot.bot.stats.utd_total >= 1, WAIT, "the unsigned bot to get the ping")
+        await _wait_until(lambda: plain_bot.runtime.stats.utd_total >= 1, WAIT, "the unsigned bot to get the ping")
         with pytest.raises(JsPeerError) as failure:
             await peer.wait_message(room2, sender=plain_user.user_id, timeout=5, fail_on_utd=True)
         report = json.loads(failure.value.error)
         # Nothing at all came from the unsigned bot (it never had the key, so it had nothing to answer): a timeout
         # with no event of the bot's, decrypted or not. A reply would show up here as a UTD and fail the check.
         assert report["timeout"] is True and report["utd"] == [] and report["pending"] == [], report
-        assert plain_bot.bot.stats.utd_recovered == 0
+        assert plain_bot.runtime.stats.utd_recovered == 0
         plain_status = await peer.device_status(plain_user.user_id, plain_bot.device_id)
         assert plain_status["known"] and plain_status["signed_by_owner"] is False, plain_status
-        assert plain_bot.bot.identity.status()["cross_signed"] is False
+        assert plain_bot.runtime.identity.status()["cross_signed"] is False
 
 
 async def test_ratchet_verify_with_a_recovery_key_made_by_js(synapse, new_user, tmp_path):
@@ -148,9 +148,9 @@ async def test_ratchet_verify_with_a_recovery_key_made_by_js(synapse, new_user, 
 
         # The bot starts: keys it does not hold are left alone, it keeps running.
         bot = await stack.bot(cfg)
-        st = bot.bot.identity.status()
+        st = bot.runtime.identity.status()
         assert st["state"] == "foreign" and st["master_key"] == js_master and st["cross_signed"] is False, st
-        assert bot.bot.identity.device_signing_uploads == 0
+        assert bot.runtime.identity.device_signing_uploads == 0
         device_id = bot.device_id
         await bot.stop()
 
@@ -168,15 +168,15 @@ async def test_ratchet_verify_with_a_recovery_key_made_by_js(synapse, new_user, 
 
         # Restarted, the bot uses those keys and Element's backup, and reads Element's history from it.
         bot = await stack.bot(cfg)
-        st = bot.bot.identity.status()
+        st = bot.runtime.identity.status()
         assert st["state"] == "ok" and st["cross_signed"] is True and st["master_key"] == js_master, st
-        assert st["backup_version"] == js_backup and bot.bot.identity.device_signing_uploads == 0, st
-        got = await bot.bot.client.room_get_event(room, old_event)
+        assert st["backup_version"] == js_backup and bot.runtime.identity.device_signing_uploads == 0, st
+        got = await bot.runtime.client.room_get_event(room, old_event)
         assert isinstance(got, RoomGetEventResponse), got
         event = got.event
         if isinstance(event, MegolmEvent):
             event.room_id = room
-            event = bot.bot.client.decrypt_event(event)
+            event = bot.runtime.client.decrypt_event(event)
         assert isinstance(event, RoomMessageText) and event.body == "written in element before the bot existed"
 
 
@@ -189,13 +189,13 @@ async def test_js_uses_ratchet_recovery_key_secret_storage_and_backup(synapse, n
     )
     async with _Stack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
-        st = bot.bot.identity.status()
+        st = bot.runtime.identity.status()
         master, version = st["master_key"], st["backup_version"]
         member = await stack.member(synapse, alice, tmp_path / "alice")
         room = await member.create_room(invite=[bot_user.user_id])
         await member.wait_joined(room, bot_user.user_id)
         await member.send(room, "kept in ratchet's key backup")
-        await _wait_until(lambda: bot.bot.identity.status()["keys_backed_up"] >= 1, WAIT, "the backup upload")
+        await _wait_until(lambda: bot.runtime.identity.status()["keys_backed_up"] >= 1, WAIT, "the backup upload")
         await bot.stop()
         recovery_key = key_file.read_text().strip()
 
