@@ -115,7 +115,7 @@ class Env:
 
     @property
     def api(self):
-        return self.bot.bot.api
+        return self.bot.runtime.api
 
 
 def _register(synapse: SynapseServer, prefix: str) -> RegisteredUser:
@@ -250,13 +250,13 @@ async def test_dm_is_encrypted_direct_and_readable_after_joining(env: Env):
 
     # The same DM afterwards, also for concurrent calls, and when looked up again from m.direct (a restart).
     assert await asyncio.gather(api.dm(m.user_id), api.dm(m.user_id)) == [dm, dm]
-    assert await DirectRooms(env.bot.bot.client).room_for(m.user_id) == dm
+    assert await DirectRooms(env.bot.runtime.client).room_for(m.user_id) == dm
 
     # Concurrent calls for a user without a DM create exactly one room, recorded in m.direct.
     bob = _register(env.synapse, "bob")
     first, second = await asyncio.gather(api.dm(bob.user_id), api.dm(bob.user_id))
     assert first == second and first != dm
-    direct = await env.bot.bot.client.list_direct_rooms()
+    direct = await env.bot.runtime.client.list_direct_rooms()
     assert direct.rooms[m.user_id] == [dm]
     assert direct.rooms[bob.user_id] == [first]
     with pytest.raises(MatrixError):
