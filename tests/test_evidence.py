@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.reports.evidence import EvidenceError, build_bundle, sign_bundle, verify_bundle
+from bot.reports.moderation import member_could_see
 from bot.reports.verify import verify_report
 
 SIGNER = olm.PkSigning(b"\x01" * 32)
@@ -134,3 +135,32 @@ def test_fuzzed_single_character_changes(pos, ch):
         return  # e.g. a whitespace change outside strings
     assert not verify_bundle(data).consistent
 
+
+# -- who could see an event (issue 12, finding 3: reports leaked history the reporter never saw) -------------------
+
+@pytest.mark.parametrize("membership, visibility, encrypted, seen", [
+    # the spec's rule for a current member, on unencrypted events
+    (None, "world_readable", False, True),
+    ("join", "joined", False, True),
+    ("leave", "joined", False, False),
+    (None, "joined", False, False),
+    ("invite", "joined", False, False),
+    ("invite", "invited", False, True),
+    (None, "invited", False, False),
+    (None, "shared", False, True),  # they joined after the event: shared history is theirs
+    ("leave", "shared", False, True),
+    (None, None, False, True),  # no history visibility state: shared
+    (None, "made_up", False, False),  # unknown: the strictest, joined
+    ("join", "made_up", False, True),
+    # encrypted: the room key went only to the members of the moment
+    ("join", "shared", True, True),
+    (None, "shared", True, False),
+    (None, "world_readable", True, False),
+    ("leave", "shared", True, False),
+    ("invite", "shared", True, True),
+    ("invite", "invited", True, True),
+    ("invite", "joined", True, False),
+    ("ban", "world_readable", True, False),
+])
+def test_member_could_see(membership, visibility, encrypted, seen):
+    assert member_could_see(membership=membership, visibility=visibility, encrypted=encrypted) is seen

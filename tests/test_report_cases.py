@@ -60,20 +60,64 @@ def test_no_context_offered_means_context_does_nothing():
 def test_prompt_says_what_where_who_and_how_long():
     text = cases.consent_prompt(
         draft(), room_name="#general:x", to_moderators=True, to_homeserver=True, anonymous=True, retention_days=30,
-        context_preview=[("@a:x", "earlier")],
-    )
-    for needle in ("bad words", "@mal:x", "insult", "moderators", "administrators", "not** shared", "30 days",
+        homeserver_name="bot.example", context_preview=[("@a:x", "earlier")],
+    ).body
+    for needle in ("bad words", "@mal:x", "insult", "moderators", "administrators", "not shared", "30 days",
                    "withdraw", "not included", "earlier", "yes mods", "Nothing has been sent yet"):
         assert needle in text, needle
     named = cases.consent_prompt(draft(), room_name="r", to_moderators=True, to_homeserver=False, anonymous=False,
-                                 retention_days=7)
-    assert "shared (@alice:x)" in named and "yes mods" not in named
+                                 retention_days=7).body
+    assert "shared with the moderators (@alice:x)" in named and "yes mods" not in named
+    assert "administrators" not in named and "homeserver" not in named
+
+
+def test_prompt_names_the_bots_homeserver_and_what_yes_mods_means():
+    """Issue 12 finding 7: the prompt said "your homeserver" (it is the bot's) and "yes mods" still filed a homeserver
+    report; it now says whose homeserver gets what, that "yes mods" sends nothing there, and that it cannot be
+    withdrawn."""
+    text = cases.consent_prompt(
+        draft(), room_name="!r:x", to_moderators=True, to_homeserver=True, anonymous=True, retention_days=30,
+        homeserver_name="bot.example",
+    ).body
+    assert "your homeserver" not in text
+    assert "administrators of the bot's homeserver (`bot.example`, which may not be yours)" in text
+    assert "nothing at all goes to the homeserver" in text
+    assert "A homeserver report cannot be withdrawn" in text
+    homeserver_only = cases.consent_prompt(
+        draft(), room_name="!r:x", to_moderators=False, to_homeserver=True, anonymous=True, retention_days=30,
+    ).body
+    assert "yes mods" not in homeserver_only and "moderation room" not in homeserver_only
+
+
+def test_yes_mods_needs_a_moderation_room():
+    d = cases.answer(draft(), Answer.YES_MODS, 1, homeserver_destination=True, moderator_destination=False)
+    assert d.open and d == draft()
+
+
+HOSTILE = 'click <a href="https://evil.example">here</a> ![x](mxc://evil/img) <img src="mxc://evil/i"> **bold** @room'
+
+
+def test_untrusted_text_cannot_render_links_or_images():
+    """Issue 12 finding 7: an abuser's text in the case message rendered as Markdown/HTML in the moderation room."""
+    case = cases.Case("R-XYZ234", "!r:x", "$e", "@mal:x", "DEV", True, HOSTILE, 5, ['<a href="x">reason</a>'],
+                      ["anonymous"], context=[("@mal:x", "[link](https://evil.example/ctx)")])
+    for rendered in (
+        cases.case_message(case, room_name="<b>room</b>"),
+        cases.consent_prompt(draft(text=HOSTILE, reason="<img src=x>"), room_name="!r:x", to_moderators=True,
+                             to_homeserver=True, anonymous=True, retention_days=1,
+                             context_preview=[("@mal:x", "[link](https://evil.example/ctx)")]),
+    ):
+        markup = rendered.html.lower()
+        assert "<a" not in markup and "<img" not in markup and "<b>" not in markup, markup
+        assert "&lt;a href=" in markup and "&lt;img src=" in markup
+        assert "<pre><code>click &lt;a href=" in markup  # the reported text is shown as code, verbatim
+        assert "![x](mxc://evil/img)" in rendered.body
 
 
 def test_case_message_and_ids():
     case = cases.Case("R-XYZ234", "!r:x", "$e", "@mal:x", "DEV", True, "bad words", 5, ["insult", ""],
                       ["anonymous", "@bob:x"])
-    msg = cases.case_message(case, room_name="#general:x")
+    msg = cases.case_message(case, room_name="#general:x").body
     assert "2 report(s)" in msg and "cross-signed by the sender" in msg and "> bad words" in msg
     assert "!case R-XYZ234 redact|kick|ban|dismiss" in msg
     ids = {cases.new_case_id() for _ in range(200)}

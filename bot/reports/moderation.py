@@ -7,6 +7,7 @@ the thin async shell that gathers the facts from the homeserver and the crypto s
 
 from __future__ import annotations
 
+import json
 import logging
 import urllib.parse
 from dataclasses import dataclass
@@ -21,9 +22,41 @@ if TYPE_CHECKING:
     from bot.matrix.actions import MatrixActions
     from bot.matrix.client import RatchetClient
 
-__all__ = ["EventRecord", "Moderation"]
+__all__ = ["EventRecord", "Moderation", "member_could_see"]
 
 log = logging.getLogger(__name__)
+
+#: The ``m.room.history_visibility`` values the spec defines; a room without that state counts as ``shared``.
+HISTORY_VISIBILITIES = ("world_readable", "shared", "invited", "joined")
+
+#: Only the state that decides who could see an event (``/context`` returns no other state with this filter).
+_VISIBILITY_FILTER = json.dumps(
+    {"types": ["m.room.member", "m.room.history_visibility"], "lazy_load_members": False}, separators=(",", ":")
+)
+
+
+def member_could_see(*, membership: str | None, visibility: str | None, encrypted: bool) -> bool:
+    """Could a user who is a member of the room *now* have seen an event, given their ``membership`` and the room's
+    history ``visibility`` at that event (the state at the event, not today's)?
+
+    The spec's rule (Client-Server API, "History visibility", server behaviour), for a current member:
+    ``world_readable``: yes; ``membership`` was ``join``: yes; ``shared``: yes (they joined at some point after the
+    event); ``invite`` with ``invited``: yes; otherwise no. An unknown visibility counts as ``joined`` (the strictest),
+    a missing one as ``shared`` (the spec's default).
+
+    An **encrypted** event is stricter: its sender's devices shared the room key only with the members of the moment,
+    so whoever was not joined (or invited, where the visibility lets invitees read) when it was sent could not
+    decrypt it, whatever the visibility says about the ciphertext.
+    """
+    if visibility is None:
+        visibility = "shared"
+    elif visibility not in HISTORY_VISIBILITIES:
+        visibility = "joined"
+    if encrypted:
+        return membership == "join" or (membership == "invite" and visibility != "joined")
+    if visibility == "world_readable" or membership == "join" or visibility == "shared":
+        return True
+    return membership == "invite" and visibility == "invited"
 
 
 @dataclass(frozen=True)
@@ -107,8 +140,14 @@ class Moderation:
         raw = await self._request("GET", f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/event/{q(event_id, safe='')}")
         return self._record(room_id, raw)
 
-    async def records_before(self, room_id: str, event_id: str, limit: int) -> list[EventRecord]:
-        """Up to ``limit`` message events before ``event_id``, oldest first (undecryptable ones are skipped)."""
+    async def records_before(
+        self, room_id: str, event_id: str, limit: int, *, seen_by: str | None = None
+    ) -> list[EventRecord]:
+        """Up to ``limit`` message events before ``event_id``, oldest first (undecryptable ones are skipped).
+
+        With ``seen_by`` (a user id), only the run of messages just before ``event_id`` that this user could see
+        (:meth:`could_see`): the first earlier message they could not see ends it, and it is never decrypted.
+        """
         if limit <= 0:
             return []
         q = urllib.parse.quote
@@ -120,6 +159,13 @@ class Moderation:
         for raw in body.get("events_before", []):
             if raw.get("type") not in ("m.room.message", "m.room.encrypted") or "state_key" in raw:
                 continue
+            if seen_by is not None:
+                try:
+                    visible = await self.could_see(room_id, str(raw.get("event_id")), seen_by)
+                except MatrixError:
+                    visible = False
+                if not visible:
+                    break
             try:
                 records.append(self._record(room_id, raw))
             except MatrixError:
@@ -127,6 +173,43 @@ class Moderation:
             if len(records) == limit:
                 break
         return list(reversed(records))
+
+    async def could_see(self, room_id: str, event_id: str, user_id: str) -> bool:
+        """Whether ``user_id`` could have seen ``event_id`` (see :func:`member_could_see`), from the room state *at
+        that event* as the homeserver resolves it (``/context`` with no surrounding events: the state at the event).
+
+        Nothing is decrypted here. ``user_id`` must also be a member now (:meth:`is_member`), which is not checked
+        here. Raises MatrixError if the event cannot be fetched.
+        """
+        q = urllib.parse.quote
+        path = (
+            f"/_matrix/client/v3/rooms/{q(room_id, safe='')}/context/{q(event_id, safe='')}"
+            f"?limit=0&filter={q(_VISIBILITY_FILTER, safe='')}"
+        )
+        body = await self._request("GET", path)
+        event = body.get("event") if isinstance(body.get("event"), dict) else {}
+        membership: str | None = None
+        visibility: str | None = None
+        for state in body.get("state") or ():
+            if not isinstance(state, dict) or not isinstance(state.get("content"), dict):
+                continue
+            if state.get("type") == "m.room.member" and state.get("state_key") == user_id:
+                value = state["content"].get("membership")
+                membership = value if isinstance(value, str) else None
+            elif state.get("type") == "m.room.history_visibility" and state.get("state_key") == "":
+                value = state["content"].get("history_visibility")
+                visibility = value if isinstance(value, str) else None
+        if event.get("room_id") not in (None, room_id):
+            log.debug("%s is not an event of %s", event_id, room_id)
+            return False
+        encrypted = event.get("type") == "m.room.encrypted"
+        seen = member_could_see(membership=membership, visibility=visibility, encrypted=encrypted)
+        if not seen:
+            log.debug(
+                "%s could not see %s in %s (membership %s, history visibility %s, encrypted %s)",
+                user_id, event_id, room_id, membership, visibility, encrypted,
+            )
+        return seen
 
     def attest(self, reported: EventRecord, context: list[EventRecord] = ()) -> dict[str, Any]:
         """A signed evidence bundle (see :mod:`bot.reports.evidence`) for ``reported`` and the chosen ``context``."""

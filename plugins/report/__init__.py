@@ -6,7 +6,12 @@ Moderators get one case per reported event in their (encrypted) moderation room,
 ``ratchet verify-report`` checks, and act on it with ``!case ID redact|kick|ban|dismiss``. See docs/reporting.md.
 
 Privacy: nothing about a report is logged at INFO or above beyond its id; decrypted text is stored only in a case the
-reporter consented to, and deleted after ``retention_days`` or when withdrawn before moderators acted.
+reporter consented to, and deleted after ``retention_days`` or when withdrawn before moderators acted: every message
+the bot posted about it in Matrix (the case message and its edits, the evidence file, the DM prompt at retention) is
+redacted then too. Only events the reporter could see may be reported or quoted as context
+(``self.bot.moderation.could_see``: membership and history visibility at each event). Consent answers, withdrawals
+and moderators' actions need a sender device the trust policy trusts (``ctx.trusted``). Evidence is posted only to an
+encrypted moderation room.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .cases import (
     Draft,
     DraftState,
     RateLimiter,
+    Rendered,
     answer,
     case_message,
     consent_prompt,
@@ -95,6 +101,17 @@ class Report(Plugin):
         );
         CREATE TABLE pending_ban (case_id TEXT PRIMARY KEY, moderator TEXT NOT NULL, reason TEXT, expires REAL);
         """,
+        # Every event the bot posted about a case or a draft, so withdrawal and retention can redact them all
+        # (the case message, each of its edits, the evidence file; the DM prompt and its edits). Rows are removed
+        # once the redaction went through; what is left is retried by the sweep.
+        """
+        CREATE TABLE posted (
+            room_id TEXT NOT NULL, event_id TEXT NOT NULL, kind TEXT NOT NULL, owner TEXT NOT NULL,
+            PRIMARY KEY (room_id, event_id)
+        );
+        CREATE INDEX posted_owner ON posted (kind, owner);
+        ALTER TABLE case_reporter ADD COLUMN homeserver INTEGER NOT NULL DEFAULT 0;
+        """,
     )
 
     async def start(self) -> None:
@@ -160,15 +177,39 @@ class Report(Plugin):
                 notice=True,
             )
             return
+        if not await self._moderation_room_safe():
+            await self.bot.send_dm(
+                reporter,
+                "I cannot take reports right now: the moderators' room is not encrypted, and I do not post reported "
+                "messages where the homeserver could read them. Nothing was sent; the bot's operators are told.",
+                notice=True,
+            )
+            return
+        # Whether the reporter could see the event is decided before anything is decrypted.
+        try:
+            visible = await moderation.could_see(room_id, event_id, reporter)
+        except MatrixError as exc:
+            self.log.warning("report: cannot read the reported event (%s)", exc.errcode)
+            await self.bot.send_dm(reporter, "I cannot read that message, so I cannot report it.", notice=True)
+            return
+        if not visible:
+            self.log.info("report refused: the reporter could not see the reported event")
+            await self.bot.send_dm(
+                reporter,
+                "I cannot report that message for you: it was sent when you could not see it (before you joined the "
+                "room, or while you were not a member), so I will not show or forward it. Nothing was sent.",
+                notice=True,
+            )
+            return
         try:
             record = await moderation.event_record(room_id, event_id)
         except MatrixError as exc:
-            self.log.warning("report: cannot read the reported event %s (%s)", event_id, exc.errcode)
+            self.log.warning("report: cannot read the reported event (%s)", exc.errcode)
             await self.bot.send_dm(reporter, "I cannot read that message, so I cannot report it.", notice=True)
             return
         if record.sender == self.bot.user_id:
             return
-        context = await moderation.records_before(room_id, event_id, self.config.context_messages)
+        context = await moderation.records_before(room_id, event_id, self.config.context_messages, seen_by=reporter)
         now = time.time()
         draft = Draft(
             draft_id=new_case_id(),
@@ -183,18 +224,20 @@ class Report(Plugin):
             context_offered=len(context),
         )
         dm_room = await self.bot.dm(reporter)
-        prompt = await self.bot.send_text(dm_room, self._prompt(draft, context), markdown=True)
+        # The draft row first: what is posted for an owner that does not exist is redacted by the sweep.
         await self.storage.execute(
             "INSERT INTO draft (draft_id, reporter, room_id, event_id, sender, reason, created, expires, "
-            "context_offered, state, dm_room, prompt_event) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'prompted', ?, ?)",
+            "context_offered, state, dm_room) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'prompted', ?)",
             (draft.draft_id, reporter, room_id, event_id, record.sender, reason, now, draft.expires,
-             draft.context_offered, dm_room, prompt),
+             draft.context_offered, dm_room),
         )
+        prompt = await self._send(dm_room, self._prompt(draft, context), "draft", draft.draft_id)
+        await self.storage.execute("UPDATE draft SET prompt_event = ? WHERE draft_id = ?", (prompt, draft.draft_id))
         self.log.info("report %s: consent prompt sent", draft.draft_id)
         if ack_in is not None and self.config.ack_in_room:
             await ack_in.reply("Thanks. I have sent you a private message about your report.", notice=True)
 
-    def _prompt(self, draft: Draft, context) -> str:
+    def _prompt(self, draft: Draft, context) -> Rendered:
         return consent_prompt(
             draft,
             room_name=draft.room_id,
@@ -202,10 +245,76 @@ class Report(Plugin):
             to_homeserver=self.config.send_to_homeserver,
             anonymous=self.config.anonymous,
             retention_days=self.config.retention_days,
+            homeserver_name=self.bot.user_id.partition(":")[2] or "the bot's homeserver",
             context_preview=[(r.sender, r.body) for r in context],
         )
 
+    # -- what the bot posts, and taking it back -------------------------------------------------------------
+
+    async def _send(self, room_id: str, message: Rendered, kind: str, owner: str) -> str:
+        """Send ``message`` (its untrusted parts are inert HTML) and remember it for redaction."""
+        event_id = await self.bot.send_text(room_id, message.body, html=message.html)
+        await self._remember(room_id, event_id, kind, owner)
+        return event_id
+
+    async def _edit(self, room_id: str, event_id: str, message: Rendered, kind: str, owner: str) -> str:
+        edit_id = await self.bot.edit(room_id, event_id, message.body, html=message.html)
+        await self._remember(room_id, edit_id, kind, owner)
+        return edit_id
+
+    async def _remember(self, room_id: str, event_id: str, kind: str, owner: str) -> None:
+        await self.storage.execute(
+            "INSERT OR IGNORE INTO posted (room_id, event_id, kind, owner) VALUES (?, ?, ?, ?)",
+            (room_id, event_id, kind, owner),
+        )
+
+    async def _redact_posted(self, kind: str, owner: str, reason: str) -> int:
+        """Redact every event posted for ``owner`` (edits first, the original last); returns how many failed (they
+        stay listed and the sweep retries them)."""
+        rows = await self.storage.fetchall(
+            "SELECT room_id, event_id FROM posted WHERE kind = ? AND owner = ? ORDER BY rowid DESC", (kind, owner)
+        )
+        failed = 0
+        for room_id, event_id in rows:
+            try:
+                await self.bot.redact(room_id, event_id, reason)
+            except MatrixError as exc:
+                failed += 1
+                self.log.warning("%s %s: redacting one of its messages failed (%s)", kind, owner, exc.errcode)
+                continue
+            await self.storage.execute("DELETE FROM posted WHERE room_id = ? AND event_id = ?", (room_id, event_id))
+        return failed
+
+    async def _remember_case_message(self, case_id: str, mod_event: str | None) -> None:
+        """Cases opened before the ``posted`` table existed: their case message at least is redacted."""
+        mod_room = await self._moderation_room()
+        if mod_room and mod_event:
+            await self._remember(mod_room, mod_event, "case", case_id)
+
+    async def _moderation_room_safe(self) -> bool:
+        """False (and logged at ERROR) if a moderation room is configured and it is not encrypted."""
+        mod_room = await self._moderation_room()
+        if mod_room is None or self.bot.room_encrypted(mod_room):
+            return True
+        self.log.error(
+            "the moderation room %s is not encrypted: reports are refused until it is (reported text and evidence "
+            "are never posted in the clear)", mod_room,
+        )
+        return False
+
     # -- the reporter's answer -------------------------------------------------------------------------------
+
+    async def _refuse_untrusted(self, ctx: Context, what: str, subject: str) -> bool:
+        """True (after answering and logging) if ``ctx`` comes from a device the trust policy does not trust."""
+        if ctx.trusted:
+            return False
+        self.log.warning("%s: %s refused: sent from a device the trust policy does not trust", subject, what)
+        await ctx.reply(
+            f"I did not accept this {what}: it came from a device I do not trust (a new login that is not verified, "
+            "or a message that was not encrypted). Send it again from one of your verified sessions.",
+            notice=True,
+        )
+        return True
 
     @on_message(_ANSWER_PATTERN)
     async def answered(self, ctx: Context, match: re.Match[str]) -> None:
@@ -231,11 +340,19 @@ class Report(Plugin):
         return draft, row[10], row[11]
 
     async def _answer(self, ctx: Context, draft_id: str, reply: Answer) -> None:
+        if await self._refuse_untrusted(ctx, "answer to your report", f"report {draft_id}"):
+            return
         loaded = await self._load_draft(draft_id)
         if loaded is None:
             return
         draft, dm_room, prompt_event = loaded
-        new = answer(draft, reply, time.time(), homeserver_destination=self.config.send_to_homeserver)
+        new = answer(
+            draft, reply, time.time(), homeserver_destination=self.config.send_to_homeserver,
+            moderator_destination=bool(self.config.moderation_room),
+        )
+        if new == draft and reply is Answer.YES_MODS:
+            await self.bot.send_text(dm_room, "There is no moderation room: answer yes or no.", notice=True)
+            return
         await self.storage.execute(
             "UPDATE draft SET state = ?, context_included = ? WHERE draft_id = ?",
             (new.state.value, int(new.context_included), draft_id),
@@ -246,10 +363,12 @@ class Report(Plugin):
             await self.bot.send_text(dm_room, f"Report {draft_id} cancelled; nothing was sent.", notice=True)
             self.log.info("report %s: cancelled", draft_id)
         elif new.state is DraftState.PROMPTED and reply is Answer.CONTEXT and prompt_event:
-            context = await self.bot.moderation.records_before(draft.room_id, draft.event_id, draft.context_offered)
+            context = await self.bot.moderation.records_before(
+                draft.room_id, draft.event_id, draft.context_offered, seen_by=draft.reporter
+            )
             record = await self.bot.moderation.event_record(draft.room_id, draft.event_id)
             shown = Draft(**{**new.__dict__, "text": record.body})
-            await self.bot.edit(dm_room, prompt_event, self._prompt(shown, context), markdown=True)
+            await self._edit(dm_room, prompt_event, self._prompt(shown, context), "draft", draft_id)
             state = "included" if new.context_included else "not included"
             await self.bot.send_text(dm_room, f"Context {state}. Answer yes to send.", notice=True)
         elif new.state is DraftState.CONSENTED:
@@ -257,10 +376,21 @@ class Report(Plugin):
 
     async def _send_report(self, draft: Draft, dm_room: str) -> None:
         moderation = self.bot.moderation
+        if not await self._moderation_room_safe():
+            await self.storage.execute("UPDATE draft SET state = 'cancelled' WHERE draft_id = ?", (draft.draft_id,))
+            await self.bot.send_text(
+                dm_room,
+                f"Report {draft.draft_id} was not sent: the moderators' room is not encrypted, and I do not post "
+                "reported messages where the homeserver could read them. Nothing was sent.",
+                notice=True,
+            )
+            return
         record = await moderation.event_record(draft.room_id, draft.event_id)
         context = []
         if draft.context_included:
-            context = await moderation.records_before(draft.room_id, draft.event_id, draft.context_offered)
+            context = await moderation.records_before(
+                draft.room_id, draft.event_id, draft.context_offered, seen_by=draft.reporter
+            )
         existing = await self.storage.fetchone(
             "SELECT case_id, case_json FROM report_case WHERE event_id = ?", (draft.event_id,)
         )
@@ -285,43 +415,43 @@ class Report(Plugin):
                 context=[(r.sender, r.body) for r in context],
             )
         mod_room = await self._moderation_room()
-        mod_event = None
         if existing:
             row = await self.storage.fetchone("SELECT mod_event FROM report_case WHERE case_id = ?", (case.case_id,))
             mod_event = row[0] if row else None
             if mod_room and mod_event:
-                await self.bot.edit(mod_room, mod_event, case_message(case, room_name=case.room_id), markdown=True)
+                await self._edit(mod_room, mod_event, case_message(case, room_name=case.room_id), "case", case.case_id)
             await self.storage.execute(
                 "UPDATE report_case SET case_json = ? WHERE case_id = ?", (_case_to_json(case), case.case_id)
             )
         else:
             bundle = moderation.attest(record, context)
-            if mod_room:
-                mod_event = await self.bot.send_text(
-                    mod_room, case_message(case, room_name=case.room_id), markdown=True
-                )
-                await self.bot.send_bytes(
-                    mod_room, json.dumps(bundle, indent=1).encode(), name=f"evidence-{case.case_id}.json",
-                    mimetype="application/json", thread_root=mod_event,
-                )
+            # The case row first: what is posted for an owner that does not exist is redacted by the sweep.
             await self.storage.execute(
-                "INSERT INTO report_case (case_id, room_id, event_id, sender, status, created, mod_event, case_json, "
-                "evidence) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?)",
-                (case.case_id, case.room_id, case.event_id, case.sender, time.time(), mod_event,
-                 _case_to_json(case), json.dumps(bundle)),
+                "INSERT INTO report_case (case_id, room_id, event_id, sender, status, created, case_json, evidence) "
+                "VALUES (?, ?, ?, ?, 'open', ?, ?, ?)",
+                (case.case_id, case.room_id, case.event_id, case.sender, time.time(), _case_to_json(case),
+                 json.dumps(bundle)),
+            )
+            mod_event = await self._post_case(mod_room, case, bundle)
+            await self.storage.execute(
+                "UPDATE report_case SET mod_event = ? WHERE case_id = ?", (mod_event, case.case_id)
             )
         await self.storage.execute(
             "INSERT OR IGNORE INTO case_reporter (case_id, reporter, reason, created) VALUES (?, ?, ?, ?)",
             (case.case_id, draft.reporter, draft.reason, time.time()),
         )
-        if self.config.send_to_homeserver:
-            reason = draft.reason or "reported through the room's bot"
-            if draft.homeserver_consent:
-                reason = f"{reason} | reported text: {record.body}"
+        if self.config.send_to_homeserver and draft.homeserver_consent:
+            # Only after "yes": "yes mods" sends nothing at all to the homeserver.
+            reason = f"{draft.reason or 'reported through the room bot'} | reported text: {record.body}"
             try:
                 await moderation.report_to_homeserver(draft.room_id, draft.event_id, reason)
             except MatrixError as exc:
                 self.log.warning("report %s: homeserver report failed (%s)", case.case_id, exc.errcode)
+            else:
+                await self.storage.execute(
+                    "UPDATE case_reporter SET homeserver = 1 WHERE case_id = ? AND reporter = ?",
+                    (case.case_id, draft.reporter),
+                )
         self.log.info("report %s: sent as case %s", draft.draft_id, case.case_id)
         await self.bot.send_text(
             dm_room,
@@ -330,6 +460,18 @@ class Report(Plugin):
             notice=True,
             markdown=True,
         )
+
+    async def _post_case(self, mod_room: str | None, case: Case, bundle: dict) -> str | None:
+        """Post the case message and its evidence file (in its thread) to the moderation room; returns the message."""
+        if not mod_room:
+            return None
+        mod_event = await self._send(mod_room, case_message(case, room_name=case.room_id), "case", case.case_id)
+        evidence = await self.bot.send_bytes(
+            mod_room, json.dumps(bundle, indent=1).encode(), name=f"evidence-{case.case_id}.json",
+            mimetype="application/json", thread_root=mod_event,
+        )
+        await self._remember(mod_room, evidence, "case", case.case_id)
+        return mod_event
 
     async def _moderation_room(self) -> str | None:
         if not self.config.moderation_room:
@@ -342,8 +484,8 @@ class Report(Plugin):
 
     async def _reporter_case(self, reporter: str, case_id: str):
         return await self.storage.fetchone(
-            "SELECT c.status, c.acted, c.case_json, c.mod_event FROM report_case c JOIN case_reporter r "
-            "USING (case_id) WHERE c.case_id = ? AND r.reporter = ?",
+            "SELECT c.status, c.acted, c.case_json, c.mod_event, c.evidence, r.homeserver FROM report_case c "
+            "JOIN case_reporter r USING (case_id) WHERE c.case_id = ? AND r.reporter = ?",
             (case_id, reporter),
         )
 
@@ -359,31 +501,55 @@ class Report(Plugin):
         if row is None:
             await ctx.reply(f"You have no report {case_id}.", notice=True)
             return
-        status, acted, case_json, mod_event = row
+        if await self._refuse_untrusted(ctx, "withdrawal", f"report {case_id}"):
+            return
+        status, acted, case_json, mod_event, evidence, to_homeserver = row
         if acted:
             await ctx.reply(f"Report {case_id} was already acted on ({status}); it cannot be withdrawn.", notice=True)
             return
         await self.storage.execute(
             "DELETE FROM case_reporter WHERE case_id = ? AND reporter = ?", (case_id, ctx.sender)
         )
-        remaining = await self.storage.fetchone("SELECT count(*) FROM case_reporter WHERE case_id = ?", (case_id,))
-        mod_room = await self._moderation_room()
-        if remaining and remaining[0]:
-            case = _case_from_json(case_json)
+        case = _case_from_json(case_json)
+        await self.storage.execute(
+            "UPDATE draft SET reason = '' WHERE reporter = ? AND event_id = ?", (ctx.sender, case.event_id)
+        )
+        remaining = await self.storage.fetchall("SELECT reason FROM case_reporter WHERE case_id = ?", (case_id,))
+        await self._remember_case_message(case_id, mod_event)
+        # Every version of the case message named this reporter's reason (and, unless anonymous, the reporter):
+        # all of them are redacted, the evidence file too; if others reported it as well, the case is posted anew.
+        failed = await self._redact_posted("case", case_id, "withdrawn by the reporter")
+        if remaining:
             label = "anonymous" if self.config.anonymous else ctx.sender
             if label in case.reporters:
                 case.reporters.remove(label)
+            case.reasons = [reason for (reason,) in remaining]
+            mod_event = await self._post_case(await self._moderation_room(), case, json.loads(evidence))
             await self.storage.execute(
-                "UPDATE report_case SET case_json = ? WHERE case_id = ?", (_case_to_json(case), case_id)
+                "UPDATE report_case SET case_json = ?, mod_event = ? WHERE case_id = ?",
+                (_case_to_json(case), mod_event, case_id),
             )
-            if mod_room and mod_event:
-                await self.bot.edit(mod_room, mod_event, case_message(case, room_name=case.room_id), markdown=True)
+            done = (
+                f"Report {case_id} withdrawn: your reason and your report were removed from the case (its earlier "
+                "messages in the moderation room were redacted). The case stays open because others reported the "
+                "same message."
+            )
         else:
             await self.storage.execute("DELETE FROM report_case WHERE case_id = ?", (case_id,))
-            if mod_room and mod_event:
-                await self.bot.edit(mod_room, mod_event, f"Case {case_id} was withdrawn by the reporter.")
+            await self.storage.execute("DELETE FROM pending_ban WHERE case_id = ?", (case_id,))
+            done = (
+                f"Report {case_id} withdrawn: the case message (with its edits) and the evidence file were redacted "
+                "from the moderation room, and the bot deleted its copy."
+            )
+        if failed:
+            done += f" {failed} of those messages could not be redacted yet; I keep trying."
+        if to_homeserver:
+            done += (
+                " The report already filed with the administrators of the bot's homeserver cannot be withdrawn: "
+                "Matrix offers no way to take it back."
+            )
         self.log.info("report %s: withdrawn", case_id)
-        await ctx.reply(f"Report {case_id} withdrawn; its evidence is deleted.", notice=True)
+        await ctx.reply(done, notice=True)
 
     # -- moderators ------------------------------------------------------------------------------------------
 
@@ -402,6 +568,8 @@ class Report(Plugin):
             await ctx.reply("Only moderators (power level 50 here) can act on cases.", notice=True)
             return
         case_id = case_id.upper()
+        if action != "status" and await self._refuse_untrusted(ctx, f"!case {action}", f"case {case_id}"):
+            return
         row = await self.storage.fetchone(
             "SELECT room_id, event_id, sender, status, case_json FROM report_case WHERE case_id = ?", (case_id,)
         )
@@ -484,12 +652,28 @@ class Report(Plugin):
             await self.bot.send_text(dm_room, f"Report {draft_id} expired; nothing was sent.", notice=True)
             self.log.info("report %s: expired", draft_id)
         cutoff = now - self.config.retention_days * 86400
-        old = await self.storage.fetchall("SELECT case_id FROM report_case WHERE created < ?", (cutoff,))
-        for (case_id,) in old:
+        old = await self.storage.fetchall("SELECT case_id, mod_event FROM report_case WHERE created < ?", (cutoff,))
+        for case_id, mod_event in old:
+            await self._remember_case_message(case_id, mod_event)
+            # The bot's copy goes at once; what it posted in Matrix is redacted now or, if that fails, retried below.
             await self.storage.execute("DELETE FROM case_reporter WHERE case_id = ?", (case_id,))
+            await self.storage.execute("DELETE FROM pending_ban WHERE case_id = ?", (case_id,))
             await self.storage.execute("DELETE FROM report_case WHERE case_id = ?", (case_id,))
+            await self._redact_posted("case", case_id, "retention period over")
             self.log.info("case %s: deleted after the retention period", case_id)
-        await self.storage.execute("DELETE FROM draft WHERE state != 'prompted' AND created < ?", (cutoff,))
+        old_drafts = await self.storage.fetchall(
+            "SELECT draft_id FROM draft WHERE state != 'prompted' AND created < ?", (cutoff,)
+        )
+        for (draft_id,) in old_drafts:
+            await self.storage.execute("DELETE FROM draft WHERE draft_id = ?", (draft_id,))
+            await self._redact_posted("draft", draft_id, "retention period over")
+        # Redactions that failed before (the homeserver was down...) of cases and drafts that no longer exist.
+        leftovers = await self.storage.fetchall(
+            "SELECT DISTINCT kind, owner FROM posted WHERE (kind = 'case' AND owner NOT IN "
+            "(SELECT case_id FROM report_case)) OR (kind = 'draft' AND owner NOT IN (SELECT draft_id FROM draft))"
+        )
+        for kind, owner in leftovers:
+            await self._redact_posted(kind, owner, "retention period over or withdrawn")
 
 
 def _case_to_json(case: Case) -> str:
@@ -500,4 +684,3 @@ def _case_from_json(text: str) -> Case:
     data = json.loads(text)
     data["context"] = [tuple(x) for x in data.get("context", [])]
     return Case(**data)
-
