@@ -350,7 +350,7 @@ class Report(Plugin):
             draft, reply, time.time(), homeserver_destination=self.config.send_to_homeserver,
             moderator_destination=bool(self.config.moderation_room),
         )
-        if new == draft and reply is Answer.YES_MODS:
+        if reply is Answer.YES_MODS and new.open and not self.config.moderation_room:
             await self.bot.send_text(dm_room, "There is no moderation room: answer yes or no.", notice=True)
             return
         await self.storage.execute(
