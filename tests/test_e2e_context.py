@@ -320,6 +320,7 @@ async def test_plain_media_in_unencrypted_room_and_size_limit(env: Env, tmp_path
         await api.send_file(room, big)
     assert err.value.errcode == "M_TOO_LARGE" and str(limit) in str(err.value)
 
+
 async def test_media_downloads_are_capped(env: Env, monkeypatch):
     """Issue 12, finding 7: ``download`` reads no file over its cap (``max_bytes``, 50 MiB by default), whatever the
     event says: the declared size, the server's Content-Length and the bytes received are each checked."""
