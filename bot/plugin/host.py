@@ -120,17 +120,24 @@ class PluginHost:
         """
         options = dict(options or {})
         self.options[name] = options
+        if name in self.plugins:
+            raise PluginLoadError(f"plugin {name}: already loaded")
         try:
-            loaded = await self._load(name, options)
+            loaded, intervals = await self._start_new(name, options)
         except PluginLoadError as exc:
             self.errors[name] = str(exc)
             raise
+        self._activate(loaded, intervals)
         self.errors.pop(name, None)
+        log.info("plugin %s loaded (%d commands)", name, len(loaded.handlers.commands))
         return loaded
 
-    async def _load(self, name: str, options: dict[str, Any]) -> LoadedPlugin:
-        if name in self.plugins:
-            raise PluginLoadError(f"plugin {name}: already loaded")
+    async def _start_new(self, name: str, options: dict[str, Any]) -> tuple[LoadedPlugin, list[float]]:
+        """A started instance of plugin ``name`` that is not routed to yet, with its task periods.
+
+        A running version of the same plugin (a reload) keeps running meanwhile; its commands do not count as a
+        clash. Every failure is a :class:`PluginLoadError` and leaves nothing open.
+        """
         cls, rooms, config = _prepare(name, options, self.plugin_dirs)
         try:
             instance = cls()
@@ -145,7 +152,7 @@ class PluginHost:
         for cmd in handlers.commands:
             for word in (cmd.spec.name, *cmd.spec.aliases):
                 clash = self.command_owner(word)
-                if clash is not None:
+                if clash is not None and clash[0].name != name:
                     raise PluginLoadError(
                         f"plugin {name}: command '{word}' is already provided by plugin {clash[0].name}"
                     )
@@ -165,42 +172,66 @@ class PluginHost:
             await instance.storage.close()
             log.error("plugin %s: start() failed", name, exc_info=exc)
             raise PluginLoadError(f"plugin {name}: start() failed: {exc.__class__.__name__}: {exc}") from exc
-        loaded = LoadedPlugin(name, instance, handlers, rooms)
-        for task, seconds in zip(handlers.tasks, intervals, strict=True):
+        return LoadedPlugin(name, instance, handlers, rooms), intervals
+
+    def _activate(self, loaded: LoadedPlugin, intervals: list[float]) -> None:
+        """Route events to ``loaded`` from now on and start its scheduled tasks."""
+        self.plugins[loaded.name] = loaded
+        for task, seconds in zip(loaded.handlers.tasks, intervals, strict=True):
             if seconds > 0:
                 loaded.tasks.append(
-                    asyncio.create_task(self._schedule(loaded, task, seconds), name=f"{name} every")
+                    asyncio.create_task(self._schedule(loaded, task, seconds), name=f"{loaded.name} every")
                 )
-        self.plugins[name] = loaded
-        log.info("plugin %s loaded (%d commands)", name, len(handlers.commands))
-        return loaded
 
     async def unload(self, name: str) -> None:
-        """Stop plugin ``name``: cancel its scheduled tasks and call its ``stop()``."""
+        """Stop plugin ``name``: no new events reach it, its running handlers finish (within the handler timeout),
+        then its ``stop()`` runs and its storage closes."""
         loaded = self.plugins.pop(name, None)
         if loaded is None:
             raise PluginLoadError(f"plugin {name}: not loaded")
+        await self._retire(loaded)
+        log.info("plugin %s unloaded", name)
+
+    async def _retire(self, loaded: LoadedPlugin) -> None:
+        """Stop an instance no longer routed to: cancel its schedules, drain its jobs, ``stop()``, close storage."""
         for task in loaded.tasks:
             task.cancel()
         await asyncio.gather(*loaded.tasks, return_exceptions=True)
+        if loaded.jobs:
+            # Bounded: the dispatcher cancels every job after the handler timeout.
+            await asyncio.wait(set(loaded.jobs), timeout=self.dispatcher.timeout + 1)
         try:
             await asyncio.wait_for(loaded.instance.stop(), LIFECYCLE_TIMEOUT)
         except Exception as exc:
-            log.error("plugin %s: stop() failed", name, exc_info=exc)
+            log.error("plugin %s: stop() failed", loaded.name, exc_info=exc)
         await loaded.instance.storage.close()
-        log.info("plugin %s unloaded", name)
 
     async def reload(self, name: str, options: dict[str, Any] | None = None) -> LoadedPlugin:
         """Re-import plugin ``name`` from disk and restart it (with new ``options`` if given).
 
-        The new code and options are checked before the running instance is stopped, so a reload that would fail
-        (syntax error, invalid option) leaves the old version running.
+        The new version is started beside the running one, which keeps handling events meanwhile; only when the new
+        ``start()`` has succeeded are events routed to it (each event goes to exactly one version; a room's events
+        stay in order, since both versions share the room's lane). The old version then finishes its running handlers
+        and stops. If anything fails (import, options, a command clash, ``start()``), the old version keeps running and
+        the error is raised and remembered in :attr:`errors`.
         """
         options = dict(self.options.get(name, {}) if options is None else options)
-        _prepare(name, options, self.plugin_dirs)
-        if name in self.plugins:
-            await self.unload(name)
-        return await self.load(name, options)
+        old = self.plugins.get(name)
+        if old is None:
+            return await self.load(name, options)
+        try:
+            new, intervals = await self._start_new(name, options)
+        except PluginLoadError as exc:
+            self.errors[name] = f"{exc} (the previous version keeps running)"
+            raise
+        self.options[name] = options
+        for task in old.tasks:  # the old schedules stop before the new ones start
+            task.cancel()
+        self._activate(new, intervals)
+        self.errors.pop(name, None)
+        await self._retire(old)
+        log.info("plugin %s reloaded (%d commands)", name, len(new.handlers.commands))
+        return new
 
     async def unload_all(self) -> None:
         """Stop every plugin (in reverse load order)."""
@@ -211,7 +242,7 @@ class PluginHost:
         if not task.run_at_start:
             await asyncio.sleep(seconds)
         while True:
-            fut = self.dispatcher.submit(("*", loaded.name), task.func, f"scheduled {task.func.__name__}")
+            fut = loaded.track(self.dispatcher.submit(("*", loaded.name), task.func, f"scheduled {task.func.__name__}"))
             await fut
             await asyncio.sleep(seconds)
 

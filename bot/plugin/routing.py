@@ -43,6 +43,14 @@ class LoadedPlugin:
     rooms: RoomFilter = field(default_factory=RoomFilter)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     loaded_at: float = field(default_factory=time.time)
+    #: Dispatcher jobs of this instance not finished yet (drained before its storage is closed).
+    jobs: set[asyncio.Future[JobOutcome]] = field(default_factory=set)
+
+    def track(self, job: asyncio.Future[JobOutcome]) -> asyncio.Future[JobOutcome]:
+        """Remember ``job`` until it finishes; returns it."""
+        self.jobs.add(job)
+        job.add_done_callback(self.jobs.discard)
+        return job
 
 
 class Router:
@@ -187,7 +195,7 @@ class Router:
                     self.state.mark_handled(event.event_id, loaded.name)
 
         label = ", ".join(label for label, _ in calls)
-        fut = self.dispatcher.submit((room_id, loaded.name), run, label)
+        fut = loaded.track(self.dispatcher.submit((room_id, loaded.name), run, label))
         fut.add_done_callback(finished)
         return fut
 
