@@ -41,6 +41,7 @@ from bot.content import media
 from bot.content import text as build
 from bot.errors import MatrixError
 from bot.matrix.direct import DirectRooms
+from bot.matrix.idempotency import next_txn_id
 from bot.matrix.power import user_power_level
 
 if TYPE_CHECKING:
@@ -93,15 +94,22 @@ class MatrixActions:
             return 0
         return user_power_level(room, user_id, self.creators.get(room_id, frozenset()))
 
-    async def send(self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message") -> str:
-        """Send an event (encrypted if the room is) and return its event id."""
+    async def send(
+        self, room_id: str, content: dict[str, Any], event_type: str = "m.room.message", *, txn_id: str | None = None
+    ) -> str:
+        """Send an event (encrypted if the room is) and return its event id.
+
+        The transaction id is ``txn_id`` if given, else derived from the handling in progress (so that a handler run
+        again after a crash does not send twice, see :mod:`bot.matrix.idempotency`), else random.
+        """
         client = self._client
+        tx_id = txn_id or next_txn_id()
         if event_type == "m.reaction" and self.room_encrypted(room_id) and client.olm:
             # nio sends reactions in the clear; modern clients encrypt them like any other event.
-            resp = await client.room_send_encrypted(room_id, event_type, content)
+            resp = await client.room_send_encrypted(room_id, event_type, content, tx_id)
         else:
             resp = await client.room_send(
-                room_id, event_type, content, ignore_unverified_devices=True
+                room_id, event_type, content, tx_id=tx_id, ignore_unverified_devices=True
             )
         if not isinstance(resp, RoomSendResponse):
             raise MatrixError(
@@ -157,8 +165,11 @@ class MatrixActions:
         return await self.send(room_id, content)
 
     async def redact(self, room_id: str, event_id: str, reason: str | None = None) -> str:
-        """Redact ``event_id`` (needs the power to do so for other users' events)."""
-        resp = await self._client.room_redact(room_id, event_id, reason=reason)
+        """Redact ``event_id`` (needs the power to do so for other users' events).
+
+        Its transaction id is derived like :meth:`send`'s, so a handler run again does not redact twice.
+        """
+        resp = await self._client.room_redact(room_id, event_id, reason=reason, tx_id=next_txn_id())
         if not isinstance(resp, RoomRedactResponse):
             raise MatrixError(
                 f"redacting {event_id} failed: {getattr(resp, 'message', resp)}",

@@ -357,11 +357,14 @@ class RatchetClient(AsyncClient):
 
     # -- requests nio has no method for ------------------------------------------------------------------------
 
-    async def room_send_encrypted(self, room_id: str, event_type: str, content: dict[str, Any]) -> Response:
+    async def room_send_encrypted(
+        self, room_id: str, event_type: str, content: dict[str, Any], tx_id: str | None = None
+    ) -> Response:
         """Encrypt and send an event of any type, reactions included.
 
         nio's ``room_send`` sends ``m.reaction`` in the clear; modern clients encrypt reactions like any other event.
-        The room's Megolm session is shared first, as ``room_send`` would do.
+        The room's Megolm session is shared first, as ``room_send`` would do. ``tx_id`` is the transaction id (random
+        if not given).
         """
         room = self.rooms.get(room_id)
         if room is not None and not room.members_synced:
@@ -377,7 +380,7 @@ class RatchetClient(AsyncClient):
                 await self.share_group_session(room_id, ignore_unverified_devices=True)
         enc_type, enc_content = self.encrypt(room_id, event_type, content)
         # Not room_send: it would encrypt the m.room.encrypted payload a second time (it only spares m.reaction).
-        method, path, data = Api.room_send(self.access_token, room_id, enc_type, enc_content, uuid4())
+        method, path, data = Api.room_send(self.access_token, room_id, enc_type, enc_content, tx_id or uuid4())
         return await self._send(RoomSendResponse, method, path, data, (room_id,))
 
     async def set_account_data(self, event_type: str, content: dict[str, Any]) -> Response:

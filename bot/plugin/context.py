@@ -45,6 +45,17 @@ class Context:
         return self.event.event_id
 
     @property
+    def idempotency_key(self) -> str:
+        """A key that is the same every time this plugin handles this event, and different for any other event or
+        plugin: send it with a side effect outside Matrix (an HTTP ``Idempotency-Key`` header, the primary key of a
+        row) so the receiver can tell a repeat. A handler runs again when the bot crashed after the handler began and
+        before its handling was recorded; its Matrix sends are then deduplicated by the homeserver, other side effects
+        only if they use this key (at least once, see docs/plugins.md)."""
+        from bot.matrix.idempotency import idempotency_key  # here: `import bot` loads nothing of bot.matrix
+
+        return idempotency_key(self.event_id, getattr(self.plugin, "name", None) or type(self.plugin).__name__)
+
+    @property
     def body(self) -> str:
         """The message's plain-text body ('' for events without one)."""
         body = getattr(self.event, "body", None)

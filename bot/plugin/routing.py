@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.errors import StateError, UsageError
 from bot.matrix.events import Event, is_text_message
+from bot.matrix.idempotency import scope_key, send_scope
 from bot.plugin.base import Access, CommandHandler, Handlers, Plugin
 from bot.plugin.commands import parse_invocation, strip_reply_fallback
 from bot.plugin.context import Context
@@ -176,8 +177,11 @@ class Router:
         ctx = Context(self.api, room_id, event, loaded.instance, trusted=trusted)
 
         async def run() -> None:
-            for label, call in calls:
-                await _isolated(loaded.name, label, call, ctx)
+            # Each send of this handling gets a transaction id derived from (event, plugin, n-th send): if a crash
+            # comes before the handled-record below, the handlers run again and the homeserver dedupes their sends.
+            with send_scope(scope_key(event.event_id, loaded.name)):
+                for label, call in calls:
+                    await _isolated(loaded.name, label, call, ctx)
             # Recorded in the same step as the handler's return, with no await in between: a crash (kill -9) can
             # no longer fall between "the plugin finished" and "the framework knows" while the loop runs other work.
             with contextlib.suppress(StateError):  # the disk is full or read-only: the runtime stops the bot

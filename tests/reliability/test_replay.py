@@ -1,0 +1,77 @@
+"""A crash must not make the bot answer twice (issue 13, part 1), counted from the member's side.
+
+A handler that has sent its answer but not yet returned is killed with -9: its handling was never recorded, so after
+the restart it runs again. Its sends carry the transaction ids of the first run (derived from the event, the plugin
+and the n-th send), so the homeserver returns the events it already made and the room shows each answer once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _relates_to(event) -> dict:
+    rel = event.source.get("content", {}).get("m.relates_to")
+    return rel if isinstance(rel, dict) else {}
+
+
+def replies_to(member, room: str, sender: str, event_id: str) -> list:
+    """``sender``'s rich replies to ``event_id`` that ``member`` has seen in ``room``."""
+    return [
+        e
+        for e in member.messages(room, sender=sender)
+        if (_relates_to(e).get("m.in_reply_to") or {}).get("event_id") == event_id
+    ]
+
+
+def reactions_to(member, room: str, sender: str, event_id: str) -> list:
+    """``sender``'s reactions to ``event_id`` that ``member`` has seen (decrypted) in ``room``."""
+    return [
+        e
+        for r, e in member.events
+        if r == room
+        and e.sender == sender
+        and e.source.get("type") == "m.reaction"
+        and _relates_to(e).get("event_id") == event_id
+    ]
+
+
+async def test_kill_9_after_the_reply_and_before_the_record_answers_once(
+    synapse, tmp_path, test_plugins_dir, bot_in_room
+):
+    hold = tmp_path / "held"
+    t = await bot_in_room(synapse, plugins={"acker": {"hold": str(hold)}}, plugin_dirs=[test_plugins_dir])
+    proc, member, room, bot = t.proc, t.member, t.room, t.bot_user.user_id
+
+    before = await member.send(room, "ack before")
+    await member.expect_reply(room, before, sender=bot)
+    held = await member.send(room, "ack hold react")
+    reply = await member.expect_reply(room, held, sender=bot)
+    assert reply.body.endswith("ack hold react")
+    deadline = time.monotonic() + 30
+    while not hold.exists():  # written after the sends returned: the handler is now blocked, not yet recorded
+        assert time.monotonic() < deadline, "the handler did not reach its hold"
+        await asyncio.sleep(0.05)
+    await member.expect(
+        lambda r, e: r == room and e.source.get("type") == "m.reaction" and _relates_to(e).get("event_id") == held,
+        what="the reaction",
+    )
+    proc.kill()
+
+    await proc.run_ready()
+    # The replayed handling comes first on its lane; once the sentinel is answered, any second answer is in.
+    sentinel = await member.send(room, "ack sentinel")
+    await member.expect_reply(room, sentinel, sender=bot, timeout=60)
+    await member.wait_synced()
+    assert await proc.stop() == 0
+
+    assert len(replies_to(member, room, bot, held)) == 1, "the replayed handler answered a second time"
+    assert len(reactions_to(member, room, bot, held)) == 1, "the replayed handler reacted a second time"
+    for event_id in (before, sentinel):
+        assert len(replies_to(member, room, bot, event_id)) == 1
+    assert member.undecryptable(room) == []
