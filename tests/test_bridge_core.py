@@ -454,8 +454,98 @@ async def test_supervisor_bounded_queue_counts_drops():
     sup.start()
     for text in ("1", "2", "3"):
         sup.submit(RemoteSend("#c", text))
-    assert list(i.text for i in sup.queue) == ["2", "3"] and sup.status().dropped == 1
+    assert [m.items[0].text for m in sup.queue] == ["2", "3"] and sup.status().dropped == 1
     assert "(1 dropped)" in sup.status().line()
     conn.up = True
     await _until(lambda: conn.sent == ["2", "3"])
     await sup.stop()
+
+
+# ------------------------------------------------------------------------------------------- the kept outgoing queue
+
+
+async def test_a_message_is_one_queue_entry_and_a_cut_one_says_so():
+    conn = FakeConnection()
+    conn.refuse = {"l2"}
+    sup = ConnectionSupervisor(conn, cut_notice=lambda m: RemoteSend("#c", f"[…] {m.left} not sent"))
+    sup.submit_message([RemoteSend("#c", "l1"), RemoteSend("#c", "l2"), RemoteSend("#c", "l3")])
+    sup.submit_message([RemoteSend("#c", "next")])
+    assert len(sup.queue) == 2  # messages, not lines
+    sup.start()
+    await _until(lambda: conn.sent[-1:] == ["next"])
+    assert conn.sent == ["l1", "[…] 2 not sent", "next"]  # l2 refused for good: the rest of its message is dropped
+    await sup.stop()
+
+
+async def test_the_stop_warning_counts_messages_not_lines(caplog):
+    conn = FakeConnection()
+    conn.up = False
+    sup = ConnectionSupervisor(conn, backoff=Backoff(0.01, 0.02))
+    sup.start()
+    sup.submit_message([RemoteSend("#c", f"a{i}") for i in range(5)])
+    sup.submit_message([RemoteSend("#c", "b")])
+    await sup.stop()
+    assert "fake: 2 queued messages were not sent before stopping" in caplog.text
+
+
+class _BreakingConnection(FakeConnection):
+    """Goes down when asked to send ``break_on``."""
+
+    break_on = ""
+
+    async def send(self, item: RemoteSend) -> str | None:
+        if item.text == self.break_on:
+            self.go_down()
+        return await super().send(item)
+
+
+async def _open_bridge(path, connection: FakeConnection):
+    import logging
+    from types import SimpleNamespace
+
+    from bot.bridge import Bridge
+    from bot.plugin.api import BotAPI
+    from bot.storage.plugin_storage import PluginStorage
+
+    class Kept(Bridge):
+        pass
+
+    bridge = Kept()
+    bridge.name = "kept"
+    bridge.config = BridgeConfig(rate_limit=0, reconnect_min_delay=0.01, reconnect_max_delay=0.02)
+    bridge.storage = await PluginStorage.open(path, plugin="kept")
+    client = SimpleNamespace(config=SimpleNamespace(pickle_key="a-pickle-key-for-the-test"), user_id="@bot:x")
+    bridge.bot = BotAPI(client, admins=(), plugins=None, stats=None, trust=None, identity=None)  # type: ignore[arg-type]
+    bridge.log = logging.getLogger("test.kept")
+    await bridge.start()
+    return bridge, bridge.add_connection(connection)
+
+
+async def test_the_outgoing_queue_is_kept_encrypted_and_resent_once_in_order_after_a_restart(tmp_path):
+    path = tmp_path / "plugins" / "kept.db"
+    conn = _BreakingConnection()
+    conn.break_on = "paste line 3"
+    bridge, sup = await _open_bridge(path, conn)
+    assert await sup.wait_connected(2)
+    paste = [RemoteSend("#c", f"paste line {i}") for i in range(1, 5)]
+    await bridge.queue_remote(sup, paste)  # stored before it returns
+    await _until(lambda: sup.state != "connected")
+    await bridge.queue_remote(sup, [RemoteSend("#c", "confidential afterthought")])
+    assert conn.sent == ["paste line 1", "paste line 2"] and len(sup.queue) == 2
+    await bridge.stop()
+    await bridge.storage.close()
+
+    on_disk = b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
+    assert b"paste line" not in on_disk and b"confidential" not in on_disk and b"#c" not in on_disk
+    assert b"ciphertext" in on_disk  # the rows are there, encrypted
+
+    again = FakeConnection()
+    bridge, sup = await _open_bridge(path, again)
+    await _until(lambda: not sup.queue and len(again.sent) == 3)
+    await bridge.queue_remote(sup, [RemoteSend("#c", "after the restart")])
+    await _until(lambda: len(again.sent) == 4)
+    # Only the lines not sent before, once, in order, before anything new.
+    assert again.sent == ["paste line 3", "paste line 4", "confidential afterthought", "after the restart"]
+    assert await bridge.storage.fetchall("SELECT * FROM ratchet_bridge_outbox") == []
+    await bridge.stop()
+    await bridge.storage.close()

@@ -585,3 +585,86 @@ async def test_irc_passwords_are_masked_in_logs(ratchet, ircd):
     assert mask("sasl: sasl-pass-77c0d4") == "sasl: [redacted]"
     assert mask(f"AUTHENTICATE {sasl_plain}") == "AUTHENTICATE [redacted]"  # the irc library logs raw lines at DEBUG
     assert "sasl-pass" not in repr(the_bridge(ratchet).config)
+
+
+def _kept_messages(db_path) -> int | None:
+    """Rows in the bridge's stored outgoing queue (None: there is no such table)."""
+    import sqlite3
+
+    if not db_path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute("SELECT count(*) FROM ratchet_bridge_outbox").fetchone()[0]
+    except sqlite3.OperationalError:
+        return None
+    finally:
+        conn.close()
+
+
+@pytest.mark.e2e
+async def test_queued_messages_survive_a_sigterm_and_reach_irc_once_in_order(ratchet, ircd, tmp_path):
+    """Issue 13 part 3: IRC down, three messages queued (one of three lines), the bot stopped with SIGTERM and started
+    again, then IRC back: every line reaches the channel once, in order, before what was said after the restart."""
+    from bot.storage.plugin_storage import plugin_db_path
+    from bot.testing.harness import BotProcess, write_bot_config
+
+    dora = await ratchet.member("dora")
+    await dora.client.set_displayname("Dora")
+    room = await ratchet.room(plugins={"ping": {}}, member=dora)
+    await ratchet.stop_bot()
+    data_dir = ratchet.tmp_path / "bot-data"
+    config = write_bot_config(
+        tmp_path / "bridge-bot.yaml", server=ratchet.synapse, user=ratchet.bot_user, data_dir=data_dir,
+        pickle_key=ratchet._pickle_key, plugins={"irc_bridge": bridge_options(ircd, channels={"#paste": room.room_id})},
+    )
+    db_path = plugin_db_path(data_dir, "irc_bridge")
+    proc = BotProcess(config, tmp_path / "bridge-bot.log")
+    carol = await IrcClient.connect(ircd.port, "carol")
+    await carol.join("#paste")
+    try:
+        await proc.run_ready()
+        await carol.expect(lambda m: m.command == "JOIN" and m.nick.startswith(BRIDGE_NICK), timeout=30)
+        await room.send("before the outage")
+        await carol.expect(lambda m: m.command == "PRIVMSG" and m.text == "<Dora> before the outage")
+
+        ircd.stop()
+        await proc.wait_for_log("local: disconnected", timeout=30)
+        await room.send("queued one")
+        await room.send("queued two, first line\nqueued two, second line\nqueued two, third line")
+        await room.send("queued three")
+        await until(lambda: _kept_messages(db_path) in (3, None), what="three messages kept")
+        if _kept_messages(db_path) is None:
+            await asyncio.sleep(5)  # nothing to look at (no stored queue): give the bot time to handle the messages
+        assert await proc.stop() == 0  # SIGTERM
+        assert "queued messages were not sent before stopping" not in proc.log_text()
+        assert "local: 3 queued messages are kept" in proc.log_text()
+
+        await proc.run_ready()
+        await room.send("after the restart")
+        await asyncio.sleep(1)
+        ircd.start()
+        carol2 = await IrcClient.connect(ircd.port, "carol")
+        await carol2.join("#paste")
+        expected = [
+            "<Dora> before the outage",
+            "<Dora> queued one",
+            "<Dora> queued two, first line",
+            "<Dora> queued two, second line",
+            "<Dora> queued two, third line",
+            "<Dora> queued three",
+            "<Dora> after the restart",
+        ]
+
+        def relayed() -> list[str]:
+            return [text for nick, text in ircd.channel_log("#paste") if nick != "carol"]
+
+        await until(lambda: len(relayed()) >= len(expected), timeout=40, what="the kept messages on IRC")
+        await asyncio.sleep(2)  # anything sent twice would show up now
+        assert relayed() == expected
+        await until(lambda: _kept_messages(db_path) == 0, what="the stored queue to be emptied")
+        await carol2.close()
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            await proc.stop()
+        await carol.close()

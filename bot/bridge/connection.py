@@ -6,9 +6,15 @@ item) and ``close()``. The :class:`ConnectionSupervisor` drives it:
 
 * it reconnects after any failure or disconnection, waiting an exponential :class:`~bot.bridge.flow.Backoff` with
   jitter between attempts;
-* outgoing items go through a bounded :class:`~bot.bridge.flow.OutboundQueue`: during an outage they wait there, in
-  order, and are flushed after the reconnect; an item is removed only once ``send()`` returned, so the one whose send
-  failed goes first next time;
+* outgoing messages go through a bounded :class:`~bot.bridge.flow.OutboundQueue` of :class:`Outgoing` messages (one
+  message may be several items: an IRC message is its lines): during an outage they wait there, in order, and are
+  flushed after the reconnect; an item counts as sent only once ``send()`` returned, so the one whose send failed goes
+  first next time, and a message leaves the queue when its last item is sent;
+* with an ``on_progress`` journal (the bridge's storage) every message is kept on disk until it is sent, how many
+  of its items were sent included, so a restart sends what is left, once, in order
+  (:meth:`ConnectionSupervisor.restore`);
+  a message cut short (its first lines sent, the rest dropped) is followed by ``cut_notice``'s item, so the remote
+  side sees that it was cut;
 * a :class:`~bot.bridge.flow.TokenBucket` paces what is sent (remote networks throttle or disconnect floods).
 
 The backoff starts over after a successful send, or when a connection that had been up for ``stable_after`` seconds
@@ -24,7 +30,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from bot.bridge.flow import Backoff, OutboundQueue, TokenBucket
@@ -36,6 +42,7 @@ __all__ = [
     "ConnectionStatus",
     "ConnectionSupervisor",
     "InboundRefused",
+    "Outgoing",
     "PermanentSendError",
     "RemoteConnection",
 ]
@@ -163,13 +170,44 @@ def _ago(seconds: float) -> str:
 SentCallback = Callable[[RemoteSend, str | None], Awaitable[None]]
 
 
+@dataclass(eq=False)
+class Outgoing:
+    """One message on its way to the remote side: its items in order (an IRC message: its lines) and how many of them
+    were sent. ``key`` is its row in the bridge's storage (None: kept in memory only); ``dropped`` is set when it
+    left the queue unsent (queue full, refused, given up, expired)."""
+
+    items: tuple[RemoteSend, ...]
+    sent: int = 0
+    key: int | None = None
+    created_at: float = field(default_factory=time.time)
+    dropped: bool = False
+
+    @property
+    def done(self) -> bool:
+        return self.dropped or self.sent >= len(self.items)
+
+    @property
+    def left(self) -> int:
+        """Items not sent yet."""
+        return max(0, len(self.items) - self.sent)
+
+
+ProgressCallback = Callable[[Outgoing], Awaitable[None]]
+CutNotice = Callable[[Outgoing], RemoteSend | None]
+
+
 class ConnectionSupervisor:
     """Keeps one :class:`RemoteConnection` up and feeds it the outgoing queue.
 
-    ``submit()`` never blocks and never fails: while the connection is down items wait in the queue (the oldest are
-    dropped if more than ``queue_size`` pile up). ``on_sent(item, remote_id)`` is awaited after each successful send.
-    ``max_attempts`` (None: no limit) drops an item that failed that many times, for endpoints that may refuse one
-    item forever.
+    ``submit()`` / ``submit_message()`` never block and never fail: while the connection is down messages wait in the
+    queue (the oldest are dropped if more than ``queue_size`` messages pile up). ``on_sent(item, remote_id)`` is
+    awaited after each successful send. ``max_attempts`` (None: no limit) drops an item that failed that many times,
+    for endpoints that may refuse one item forever; a refused or abandoned item drops the rest of its message.
+
+    ``on_progress(message)`` (the journal) is awaited after each item sent and when a message is dropped, and for
+    every message still queued when the supervisor stops: it records ``message.sent``, or forgets the message once
+    :attr:`Outgoing.done`. The send loop is never cancelled inside it. ``cut_notice(message)`` gives an item to send
+    in place of a message dropped after some of its items were sent (None: nothing).
     """
 
     def __init__(
@@ -183,15 +221,20 @@ class ConnectionSupervisor:
         max_attempts: int | None = None,
         stable_after: float = 30.0,
         on_sent: SentCallback | None = None,
+        on_progress: ProgressCallback | None = None,
+        cut_notice: CutNotice | None = None,
     ) -> None:
         self.connection = connection
         self.backoff = backoff or Backoff()
         self.bucket = bucket or TokenBucket(0)
-        self.queue: OutboundQueue[RemoteSend] = OutboundQueue(queue_size)
+        self.queue: OutboundQueue[Outgoing] = OutboundQueue(queue_size)
         self.connect_timeout = connect_timeout
         self.max_attempts = max_attempts
         self.stable_after = stable_after
         self.on_sent = on_sent
+        self.on_progress = on_progress
+        self.cut_notice = cut_notice
+        self._journal: set[asyncio.Task[None]] = set()
         self.state: ConnectionState = "stopped"
         self.since = time.time()
         self.last_error: str | None = None
@@ -251,8 +294,20 @@ class ConnectionSupervisor:
             self._task = None
         with contextlib.suppress(Exception):
             await self.connection.close()
+        kept = 0
+        if self.on_progress is not None:
+            for message in self.queue:
+                if message.key is not None:
+                    kept += 1
+                    self._record(message)
+        while self._journal:
+            await asyncio.gather(*self._journal, return_exceptions=True)
         if self.queue:
-            log.warning("%s: %d queued messages were not sent before stopping", self.network, len(self.queue))
+            if kept == len(self.queue):
+                log.info("%s: %d queued messages are kept and sent after the next start", self.network, kept)
+            else:
+                log.warning("%s: %d queued messages were not sent before stopping", self.network,
+                            len(self.queue) - kept)
         self._set_state("stopped")
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
@@ -264,11 +319,63 @@ class ConnectionSupervisor:
         return True
 
     def submit(self, item: RemoteSend) -> None:
-        """Queue ``item`` for sending (in order)."""
-        dropped = self.queue.put(item)
+        """Queue ``item`` for sending (in order), as a message of its own."""
+        self.submit_message([item])
+
+    def submit_message(
+        self, items: list[RemoteSend] | tuple[RemoteSend, ...], *, key: int | None = None
+    ) -> Outgoing:
+        """Queue one message made of ``items`` (sent in order, one after the other); ``key``: its stored row."""
+        message = Outgoing(tuple(items), key=key)
+        dropped = self.queue.put(message)
         if dropped is not None:
             log.warning("%s: outgoing queue full (%d); dropped the oldest message", self.network, self.queue.maxlen)
+            self._dropped(dropped)
         self._wake.set()
+        return message
+
+    def restore(self, messages: list[Outgoing]) -> None:
+        """Put messages kept from before a restart at the head of the queue, in order (what they have not sent yet
+        goes first)."""
+        messages = [m for m in messages if not m.done]
+        if messages:
+            self.queue.push_front(messages)
+            self._wake.set()
+
+    def expire(self, before: float) -> int:
+        """Drop the queued messages created before ``before`` (a timestamp); returns how many."""
+        old = [m for m in self.queue if m.created_at < before]
+        for message in old:
+            self.queue.remove(message)
+            self.queue.dropped += 1
+            self._dropped(message)
+        return len(old)
+
+    def _record(self, message: Outgoing) -> asyncio.Task[None] | None:
+        """Run the journal for ``message`` in a task of its own (a stop waits for it, never cancels it)."""
+        if self.on_progress is None or message.key is None:
+            return None
+        task = asyncio.get_running_loop().create_task(self._progress(message))
+        self._journal.add(task)
+        task.add_done_callback(self._journal.discard)
+        return task
+
+    async def _progress(self, message: Outgoing) -> None:
+        assert self.on_progress is not None
+        try:
+            await self.on_progress(message)
+        except Exception:
+            log.exception("%s: recording the outgoing queue failed", self.network)
+
+    def _dropped(self, message: Outgoing) -> None:
+        """``message`` left the queue unsent: forget it, and say so remotely if it was cut short."""
+        message.dropped = True
+        self._record(message)
+        if message.sent and message.sent < len(message.items) and self.cut_notice is not None:
+            notice = self.cut_notice(message)
+            if notice is not None:
+                self.queue.push_front([Outgoing((notice,))])
+                self._wake.set()
 
     # -- the loops -----------------------------------------------------------------------------------------------
 
@@ -325,19 +432,25 @@ class ConnectionSupervisor:
         """Send queued items in order; return (raise) when the connection breaks."""
         conn = self.connection
         while True:
-            item = self.queue.peek()
-            if item is None:
+            message = self.queue.peek()
+            if message is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if message.done:
+                self.queue.remove(message)
+                continue
+            item = message.items[message.sent]
             delay = self.bucket.reserve()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if self.queue.peek() is not message or message.done:
+                continue  # dropped or expired while waiting for the bucket
             try:
                 remote_id = await conn.send(item)
             except PermanentSendError as exc:
                 log.warning("%s: the remote side refused a message for good: %s", self.network, exc)
-                self._drop_head(item)
+                self._drop_head(message)
                 continue
             except asyncio.CancelledError:
                 raise
@@ -348,24 +461,29 @@ class ConnectionSupervisor:
                         "%s: giving up on a message after %d attempts: %s",
                         self.network, self._item_failures, _describe(exc),
                     )
-                    self._drop_head(item)
+                    self._drop_head(message)
                 raise
+            # Sent: count it before anything can be cancelled, then record it (a stop waits for that record).
             self._item_failures = 0
             self.backoff.reset()
-            if self.queue.peek() is item:
-                self.queue.pop()
+            message.sent += 1
             self.sent += 1
+            if message.done:
+                self.queue.remove(message)
+            journal = self._record(message)
             if self.on_sent is not None:
                 try:
                     await self.on_sent(item, remote_id)
                 except Exception:
                     log.exception("%s: recording a sent message failed", self.network)
+            if journal is not None:
+                await asyncio.shield(journal)
 
-    def _drop_head(self, item: RemoteSend) -> None:
+    def _drop_head(self, message: Outgoing) -> None:
         self._item_failures = 0
-        if self.queue.peek() is item:
-            self.queue.pop()
+        if self.queue.remove(message):
             self.queue.dropped += 1
+            self._dropped(message)
 
 
 def _describe(exc: BaseException | None) -> str:

@@ -18,6 +18,9 @@ hooks; the core does the rest:
   marker and are not relayed; the connection's :meth:`~bot.bridge.connection.RemoteConnection.is_own` drops the
   bridge's own remote messages;
 * **the message map** (Matrix event id <-> remote id) in memory, its ids also in storage for ``retention_days``;
+* **the outgoing queue kept on disk**: each Matrix message is stored (encrypted under the bot's ``pickle_key``)
+  before its handler returns, with how many of its lines were sent, until the network took its last line; after a
+  restart what is left is sent first, once, in order (kept at most ``retention_days``);
 * ``!bridge status|link|unlink`` for the bot's admins.
 """
 
@@ -25,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import sqlite3
 import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from bot.bridge.connection import SENDER_GONE, ConnectionSupervisor, InboundRefused, RemoteConnection
+from bot.bridge.connection import SENDER_GONE, ConnectionSupervisor, InboundRefused, Outgoing, RemoteConnection
 from bot.bridge.flow import Backoff, SenderLimiter, TokenBucket
 from bot.bridge.matrix import MatrixSide, RelayFormat, RelayMatrixSide
 from bot.bridge.messages import MappedMessage, MessageMap
@@ -54,7 +59,7 @@ from bot.bridge.relay_text import (
     sanitize_name,
 )
 from bot.bridge.rich_text import html_to_plain
-from bot.errors import MatrixError
+from bot.errors import MatrixError, StorageError
 from bot.plugin.base import Plugin, command, every, on_event
 from bot.plugin.commands import Rest, parse_invocation
 from bot.plugin.context import Context
@@ -90,6 +95,14 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS ratchet_bridge_message_remote ON ratchet_bridge_message (network, channel, remote_id)",
     "CREATE INDEX IF NOT EXISTS ratchet_bridge_message_time ON ratchet_bridge_message (created_at)",
+    # The outgoing queue: one row per message (its items encrypted at rest), until the network took all of them.
+    """CREATE TABLE IF NOT EXISTS ratchet_bridge_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        network TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        sent INTEGER NOT NULL DEFAULT 0,
+        items TEXT NOT NULL
+    )""",
 )
 
 
@@ -199,6 +212,10 @@ class Bridge(Plugin):
         #: Remote messages not posted because the inbound queue was full (the sender floods: ``_senders.dropped``).
         self.inbound_refused = 0
         self._inbound_full = False
+        #: Outgoing messages kept from before the restart, by network, until their connection is added.
+        self._restored: dict[str, list[Outgoing]] = {}
+        self._outbox_lock = asyncio.Lock()
+        self._outbox_plain_warned = False
 
     # ============================================================================================ life cycle
 
@@ -216,6 +233,7 @@ class Bridge(Plugin):
             "SELECT network, channel, room_id, origin, created_by, created_at FROM ratchet_bridge_portal"
         )
         self.portals = {(r[0], r[1]): Portal(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        self._restored = await self._load_outbox()
         self._senders = SenderLimiter(self.config.sender_rate_limit, self.config.sender_rate_burst)
         self._inbound_task = asyncio.create_task(self._inbound_loop(), name=f"{self.name} inbound")
 
@@ -261,10 +279,105 @@ class Bridge(Plugin):
             connect_timeout=connect_timeout,
             max_attempts=max_attempts,
             on_sent=self._sent,
+            on_progress=self._outbox_progress,
+            cut_notice=self.cut_notice,
         )
         self.supervisors[connection.network] = supervisor
+        kept = self._restored.pop(connection.network, [])
+        if kept:
+            self.log.info("%s: %d messages queued before the restart are sent first", connection.network, len(kept))
+            supervisor.restore(kept)
         supervisor.start()
         return supervisor
+
+    # ============================================================================================ outgoing queue
+
+    @property
+    def _outbox_purpose(self) -> str:
+        return f"{self.name}.outbox"
+
+    async def _load_outbox(self) -> dict[str, list[Outgoing]]:
+        """The stored outgoing messages by network, in order; those older than the retention period are forgotten."""
+        cutoff = time.time() - self.config.retention_days * 86400
+        expired = await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE created_at < ?", (cutoff,))
+        if expired:
+            self.log.warning("%d queued outgoing messages older than %g days were dropped unsent",
+                             expired, self.config.retention_days)
+        rows = await self.storage.fetchall(
+            "SELECT id, network, created_at, sent, items FROM ratchet_bridge_outbox ORDER BY id"
+        )
+        kept: dict[str, list[Outgoing]] = {}
+        unreadable = []
+        for key, network, created_at, sent, data in rows:
+            try:
+                items = tuple(RemoteSend(**fields) for fields in json.loads(self._outbox_open(data)))
+            except (StorageError, ValueError, TypeError) as exc:
+                self.log.debug("queued message %s does not load: %s", key, exc)
+                unreadable.append((key,))
+                continue
+            kept.setdefault(network, []).append(Outgoing(items, int(sent), key, float(created_at)))
+        if unreadable:
+            self.log.error("%d queued outgoing messages cannot be read (was pickle_key changed?); they are dropped",
+                           len(unreadable))
+            await self.storage.executemany("DELETE FROM ratchet_bridge_outbox WHERE id = ?", unreadable)
+        return kept
+
+    def _outbox_seal(self, items: list[RemoteSend]) -> str | None:
+        plain = json.dumps([dataclasses.asdict(item) for item in items], ensure_ascii=False, separators=(",", ":"))
+        try:
+            return "enc:" + self.bot.encrypt_at_rest(self._outbox_purpose, plain)
+        except (StorageError, AttributeError) as exc:
+            if not self._outbox_plain_warned:
+                self._outbox_plain_warned = True
+                self.log.warning("the outgoing queue is kept in memory only: %s", exc)
+            return None
+
+    def _outbox_open(self, data: str) -> str:
+        if not data.startswith("enc:"):
+            raise StorageError("not an encrypted queue entry")
+        return self.bot.decrypt_at_rest(self._outbox_purpose, data[4:])
+
+    async def queue_remote(self, supervisor: ConnectionSupervisor, items: list[RemoteSend]) -> Outgoing | None:
+        """Queue one message (``items``, sent in order) on ``supervisor``: stored first (encrypted), so that it is
+        sent after a restart if the network has not taken it by then."""
+        if not items:
+            return None
+        sealed = self._outbox_seal(items)
+        async with self._outbox_lock:  # rows in the order of the queue
+            key = None
+            if sealed is not None:
+                network, now = supervisor.network, time.time()
+
+                def insert(conn: sqlite3.Connection) -> int:
+                    cursor = conn.execute(
+                        "INSERT INTO ratchet_bridge_outbox (network, created_at, sent, items) VALUES (?, ?, 0, ?)",
+                        (network, now, sealed),
+                    )
+                    return int(cursor.lastrowid or 0)
+
+                key = await self.storage.transaction(insert)
+            return supervisor.submit_message(items, key=key)
+
+    async def _outbox_progress(self, message: Outgoing) -> None:
+        if message.key is None or self.storage.closed:
+            return
+        if message.done:
+            await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE id = ?", (message.key,))
+        else:
+            await self.storage.execute(
+                "UPDATE ratchet_bridge_outbox SET sent = ? WHERE id = ?", (message.sent, message.key)
+            )
+
+    def cut_notice(self, message: Outgoing) -> RemoteSend | None:
+        """What to send in place of a message cut short (its first items were sent, the rest dropped): by default
+        ``<name> […] (N more lines not sent)`` with ``remote_template``. Return None to send nothing."""
+        first = message.items[0]
+        left = message.left
+        text = f"[…] ({left} more line{'s' if left != 1 else ''} not sent)"
+        return RemoteSend(
+            first.channel, self.config.remote_template.format(name=first.sender_name or "", text=text),
+            room_id=first.room_id, sender=first.sender, sender_name=first.sender_name, first=False,
+        )
 
     # ============================================================================================ portals
 
@@ -480,8 +593,7 @@ class Bridge(Plugin):
                     message.room_id, message.event_id, portal.network, portal.channel, None, message.sender,
                     sanitize_name(message.sender_name), "out", plain,
                 ))
-            for item in items:
-                supervisor.submit(item)
+            await self.queue_remote(supervisor, items)
 
     @on_event("m.reaction")
     async def _bridge_matrix_reaction(self, ctx: Context) -> None:
@@ -497,9 +609,10 @@ class Bridge(Plugin):
         for portal, supervisor in targets:
             caps = supervisor.connection.capabilities
             if caps.reactions and original is not None and original.remote_id is not None:
-                supervisor.submit(RemoteSend(portal.channel, key, event_id=ctx.event_id, room_id=ctx.room_id,
-                                             sender=ctx.sender, sender_name=name, reply_to=original.remote_id,
-                                             payload={"reaction": key}))
+                await self.queue_remote(supervisor, [RemoteSend(
+                    portal.channel, key, event_id=ctx.event_id, room_id=ctx.room_id, sender=ctx.sender,
+                    sender_name=name, reply_to=original.remote_id, payload={"reaction": key},
+                )])
                 continue
             if not self.config.relay_reactions:
                 continue
@@ -507,8 +620,9 @@ class Bridge(Plugin):
             if nick is None:
                 continue
             fake = MatrixMessage(ctx.room_id, ctx.event_id, ctx.sender, name, "m.emote", "")
-            for item in self.format_outgoing(portal, fake, reaction_fallback(key, nick, quoted), None, "action"):
-                supervisor.submit(item)
+            await self.queue_remote(
+                supervisor, self.format_outgoing(portal, fake, reaction_fallback(key, nick, quoted), None, "action")
+            )
 
     @on_event("m.room.redaction")
     async def _bridge_matrix_redaction(self, ctx: Context) -> None:
@@ -522,8 +636,10 @@ class Bridge(Plugin):
         supervisor = self.supervisors.get(original.network)
         if supervisor is None or not supervisor.connection.capabilities.redactions or original.remote_id is None:
             return  # networks without deletion: nothing to do (the text was already seen there)
-        supervisor.submit(RemoteSend(original.channel, "", event_id=ctx.event_id, room_id=ctx.room_id,
-                                     sender=ctx.sender, payload={"redacts": original.remote_id}))
+        await self.queue_remote(supervisor, [RemoteSend(
+            original.channel, "", event_id=ctx.event_id, room_id=ctx.room_id, sender=ctx.sender,
+            payload={"redacts": original.remote_id},
+        )])
 
     async def _sent(self, item: RemoteSend, remote_id: str | None) -> None:
         if remote_id is None or not item.first or item.event_id is None:
@@ -745,6 +861,11 @@ class Bridge(Plugin):
         removed = await self.storage.execute("DELETE FROM ratchet_bridge_message WHERE created_at < ?", (cutoff,))
         if removed:
             self.log.info("forgot %d bridged message ids older than %g days", removed, self.config.retention_days)
+        expired = sum(supervisor.expire(cutoff) for supervisor in self.supervisors.values())
+        expired += await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE created_at < ?", (cutoff,))
+        if expired:
+            self.log.warning("dropped %d queued outgoing messages older than %g days unsent",
+                             expired, self.config.retention_days)
 
     # ============================================================================================ !bridge
 

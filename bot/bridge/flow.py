@@ -134,6 +134,18 @@ class OutboundQueue(Generic[T]):
         """Remove and return the oldest item (IndexError if empty)."""
         return self._items.popleft()
 
+    def push_front(self, items: list[T]) -> None:
+        """Put ``items`` before everything queued, in their order (not bounded: they were queued before)."""
+        self._items.extendleft(reversed(items))
+
+    def remove(self, item: T) -> bool:
+        """Remove ``item`` (by identity) if it is queued."""
+        for i, queued in enumerate(self._items):
+            if queued is item:
+                del self._items[i]
+                return True
+        return False
+
     def clear(self) -> None:
         self._items.clear()
 

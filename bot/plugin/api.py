@@ -1,5 +1,6 @@
 """The bot as plugins see it (``self.bot``): its Matrix actions plus the admins, the other plugins, the runtime's
-counters, the trust policy, the bot's own identity and the moderation tools.
+counters, the trust policy, the bot's own identity and the moderation tools, and encryption at rest under the bot's
+``pickle_key`` (:meth:`BotAPI.encrypt_at_rest`).
 
 :class:`BotAPI` is built once by the runtime with every collaborator in place, so a plugin sees all of them from its
 first ``start()``. The actions themselves (send, reply, react, edit, redact, DMs, media, members) are
@@ -8,8 +9,12 @@ first ``start()``. The actions themselves (send, reply, react, edit, redact, DMs
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
+from bot.crypto.ssss import SecretStorageError, decrypt_secret, encrypt_secret
+from bot.e2ee.identity import local_secrets_key
+from bot.errors import StorageError
 from bot.matrix.actions import MatrixActions
 from bot.reports.moderation import Moderation
 
@@ -21,6 +26,9 @@ if TYPE_CHECKING:
     from bot.stats import BotStats
 
 __all__ = ["BotAPI"]
+
+#: Prefix of the names :meth:`BotAPI.encrypt_at_rest` binds its data to (the local secrets' names never start so).
+_AT_REST = "io.ratchet.at_rest:"
 
 
 class BotAPI(MatrixActions):
@@ -54,3 +62,26 @@ class BotAPI(MatrixActions):
     def is_admin(self, user_id: str) -> bool:
         """True if ``user_id`` is one of the bot's admins from the config."""
         return user_id in self.admins
+
+    def _at_rest_key(self) -> bytes:
+        key = getattr(getattr(self._client, "config", None), "pickle_key", None)
+        if not isinstance(key, str) or not key:
+            raise StorageError("encryption at rest needs the bot's pickle_key, which this client does not have")
+        return local_secrets_key(key)
+
+    def encrypt_at_rest(self, purpose: str, plaintext: str) -> str:
+        """``plaintext`` encrypted for storage under the bot's ``pickle_key`` (a key derived from it with HKDF-SHA-256,
+        the one ``data_dir/secrets.json`` uses), bound to ``purpose`` (say ``"irc_bridge.queue"``): AES-256-CTR and
+        HMAC-SHA-256 with keys derived per purpose, as SSSS encrypts a secret. Returns a compact JSON string to
+        store; :meth:`decrypt_at_rest` with the same purpose reads it back. Nothing readable is left on disk, and
+        data moved to another purpose does not decrypt."""
+        return json.dumps(encrypt_secret(self._at_rest_key(), _AT_REST + purpose, plaintext, padded=False),
+                          separators=(",", ":"), sort_keys=True)
+
+    def decrypt_at_rest(self, purpose: str, stored: str) -> str:
+        """What :meth:`encrypt_at_rest` encrypted for ``purpose``. Raises :class:`~bot.errors.StorageError` if it
+        does not decrypt (another ``pickle_key``, another purpose, or altered data)."""
+        try:
+            return decrypt_secret(self._at_rest_key(), _AT_REST + purpose, json.loads(stored))
+        except (SecretStorageError, ValueError, TypeError) as exc:
+            raise StorageError(f"data stored for {purpose} does not decrypt: {exc}") from None
