@@ -75,3 +75,38 @@ async def test_kill_9_after_the_reply_and_before_the_record_answers_once(
     for event_id in (before, sentinel):
         assert len(replies_to(member, room, bot, event_id)) == 1
     assert member.undecryptable(room) == []
+
+
+async def test_synapse_returns_the_first_event_for_a_repeated_transaction_id(synapse, bot_in_room):
+    """What the guarantee rests on: the same device sending the same transaction id again gets the first event back
+    (even with other, freshly encrypted content), and the room holds one event; likewise for a redaction."""
+    from nio import RoomMessagesResponse, RoomRedactResponse, RoomSendResponse
+
+    t = await bot_in_room(synapse, start=False, room=False)
+    member = t.member
+    room = await member.create_room()
+    client = member.client
+
+    async def send(body: str, tx_id: str) -> str:
+        resp = await client.room_send(
+            room, "m.room.message", {"msgtype": "m.text", "body": body}, tx_id=tx_id, ignore_unverified_devices=True
+        )
+        assert isinstance(resp, RoomSendResponse), resp
+        return resp.event_id
+
+    first = await send("once", "rt1-window-test")
+    assert await send("twice", "rt1-window-test") == first
+    other = await send("other", "rt1-window-test-2")
+    assert other != first
+    redactions = []
+    for _ in range(2):
+        resp = await client.room_redact(room, other, tx_id="rt1-window-redact")
+        assert isinstance(resp, RoomRedactResponse), resp
+        redactions.append(resp.event_id)
+    assert redactions[0] == redactions[1]
+
+    resp = await client.room_messages(room, start="", limit=100)
+    assert isinstance(resp, RoomMessagesResponse), resp
+    messages = [e.event_id for e in resp.chunk if e.source.get("type") in ("m.room.message", "m.room.encrypted")]
+    assert sorted(messages) == sorted([first, other]), "one event per transaction id"
+    assert [e.event_id for e in resp.chunk if e.source.get("type") == "m.room.redaction"] == redactions[:1]
