@@ -668,3 +668,44 @@ async def test_queued_messages_survive_a_sigterm_and_reach_irc_once_in_order(rat
         if proc.proc is not None and proc.proc.poll() is None:
             await proc.stop()
         await carol.close()
+
+
+@pytest.mark.e2e
+async def test_a_paste_cut_by_a_sigterm_is_finished_after_the_restart_without_repeating_lines(ratchet, ircd, tmp_path):
+    """A multi-line paste still being paced out (rate_limit) when the bot gets SIGTERM: after the restart the lines
+    not sent yet follow, and no line is sent twice."""
+    from bot.testing.harness import BotProcess, write_bot_config
+
+    erin = await ratchet.member("erin")
+    await erin.client.set_displayname("Erin")
+    room = await ratchet.room(plugins={"ping": {}}, member=erin)
+    await ratchet.stop_bot()
+    options = bridge_options(ircd, channels={"#pace": room.room_id}, rate_limit=2.0, rate_burst=1)
+    config = write_bot_config(
+        tmp_path / "pace-bot.yaml", server=ratchet.synapse, user=ratchet.bot_user,
+        data_dir=ratchet.tmp_path / "bot-data", pickle_key=ratchet._pickle_key, plugins={"irc_bridge": options},
+    )
+    proc = BotProcess(config, tmp_path / "pace-bot.log")
+    carol = await IrcClient.connect(ircd.port, "carol")
+    await carol.join("#pace")
+    lines = [f"paste line {i}" for i in range(1, 9)]
+    try:
+        await proc.run_ready()
+        await carol.expect(lambda m: m.command == "JOIN" and m.nick.startswith(BRIDGE_NICK), timeout=30)
+        await room.send("\n".join(lines))
+        await carol.expect(lambda m: m.command == "PRIVMSG" and m.text == "<Erin> paste line 2", timeout=20)
+        assert await proc.stop() == 0  # SIGTERM, half-way through the paste
+        cut_at = len(carol.privmsgs("#pace"))
+        assert 2 <= cut_at < len(lines), cut_at
+        await proc.run_ready()
+
+        def relayed() -> list[str]:
+            return [text for nick, text in ircd.channel_log("#pace") if nick != "carol"]
+
+        await until(lambda: len(relayed()) >= len(lines), timeout=40, what="the rest of the paste")
+        await asyncio.sleep(2)  # a line sent twice would show up now
+        assert relayed() == [f"<Erin> {line}" for line in lines]
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            await proc.stop()
+        await carol.close()
