@@ -177,3 +177,39 @@ async def test_the_router_gives_a_replayed_handling_the_same_txn_ids():
     assert [tid for _, tid in runs[0]] == [txn_id(scope_key("$msg", "ack"), n) for n in range(2)]
     assert plugin.keys == [idempotency_key("$msg", "ack")] * 2  # type: ignore[attr-defined]
     await dispatcher.close()
+
+
+async def test_a_bridge_post_retried_after_an_error_keeps_its_txn_id():
+    """The bridge retries a failed post into Matrix: if the failed attempt reached the homeserver after all, the retry
+    must be its repeat, not a second message. A remote message's own id (when the network has one) fixes the key."""
+    import logging
+
+    from bot.bridge import RemoteMessage
+    from bot.bridge.core import Bridge, _txn_key
+    from bot.errors import MatrixError
+
+    sent: list[str] = []
+    failures = [MatrixError("the answer was lost")]
+
+    async def post() -> str:
+        sent.append(next_txn_id())
+        if failures:
+            raise failures.pop()
+        return "$posted"
+
+    owner = SimpleNamespace(log=logging.getLogger("test"))
+    assert await Bridge._to_matrix(owner, post) == "$posted"  # type: ignore[arg-type]
+    assert len(sent) == 2 and sent[0] == sent[1]
+    sent.clear()
+    await Bridge._to_matrix(owner, post)  # type: ignore[arg-type]
+    await Bridge._to_matrix(owner, post)  # type: ignore[arg-type]
+    assert sent[0] != sent[1], "another post, another id"
+
+    with_id = RemoteMessage("net", "#chan", "nick", "nick", "hi", remote_id="msg-1")
+    assert _txn_key(with_id, "post") == _txn_key(with_id, "post"), "delivered again: the same id"
+    assert _txn_key(with_id, "post") != _txn_key(with_id, "edit")
+    assert _txn_key(RemoteMessage("net", "#other", "nick", "nick", "hi", remote_id="msg-1"), "post") != _txn_key(
+        with_id, "post"
+    )
+    without = RemoteMessage("net", "#chan", "nick", "nick", "hi")
+    assert _txn_key(without, "post") != _txn_key(without, "post"), "no remote id: nothing to recognise it by"

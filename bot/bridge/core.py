@@ -34,6 +34,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
+from uuid import uuid4
 
 from bot.bridge.connection import SENDER_GONE, ConnectionSupervisor, InboundRefused, Outgoing, RemoteConnection
 from bot.bridge.flow import Backoff, SenderLimiter, TokenBucket
@@ -60,6 +61,7 @@ from bot.bridge.relay_text import (
 )
 from bot.bridge.rich_text import html_to_plain
 from bot.errors import MatrixError, StorageError
+from bot.matrix.idempotency import send_scope
 from bot.plugin.base import Plugin, command, every, on_event
 from bot.plugin.commands import Rest, parse_invocation
 from bot.plugin.context import Context
@@ -95,14 +97,18 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS ratchet_bridge_message_remote ON ratchet_bridge_message (network, channel, remote_id)",
     "CREATE INDEX IF NOT EXISTS ratchet_bridge_message_time ON ratchet_bridge_message (created_at)",
-    # The outgoing queue: one row per message (its items encrypted at rest), until the network took all of them.
+    # The outgoing queue: one row per message (its items encrypted at rest) until the network took all of them; then
+    # only its event id and channel (``relayed``, as the message map keeps them), so a replayed handler sends nothing.
     """CREATE TABLE IF NOT EXISTS ratchet_bridge_outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         network TEXT NOT NULL,
+        relayed TEXT,
         created_at REAL NOT NULL,
         sent INTEGER NOT NULL DEFAULT 0,
+        done INTEGER NOT NULL DEFAULT 0,
         items TEXT NOT NULL
     )""",
+    "CREATE INDEX IF NOT EXISTS ratchet_bridge_outbox_relayed ON ratchet_bridge_outbox (network, relayed)",
 )
 
 
@@ -299,12 +305,15 @@ class Bridge(Plugin):
     async def _load_outbox(self) -> dict[str, list[Outgoing]]:
         """The stored outgoing messages by network, in order; those older than the retention period are forgotten."""
         cutoff = time.time() - self.config.retention_days * 86400
-        expired = await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE created_at < ?", (cutoff,))
+        expired = await self.storage.execute(
+            "DELETE FROM ratchet_bridge_outbox WHERE created_at < ? AND done = 0", (cutoff,)
+        )
+        await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE created_at < ?", (cutoff,))
         if expired:
             self.log.warning("%d queued outgoing messages older than %g days were dropped unsent",
                              expired, self.config.retention_days)
         rows = await self.storage.fetchall(
-            "SELECT id, network, created_at, sent, items FROM ratchet_bridge_outbox ORDER BY id"
+            "SELECT id, network, created_at, sent, items FROM ratchet_bridge_outbox WHERE done = 0 ORDER BY id"
         )
         kept: dict[str, list[Outgoing]] = {}
         unreadable = []
@@ -339,30 +348,44 @@ class Bridge(Plugin):
 
     async def queue_remote(self, supervisor: ConnectionSupervisor, items: list[RemoteSend]) -> Outgoing | None:
         """Queue one message (``items``, sent in order) on ``supervisor``: stored first (encrypted), so that it is
-        sent after a restart if the network has not taken it by then."""
+        sent after a restart if the network has not taken it by then. A Matrix event already queued or relayed to
+        that channel (a handler run again after a crash) is not queued again: returns None."""
         if not items:
             return None
         sealed = self._outbox_seal(items)
+        first = items[0]
+        relayed = f"{first.event_id}\n{first.channel}" if first.event_id else None
         async with self._outbox_lock:  # rows in the order of the queue
             key = None
             if sealed is not None:
                 network, now = supervisor.network, time.time()
 
-                def insert(conn: sqlite3.Connection) -> int:
+                def insert(conn: sqlite3.Connection) -> int | None:
+                    if relayed is not None and conn.execute(
+                        "SELECT 1 FROM ratchet_bridge_outbox WHERE network = ? AND relayed = ?", (network, relayed)
+                    ).fetchone():
+                        return None
                     cursor = conn.execute(
-                        "INSERT INTO ratchet_bridge_outbox (network, created_at, sent, items) VALUES (?, ?, 0, ?)",
-                        (network, now, sealed),
+                        "INSERT INTO ratchet_bridge_outbox (network, relayed, created_at, sent, items)"
+                        " VALUES (?, ?, ?, 0, ?)",
+                        (network, relayed, now, sealed),
                     )
                     return int(cursor.lastrowid or 0)
 
                 key = await self.storage.transaction(insert)
+                if key is None:
+                    self.log.info("%s: %s was already relayed; not sending it again", network, first.event_id)
+                    return None
             return supervisor.submit_message(items, key=key)
 
     async def _outbox_progress(self, message: Outgoing) -> None:
         if message.key is None or self.storage.closed:
             return
-        if message.done:
-            await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE id = ?", (message.key,))
+        if message.done:  # forget the text; keep the event id (until the retention period) against replays
+            await self.storage.execute(
+                "UPDATE ratchet_bridge_outbox SET done = 1, sent = ?, items = '' WHERE id = ?",
+                (message.sent, message.key),
+            )
         else:
             await self.storage.execute(
                 "UPDATE ratchet_bridge_outbox SET sent = ? WHERE id = ?", (message.sent, message.key)
@@ -737,15 +760,20 @@ class Bridge(Plugin):
             if target is None:
                 return None
             self.messages.forget(target.event_id)
-            return await self._to_matrix(lambda: self.matrix.redact(room_id, target.event_id))
+            return await self._to_matrix(
+                lambda: self.matrix.redact(room_id, target.event_id), _txn_key(message, "redact")
+            )
         if message.reaction is not None and message.reacts_to is not None:
             target = await self._lookup_remote(portal, message.reacts_to)
             if target is None:
                 return None
-            return await self._to_matrix(lambda: self.matrix.react(room_id, target.event_id, message.reaction, message))
+            return await self._to_matrix(
+                lambda: self.matrix.react(room_id, target.event_id, message.reaction, message),
+                _txn_key(message, "react"),
+            )
         message = self.prepare_inbound(portal, message)
         if message.kind not in ("message", "action"):
-            return await self._to_matrix(lambda: self.matrix.post(room_id, message))
+            return await self._to_matrix(lambda: self.matrix.post(room_id, message), _txn_key(message, "post"))
         if message.edit_of is not None:
             target = await self._lookup_remote(portal, message.edit_of)
             if target is not None:
@@ -763,7 +791,9 @@ class Bridge(Plugin):
         if message.reply_to is not None:
             target = await self._lookup_remote(portal, message.reply_to)
             reply_event = target.event_id if target is not None else None
-        event_id = await self._to_matrix(lambda: self.matrix.post(room_id, message, reply_to=reply_event))
+        event_id = await self._to_matrix(
+            lambda: self.matrix.post(room_id, message, reply_to=reply_event), _txn_key(message, "post")
+        )
         await self._remember(MappedMessage(
             room_id, event_id, portal.network, portal.channel, message.remote_id, message.sender_id,
             message.sender_name, "in", message.text,
@@ -772,16 +802,24 @@ class Bridge(Plugin):
 
     async def _edit_in_matrix(self, portal: Portal, target: MappedMessage, message: RemoteMessage) -> str:
         assert self.matrix is not None
-        event_id = await self._to_matrix(lambda: self.matrix.edit(portal.room_id, target.event_id, message))
+        event_id = await self._to_matrix(
+            lambda: self.matrix.edit(portal.room_id, target.event_id, message), _txn_key(message, "edit")
+        )
         self.messages.set_text(target.event_id, message.text)
         return event_id
 
-    async def _to_matrix(self, call) -> str:
-        """Run a Matrix request, retrying a few times with growing pauses (the homeserver may be restarting)."""
+    async def _to_matrix(self, call, key: str | None = None) -> str:
+        """Run a Matrix request, retrying a few times with growing pauses (the homeserver may be restarting).
+
+        Every attempt sends with the transaction ids of ``key`` (see :func:`_txn_key`), so an attempt that reached the
+        homeserver although its answer was lost is not posted a second time by the next one.
+        """
+        key = key or f"bridge\x1f{uuid4().hex}"
         delay = 1.0
         for attempt in range(1, MATRIX_ATTEMPTS + 1):
             try:
-                return await call()
+                with send_scope(key):
+                    return await call()
             except MatrixError as exc:
                 if attempt == MATRIX_ATTEMPTS:
                     raise
@@ -931,6 +969,15 @@ class Bridge(Plugin):
         await self.remove_portal(portal)
         self.log.info("%s unlinked %s from %s", ctx.sender, portal.describe(), ctx.room_id)
         return f"✅ Unlinked this room from {portal.describe()}."
+
+
+def _txn_key(message: RemoteMessage, action: str) -> str:
+    """The send-scope key of posting ``message`` into Matrix: derived from its remote identity when the network gives
+    one (so the same remote message delivered again, after a reconnect, shows once), else random (the same for every
+    retry of this post only)."""
+    if message.remote_id is None:
+        return f"bridge\x1f{uuid4().hex}"
+    return "\x1f".join(("bridge", message.network, message.channel, message.remote_id, message.kind, action))
 
 
 def _refused(
