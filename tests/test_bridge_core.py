@@ -546,6 +546,24 @@ async def test_the_outgoing_queue_is_kept_encrypted_and_resent_once_in_order_aft
     await _until(lambda: len(again.sent) == 4)
     # Only the lines not sent before, once, in order, before anything new.
     assert again.sent == ["paste line 3", "paste line 4", "confidential afterthought", "after the restart"]
-    assert await bridge.storage.fetchall("SELECT * FROM ratchet_bridge_outbox") == []
+    assert await bridge.storage.fetchall("SELECT * FROM ratchet_bridge_outbox WHERE done = 0 OR items != ''") == []
+    await bridge.stop()
+    await bridge.storage.close()
+
+
+async def test_a_replayed_handler_does_not_queue_a_message_again(tmp_path):
+    path = tmp_path / "plugins" / "kept.db"
+    conn = FakeConnection()
+    bridge, sup = await _open_bridge(path, conn)
+    message = [RemoteSend("#c", "only once", event_id="$e1"), RemoteSend("#c", "really", event_id="$e1")]
+    assert await bridge.queue_remote(sup, message) is not None
+    assert await bridge.queue_remote(sup, message) is None  # still queued: not twice
+    await _until(lambda: conn.sent == ["only once", "really"])
+    await _until(lambda: not sup.queue)
+    assert await bridge.queue_remote(sup, message) is None  # relayed already (a replay after a crash): not again
+    assert await bridge.queue_remote(sup, [RemoteSend("#other", "only once", event_id="$e1")]) is not None
+    await _until(lambda: len(conn.sent) == 3)
+    rows = await bridge.storage.fetchall("SELECT relayed, done, items FROM ratchet_bridge_outbox ORDER BY id")
+    assert rows == [("$e1\n#c", 1, ""), ("$e1\n#other", 1, "")]  # the text is gone once sent
     await bridge.stop()
     await bridge.storage.close()

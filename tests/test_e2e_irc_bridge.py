@@ -588,14 +588,14 @@ async def test_irc_passwords_are_masked_in_logs(ratchet, ircd):
 
 
 def _kept_messages(db_path) -> int | None:
-    """Rows in the bridge's stored outgoing queue (None: there is no such table)."""
+    """Messages in the bridge's stored outgoing queue not sent yet (None: there is no such table)."""
     import sqlite3
 
     if not db_path.exists():
         return 0
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
     try:
-        return conn.execute("SELECT count(*) FROM ratchet_bridge_outbox").fetchone()[0]
+        return conn.execute("SELECT count(*) FROM ratchet_bridge_outbox WHERE done = 0").fetchone()[0]
     except sqlite3.OperationalError:
         return None
     finally:
