@@ -567,3 +567,26 @@ async def test_a_replayed_handler_does_not_queue_a_message_again(tmp_path):
     assert rows == [("$e1\n#c", 1, ""), ("$e1\n#other", 1, "")]  # the text is gone once sent
     await bridge.stop()
     await bridge.storage.close()
+
+
+async def test_a_reloaded_bridge_takes_over_the_queue_only_when_the_old_version_stopped(tmp_path):
+    path = tmp_path / "plugins" / "kept.db"
+    old_conn = _BreakingConnection()
+    old_conn.up = False
+    old_conn.break_on = "old 2"
+    old, old_sup = await _open_bridge(path, old_conn)
+    await old.queue_remote(old_sup, [RemoteSend("#c", "old 1", event_id="$a")])
+    await old.queue_remote(old_sup, [RemoteSend("#c", "old 2", event_id="$b")])
+    new_conn = FakeConnection()
+    new, new_sup = await _open_bridge(path, new_conn)  # started beside the old one, as a reload does
+    await new.queue_remote(new_sup, [RemoteSend("#c", "new", event_id="$c")])
+    old_conn.up = True  # the old version still sends what it can
+    await _until(lambda: old_conn.sent == ["old 1"] and not old_conn.up)
+    assert new_conn.sent == []  # held meanwhile: the old version owns its queue
+    await old.stop()
+    await old.storage.close()
+    await _until(lambda: len(new_conn.sent) == 2)
+    await asyncio.sleep(0.05)
+    assert new_conn.sent == ["old 2", "new"]  # what the old one left, first; nothing twice
+    await new.stop()
+    await new.storage.close()

@@ -235,6 +235,8 @@ class ConnectionSupervisor:
         self.on_progress = on_progress
         self.cut_notice = cut_notice
         self._journal: set[asyncio.Task[None]] = set()
+        self._released = asyncio.Event()
+        self._released.set()
         self.state: ConnectionState = "stopped"
         self.since = time.time()
         self.last_error: str | None = None
@@ -334,13 +336,18 @@ class ConnectionSupervisor:
         self._wake.set()
         return message
 
+    def hold(self) -> None:
+        """Send nothing until :meth:`restore` is called (the kept queue is not known yet)."""
+        self._released.clear()
+
     def restore(self, messages: list[Outgoing]) -> None:
         """Put messages kept from before a restart at the head of the queue, in order (what they have not sent yet
-        goes first)."""
+        goes first), and end a :meth:`hold`."""
         messages = [m for m in messages if not m.done]
         if messages:
             self.queue.push_front(messages)
             self._wake.set()
+        self._released.set()
 
     def expire(self, before: float) -> int:
         """Drop the queued messages created before ``before`` (a timestamp); returns how many."""
@@ -432,6 +439,7 @@ class ConnectionSupervisor:
         """Send queued items in order; return (raise) when the connection breaks."""
         conn = self.connection
         while True:
+            await self._released.wait()
             message = self.queue.peek()
             if message is None:
                 self._wake.clear()

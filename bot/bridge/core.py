@@ -112,6 +112,11 @@ _SCHEMA = (
 )
 
 
+#: The bridges running now, by database file. A reload starts the new version while the old one still runs: the new
+#: one takes over the stored queue only once the old one has stopped (and saved how far it got).
+_RUNNING: dict[str, list[Bridge]] = {}
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     """Options every bridge has; a bridge's ``Config`` derives from it (``class Config(BridgeConfig): ...``).
@@ -222,6 +227,8 @@ class Bridge(Plugin):
         self._restored: dict[str, list[Outgoing]] = {}
         self._outbox_lock = asyncio.Lock()
         self._outbox_plain_warned = False
+        self._handover: asyncio.Task[None] | None = None
+        self._stopped = False
 
     # ============================================================================================ life cycle
 
@@ -239,14 +246,29 @@ class Bridge(Plugin):
             "SELECT network, channel, room_id, origin, created_by, created_at FROM ratchet_bridge_portal"
         )
         self.portals = {(r[0], r[1]): Portal(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
-        self._restored = await self._load_outbox()
+        running = _RUNNING.setdefault(str(self.storage.path), [])
+        running[:] = [b for b in running if not b._retired()]
+        previous = list(running)
+        running.append(self)
+        if previous:  # a reload: the old version still sends its queue
+            self._handover = asyncio.create_task(self._take_over(previous), name=f"{self.name} outbox handover")
+        else:
+            self._restored = await self._load_outbox()
         self._senders = SenderLimiter(self.config.sender_rate_limit, self.config.sender_rate_burst)
         self._inbound_task = asyncio.create_task(self._inbound_loop(), name=f"{self.name} inbound")
 
     async def stop(self) -> None:
         """Stop every connection and the posting of remote messages. Subclasses call this last."""
+        if self._handover is not None:
+            self._handover.cancel()
+            with contextlib.suppress(BaseException):
+                await self._handover
         for supervisor in list(self.supervisors.values()):
             await supervisor.stop()
+        self._stopped = True
+        running = _RUNNING.get(str(self.storage.path), [])
+        if self in running:
+            running.remove(self)
         if self._inbound_task is not None:
             self._inbound_task.cancel()
             with contextlib.suppress(BaseException):
@@ -289,6 +311,8 @@ class Bridge(Plugin):
             cut_notice=self.cut_notice,
         )
         self.supervisors[connection.network] = supervisor
+        if self._handover is not None and not self._handover.done():
+            supervisor.hold()  # until the previous version has stopped and its queue is known
         kept = self._restored.pop(connection.network, [])
         if kept:
             self.log.info("%s: %d messages queued before the restart are sent first", connection.network, len(kept))
@@ -302,7 +326,29 @@ class Bridge(Plugin):
     def _outbox_purpose(self) -> str:
         return f"{self.name}.outbox"
 
-    async def _load_outbox(self) -> dict[str, list[Outgoing]]:
+    def _retired(self) -> bool:
+        return self._stopped or self.storage.closed
+
+    async def _take_over(self, previous: list[Bridge]) -> None:
+        """After a reload: once the previous versions have stopped, send what they left in the queue first."""
+        kept: dict[str, list[Outgoing]] = {}
+        try:
+            # Polled: a version whose start() failed is retired by closing its storage, which sets no event.
+            while not all(b._retired() for b in previous):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            async with self._outbox_lock:
+                own = {m.key for s in self.supervisors.values() for m in s.queue if m.key is not None}
+                kept = await self._load_outbox(exclude=own)
+        finally:
+            for network, supervisor in self.supervisors.items():
+                restored = kept.pop(network, [])
+                if restored:
+                    self.log.info("%s: %d messages the previous version queued are sent first", network,
+                                  len(restored))
+                supervisor.restore(restored)
+            self._restored = kept
+
+    async def _load_outbox(self, exclude: frozenset[int] | set[int] = frozenset()) -> dict[str, list[Outgoing]]:
         """The stored outgoing messages by network, in order; those older than the retention period are forgotten."""
         cutoff = time.time() - self.config.retention_days * 86400
         expired = await self.storage.execute(
@@ -318,6 +364,8 @@ class Bridge(Plugin):
         kept: dict[str, list[Outgoing]] = {}
         unreadable = []
         for key, network, created_at, sent, data in rows:
+            if key in exclude:
+                continue
             try:
                 items = tuple(RemoteSend(**fields) for fields in json.loads(self._outbox_open(data)))
             except (StorageError, ValueError, TypeError) as exc:
