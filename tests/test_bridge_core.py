@@ -590,3 +590,47 @@ async def test_a_reloaded_bridge_takes_over_the_queue_only_when_the_old_version_
     assert new_conn.sent == ["old 2", "new"]  # what the old one left, first; nothing twice
     await new.stop()
     await new.storage.close()
+
+
+async def test_a_kept_message_older_than_the_retention_is_dropped_and_a_cut_one_says_so(tmp_path, caplog):
+    path = tmp_path / "plugins" / "kept.db"
+    conn = _BreakingConnection()
+    conn.break_on = "old b"
+    bridge, sup = await _open_bridge(path, conn)
+    await bridge.queue_remote(sup, [RemoteSend("#c", "old a", sender_name="Ann"), RemoteSend("#c", "old b"),
+                                    RemoteSend("#c", "old c")])
+    await _until(lambda: conn.sent == ["old a"] and not conn.up)
+    await bridge.queue_remote(sup, [RemoteSend("#c", "never sent")])
+    await bridge.stop()
+    await bridge.storage.execute("UPDATE ratchet_bridge_outbox SET created_at = 1")  # 1970: beyond retention_days
+    await bridge.storage.close()
+
+    again = FakeConnection()
+    bridge, sup = await _open_bridge(path, again)
+    await _until(lambda: again.sent)
+    await asyncio.sleep(0.05)
+    assert again.sent == ["<Ann> […] (2 more lines not sent)"]  # the cut one says so; neither is sent
+    assert "2 queued outgoing messages older than 30 days were dropped unsent" in caplog.text
+    assert await bridge.storage.fetchall("SELECT * FROM ratchet_bridge_outbox") == []
+    await bridge.stop()
+    await bridge.storage.close()
+
+
+def test_data_encrypted_at_rest_needs_the_same_pickle_key_and_purpose():
+    from types import SimpleNamespace
+
+    from bot.errors import StorageError
+    from bot.plugin.api import BotAPI
+
+    def api(key: str) -> BotAPI:
+        client = SimpleNamespace(config=SimpleNamespace(pickle_key=key), user_id="@bot:x")
+        return BotAPI(client, admins=(), plugins=None, stats=None, trust=None, identity=None)  # type: ignore[arg-type]
+
+    stored = api("pickle-key-number-one").encrypt_at_rest("kept.outbox", "a private line")
+    assert "private" not in stored
+    assert api("pickle-key-number-one").decrypt_at_rest("kept.outbox", stored) == "a private line"
+    for reader, purpose in ((api("pickle-key-number-two"), "kept.outbox"), (api("pickle-key-number-one"), "other")):
+        with pytest.raises(StorageError):
+            reader.decrypt_at_rest(purpose, stored)
+    with pytest.raises(StorageError):
+        api("").encrypt_at_rest("kept.outbox", "no key, no storage")

@@ -349,20 +349,15 @@ class Bridge(Plugin):
             self._restored = kept
 
     async def _load_outbox(self, exclude: frozenset[int] | set[int] = frozenset()) -> dict[str, list[Outgoing]]:
-        """The stored outgoing messages by network, in order; those older than the retention period are forgotten."""
+        """The stored outgoing messages by network, in order. Those older than the retention period are dropped; one
+        of them that was cut short (its first lines sent) leaves its :meth:`cut_notice` in its place."""
         cutoff = time.time() - self.config.retention_days * 86400
-        expired = await self.storage.execute(
-            "DELETE FROM ratchet_bridge_outbox WHERE created_at < ? AND done = 0", (cutoff,)
-        )
-        await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE created_at < ?", (cutoff,))
-        if expired:
-            self.log.warning("%d queued outgoing messages older than %g days were dropped unsent",
-                             expired, self.config.retention_days)
+        await self.storage.execute("DELETE FROM ratchet_bridge_outbox WHERE created_at < ? AND done = 1", (cutoff,))
         rows = await self.storage.fetchall(
             "SELECT id, network, created_at, sent, items FROM ratchet_bridge_outbox WHERE done = 0 ORDER BY id"
         )
         kept: dict[str, list[Outgoing]] = {}
-        unreadable = []
+        unreadable, expired = [], []
         for key, network, created_at, sent, data in rows:
             if key in exclude:
                 continue
@@ -372,7 +367,18 @@ class Bridge(Plugin):
                 self.log.debug("queued message %s does not load: %s", key, exc)
                 unreadable.append((key,))
                 continue
-            kept.setdefault(network, []).append(Outgoing(items, int(sent), key, float(created_at)))
+            message = Outgoing(items, int(sent), key, float(created_at))
+            if message.created_at < cutoff:
+                expired.append((key,))
+                notice = self.cut_notice(message) if 0 < message.sent < len(items) else None
+                if notice is not None:
+                    kept.setdefault(network, []).append(Outgoing((notice,)))
+                continue
+            kept.setdefault(network, []).append(message)
+        if expired:
+            self.log.warning("%d queued outgoing messages older than %g days were dropped unsent",
+                             len(expired), self.config.retention_days)
+            await self.storage.executemany("DELETE FROM ratchet_bridge_outbox WHERE id = ?", expired)
         if unreadable:
             self.log.error("%d queued outgoing messages cannot be read (was pickle_key changed?); they are dropped",
                            len(unreadable))
