@@ -110,3 +110,69 @@ async def test_synapse_returns_the_first_event_for_a_repeated_transaction_id(syn
     messages = [e.event_id for e in resp.chunk if e.source.get("type") in ("m.room.message", "m.room.encrypted")]
     assert sorted(messages) == sorted([first, other]), "one event per transaction id"
     assert [e.event_id for e in resp.chunk if e.source.get("type") == "m.room.redaction"] == redactions[:1]
+
+
+async def _history(member, room: str) -> list:
+    """Every event of ``room`` from the homeserver (``/messages``, newest first; decrypted where the member can)."""
+    from nio import RoomMessagesResponse
+
+    events: list = []
+    start = ""
+    while True:
+        resp = await member.client.room_messages(room, start=start, limit=100)
+        assert isinstance(resp, RoomMessagesResponse), resp
+        events.extend(resp.chunk)
+        if not resp.chunk or not resp.end or resp.end == start:
+            return events
+        start = resp.end
+
+
+#: The issue's scale: 300 messages in 3 rooms, two kill -9 during the flood.
+FLOOD_ROOMS = 3
+FLOOD_PER_ROOM = 100
+
+
+async def test_kill_9_twice_during_a_flood_every_message_is_answered_exactly_once(
+    synapse, test_plugins_dir, bot_in_room
+):
+    """Counted from the room's history, not from the bot: each message has one ``ack`` reply, none has two."""
+    t = await bot_in_room(synapse, plugins={"acker": {}}, plugin_dirs=[test_plugins_dir], room=False)
+    proc, member, bot = t.proc, t.member, t.bot_user.user_id
+    rooms = [await member.create_room(invite=[bot]) for _ in range(FLOOD_ROOMS)]
+    for room in rooms:
+        await member.wait_joined(room, bot)
+    sent: dict[str, list[str]] = {room: [] for room in rooms}
+
+    async def flood(room: str, index: int) -> None:
+        for i in range(FLOOD_PER_ROOM):
+            sent[room].append(await member.send(room, f"ack r{index} m{i}"))
+
+    def answered() -> int:
+        return sum(len(member.messages(room, sender=bot)) for room in rooms)
+
+    senders = asyncio.gather(*(flood(room, n) for n, room in enumerate(rooms)))
+    total = FLOOD_ROOMS * FLOOD_PER_ROOM
+    for fraction in (3, 3 / 2):
+        deadline = time.monotonic() + 60
+        while answered() < total / fraction and time.monotonic() < deadline and not senders.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        proc.kill()  # in the middle of handling: some reply is sent, its record not yet written
+        await proc.run_ready()
+    await senders
+    for n, room in enumerate(rooms):
+        sentinel = await member.send(room, f"ack r{n} sentinel")
+        await member.expect_reply(room, sentinel, sender=bot, timeout=120)
+        sent[room].append(sentinel)
+    assert await proc.stop() == 0
+
+    for room in rooms:
+        replies: dict[str, int] = {}
+        for event in await _history(member, room):
+            if event.sender != bot or "state_key" in event.source:
+                continue
+            target = (_relates_to(event).get("m.in_reply_to") or {}).get("event_id")
+            assert target is not None, f"an event of the bot that is no reply: {event.source.get('type')}"
+            replies[target] = replies.get(target, 0) + 1
+        doubled = {e: n for e, n in replies.items() if n > 1}
+        assert not doubled, f"answered more than once: {doubled}"
+        assert set(replies) == set(sent[room]), f"missing {set(sent[room]) - set(replies)}"
