@@ -20,6 +20,8 @@ VERSION = {version}
 
 
 class Echo(Plugin):
+    reload_side_by_side = {side_by_side}
+
     async def start(self) -> None:
         await asyncio.sleep({start_delay})
         {start_extra}
@@ -50,10 +52,15 @@ class Other(Plugin):
 '''
 
 
-def _write(folder: Path, version: int, *, start_delay: float = 0, start_extra: str = "pass", aliases=()) -> None:
+def _write(
+    folder: Path, version: int, *, start_delay: float = 0, start_extra: str = "pass", aliases=(), side_by_side=True
+) -> None:
     (folder / "echo").mkdir(exist_ok=True)
     (folder / "echo" / "__init__.py").write_text(
-        PLUGIN.format(version=version, start_delay=start_delay, start_extra=start_extra, aliases=list(aliases))
+        PLUGIN.format(
+            version=version, start_delay=start_delay, start_extra=start_extra, aliases=list(aliases),
+            side_by_side=side_by_side,
+        )
     )
 
 
@@ -117,3 +124,30 @@ async def test_reload_under_traffic_answers_every_message_once_and_keeps_the_old
     assert reply.body == "v2 wrote k"
     assert await host.plugins["echo"].instance.storage.get("slow-k") == 2
     assert (await room.ask("!echoversion")).body == "v5"
+
+
+async def test_a_plugin_that_must_not_run_twice_is_restarted_with_its_events_held(ratchet, tmp_path):
+    """reload_side_by_side = False (bridges): the old version stops first; what arrives while the new one starts is
+    held and answered by the new one, once; a failing start() brings the old version back."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    _write(plugins, 1, side_by_side=False)
+    room = await ratchet.room(plugins={"echo": {}}, plugin_dirs=[plugins])
+    host = ratchet.bot.runtime.host
+    assert (await room.ask("!echoversion")).body == "v1"
+
+    _write(plugins, 2, start_delay=3, side_by_side=False)
+    reload = asyncio.create_task(host.reload("echo"))
+    await asyncio.sleep(0.5)  # v1 is stopped, v2 is inside its 3 s start()
+    assert "echo" not in host.plugins
+    held = [await room.send(f"say {i}") for i in range(4)]
+    await reload
+    await room.member.wait_for(lambda: all(_answers(room)[e] >= 1 for e in held), 60, "the held messages answered")
+    answered = _answers(room)
+    assert [answered[e] for e in held] == [1, 1, 1, 1]
+    assert [m.body for m in room.bot_messages() if m.body.startswith(("v1 ", "v2 "))] == [f"v2 {i}" for i in range(4)]
+
+    _write(plugins, 3, start_extra='raise RuntimeError("broken start")', side_by_side=False)
+    with pytest.raises(Exception, match="broken start"):
+        await host.reload("echo")
+    assert (await room.ask("!echoversion")).body == "v2", "the previous version runs again"

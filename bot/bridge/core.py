@@ -186,6 +186,10 @@ class Bridge(Plugin):
     ones) and ``command_aliases``.
     """
 
+    #: A bridge holds one connection per network (one nick on IRC, one listening port for webhooks): on reload the
+    #: old version stops first and the events that arrive meanwhile are held for the new one.
+    reload_side_by_side = False
+
     command_name: ClassVar[str] = "bridge"
     command_aliases: ClassVar[tuple[str, ...]] = ()
     #: How many recent messages the in-memory message map keeps.

@@ -21,7 +21,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bot.plugin.commands import CommandSpec
 
@@ -217,6 +217,7 @@ class Plugin:
 
     * ``migrations``: SQL scripts (or callables taking a ``sqlite3.Connection``) applied in order to its storage,
       each once; append new ones, never edit old ones.
+    * ``reload_side_by_side``: see below (False for bridges).
     """
 
     name: str
@@ -225,6 +226,10 @@ class Plugin:
     bot: BotAPI
     log: logging.Logger
     migrations: Sequence[str | Callable[..., None]] = ()
+    #: On reload, start the new version beside the running one (no pause; both run for a moment). A plugin that
+    #: must never run twice at once (one network connection, one listening port) sets False: it is stopped first and
+    #: the events that arrive meanwhile are held for the new version.
+    reload_side_by_side: ClassVar[bool] = True
 
     async def start(self) -> None:
         """Called once after loading; open resources here. An exception here unloads the plugin."""

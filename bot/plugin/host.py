@@ -133,12 +133,23 @@ class PluginHost:
         return loaded
 
     async def _start_new(self, name: str, options: dict[str, Any]) -> tuple[LoadedPlugin, list[float]]:
-        """A started instance of plugin ``name`` that is not routed to yet, with its task periods.
+        """A started instance of plugin ``name`` (freshly imported) that is not routed to yet, with its task periods.
 
-        A running version of the same plugin (a reload) keeps running meanwhile; its commands do not count as a
-        clash. Every failure is a :class:`PluginLoadError` and leaves nothing open.
+        A running version of the same plugin keeps running meanwhile; its commands do not count as a clash. Every
+        failure is a :class:`PluginLoadError` and leaves nothing open.
         """
         cls, rooms, config = _prepare(name, options, self.plugin_dirs)
+        return await self._start_instance(name, cls, rooms, config)
+
+    async def _start_instance(
+        self, name: str, cls: type[Plugin], rooms: Any, config: Any
+    ) -> tuple[LoadedPlugin, list[float]]:
+        instance, handlers, intervals = self._build(name, cls, config)
+        await self._open_and_start(name, instance)
+        return LoadedPlugin(name, instance, handlers, rooms), intervals
+
+    def _build(self, name: str, cls: type[Plugin], config: Any) -> tuple[Plugin, Any, list[float]]:
+        """An instance of ``cls`` with its handlers checked (no clash with another plugin's command), not started."""
         try:
             instance = cls()
         except Exception as exc:
@@ -162,8 +173,11 @@ class PluginHost:
                 intervals.append(task.interval(config))
             except TypeError as exc:
                 raise PluginLoadError(f"plugin {name}: {exc}") from exc
+        return instance, handlers, intervals
+
+    async def _open_and_start(self, name: str, instance: Plugin) -> None:
         try:
-            instance.storage = await self.storage.open_plugin_storage(name, cls.migrations)
+            instance.storage = await self.storage.open_plugin_storage(name, type(instance).migrations)
         except StorageError as exc:
             raise PluginLoadError(str(exc)) from exc
         try:
@@ -172,7 +186,6 @@ class PluginHost:
             await instance.storage.close()
             log.error("plugin %s: start() failed", name, exc_info=exc)
             raise PluginLoadError(f"plugin {name}: start() failed: {exc.__class__.__name__}: {exc}") from exc
-        return LoadedPlugin(name, instance, handlers, rooms), intervals
 
     def _activate(self, loaded: LoadedPlugin, intervals: list[float]) -> None:
         """Route events to ``loaded`` from now on and start its scheduled tasks."""
@@ -212,26 +225,53 @@ class PluginHost:
         The new version is started beside the running one, which keeps handling events meanwhile; only when the new
         ``start()`` has succeeded are events routed to it (each event goes to exactly one version; a room's events
         stay in order, since both versions share the room's lane). The old version then finishes its running handlers
-        and stops. If anything fails (import, options, a command clash, ``start()``), the old version keeps running and
-        the error is raised and remembered in :attr:`errors`.
+        and stops. A plugin that must never run twice at once (``reload_side_by_side = False``: a bridge holds one
+        connection per network) is stopped first instead, the events that arrive meanwhile are held and handed to the
+        new version. If anything fails (import, options, a command clash, ``start()``), the old version keeps running
+        (or runs again) and the error is raised and remembered in :attr:`errors`.
         """
         options = dict(self.options.get(name, {}) if options is None else options)
         old = self.plugins.get(name)
         if old is None:
             return await self.load(name, options)
         try:
-            new, intervals = await self._start_new(name, options)
+            if getattr(type(old.instance), "reload_side_by_side", True):
+                new, intervals = await self._start_new(name, options)
+                for task in old.tasks:  # the old schedules stop before the new ones start
+                    task.cancel()
+                self._activate(new, intervals)
+                await self._retire(old)
+            else:
+                new = await self._restart_in_place(name, options, old)
         except PluginLoadError as exc:
             self.errors[name] = f"{exc} (the previous version keeps running)"
             raise
         self.options[name] = options
-        for task in old.tasks:  # the old schedules stop before the new ones start
-            task.cancel()
-        self._activate(new, intervals)
         self.errors.pop(name, None)
-        await self._retire(old)
         log.info("plugin %s reloaded (%d commands)", name, len(new.handlers.commands))
         return new
+
+    async def _restart_in_place(self, name: str, options: dict[str, Any], old: LoadedPlugin) -> LoadedPlugin:
+        """Stop ``old``, then start the new version; events arriving in between are held for whichever runs next."""
+        cls, rooms, config = _prepare(name, options, self.plugin_dirs)
+        instance, handlers, intervals = self._build(name, cls, config)  # clashes are found before anything stops
+        self.router.hold(name)
+        try:
+            self.plugins.pop(name, None)
+            await self._retire(old)
+            try:
+                await self._open_and_start(name, instance)
+            except PluginLoadError:
+                again, old_intervals = await self._start_instance(
+                    name, type(old.instance), old.rooms, old.instance.config
+                )
+                self._activate(again, old_intervals)
+                raise
+            new = LoadedPlugin(name, instance, handlers, rooms)
+            self._activate(new, intervals)
+            return new
+        finally:
+            self.router.release(name)
 
     async def unload_all(self) -> None:
         """Stop every plugin (in reverse load order)."""

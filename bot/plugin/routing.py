@@ -33,6 +33,8 @@ __all__ = ["LoadedPlugin", "Router"]
 
 log = logging.getLogger(__name__)
 
+_UNPARSED: Any = object()
+
 
 @dataclass
 class LoadedPlugin:
@@ -77,10 +79,56 @@ class Router:
         # (event id, plugin) pairs submitted but not finished: the same event can reach route() twice before its
         # first handling is recorded (a late key and a restart retry, overlapping gap fills).
         self._inflight: set[tuple[str, str]] = set()
+        #: Plugins being restarted (no version running): the events that arrive meanwhile, with the futures the
+        #: runtime waits on before it commits their sync token.
+        self._held: dict[str, list[tuple[str, Event, bool, asyncio.Future[JobOutcome]]]] = {}
+
+    def hold(self, plugin: str) -> None:
+        """Keep the events that arrive for ``plugin`` from now on until :meth:`release` (it is being restarted)."""
+        self._held.setdefault(plugin, [])
+
+    def release(self, plugin: str) -> None:
+        """Route the events held for ``plugin`` to its loaded version (or drop them if it is not loaded)."""
+        held = self._held.pop(plugin, [])
+        loaded = self.plugins.get(plugin)
+        for room_id, event, trusted, waiter in held:
+            jobs = self._route_to(loaded, room_id, event, trusted) if loaded is not None else []
+            if not jobs:
+                waiter.set_result(JobOutcome("ok"))
+                continue
+            jobs[0].add_done_callback(lambda job, w=waiter: w.done() or w.set_result(job.result()))
 
     def route(self, room_id: str, event: Event, *, trusted: bool = True) -> list[asyncio.Future[JobOutcome]]:
         """Submit the jobs that handle ``event``; returns their futures (empty if nothing wants it)."""
         futures: list[asyncio.Future[JobOutcome]] = []
+        invocation = self._invocation(room_id, event)
+        for loaded in list(self.plugins.values()):
+            futures += self._route_to(loaded, room_id, event, trusted, invocation)
+        for plugin, held in self._held.items():
+            if plugin not in self.plugins and not self.state.is_handled(event.event_id, plugin):
+                waiter: asyncio.Future[JobOutcome] = asyncio.get_running_loop().create_future()
+                held.append((room_id, event, trusted, waiter))
+                futures.append(waiter)
+        return futures
+
+    def _route_to(
+        self, loaded: LoadedPlugin, room_id: str, event: Event, trusted: bool, invocation: Any = _UNPARSED
+    ) -> list[asyncio.Future[JobOutcome]]:
+        """The job (at most one) that hands ``event`` to ``loaded``."""
+        if invocation is _UNPARSED:
+            invocation = self._invocation(room_id, event)
+        if not loaded.rooms.permits(room_id):
+            return []
+        calls = self._calls_for(loaded, room_id, event, invocation, trusted)
+        if not calls:
+            return []
+        if (event.event_id, loaded.name) in self._inflight or self.state.is_handled(event.event_id, loaded.name):
+            log.debug("event %s already handled by %s", event.event_id, loaded.name)
+            return []
+        return [self._submit(loaded, room_id, event, calls, trusted=trusted)]
+
+    def _invocation(self, room_id: str, event: Event) -> Any:
+        """The command ``event`` invokes, if any."""
         invocation = None
         if is_text_message(event) and event.source.get("content", {}).get("msgtype") == "m.text":
             invocation = parse_invocation(strip_reply_fallback(event.body), self.prefix)
@@ -95,17 +143,7 @@ class Router:
                     self.prefix, invocation.name, event.sender, room_id,
                 )
                 invocation = None
-        for loaded in list(self.plugins.values()):
-            if not loaded.rooms.permits(room_id):
-                continue
-            calls = self._calls_for(loaded, room_id, event, invocation, trusted)
-            if not calls:
-                continue
-            if (event.event_id, loaded.name) in self._inflight or self.state.is_handled(event.event_id, loaded.name):
-                log.debug("event %s already handled by %s", event.event_id, loaded.name)
-                continue
-            futures.append(self._submit(loaded, room_id, event, calls, trusted=trusted))
-        return futures
+        return invocation
 
     def _calls_for(
         self, loaded: LoadedPlugin, room_id: str, event: Event, invocation, trusted: bool
