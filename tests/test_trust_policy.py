@@ -325,13 +325,14 @@ def test_sender_verdict_traces_the_session_to_the_device(alice):
     assert TrustPolicy("all").sender_verdict(ALICE, None).trusted
 
 
-def test_check_event_unencrypted_is_trusted_only_under_all():
+def test_check_sender_unencrypted_is_trusted_only_under_all():
     class Plain:
         decrypted = False
         sender = ALICE
 
-    assert asyncio.run(TrustPolicy("tofu").check_event("!r:x", Plain())) is False
-    assert asyncio.run(TrustPolicy("all").check_event("!r:x", Plain())) is True
+    tofu = asyncio.run(TrustPolicy("tofu").check_sender("!r:x", Plain()))
+    assert tofu.owned is True and tofu.trusted is False  # no device claim to check, and none vouches for it
+    assert asyncio.run(TrustPolicy("all").check_sender("!r:x", Plain())).trusted is True
 
 
 # -- withheld -------------------------------------------------------------------------------------------------------

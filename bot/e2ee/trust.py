@@ -287,7 +287,7 @@ class TrustPolicy:
 
     The pure part (``observe_keys_query``, ``device_verdict``, ``sender_verdict``, pins, withheld bookkeeping)
     needs no network; :meth:`attach` connects it to a :class:`~bot.matrix.client.RatchetClient` for the runtime
-    (:meth:`check_event` may query keys it lacks).
+    (:meth:`check_sender` may query keys it lacks).
     """
 
     def __init__(
@@ -634,10 +634,6 @@ class TrustPolicy:
         if not verdict.trusted:
             log.debug("%s from %s is untrusted: %s", getattr(event, "event_id", "?"), sender, verdict.reason)
         return SenderCheck(True, verdict.trusted)
-
-    async def check_event(self, room_id: str, event: Any) -> bool:
-        """Whether ``event`` comes from a trusted device (see :meth:`check_sender`); never raises."""
-        return (await self.check_sender(room_id, event)).trusted
 
     async def after_sync(self, state: StateStore | None) -> None:
         """Per-sync work for the runtime: explain withheld keys of waiting events. Never raises."""
