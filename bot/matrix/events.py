@@ -16,6 +16,7 @@ __all__ = [
     "event_type",
     "is_state_shaped",
     "is_text_message",
+    "parse_event",
 ]
 
 
@@ -28,6 +29,11 @@ def event_type(event: Event) -> str | None:
 def is_text_message(event: Event) -> bool:
     """True for an ``m.room.message`` nio parsed as text (``m.text``, ``m.notice``, ``m.emote``)."""
     return isinstance(event, RoomMessageText)
+
+
+def parse_event(source: dict) -> Event:
+    """An event object from its raw JSON (a ``MegolmEvent`` while it is still encrypted)."""
+    return Event.parse_event(source)
 
 
 def is_state_shaped(event: Event) -> bool:
