@@ -10,9 +10,11 @@ JS_STAMP := $(JS_DIR)/node_modules/.ratchet-installed
 
 .PHONY: venv js-deps test demo lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@# the distribution was called 'ratchet' before it became 'matrix-ratchet': drop the old editable install
+	$(BIN)/python -m pip uninstall -q -y ratchet 2>/dev/null || true
 	$(BIN)/python -m pip install -q -e '.[homeserver,dev]'
 	touch $(STAMP)
 

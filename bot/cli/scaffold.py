@@ -34,7 +34,7 @@ class {cls}(Plugin):
 
 _TEST = '''"""End-to-end test of the {name} plugin: a real Synapse, a real bot, an encrypted room.
 
-Run with `pytest` (needs `pip install 'ratchet[testing]'`); the `ratchet` fixture comes from Ratchet's test kit.
+Run with `pytest` (needs `pip install 'matrix-ratchet[testing]'`); the `ratchet` fixture comes from Ratchet's test kit.
 """
 
 from pathlib import Path

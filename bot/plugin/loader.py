@@ -1,6 +1,9 @@
-"""Finding and importing plugin code: ``plugin_dirs`` from the config, the ``ratchet.plugins`` entry point group,
-and the plugins bundled in the repository's ``plugins/`` folder, in that order (so an operator can override a bundled
-plugin by name).
+"""Finding and importing plugin code: ``plugin_dirs`` from the config, the bundled plugins, and the
+``ratchet.plugins`` entry point group, in that order (so an operator can override a bundled plugin by name).
+
+The bundled plugins live in the repository's top-level ``plugins/`` folder; the wheel ships that folder inside the
+``bot`` package as ``bot/bundled_plugins/`` (see setup.py), never as a top-level ``plugins`` package. An installed
+wheel finds them there, a checkout or an editable install in ``plugins/`` next to ``bot/`` (:func:`bundled_dir`).
 
 Plugins from folders are imported under the synthetic package ``ratchet_plugins`` so that they never shadow or
 collide with installed modules, and so that a reload can drop exactly their modules from ``sys.modules``.
@@ -9,6 +12,7 @@ collide with installed modules, and so that a reload can drop exactly their modu
 from __future__ import annotations
 
 import importlib
+import importlib.resources
 import importlib.util
 import inspect
 import sys
@@ -20,10 +24,27 @@ from pathlib import Path
 from bot.errors import PluginLoadError
 from bot.plugin.base import Plugin
 
-__all__ = ["BUNDLED_DIR", "PluginLoadError", "available_plugins", "import_plugin"]
+__all__ = ["BUNDLED_DIR", "PluginLoadError", "available_plugins", "bundled_dir", "import_plugin"]
 
-#: The repository's folder of bundled plugins.
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "plugins"
+#: Where an installed wheel keeps the bundled plugins: inside the ``bot`` package.
+PACKAGED_DIR_NAME = "bundled_plugins"
+#: Where a checkout (or an editable install) has them: the repository's ``plugins/`` folder next to ``bot/``.
+CHECKOUT_DIR = Path(__file__).resolve().parents[2] / "plugins"
+
+
+def bundled_dir() -> Path:
+    """The folder of the bundled plugins: ``bot/bundled_plugins`` in an installed wheel, else the checkout's
+    ``plugins/`` folder. If neither exists (a broken install), the packaged place, so that errors name it."""
+    packaged = Path(str(importlib.resources.files("bot") / PACKAGED_DIR_NAME))
+    if packaged.is_dir():
+        return packaged
+    if CHECKOUT_DIR.is_dir():
+        return CHECKOUT_DIR
+    return packaged
+
+
+#: The folder of the bundled plugins (see :func:`bundled_dir`).
+BUNDLED_DIR = bundled_dir()
 _NAMESPACE = "ratchet_plugins"
 ENTRY_POINT_GROUP = "ratchet.plugins"
 

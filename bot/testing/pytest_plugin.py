@@ -104,7 +104,7 @@ def synapse(
     """A real Synapse homeserver shared by the whole test session."""
     require_tool(
         importlib.util.find_spec("synapse") is not None,
-        "matrix-synapse is not installed (pip install 'ratchet[homeserver]')",
+        "matrix-synapse is not installed (pip install 'matrix-ratchet[homeserver]')",
     )
     if request.config.getoption("--synapse-keep"):
         base_dir = Path(tempfile.mkdtemp(prefix="ratchet-synapse-"))
@@ -127,7 +127,7 @@ def own_synapse(tmp_path: Path) -> Iterator[Callable[..., SynapseServer]]:
     """
     require_tool(
         importlib.util.find_spec("synapse") is not None,
-        "matrix-synapse is not installed (pip install 'ratchet[homeserver]')",
+        "matrix-synapse is not installed (pip install 'matrix-ratchet[homeserver]')",
     )
     servers: list[SynapseServer] = []
 
