@@ -735,6 +735,51 @@ class E2EEConfig:
     plaintext_commands: bool = field(default=False, metadata=_key(_boolean))
 
 
+def _port(ctx: _Context, node: Node, path: str) -> int:
+    value = _integer(0)(ctx, node, path)
+    if value > 65535:
+        raise ctx.bad(path, node, f"a TCP port is at most 65535, got {value}")
+    return value
+
+
+def _readable_secret_file(ctx: _Context, node: Node, path: str) -> Path:
+    """A file holding a secret (e.g. a systemd credential): it must be readable and hold at least 16 characters."""
+    file = _path(ctx, node, path)
+    try:
+        text = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ctx.bad(path, node, f"cannot read {file}: {reason}") from None
+    if len(text) < 16:
+        raise ctx.bad(path, node, f"{file} must hold a token of at least 16 characters")
+    return file
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpConfig:
+    """The ``http`` section: the optional HTTP listener for metrics, health checks and the status page.
+
+    Off unless the section is present. The webhooks bridge mounts its hooks on it too when both run.
+    """
+
+    #: Address to bind; keep it on loopback (behind a reverse proxy for anything else).
+    host: str = field(default="127.0.0.1", metadata=_key(_string(_non_empty)))
+    #: TCP port (0: any free port, logged at start).
+    port: int = field(metadata=_key(_port))
+    #: Token for the status page (at least 16 characters); or ``status_token_file``. Without either, the page is off.
+    status_token: str | None = field(default=None, repr=False, metadata=_key(_string(_min_length(16)), secret=True))
+    #: File holding the status page token (e.g. a systemd credential), read at start.
+    status_token_file: Path | None = field(default=None, metadata=_key(_readable_secret_file))
+    #: ``/health/ready`` fails when the last successful sync is older than this (sync long-polls last 30 s).
+    ready_max_sync_age: float = field(default=90.0, metadata=_key(_duration(positive=True)))
+
+    def read_status_token(self) -> str | None:
+        """The status page token (from the file if one is configured), or None if the page is off."""
+        if self.status_token_file is not None:
+            return self.status_token_file.read_text(encoding="utf-8").strip()
+        return self.status_token
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """The bot's configuration; ``config.example.yaml`` documents every key.
@@ -765,6 +810,7 @@ class Config:
         max_concurrency: how many handlers may run at once (at least 1). Default 8.
         log_level: DEBUG, INFO, WARNING or ERROR. Default INFO.
         log_format: ``text`` or ``json``. Default ``text``.
+        http: the optional HTTP listener (:class:`HttpConfig`): metrics, health, status page. Default off.
         source: the file the configuration was read from; not part of equality.
     """
 
@@ -793,6 +839,7 @@ class Config:
         default="text",
         metadata=_key(_then(_string(_choice("text", "json", upper=False)), str.lower)),
     )
+    http: HttpConfig | None = field(default=None, metadata=_key(_section(HttpConfig)))
     source: str | None = field(default=None, compare=False)
 
     #: Groups of keys of which at least one must be set.

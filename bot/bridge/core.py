@@ -974,6 +974,11 @@ class Bridge(Plugin):
         else:
             await ctx.reply(await self._unlink(ctx, target), notice=True)
 
+    @property
+    def inbound_dropped(self) -> int:
+        """Remote messages dropped because their sender went over ``sender_rate_limit``."""
+        return self._senders.dropped
+
     def status_text(self, room_id: str | None = None) -> str:
         """The text of ``!bridge status``: each connection's state and queue, the portals."""
         lines = [f"**{self.name}**"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -104,6 +105,7 @@ class MatrixActions:
         """
         client = self._client
         tx_id = txn_id or next_txn_id()
+        started = time.perf_counter()
         if event_type == "m.reaction" and self.room_encrypted(room_id) and client.olm:
             # nio sends reactions in the clear; modern clients encrypt them like any other event.
             resp = await client.room_send_encrypted(room_id, event_type, content, tx_id)
@@ -111,6 +113,12 @@ class MatrixActions:
             resp = await client.room_send(
                 room_id, event_type, content, tx_id=tx_id, ignore_unverified_devices=True
             )
+        metrics = client.metrics
+        if metrics is not None:
+            if isinstance(resp, RoomSendResponse):
+                metrics.send_duration.observe(time.perf_counter() - started)
+            else:
+                metrics.send_failures.inc()
         if not isinstance(resp, RoomSendResponse):
             raise MatrixError(
                 f"sending to {room_id} failed: {getattr(resp, 'message', resp)}",

@@ -19,6 +19,7 @@ E2EE hooks (see :mod:`bot.e2ee.trust` and :mod:`bot.matrix.fallback_keys`):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator
@@ -57,6 +58,8 @@ from bot.matrix.olm import RatchetOlm
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from bot.metrics import Metrics
 
 __all__ = ["KeySharePolicy", "RatchetClient", "make_client"]
 
@@ -180,6 +183,8 @@ class RatchetClient(AsyncClient):
         self.fallback = FallbackKeys(self)
         self._no_olm_sent: set[tuple[str, str]] = set()
         self._share_locks: dict[str, asyncio.Lock] = {}
+        #: Where rate-limit waits are counted (set by the runtime); None: not counted.
+        self.metrics: Metrics | None = None
 
     async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
         return backoff_delay(got_timeouts, cap=self.config.max_timeout_retry_wait_time)
@@ -202,6 +207,8 @@ class RatchetClient(AsyncClient):
         attempt = 0
         while True:
             resp = await super().send(method, path, data, headers, trace_context, timeout)
+            if resp.status == 429 and self.metrics is not None:
+                await self._count_rate_limit(resp)
             if resp.status < 500 or attempt >= RETRY_5XX or not _repeatable(method, path, data):
                 return resp
             attempt += 1
@@ -212,6 +219,17 @@ class RatchetClient(AsyncClient):
             )
             resp.release()
             await asyncio.sleep(delay)
+
+    async def _count_rate_limit(self, resp: Any) -> None:
+        """Count a 429 and the wait it asks for (nio then waits ``retry_after_ms``; aiohttp keeps the body read)."""
+        wait = 0.0
+        with contextlib.suppress(Exception):
+            body = await resp.json(content_type=None)
+            if isinstance(body, dict) and isinstance(body.get("retry_after_ms"), int | float):
+                wait = float(body["retry_after_ms"]) / 1000
+        assert self.metrics is not None
+        self.metrics.rate_limit_waits.inc()
+        self.metrics.rate_limit_wait_seconds.inc(wait)
 
     # -- room state only from real state events --------------------------------------------------------------
 

@@ -141,6 +141,14 @@ class LazySqliteStore(SqliteStore):
         self._trust: dict[tuple[str, str], Any] = {}
         self._saved_rooms: set[str] | None = None
 
+    def is_open(self) -> bool:
+        """The database file answers a trivial query (``/health/ready`` asks)."""
+        try:
+            self.database.execute_sql("SELECT 1").fetchone()
+        except Exception:
+            return False
+        return True
+
     # -- inbound group sessions ----------------------------------------------------------------------------------
 
     @use_database

@@ -21,6 +21,7 @@ from bot.reports.moderation import Moderation
 if TYPE_CHECKING:
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
+    from bot.http_listener import HttpListener
     from bot.matrix.client import RatchetClient
     from bot.plugin.info import PluginDirectory
     from bot.stats import BotStats
@@ -43,6 +44,7 @@ class BotAPI(MatrixActions):
         stats: BotStats,
         trust: TrustPolicy,
         identity: Identity | None,
+        http: HttpListener | None = None,
     ) -> None:
         super().__init__(client)
         #: The bot's admins from the config.
@@ -58,6 +60,9 @@ class BotAPI(MatrixActions):
         self.identity = identity
         #: Evidence and moderation actions (see :mod:`bot.reports.moderation`).
         self.moderation = Moderation(client, self, trust)
+        #: The bot's HTTP listener (the ``http`` config section) where a plugin that serves HTTP mounts its routes
+        #: (:meth:`~bot.http_listener.HttpListener.mount`) instead of opening a port of its own; None when it is off.
+        self.http = http
 
     def is_admin(self, user_id: str) -> bool:
         """True if ``user_id`` is one of the bot's admins from the config."""

@@ -24,7 +24,9 @@ from bot.storage.state import StateStore
 if TYPE_CHECKING:
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
+    from bot.http_listener import HttpListener
     from bot.matrix.client import RatchetClient
+    from bot.metrics import Metrics
     from bot.stats import BotStats
     from bot.storage.backend import Storage
 
@@ -77,6 +79,8 @@ class PluginHost:
         stats: BotStats,
         trust: TrustPolicy,
         identity: Identity | None,
+        metrics: Metrics | None = None,
+        http: HttpListener | None = None,
     ) -> None:
         self.state = state
         self.storage = storage
@@ -87,7 +91,13 @@ class PluginHost:
         self.manager = PluginManager(self, config)
         #: What every plugin gets as ``self.bot``.
         self.api = BotAPI(
-            client, admins=config.admins, plugins=self.manager, stats=stats, trust=trust, identity=identity
+            client,
+            admins=config.admins,
+            plugins=self.manager,
+            stats=stats,
+            trust=trust,
+            identity=identity,
+            http=http,
         )
         self.plugins: dict[str, LoadedPlugin] = {}
         self.options: dict[str, dict[str, Any]] = {}
@@ -101,6 +111,7 @@ class PluginHost:
             dispatcher,
             prefix=self.prefix,
             plaintext_commands=config.e2ee.plaintext_commands,
+            metrics=metrics,
         )
 
     # -- loading ---------------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.options import RoomFilter
 
 if TYPE_CHECKING:
+    from bot.metrics import Metrics
     from bot.plugin.api import BotAPI
     from bot.storage.state import StateStore
 
@@ -68,8 +69,11 @@ class Router:
         *,
         prefix: str,
         plaintext_commands: bool = False,
+        metrics: Metrics | None = None,
     ) -> None:
         self.plugins = plugins
+        #: Handler latency, failures and handled events are recorded here (served at ``/metrics``).
+        self.metrics = metrics
         #: Whether commands sent unencrypted into an encrypted room run (``e2ee.plaintext_commands``).
         self.plaintext_commands = plaintext_commands
         self.api = api
@@ -219,7 +223,12 @@ class Router:
             # comes before the handled-record below, the handlers run again and the homeserver dedupes their sends.
             with send_scope(scope_key(event.event_id, loaded.name)):
                 for label, call in calls:
-                    await _isolated(loaded.name, label, call, ctx)
+                    started = time.perf_counter()
+                    status = await _isolated(loaded.name, label, call, ctx)
+                    if metrics is not None:
+                        metrics.handler_finished(loaded.name, label, status, time.perf_counter() - started)
+                    if status == "error":
+                        self.api.stats.handler_failed(loaded.name, label)
             # Recorded in the same step as the handler's return, with no await in between: a crash (kill -9) can
             # no longer fall between "the plugin finished" and "the framework knows" while the loop runs other work.
             with contextlib.suppress(StateError):  # the disk is full or read-only: the runtime stops the bot
@@ -227,14 +236,22 @@ class Router:
 
         key = (event.event_id, loaded.name)
         self._inflight.add(key)
+        metrics = self.metrics
 
         def finished(fut: asyncio.Future[JobOutcome]) -> None:
             # A handler that failed or timed out has had its turn: it is not retried after a restart (a poison
             # message must not hang the bot forever). Only jobs cut short by shutdown are left for redelivery.
             self._inflight.discard(key)
-            if fut.result().status not in ("cancelled", "ok"):
+            status = fut.result().status
+            if status not in ("cancelled", "ok"):
                 with contextlib.suppress(StateError):
                     self.state.mark_handled(event.event_id, loaded.name)
+                if status == "timeout":
+                    if metrics is not None:
+                        metrics.handler_finished(loaded.name, label, "timeout", fut.result().seconds)
+                    self.api.stats.handler_failed(loaded.name, label, "timeout")
+            if status != "cancelled" and metrics is not None:
+                metrics.handled(loaded.name)
 
         label = ", ".join(label for label, _ in calls)
         fut = loaded.track(self.dispatcher.submit((room_id, loaded.name), run, label))
@@ -251,10 +268,14 @@ def _bind(func: Callable[..., Awaitable[Any]], *extra: Any) -> Callable[[Context
 
 async def _isolated(
     plugin: str, label: str, call: Callable[[Context], Awaitable[Any]], ctx: Context
-) -> None:
-    """Run one handler; an exception is logged and answered briefly (for commands), never propagated."""
+) -> str:
+    """Run one handler; an exception is logged and answered briefly (for commands), never propagated.
+
+    Returns ``ok`` or ``error``.
+    """
     try:
         await call(ctx)
+        return "ok"
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -264,3 +285,4 @@ async def _isolated(
                 await ctx.reply(f"⚠️ {label} failed ({exc.__class__.__name__}); the error was logged.", notice=True)
             except Exception:
                 log.warning("plugin %s: could not report the error in %s", plugin, ctx.room_id)
+        return "error"

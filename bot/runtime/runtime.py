@@ -27,15 +27,18 @@ from bot.config import Config
 from bot.e2ee.identity import Identity  # [identity]
 from bot.e2ee.trust import TrustPolicy, install_trust
 from bot.errors import IdentityError, SessionError, StateError
+from bot.http_listener import HttpListener, ListenerError
 from bot.matrix.client import RatchetClient, backoff_delay
 from bot.matrix.events import Event, is_state_shaped
 from bot.matrix.events import event_type as event_type_of
 from bot.matrix.power import creators_from_create_event
 from bot.matrix.session import open_session
 from bot.matrix.sync import EventSource, SyncBatch, SyncFailed, SyncSource, describe, is_storage_error, is_undecrypted
+from bot.metrics import LoopLagProbe, Metrics
 from bot.plugin.api import BotAPI
 from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.host import PluginHost, PluginManager
+from bot.runtime.endpoints import install_endpoints
 from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, own_join_index, select_events
 from bot.stats import BotStats
 from bot.storage.backend import SqliteStorage, Storage
@@ -53,6 +56,8 @@ MAX_BACKFILL_PAGES = 20
 BACKFILL_MARGIN_MS = 60_000
 #: Seconds that running handlers get to finish when the bot is stopped.
 SHUTDOWN_GRACE = 6.0
+#: Seconds between attempts to bind the HTTP listener when its port was taken.
+HTTP_RETRY = 30.0
 #: How often an event whose sender's device keys cannot be fetched yet is retried before it is given up.
 SENDER_CHECK_ATTEMPTS = 12
 
@@ -79,6 +84,13 @@ class Runtime:
         self.state: StateStore = storage.open_state()
         self.state.on_write_error = self._storage_failed
         self.stats = BotStats()
+        #: Prometheus metrics (served at ``/metrics`` when the ``http`` listener is on).
+        self.metrics = Metrics()
+        client.metrics = self.metrics
+        #: The optional HTTP listener (metrics, health, status page; plugins mount routes on it).
+        self.http: HttpListener | None = (
+            HttpListener(config.http.host, config.http.port) if config.http is not None else None
+        )
         #: Whose devices get room keys and whose messages count as trusted (bot/e2ee/trust.py).
         self.trust: TrustPolicy = install_trust(client, self.state, config.e2ee.trust)
         #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
@@ -94,6 +106,8 @@ class Runtime:
             stats=self.stats,
             trust=self.trust,
             identity=self.identity,
+            metrics=self.metrics,
+            http=self.http,
         )
         #: What plugins see as ``self.bot``.
         self.api: BotAPI = self.host.api
@@ -107,6 +121,8 @@ class Runtime:
         self._policy = CatchUpPolicy(config.catch_up, int(config.catch_up_max_age * 1000))
         #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
         self._fatal: Exception | None = None
+        self._lag_probe = LoopLagProbe(self.metrics)
+        install_endpoints(self)
 
     @classmethod
     async def open(cls, config: Config) -> Runtime:
@@ -148,6 +164,8 @@ class Runtime:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
+            self._lag_probe.start()
+            await self._start_http()
             if self.identity is not None:
                 await self.identity.setup()  # never raises: problems are logged and retried from the sync loop
             await self.manager.start_all()
@@ -171,6 +189,27 @@ class Runtime:
         if self.identity is not None:
             await self.identity.after_sync()
 
+    async def _start_http(self) -> None:
+        """Start the HTTP listener; if its port is taken, log it and keep trying in the background (the bot's
+        Matrix work never waits for it)."""
+        if self.http is None:
+            return
+        try:
+            await self.http.start()
+        except ListenerError as exc:
+            log.error("%s; metrics, health and the status page are unavailable until it is free (retrying)", exc)
+            self._spawn(self._retry_http())
+
+    async def _retry_http(self) -> None:
+        assert self.http is not None
+        while True:
+            await asyncio.sleep(HTTP_RETRY)
+            try:
+                await self.http.start()
+            except ListenerError:
+                continue
+            return
+
     def _on_sighup(self) -> None:
         log.info("SIGHUP: reloading plugins")
         self._spawn(self.manager.reload_all())
@@ -187,6 +226,9 @@ class Runtime:
             await asyncio.wait(self._background, timeout=1)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.host.unload_all(), max(0.5, deadline + 2 - time.monotonic()))
+        await self._lag_probe.stop()
+        if self.http is not None:
+            await self.http.close()
         await self.client.close()
         try:
             self.state.close()
@@ -211,6 +253,7 @@ class Runtime:
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
             while not self._stop.is_set():
+                fetch_started = time.monotonic()
                 fetch = asyncio.ensure_future(
                     self.source.fetch(
                         token,
@@ -229,6 +272,7 @@ class Runtime:
                 except SyncFailed as exc:
                     failures += 1
                     self.stats.sync_errors += 1
+                    self.metrics.sync_failed()
                     delay = backoff_delay(failures)
                     log.warning("sync failed (%s); retrying in %.1fs", exc, delay)
                     with contextlib.suppress(TimeoutError):
@@ -240,6 +284,7 @@ class Runtime:
                     self._storage_failed(exc)  # the crypto store could not be written: memory and disk disagree
                     break
                 failures = 0
+                self.metrics.sync_succeeded(time.monotonic() - fetch_started)
                 self.stats.rooms = self.source.room_count()
                 try:
                     await self._handle_sync(batch, initial=initial and first, resumed=first and not initial)
@@ -267,6 +312,7 @@ class Runtime:
             self._note_creators(room.room_id, room.state, room.events)
             self._note_encryption(room.room_id, room.state, room.events)
             timeline = room.events
+            self.metrics.events_received.inc(len(timeline))
             if (
                 room.limited
                 and not initial
@@ -342,8 +388,11 @@ class Runtime:
 
     async def _deliver(self, room_id: str, event: Event) -> list[asyncio.Future[JobOutcome]]:
         if is_undecrypted(event):
+            self.metrics.events_undecryptable.inc()
             await self._wait_for_key(room_id, event)
             return []
+        if getattr(event, "decrypted", False):
+            self.metrics.events_decrypted.inc()
         if not hasattr(event, "event_id") or not hasattr(event, "sender"):
             log.warning("skipping a malformed event in %s", room_id)
             return []
@@ -420,6 +469,7 @@ class Runtime:
                     self.state.remove_pending(pending.event_id)
                 continue
             self.stats.utd_recovered += 1
+            self.metrics.events_recovered.inc()
             log.info("decrypted %s after its key arrived", pending.event_id)
             futs = await self._route_checked(pending.room_id, decrypted)
             futures += futs

@@ -1,0 +1,136 @@
+"""One optional HTTP listener per bot, shared by the runtime's endpoints and plugins that serve HTTP.
+
+The runtime serves ``/metrics``, ``/health/live``, ``/health/ready`` and the status page on it
+(bot/runtime/endpoints.py); the webhooks bridge mounts its hooks under its ``path_prefix`` instead of opening a second
+port. It is off unless the config has an ``http`` section, and binds to 127.0.0.1 unless told otherwise.
+
+Routes are looked up per request in a table that can change while the server runs (aiohttp freezes its own router
+once started, and plugins mount and unmount as they are loaded and reloaded): exact paths first, then the longest
+mounted prefix.
+
+Bounded by construction: request lines and headers (aiohttp's limits, set here explicitly), bodies (``max_body``, and
+a mount reads its own body with its own bound), and the number of connections. A stalled or hostile client holds one
+connection and nothing else; nothing here ever blocks the event loop, so the bot's Matrix work goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+__all__ = ["Handler", "HttpListener", "ListenerError"]
+
+log = logging.getLogger("ratchet.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Longest request line and header field, bytes.
+MAX_LINE = 8190
+MAX_FIELD = 8190
+#: Largest request body read by aiohttp on the listener's own routes, bytes (mounts read theirs themselves).
+MAX_BODY = 64 * 1024
+#: Connections served at once; beyond it new ones are refused with 503 until some close.
+MAX_CONNECTIONS = 256
+
+
+class ListenerError(Exception):
+    """The listener could not start (the port is in use, the address is not local...); the message says why."""
+
+
+class HttpListener:
+    """An aiohttp server whose routes can be added and removed while it runs."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, max_body: int = MAX_BODY) -> None:
+        self.host = host
+        self.port = port
+        self.max_body = max_body
+        self.bound_port: int | None = None
+        self._exact: dict[str, Handler] = {}
+        self._mounts: dict[str, Handler] = {}
+        self._runner: web.AppRunner | None = None
+        self._open = 0
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` as bound (port 0 in the config is filled in once started)."""
+        return f"http://{self.host}:{self.bound_port or self.port}"
+
+    def route(self, path: str, handler: Handler) -> None:
+        """Serve ``handler`` at exactly ``path`` (any method; the handler checks it)."""
+        self._exact[path] = handler
+
+    def mount(self, prefix: str, handler: Handler) -> Callable[[], None]:
+        """Serve every path under ``prefix`` (which ends with ``/``) with ``handler``; returns the unmount call.
+
+        Raises ValueError if the prefix is taken or overlaps a core route: two owners of one path would be a
+        silent misroute.
+        """
+        if not prefix.startswith("/") or not prefix.endswith("/"):
+            raise ValueError(f"a mount prefix starts and ends with '/', not {prefix!r}")
+        if prefix == "/" or prefix in self._mounts:
+            raise ValueError(f"{prefix} is already served on the HTTP listener")
+        for path in self._exact:
+            if path.startswith(prefix):
+                raise ValueError(f"{prefix} would hide {path}, which the bot serves")
+        self._mounts[prefix] = handler
+
+        def unmount() -> None:
+            if self._mounts.get(prefix) is handler:
+                del self._mounts[prefix]
+
+        return unmount
+
+    async def start(self) -> None:
+        """Bind and serve. Raises :class:`ListenerError` with the address when it cannot."""
+        app = web.Application(client_max_size=self.max_body)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        runner = web.AppRunner(
+            app,
+            access_log=None,  # the status page's token travels in headers and form bodies, never logged anyway
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            max_line_size=MAX_LINE,
+            max_field_size=MAX_FIELD,
+            keepalive_timeout=15.0,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ListenerError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
+        self._runner = runner
+        addresses = runner.addresses
+        self.bound_port = addresses[0][1] if addresses else self.port
+        log.info("HTTP listener on %s", self.url)
+
+    async def close(self) -> None:
+        """Stop serving (idempotent)."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        if self._open >= MAX_CONNECTIONS:
+            return web.json_response({"error": "busy"}, status=503, headers={"Connection": "close"})
+        self._open += 1
+        try:
+            handler = self._find(request.path)
+            if handler is None:
+                return web.json_response({"error": "not found"}, status=404)
+            return await handler(request)
+        finally:
+            self._open -= 1
+
+    def _find(self, path: str) -> Handler | None:
+        handler = self._exact.get(path)
+        if handler is not None:
+            return handler
+        best = ""
+        for prefix in self._mounts:
+            if path.startswith(prefix) and len(prefix) > len(best):
+                best = prefix
+        return self._mounts[best] if best else None
