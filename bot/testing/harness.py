@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,28 @@ class InProcessBot:
 
 
 class BotProcess:
-    """``python -m bot run -c CONFIG`` in a subprocess, its log captured to a file."""
+    """``python -m bot run -c CONFIG`` in a subprocess, its log captured to a file.
 
-    def __init__(self, config_path: Path, log_path: Path, *, extra_args: tuple[str, ...] = ()) -> None:
+    ``command`` replaces ``python -m bot`` (e.g. ``["/path/to/venv/bin/ratchet"]`` to run an installed console
+    script); ``cwd`` is the process's working directory (default: the test's); ``env`` adds environment variables.
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        log_path: Path,
+        *,
+        extra_args: tuple[str, ...] = (),
+        command: Sequence[str] | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.config_path = config_path
         self.log_path = log_path
         self.extra_args = extra_args
+        self.command = tuple(command) if command is not None else (sys.executable, "-m", "bot")
+        self.cwd = cwd
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self._count_starts = 0
 
@@ -109,13 +126,15 @@ class BotProcess:
         """Start the process (appending to the log file)."""
         env = dict(os.environ)
         env.pop("RATCHET_PICKLE_KEY", None)
+        env.update(self.env)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bot", "run", "-c", str(self.config_path), *self.extra_args],
+                [*self.command, "run", "-c", str(self.config_path), *self.extra_args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                cwd=self.cwd,
             )
         return self
 

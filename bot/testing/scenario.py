@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,6 +70,9 @@ class BotInRoom:
         plugin_dirs: extra folders to load plugins from.
         data_dir: the bot's data folder (default ``tmp_path / "data"``).
         extra_args: more ``ratchet run`` arguments, e.g. ``("--log-level", "DEBUG")``.
+        command: what runs the bot instead of ``python -m bot`` (e.g. an installed ``ratchet`` script), and
+            ``cwd``, ``env``: its working directory and extra environment variables (see
+            :class:`~bot.testing.harness.BotProcess`).
         member_name: the first member's name (its store folder is ``member-NAME``).
         config: any other config keys (``admins=[...]``, ``e2ee={...}``, ``invites={...}``, ``handler_timeout=5``...).
 
@@ -90,6 +93,9 @@ class BotInRoom:
         plugin_dirs: Sequence[str | Path] = (),
         data_dir: Path | None = None,
         extra_args: Sequence[str] = (),
+        command: Sequence[str] | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
         member_name: str = "alice",
         **config: Any,
     ) -> None:
@@ -109,7 +115,9 @@ class BotInRoom:
             plugins=plugins,
             **config,
         )
-        self.proc = BotProcess(self.config_path, tmp_path / "bot.log", extra_args=tuple(extra_args))
+        self.proc = BotProcess(
+            self.config_path, tmp_path / "bot.log", extra_args=tuple(extra_args), command=command, cwd=cwd, env=env
+        )
         self.member: Member | None = None
         self.room: str | None = None
         self.members: list[Member] = []

@@ -1,0 +1,197 @@
+"""Issue 14, part 1: the wheel an operator installs works on its own, outside the checkout.
+
+The project's source tree is copied (without .git, .venv, build output) and built into a wheel; a fresh venv in the
+test's temporary folder (outside the checkout) gets the wheel, its dependencies from the package index (pip's cache
+and find-links make that quick); then, from a folder outside the checkout: ``ratchet check-config`` with every bundled
+plugin, the README's ``config.example.yaml``, the exit codes of a bad config, no top-level ``plugins`` package, and an
+encrypted ``!ping`` answered by ``<venv>/bin/ratchet run`` against the test Synapse, stopped by SIGTERM with exit 0.
+
+Nothing here is skipped: without network access to the package index the install fails, and so does the test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ["ping", "help", "admin", "reminders", "report", "irc_bridge", "webhooks"]
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git", ".venv", "node_modules", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache",
+    ".ruff_cache", ".hypothesis", "data", "bench",
+)
+
+
+@dataclass
+class InstalledWheel:
+    wheel: Path
+    venv: Path
+    site_packages: Path
+    outside: Path  # a working folder outside the checkout
+    timings: dict[str, float]
+
+    @property
+    def ratchet(self) -> Path:
+        return self.venv / "bin" / "ratchet"
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    def run(self, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120):
+        return subprocess.run(
+            [str(a) for a in args], cwd=self.outside, env=_clean_env(env), capture_output=True, text=True,
+            timeout=timeout,
+        )
+
+
+def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without the test's own venv or source tree in it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env.pop("RATCHET_PICKLE_KEY", None)
+    env.update(extra or {})
+    return env
+
+
+def _check(cmd: list[str | Path], cwd: Path, timeout: float = 600) -> None:
+    result = subprocess.run(
+        [str(c) for c in cmd], cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout
+    )
+    output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{output}"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
+    base = tmp_path_factory.mktemp("wheel")
+    assert not base.resolve().is_relative_to(ROOT), "the test venv must live outside the checkout"
+    timings: dict[str, float] = {}
+
+    started = time.monotonic()
+    source = base / "src"
+    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
+    dist = base / "dist"
+    _check([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, source], cwd=base)
+    (wheel,) = dist.glob("matrix_ratchet-*.whl")
+    timings["build"] = time.monotonic() - started
+
+    started = time.monotonic()
+    venv = base / "venv"
+    _check([sys.executable, "-m", "venv", venv], cwd=base)
+    _check([venv / "bin" / "python", "-m", "pip", "install", "-q", wheel], cwd=base)
+    timings["install"] = time.monotonic() - started
+
+    (site_packages,) = (venv / "lib").glob("python3*/site-packages")
+    outside = base / "work"
+    outside.mkdir()
+    print(f"\nwheel test: build {timings['build']:.1f}s, fresh venv + install {timings['install']:.1f}s")
+    return InstalledWheel(wheel, venv, site_packages, outside, timings)
+
+
+def test_wheel_ships_the_bundled_plugins_inside_bot(installed: InstalledWheel):
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"bot"}, "one top-level package: bot"
+    for path in (ROOT / "plugins").rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            shipped = "bot/bundled_plugins/" + path.relative_to(ROOT / "plugins").as_posix()
+            assert shipped in names, f"{path.relative_to(ROOT)} is not in the wheel (as {shipped})"
+    assert not [n for n in names if n.endswith(".pyc") or "__pycache__" in n]
+    assert installed.wheel.name.startswith("matrix_ratchet-")
+
+
+def test_installed_wheel_has_no_top_level_plugins_package(installed: InstalledWheel):
+    assert not (installed.site_packages / "plugins").exists()
+    assert (installed.site_packages / "bot" / "bundled_plugins" / "ping" / "__init__.py").is_file()
+    result = installed.run(installed.python, "-c", "import plugins")
+    assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, result.stderr
+    code = "import bot, bot.plugin.loader as l, importlib.metadata as m; print(bot.__file__); print(l.BUNDLED_DIR); "
+    code += "print(m.version('matrix-ratchet'))"
+    result = installed.run(installed.python, "-c", code)
+    assert result.returncode == 0, result.stderr
+    bot_file, bundled, version = result.stdout.split()
+    assert Path(bot_file).is_relative_to(installed.site_packages), "bot must come from the wheel, not the checkout"
+    assert Path(bundled) == installed.site_packages / "bot" / "bundled_plugins"
+    result = installed.run(installed.python, "-c", "import bot; print(bot.__version__)")
+    assert result.stdout.strip() == version
+
+
+def _config(path: Path, plugins: list[str], **extra) -> Path:
+    data = {
+        "homeserver": "http://127.0.0.1:9",
+        "user_id": "@bot:localhost",
+        "password": "${BOT_PASSWORD}",
+        "pickle_key": "${RATCHET_PICKLE_KEY}",
+        "data_dir": "./data",
+        "plugins": {name: {} for name in plugins},
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+SECRETS = {"BOT_PASSWORD": "secret-password", "RATCHET_PICKLE_KEY": "a-pickle-key-of-24-chars"}
+
+
+def test_check_config_with_every_bundled_plugin(installed: InstalledWheel):
+    config = _config(installed.outside / "config.yaml", BUNDLED)
+    result = installed.run(installed.ratchet, "check-config", "-c", "config.yaml", env=SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"config.yaml: OK (@bot:localhost on http://127.0.0.1:9, plugins: {', '.join(BUNDLED)})"
+    )
+    assert config.exists() and not (installed.outside / "data").exists(), "check-config must not create data_dir"
+
+    # The README's path: the example config, secrets from the environment.
+    shutil.copy(ROOT / "config.example.yaml", installed.outside / "example.yaml")
+    result = installed.run(installed.ratchet, "check-config", "-c", "example.yaml", env=SECRETS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("example.yaml: OK (@ratchet:example.org on https://matrix.example.org")
+
+
+def test_bad_config_exits_2_naming_the_key(installed: InstalledWheel):
+    _config(installed.outside / "bad.yaml", ["ping"], max_concurrency=0)
+    for command in ("check-config", "run"):
+        result = installed.run(installed.ratchet, command, "-c", "bad.yaml", env=SECRETS)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert "max_concurrency" in result.stderr and "at least 1" in result.stderr
+
+    _config(installed.outside / "missing.yaml", ["ping", "no_such_plugin"])
+    result = installed.run(installed.ratchet, "run", "-c", "missing.yaml", env=SECRETS)
+    assert result.returncode == 2, result.stderr
+    assert "plugin no_such_plugin: not found" in result.stderr
+    assert str(installed.site_packages / "bot" / "bundled_plugins") in result.stderr, "where it looked"
+
+    result = installed.run(installed.ratchet, "run", "-c", "missing.yaml")  # no pickle key, no password
+    assert result.returncode == 2 and "BOT_PASSWORD" in result.stderr, result.stderr
+
+
+async def test_installed_bot_answers_ping_in_an_encrypted_room(installed: InstalledWheel, synapse, bot_in_room):
+    env = _clean_env()
+    t = await bot_in_room(
+        synapse,
+        plugins={"ping": {}, "help": {}},
+        command=[str(installed.ratchet)],
+        cwd=installed.outside,
+        env={"PATH": env["PATH"], "PYTHONPATH": ""},
+    )
+    reply = await t.ask("!ping")
+    assert reply.decrypted, "the reply must be encrypted"
+    assert reply.body.startswith("pong")
+    help_reply = await t.ask("!help")
+    assert help_reply.decrypted and "ping" in help_reply.body
+    assert await t.proc.stop() == 0, t.proc.log_text()[-3000:]
+    assert "Traceback" not in t.proc.log_text()
