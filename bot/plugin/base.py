@@ -36,11 +36,13 @@ __all__ = [
     "MessageHandler",
     "Plugin",
     "ScheduledTask",
+    "check_config_patterns",
     "collect_handlers",
     "command",
     "every",
     "on_event",
     "on_message",
+    "patterns_from_config",
 ]
 
 Handler = Callable[..., Awaitable[Any]]
@@ -66,10 +68,44 @@ class CommandHandler:
 
 @dataclass(frozen=True)
 class MessageHandler:
-    """A passive handler called for text messages whose body matches ``pattern``."""
+    """A passive handler called for text messages whose body (reply fallback stripped) matches one of ``patterns``.
 
-    pattern: re.Pattern[str]
+    ``commands``: whether it also sees messages that run a command (off by default).
+    """
+
+    patterns: tuple[re.Pattern[str], ...]
     func: Handler
+    commands: bool = False
+
+    def search(self, text: str) -> re.Match[str] | None:
+        """The first pattern's match in ``text`` (``re.search``), or None."""
+        for pattern in self.patterns:
+            match = pattern.search(text)
+            if match is not None:
+                return match
+        return None
+
+
+def patterns_from_config(config: Any, option: str, flags: int = 0) -> tuple[re.Pattern[str], ...]:
+    """The regular expressions in the plugin config's ``option`` (a string or a list of strings), compiled.
+
+    Raises ValueError naming the option for anything else or a pattern that does not compile (a config error).
+    """
+    value = config.get(option) if isinstance(config, Mapping) else getattr(config, option, None)
+    if value is None:
+        raise ValueError(f"option {option!r}: missing (on_message(config={option!r}) reads its patterns from it)")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(p, str) for p in items):
+        raise ValueError(f"option {option!r}: expected a regular expression or a list of them")
+    compiled = []
+    for index, item in enumerate(items):
+        if not item:
+            raise ValueError(f"option {option!r}: pattern {index + 1} is empty (it would match every message)")
+        try:
+            compiled.append(re.compile(item, flags))
+        except re.error as exc:
+            raise ValueError(f"option {option!r}: pattern {item!r} is not a valid regular expression: {exc}") from None
+    return tuple(compiled)
 
 
 @dataclass(frozen=True)
@@ -129,12 +165,29 @@ def command(
     return decorate
 
 
-def on_message(pattern: str | re.Pattern[str], flags: int = 0) -> Callable[[Handler], Handler]:
-    """Declare a handler ``async def f(self, ctx, match)`` for text messages matching ``pattern`` (re.search)."""
+def on_message(
+    pattern: str | re.Pattern[str] | None = None,
+    flags: int = 0,
+    *,
+    config: str | None = None,
+    commands: bool = False,
+) -> Callable[[Handler], Handler]:
+    """Declare a passive handler ``async def f(self, ctx, match)`` for text messages matching ``pattern``.
+
+    The pattern is searched (``re.search``) in the message as its author wrote it: the quoted reply fallback
+    (``> <@bob:example.org> ...``) is stripped first, so quoting a message never triggers a handler.
+
+    ``config="patterns"`` takes the patterns from the plugin's config option of that name instead (a regular
+    expression or a list of them, checked when the config is loaded; the first that matches is passed as ``match``).
+
+    Messages that run a command (``!karma top``) are not seen by passive handlers unless ``commands=True``.
+    """
+    if (pattern is None) == (config is None):
+        raise TypeError("on_message(): give a pattern or config='<option>', not both or neither")
     compiled = re.compile(pattern, flags) if isinstance(pattern, str) else pattern
 
     def decorate(func: Handler) -> Handler:
-        return _attach(func, ("message", compiled))
+        return _attach(func, ("message", compiled, config, flags, commands))
 
     return decorate
 
@@ -177,8 +230,19 @@ class Handlers:
     tasks: list[ScheduledTask] = field(default_factory=list)
 
 
+def check_config_patterns(cls: type[Plugin], config: Any) -> None:
+    """Raise ValueError if a passive handler of ``cls`` reads patterns from ``config`` and they are bad."""
+    for attr in dir(cls):
+        for info in getattr(getattr(cls, attr, None), _ATTR, None) or ():
+            if info[0] == "message" and info[2] is not None:
+                patterns_from_config(config, info[2], info[3])
+
+
 def collect_handlers(plugin: Plugin) -> Handlers:
-    """Bind and gather the decorated methods of ``plugin``."""
+    """Bind and gather the decorated methods of ``plugin`` (its ``config`` must be set: patterns may come from it).
+
+    Raises ValueError for patterns taken from the config that are missing or malformed.
+    """
     found = Handlers()
     for attr in dir(type(plugin)):
         func = getattr(type(plugin), attr, None)
@@ -192,7 +256,9 @@ def collect_handlers(plugin: Plugin) -> Handlers:
                 _, spec, access, level = info
                 found.commands.append(CommandHandler(spec, bound, access, level))
             elif kind == "message":
-                found.messages.append(MessageHandler(info[1], bound))
+                _, compiled, option, flags, commands = info
+                patterns = (compiled,) if option is None else patterns_from_config(plugin.config, option, flags)
+                found.messages.append(MessageHandler(patterns, bound, commands))
             elif kind == "event":
                 found.events.append(EventHandler(info[1], bound))
             elif kind == "every":

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from bot.config import Config, reread_plugin_options
 from bot.errors import ConfigError, PluginConfigError, PluginLoadError, StorageError
 from bot.plugin.api import BotAPI
-from bot.plugin.base import Access, CommandHandler, Plugin, collect_handlers
+from bot.plugin.base import Access, CommandHandler, Plugin, check_config_patterns, collect_handlers
 from bot.plugin.dispatch import Dispatcher
 from bot.plugin.info import CommandInfo, PluginInfo
 from bot.plugin.loader import import_plugin
@@ -52,6 +52,10 @@ def _prepare(name: str, options: dict[str, Any], plugin_dirs: tuple[Path, ...]) 
         config = validate_options(name, find_schema(cls), rest)
     except (PluginConfigError, TypeError) as exc:
         raise PluginLoadError(str(exc)) from exc
+    try:
+        check_config_patterns(cls, config)
+    except ValueError as exc:
+        raise PluginLoadError(f"plugin {name}: {exc}") from exc
     return cls, rooms, config
 
 
@@ -170,7 +174,10 @@ class PluginHost:
         instance.config = config
         instance.bot = self.api
         instance.log = logging.getLogger(f"ratchet.plugin.{name}")
-        handlers = collect_handlers(instance)
+        try:
+            handlers = collect_handlers(instance)
+        except ValueError as exc:
+            raise PluginLoadError(f"plugin {name}: {exc}") from exc
         for cmd in handlers.commands:
             for word in (cmd.spec.name, *cmd.spec.aliases):
                 clash = self.command_owner(word)

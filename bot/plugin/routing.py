@@ -158,9 +158,13 @@ class Router:
             for cmd in h.commands:
                 if invocation.name == cmd.spec.name or invocation.name in cmd.spec.aliases:
                     calls.append((f"command {cmd.spec.name}", self._command_call(cmd, invocation.args)))
-        if is_text_message(event):
+        if h.messages and is_text_message(event):
+            text = strip_reply_fallback(event.body)
+            runs_command = invocation is not None and self._is_command(invocation.name)
             for handler in h.messages:
-                match = handler.pattern.search(event.body)
+                if runs_command and not handler.commands:
+                    continue
+                match = handler.search(text)
                 if match is not None:
                     calls.append(
                         (f"message handler {handler.func.__name__}", _bind(handler.func, match))
@@ -173,6 +177,14 @@ class Router:
             ):
                 calls.append((f"event handler {handler.func.__name__}", _bind(handler.func)))
         return calls
+
+    def _is_command(self, name: str) -> bool:
+        """Some loaded plugin answers command ``name``."""
+        return any(
+            name == cmd.spec.name or name in cmd.spec.aliases
+            for loaded in self.plugins.values()
+            for cmd in loaded.handlers.commands
+        )
 
     def _command_call(self, cmd: CommandHandler, args: str) -> Callable[[Context], Awaitable[Any]]:
         async def call(ctx: Context) -> None:

@@ -4,7 +4,7 @@ from bot import Context, Plugin, command, on_message
 
 
 class Crashy(Plugin):
-    @on_message(r".")
+    @on_message(r".", commands=True)
     async def explode(self, ctx: Context, match) -> None:
         raise RuntimeError("crashy plugin bug (on purpose)")
 

@@ -1,0 +1,84 @@
+"""Passive handlers (``@on_message``) against a real Synapse: they match what the author wrote, not the quoted reply
+fallback; they do not fire on commands unless asked to; their patterns can come from the plugin's config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
+
+
+async def test_reply_fallback_and_commands_do_not_trigger_passive_handlers(ratchet):
+    room = await ratchet.room(
+        plugins={"plusplus": {"patterns": ["^hello\\b", "^bonjour\\b"]}}, plugin_dirs=[TEST_PLUGINS]
+    )
+    bot = room.bot_user_id
+    first = await room.send("@carol++")
+    assert (await room.expect_reply(first)).body == "point for carol"
+
+    # A reply quoting that message: the fallback ("> <@...> @carol++") is what clients put in the body.
+    quoted = await room.send(
+        "",
+        content={
+            "msgtype": "m.text",
+            "body": f"> <{room.member.user_id}> @carol++\n\nnice one",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<mx-reply><blockquote>@carol++</blockquote></mx-reply>nice one",
+            "m.relates_to": {"m.in_reply_to": {"event_id": first}},
+        },
+    )
+    # A command whose arguments match the passive pattern: only the command answers.
+    command = await room.send("!pp @dave++")
+    assert (await room.expect_reply(command)).body == "pp command"
+    # Events of a room reach a plugin in order: the quoted reply was handled before the command was.
+    replies_to = {
+        (getattr(e, "source", {}).get("content", {}).get("m.relates_to") or {}).get("m.in_reply_to", {}).get("event_id")
+        for e in room.bot_messages()
+        if e.sender == bot
+    }
+    assert quoted not in replies_to, "the quoted fallback gave carol a point"
+    assert not [e for e in room.bot_messages() if "point for dave" in getattr(e, "body", "")]
+
+    # commands=True: that handler does see the command (its reaction on the command message).
+    await room.member.wait_for(
+        lambda: any(
+            e.source.get("content", {}).get("m.relates_to", {}).get("event_id") == command
+            for r, e in room.member.events
+            if r == room.room_id and e.sender == bot and e.source.get("type") == "m.reaction"
+        ),
+        30,
+        "the commands=True handler's reaction",
+    )
+
+    hello = await room.send("hello there")
+    assert (await room.expect_reply(hello)).body == "configured pattern matched: hello"
+    bonjour = await room.send("bonjour")
+    assert (await room.expect_reply(bonjour)).body == "configured pattern matched: bonjour"
+
+
+@pytest.mark.parametrize(
+    ("patterns", "message"),
+    [
+        ("'['", "not a valid regular expression"),
+        ("['']", "is empty"),
+        ("42", "expected a regular expression or a list of them"),
+    ],
+)
+def test_config_patterns_are_checked_by_check_config(tmp_path, patterns, message):
+    cfg = tmp_path / "bot.yaml"
+    cfg.write_text(
+        "homeserver: http://127.0.0.1:1\nuser_id: '@b:localhost'\npassword: pw-123456\n"
+        f"pickle_key: a-long-enough-pickle-key\nplugin_dirs: [{TEST_PLUGINS}]\n"
+        f"plugins:\n  plusplus:\n    patterns: {patterns}\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "bot", "check-config", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "plusplus" in res.stderr and "'patterns'" in res.stderr and message in res.stderr, res.stderr
