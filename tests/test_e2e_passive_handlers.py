@@ -82,3 +82,35 @@ def test_config_patterns_are_checked_by_check_config(tmp_path, patterns, message
     )
     assert res.returncode == 2, res.stdout + res.stderr
     assert "plusplus" in res.stderr and "'patterns'" in res.stderr and message in res.stderr, res.stderr
+
+
+async def test_subcommands_with_their_own_arguments_rules_and_help(ratchet):
+    admin = await ratchet.member("admin")
+    room = await ratchet.room(
+        plugins={"karma": {}, "help": {}}, plugin_dirs=[TEST_PLUGINS], member=admin, admins=[admin.user_id]
+    )
+    assert (await room.ask("!karma")).body == "karma: try !karma top"
+    assert (await room.ask("!karma carol")).body == "carol: 0"
+    assert (await room.ask("!karma top")).body == "top 3"
+    assert (await room.ask("!karma TOP 5")).body == "top 5"
+    assert (await room.ask("!karma best 2")).body == "top 2"
+    usage = (await room.ask("!karma top many")).body
+    assert "Usage: !karma top [n: int]" in usage, usage
+    assert (await room.ask(f"!karma reset {admin.user_id}")).body == f"reset {admin.user_id}"
+    missing = (await room.ask("!karma reset")).body
+    assert "Usage: !karma reset <who: user>" in missing, missing
+
+    listing = (await room.ask("!help")).body
+    assert "!karma top" in listing and "!karma reset" in listing, listing
+    detail = (await room.ask("!help karma")).body
+    assert "Subcommands:" in detail and "!karma top [n: int]" in detail and "!karma reset <who: user>" in detail
+    sub = (await room.ask("!help karma reset")).body
+    assert "!karma reset <who: user>" in sub and "admins" in sub, sub
+
+    # A member who is not an admin, in a room of their own: the parent runs, the admin-only subcommand is refused.
+    theirs = await ratchet.room(member=await ratchet.member("other"))
+    assert (await theirs.ask("!karma top")).body == "top 3"
+    refused = (await theirs.ask(f"!karma reset {admin.user_id}")).body
+    assert refused == "⛔ !karma reset is for the bot's admins only.", refused
+    their_listing = (await theirs.ask("!help")).body
+    assert "!karma top" in their_listing and "!karma reset" not in their_listing, their_listing

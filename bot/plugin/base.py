@@ -15,6 +15,7 @@ side effects at import time and can be reloaded.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import inspect
 import logging
@@ -58,12 +59,21 @@ class Access(enum.Enum):
 
 @dataclass(frozen=True)
 class CommandHandler:
-    """A declared command: its parsed signature and who may run it."""
+    """A declared command: its parsed signature and who may run it, and its subcommands (``!karma top``)."""
 
     spec: CommandSpec
     func: Handler
     access: Access = Access.ANYONE
     power_level: int | None = None
+    subcommands: tuple[CommandHandler, ...] = ()
+
+    def subcommand(self, word: str) -> CommandHandler | None:
+        """The subcommand called ``word`` (or with that alias), if any."""
+        word = word.lower()
+        for sub in self.subcommands:
+            if word == sub.spec.name or word in sub.spec.aliases:
+                return sub
+        return None
 
 
 @dataclass(frozen=True)
@@ -160,9 +170,36 @@ def command(
     def decorate(func: Handler) -> Handler:
         spec = CommandSpec.from_function(func, name=name or func.__name__, aliases=aliases, help=help)
         access = Access.ADMIN if admin else Access.ANYONE
-        return _attach(func, ("command", spec, access, power_level))
+        _attach(func, ("command", spec, access, power_level))
+        func.subcommand = _subcommand_decorator(spec.name)  # type: ignore[attr-defined]
+        return func
 
     return decorate
+
+
+def _subcommand_decorator(parent: str) -> Callable[..., Callable[[Handler], Handler]]:
+    def subcommand(
+        name: str | None = None,
+        *,
+        aliases: list[str] | tuple[str, ...] = (),
+        help: str | None = None,
+        admin: bool = False,
+        power_level: int | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Declare a subcommand of this command: ``!parent name args...``, with its own typed arguments and rules.
+
+        The parent's ``admin``/``power_level`` apply to its subcommands too; a subcommand may add its own
+        (``admin=True`` on ``!karma reset`` only). ``!parent`` with no matching subcommand runs the parent's handler.
+        """
+
+        def decorate(func: Handler) -> Handler:
+            spec = CommandSpec.from_function(func, name=name or func.__name__, aliases=aliases, help=help)
+            access = Access.ADMIN if admin else Access.ANYONE
+            return _attach(func, ("subcommand", parent, spec, access, power_level))
+
+        return decorate
+
+    return subcommand
 
 
 def on_message(
@@ -244,6 +281,7 @@ def collect_handlers(plugin: Plugin) -> Handlers:
     Raises ValueError for patterns taken from the config that are missing or malformed.
     """
     found = Handlers()
+    subs: dict[str, list[CommandHandler]] = {}
     for attr in dir(type(plugin)):
         func = getattr(type(plugin), attr, None)
         infos = getattr(func, _ATTR, None)
@@ -255,6 +293,9 @@ def collect_handlers(plugin: Plugin) -> Handlers:
             if kind == "command":
                 _, spec, access, level = info
                 found.commands.append(CommandHandler(spec, bound, access, level))
+            elif kind == "subcommand":
+                _, parent, spec, access, level = info
+                subs.setdefault(parent, []).append(CommandHandler(spec, bound, access, level))
             elif kind == "message":
                 _, compiled, option, flags, commands = info
                 patterns = (compiled,) if option is None else patterns_from_config(plugin.config, option, flags)
@@ -263,6 +304,13 @@ def collect_handlers(plugin: Plugin) -> Handlers:
                 found.events.append(EventHandler(info[1], bound))
             elif kind == "every":
                 found.tasks.append(ScheduledTask(info[1], bound, info[2]))
+    for index, cmd in enumerate(found.commands):
+        children = subs.pop(cmd.spec.name, None)
+        if children:
+            children.sort(key=lambda c: c.spec.name)
+            found.commands[index] = dataclasses.replace(cmd, subcommands=tuple(children))
+    if subs:
+        raise ValueError(f"subcommands of a command that does not exist: {', '.join(sorted(subs))}")
     return found
 
 

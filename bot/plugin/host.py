@@ -352,19 +352,17 @@ class PluginManager:
 
     def commands(self, *, room_id: str | None = None, user_id: str | None = None) -> list[CommandInfo]:
         """The running plugins' commands; only those ``user_id`` may run in ``room_id`` if they are given."""
-        api = self._host.api
         out = []
         for loaded in self._host.plugins.values():
             if room_id is not None and not loaded.rooms.permits(room_id):
                 continue
             for cmd in loaded.handlers.commands:
-                if user_id is not None:
-                    if cmd.access is Access.ADMIN and not api.is_admin(user_id):
-                        continue
-                    if cmd.power_level is not None and (
-                        room_id is None or api.power_level(room_id, user_id) < cmd.power_level
-                    ):
-                        continue
+                if user_id is not None and not self._may_run(cmd, room_id, user_id):
+                    continue
+                subs = [
+                    sub for sub in cmd.subcommands if user_id is None or self._may_run(sub, room_id, user_id)
+                ]
+                sub_prefix = f"{self.prefix}{cmd.spec.name} "
                 out.append(
                     CommandInfo(
                         loaded.name,
@@ -374,9 +372,29 @@ class PluginManager:
                         cmd.spec.usage(self.prefix),
                         cmd.access is Access.ADMIN,
                         cmd.power_level,
+                        tuple(sub.spec.usage(sub_prefix) for sub in subs),
                     )
                 )
+                for sub in subs:
+                    levels = [lvl for lvl in (cmd.power_level, sub.power_level) if lvl is not None]
+                    out.append(
+                        CommandInfo(
+                            loaded.name,
+                            f"{cmd.spec.name} {sub.spec.name}",
+                            tuple(f"{cmd.spec.name} {alias}" for alias in sub.spec.aliases),
+                            sub.spec.help,
+                            sub.spec.usage(sub_prefix),
+                            Access.ADMIN in (cmd.access, sub.access),
+                            max(levels) if levels else None,
+                        )
+                    )
         return out
+
+    def _may_run(self, cmd: CommandHandler, room_id: str | None, user_id: str) -> bool:
+        api = self._host.api
+        if cmd.access is Access.ADMIN and not api.is_admin(user_id):
+            return False
+        return cmd.power_level is None or (room_id is not None and api.power_level(room_id, user_id) >= cmd.power_level)
 
     def command(self, name: str) -> CommandInfo | None:
         """The command called ``name`` (or with that alias), if a running plugin has it."""

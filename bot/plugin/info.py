@@ -24,6 +24,8 @@ class CommandInfo:
     usage: str
     admin_only: bool
     power_level: int | None
+    #: The usage lines of its subcommands (``!karma top [n]``), for ``!help karma``.
+    subcommands: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,7 @@ class Router:
         if invocation is not None:
             for cmd in h.commands:
                 if invocation.name == cmd.spec.name or invocation.name in cmd.spec.aliases:
-                    calls.append((f"command {cmd.spec.name}", self._command_call(cmd, invocation.args)))
+                    calls.append(self._command_or_subcommand(cmd, invocation.args))
         if h.messages and is_text_message(event):
             text = strip_reply_fallback(event.body)
             runs_command = invocation is not None and self._is_command(invocation.name)
@@ -186,34 +186,61 @@ class Router:
             for cmd in loaded.handlers.commands
         )
 
-    def _command_call(self, cmd: CommandHandler, args: str) -> Callable[[Context], Awaitable[Any]]:
+    def _command_or_subcommand(
+        self, cmd: CommandHandler, args: str
+    ) -> tuple[str, Callable[[Context], Awaitable[Any]]]:
+        """The call for ``!cmd args``: a subcommand if the first word names one, else the command itself."""
+        if cmd.subcommands:
+            word, _, rest = args.strip().partition(" ")
+            sub = cmd.subcommand(word) if word else None
+            if sub is not None:
+                full = f"{cmd.spec.name} {sub.spec.name}"
+                return f"command {full}", self._command_call(sub, rest, name=full, parents=(cmd,))
+        return f"command {cmd.spec.name}", self._command_call(cmd, args, name=cmd.spec.name)
+
+    async def _allowed(self, ctx: Context, cmd: CommandHandler, name: str) -> bool:
+        """Check who may run ``cmd`` (shown as ``name``); answer and log a refusal."""
+        if cmd.access is Access.ADMIN and not ctx.is_admin:
+            log.info("denied %s%s to %s (admins only)", self.prefix, name, ctx.sender)
+            await ctx.reply(f"⛔ {self.prefix}{name} is for the bot's admins only.", notice=True)
+            return False
+        if cmd.power_level is not None and ctx.power_level < cmd.power_level:
+            log.info("denied %s%s to %s (power level)", self.prefix, name, ctx.sender)
+            await ctx.reply(
+                f"⛔ {self.prefix}{name} needs power level {cmd.power_level} in this room.",
+                notice=True,
+            )
+            return False
+        if (cmd.access is Access.ADMIN or cmd.power_level is not None) and not ctx.trusted:
+            log.warning(
+                "denied %s%s to %s: sent from a device the trust policy does not trust", self.prefix, name, ctx.sender
+            )
+            await ctx.reply(
+                f"⛔ {self.prefix}{name} acts with authority, so it must come from one of your devices "
+                "the bot trusts, in an encrypted room (verify this device with your other sessions).",
+                notice=True,
+            )
+            return False
+        return True
+
+    def _command_call(
+        self, cmd: CommandHandler, args: str, *, name: str, parents: tuple[CommandHandler, ...] = ()
+    ) -> Callable[[Context], Awaitable[Any]]:
         async def call(ctx: Context) -> None:
-            if cmd.access is Access.ADMIN and not ctx.is_admin:
-                log.info("denied %s%s to %s (admins only)", self.prefix, cmd.spec.name, ctx.sender)
-                await ctx.reply(f"⛔ {self.prefix}{cmd.spec.name} is for the bot's admins only.", notice=True)
-                return
-            if cmd.power_level is not None and ctx.power_level < cmd.power_level:
-                log.info("denied %s%s to %s (power level)", self.prefix, cmd.spec.name, ctx.sender)
-                await ctx.reply(
-                    f"⛔ {self.prefix}{cmd.spec.name} needs power level {cmd.power_level} in this room.",
-                    notice=True,
-                )
-                return
-            if (cmd.access is Access.ADMIN or cmd.power_level is not None) and not ctx.trusted:
-                log.warning(
-                    "denied %s%s to %s: sent from a device the trust policy does not trust", self.prefix,
-                    cmd.spec.name, ctx.sender,
-                )
-                await ctx.reply(
-                    f"⛔ {self.prefix}{cmd.spec.name} acts with authority, so it must come from one of your devices "
-                    "the bot trusts, in an encrypted room (verify this device with your other sessions).",
-                    notice=True,
-                )
-                return
+            for rule in (*parents, cmd):
+                if not await self._allowed(ctx, rule, name):
+                    return
+            # A subcommand's usage reads "!karma top [n]": its parents' names are part of its prefix.
+            prefix = self.prefix + "".join(f"{parent.spec.name} " for parent in parents)
             try:
-                kwargs = cmd.spec.parse(args)
+                kwargs = cmd.spec.parse(args, prefix)
             except UsageError as err:
-                await ctx.reply(f"{err.message}\nUsage: {err.usage}", notice=True)
+                text = f"{err.message}\nUsage: {err.usage}"
+                if cmd.subcommands:
+                    text += "\nSubcommands: " + ", ".join(
+                        f"{self.prefix}{cmd.spec.name} {sub.spec.usage('')}" for sub in cmd.subcommands
+                    )
+                await ctx.reply(text, notice=True)
                 return
             await cmd.func(ctx, **kwargs)
 

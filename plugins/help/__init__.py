@@ -1,16 +1,16 @@
 """``!help``: the commands you may use here, grouped by plugin; ``!help NAME`` for one command's usage."""
 
-from bot import Context, Plugin, command
+from bot import Context, Plugin, Rest, command
 
 
 class Help(Plugin):
     """Lists commands, filtered by what the caller may run in this room."""
 
     @command("help", aliases=["commands"], help="List the commands you can use here, or show how to use one")
-    async def help(self, ctx: Context, name: str | None = None) -> None:
+    async def help(self, ctx: Context, name: Rest = "") -> None:
         manager = self.bot.plugins
-        if name is not None:
-            info = manager.command(name)
+        if name:
+            info = manager.command(" ".join(name.split()))
             if info is None:
                 await ctx.reply(f"No command called {name}. Try {manager.prefix}help.", notice=True)
                 return
@@ -21,6 +21,8 @@ class Help(Plugin):
                 lines.append("Only the bot's admins can use it.")
             if info.power_level is not None:
                 lines.append(f"Needs power level {info.power_level} in the room.")
+            if info.subcommands:
+                lines.append("Subcommands:\n" + "\n".join(f"- `{usage}`" for usage in info.subcommands))
             await ctx.reply("\n".join(line for line in lines if line), notice=True, markdown=True)
             return
         by_plugin: dict[str, list[str]] = {}
