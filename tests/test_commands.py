@@ -907,7 +907,7 @@ def test_parse_everything() -> None:
         (MODE, "on 'yes", "unclosed ' quote at \"'yes\": close it, or write \\' for a literal '"),
         (MODE, 'on yes 1 "', 'unclosed " quote at \'"\': close it, or write \\" for a literal "'),
         (REMIND, "", "missing argument <who: user>"),
-        (REMIND, "bob 5 x", "who: expected a user ID like @name:server.org, got 'bob'"),
+        (REMIND, "bob 5 x", "who: expected a user ID like @name:server.org (or a mention of a member), got 'bob'"),
         (REMIND, "@b:c", "missing argument <minutes: int>"),
         (REMIND, "@b:c soon x", "minutes: expected an integer, got 'soon'"),
         (REMIND, "@b:c 5", "missing argument <text...>"),

@@ -34,6 +34,7 @@ import re
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, Self
 
@@ -408,11 +409,23 @@ def _to_bool(name: str, raw: str) -> bool:
     )
 
 
+#: While :meth:`CommandSpec.parse` runs: turns a display name or ``@localpart`` into a member's user id.
+_USER_RESOLVER: ContextVar[Callable[[str], str | None] | None] = ContextVar("ratchet_user_resolver", default=None)
+
+
 def _to_user(name: str, raw: str) -> UserId:
     if UserId.is_valid(raw):
         return UserId(raw)
+    resolve = _USER_RESOLVER.get()
+    if resolve is not None:
+        try:
+            found = resolve(raw)
+        except ValueError as exc:  # more than one member has that name
+            raise ArgumentError(f"{name}: {exc}", param=name, value=raw) from None
+        if found is not None and UserId.is_valid(found):
+            return UserId(found)
     raise ArgumentError(
-        f"{name}: expected a user ID like @name:server.org, got {_show(raw)}",
+        f"{name}: expected a user ID like @name:server.org (or a mention of a member), got {_show(raw)}",
         param=name,
         value=raw,
     )
@@ -708,14 +721,26 @@ class CommandSpec:
             lines.append("Aliases: " + ", ".join(f"{prefix}{a}" for a in self.aliases))
         return "\n".join(lines)
 
-    def parse(self, args: str, prefix: str = "!") -> dict[str, Any]:
+    def parse(
+        self, args: str, prefix: str = "!", *, resolve_user: Callable[[str], str | None] | None = None
+    ) -> dict[str, Any]:
         """Convert the raw arguments of an invocation into ``{parameter name: value}``.
+
+        ``resolve_user`` turns what is not a user id (a display name, ``@localpart``) into one for :class:`UserId`
+        arguments (the router passes the room's members); it may raise ValueError for an ambiguous name.
 
         Each argument is split off (see :func:`split_args`) and converted in order; left-out
         optional arguments get their defaults. A :class:`Rest` parameter gets the remaining raw
         text, stripped. Raises :class:`UsageError` (carrying :meth:`usage` with ``prefix``) for
         a missing or extra argument, a value that does not convert, or an unclosed quote.
         """
+        token = _USER_RESOLVER.set(resolve_user)
+        try:
+            return self._parse(args, prefix)
+        finally:
+            _USER_RESOLVER.reset(token)
+
+    def _parse(self, args: str, prefix: str) -> dict[str, Any]:
         values: dict[str, Any] = {}
         tokens = iter_tokens(args)
         consumed = 0

@@ -8,6 +8,7 @@ encrypted DM with the sender; ``send_file``/``send_image`` send media and ``down
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from os import PathLike
 from typing import TYPE_CHECKING, Any
@@ -109,9 +110,19 @@ class Context:
         return self.bot.is_admin(self.sender)
 
     async def reply(
-        self, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False
+        self,
+        text: str,
+        *,
+        html: str | None = None,
+        notice: bool = False,
+        markdown: bool = False,
+        mentions: Iterable[str] = (),
     ) -> str:
-        """Answer with a rich reply to this event (in its thread, if it was in one); returns the event id."""
+        """Answer with a rich reply to this event (in its thread, if it was in one); returns the event id.
+
+        The sender is mentioned (``m.mentions``), and so is every user id in ``mentions``: name the users the
+        answer is about so their clients notify them (``ctx.reply(f"{who} now has 3 points", mentions=[who])``).
+        """
         return await self.bot.send_text(
             self.room_id,
             text,
@@ -119,14 +130,21 @@ class Context:
             notice=notice,
             reply_to=self.event_id,
             thread_root=self.thread_root,
-            mentions=[self.sender],
+            mentions=[self.sender, *mentions],
             markdown=markdown,
         )
 
     async def reply_in_thread(
-        self, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False
+        self,
+        text: str,
+        *,
+        html: str | None = None,
+        notice: bool = False,
+        markdown: bool = False,
+        mentions: Iterable[str] = (),
     ) -> str:
-        """Answer in a thread: this event's thread, or a new one rooted at this event."""
+        """Answer in a thread: this event's thread, or a new one rooted at this event (``mentions`` as for
+        :meth:`reply`, without the sender)."""
         return await self.bot.send_text(
             self.room_id,
             text,
@@ -134,16 +152,31 @@ class Context:
             notice=notice,
             reply_to=self.event_id,
             thread_root=self.thread_root or self.event_id,
+            mentions=list(mentions) or None,
             markdown=markdown,
         )
 
-    async def send(self, text: str, *, html: str | None = None, notice: bool = False, markdown: bool = False) -> str:
-        """Send a plain message to the room (not a reply)."""
-        return await self.bot.send_text(self.room_id, text, html=html, notice=notice, markdown=markdown)
+    async def send(
+        self,
+        text: str,
+        *,
+        html: str | None = None,
+        notice: bool = False,
+        markdown: bool = False,
+        mentions: Iterable[str] = (),
+    ) -> str:
+        """Send a plain message to the room (not a reply), mentioning the users in ``mentions``."""
+        return await self.bot.send_text(
+            self.room_id, text, html=html, notice=notice, markdown=markdown, mentions=list(mentions) or None
+        )
 
-    async def notice(self, text: str, *, html: str | None = None, markdown: bool = False) -> str:
-        """Send an ``m.notice`` (what bots should use for unprompted output)."""
-        return await self.bot.send_text(self.room_id, text, html=html, notice=True, markdown=markdown)
+    async def notice(
+        self, text: str, *, html: str | None = None, markdown: bool = False, mentions: Iterable[str] = ()
+    ) -> str:
+        """Send an ``m.notice`` (what bots should use for unprompted output), mentioning ``mentions``."""
+        return await self.bot.send_text(
+            self.room_id, text, html=html, notice=True, markdown=markdown, mentions=list(mentions) or None
+        )
 
     async def react(self, key: str, event_id: str | None = None) -> str:
         """React to this event (or ``event_id``) with ``key``."""

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from bot.content.mentions import UserResolver, mentioned_user_ids, pills, substitute_pills
 from bot.errors import StateError, UsageError
 from bot.matrix.events import Event, is_text_message
 from bot.matrix.idempotency import scope_key, send_scope
@@ -223,6 +224,18 @@ class Router:
             return False
         return True
 
+    def _mentions(self, ctx: Context, args: str) -> tuple[str, Callable[[str], str | None]]:
+        """``args`` with pills replaced by user ids, and a resolver for display names and ``@localpart``."""
+        content = ctx.content
+        html = content.get("formatted_body") if content.get("format") == "org.matrix.custom.html" else None
+        text = substitute_pills(args, pills(html)) if isinstance(html, str) else args
+        mentioned = mentioned_user_ids(content)
+
+        def resolve(name: str) -> str | None:
+            return UserResolver(self.api.members(ctx.room_id), mentioned).resolve(name)
+
+        return text, resolve
+
     def _command_call(
         self, cmd: CommandHandler, args: str, *, name: str, parents: tuple[CommandHandler, ...] = ()
     ) -> Callable[[Context], Awaitable[Any]]:
@@ -232,8 +245,11 @@ class Router:
                     return
             # A subcommand's usage reads "!karma top [n]": its parents' names are part of its prefix.
             prefix = self.prefix + "".join(f"{parent.spec.name} " for parent in parents)
+            text, resolve = args, None
+            if any(p.kind == "user" for p in cmd.spec.params):
+                text, resolve = self._mentions(ctx, args)
             try:
-                kwargs = cmd.spec.parse(args, prefix)
+                kwargs = cmd.spec.parse(text, prefix, resolve_user=resolve)
             except UsageError as err:
                 text = f"{err.message}\nUsage: {err.usage}"
                 if cmd.subcommands:
