@@ -8,17 +8,23 @@ Routes are looked up per request in a table that can change while the server run
 once started, and plugins mount and unmount as they are loaded and reloaded): exact paths first, then the longest
 mounted prefix.
 
-Bounded by construction: request lines and headers (aiohttp's limits, set here explicitly), bodies (``max_body``, and
-a mount reads its own body with its own bound), and the number of connections. A stalled or hostile client holds one
-connection and nothing else; nothing here ever blocks the event loop, so the bot's Matrix work goes on.
+Bounded by construction: request lines and headers (aiohttp's limits, set here explicitly: a longer line or field,
+or more header fields, is answered 400), bodies (``max_body``, and a mount reads its own body with its own bound), the
+number of open connections (beyond ``MAX_CONNECTIONS`` a new one is answered 503 and closed at once, so a flood of
+idle clients cannot use up the process's file descriptors, which the bot's own connections to the homeserver need),
+and how long a connection may stay idle or trickle a request's head (``IDLE_TIMEOUT``). A stalled or hostile client
+holds one connection and nothing else; nothing here ever blocks the event loop, so the bot's Matrix work goes on.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 __all__ = ["Handler", "HttpListener", "ListenerError"]
 
@@ -31,8 +37,51 @@ MAX_LINE = 8190
 MAX_FIELD = 8190
 #: Largest request body read by aiohttp on the listener's own routes, bytes (mounts read theirs themselves).
 MAX_BODY = 64 * 1024
-#: Connections served at once; beyond it new ones are refused with 503 until some close.
+#: Most header fields in one request.
+MAX_HEADERS = 100
+#: Connections open at once; beyond it new ones are answered 503 and closed until some close.
 MAX_CONNECTIONS = 256
+#: Seconds a connection may stay without a complete request (at its start, or between keep-alive requests).
+IDLE_TIMEOUT = 15.0
+
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 17\r\n"
+    b"Connection: close\r\n\r\n{\"error\": \"busy\"}"
+)
+
+
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log: a malformed request (too long a header, too many...) is the client's problem and is
+    answered 400; it is logged in one line at INFO, not as an ERROR with a traceback a hostile client could repeat."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = True, **kwargs: object) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            peer = args[0] if args else "?"
+            first_line = str(exc_info.message).splitlines()[0][:120] if exc_info.message else ""
+            self.logger.info("HTTP listener: malformed request from %s refused (%d %s)", peer, exc_info.code,
+                             first_line)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+
+
+class _Busy(asyncio.Protocol):
+    """A connection beyond ``MAX_CONNECTIONS``: answered 503, whatever it sends is discarded, closed within 1 s."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(_BUSY)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._deadline = asyncio.get_running_loop().call_later(1.0, transport.abort)
+
+    def data_received(self, data: bytes) -> None:
+        pass  # read and dropped, so that closing does not reset the connection before the client reads the 503
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._deadline.cancel()
 
 
 class ListenerError(Exception):
@@ -50,6 +99,8 @@ class HttpListener:
         self._exact: dict[str, Handler] = {}
         self._mounts: dict[str, Handler] = {}
         self._runner: web.AppRunner | None = None
+        self._listening: asyncio.AbstractServer | None = None
+        self._last_busy_warning = 0.0
         self._open = 0
 
     @property
@@ -93,25 +144,50 @@ class HttpListener:
             shutdown_timeout=1.0,
             max_line_size=MAX_LINE,
             max_field_size=MAX_FIELD,
-            keepalive_timeout=15.0,
+            max_headers=MAX_HEADERS,
+            logger=_ServerLog(log, {}),
+            keepalive_timeout=IDLE_TIMEOUT,  # (aiohttp also applies it from a connection's start)
         )
         await runner.setup()
+        server = runner.server
+        assert server is not None
+
+        def connection() -> asyncio.BaseProtocol:
+            # The listening socket is ours rather than a web.TCPSite so that a connection beyond the limit never
+            # reaches aiohttp: it gets a 503 and is closed.
+            if len(server.connections) >= MAX_CONNECTIONS:
+                self._refused_busy()
+                return _Busy()
+            return server()
+
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            await site.start()
+            listening = await asyncio.get_running_loop().create_server(
+                connection, self.host, self.port, reuse_address=True
+            )
         except OSError as exc:
             await runner.cleanup()
             raise ListenerError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
         self._runner = runner
-        addresses = runner.addresses
-        self.bound_port = addresses[0][1] if addresses else self.port
+        self._listening = listening
+        sockets = listening.sockets
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
         log.info("HTTP listener on %s", self.url)
 
     async def close(self) -> None:
         """Stop serving (idempotent)."""
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.close()  # no new connections; the open ones are shut down by the runner
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+
+    def _refused_busy(self) -> None:
+        now = time.monotonic()
+        if now - self._last_busy_warning > 60:
+            self._last_busy_warning = now
+            log.warning("HTTP listener: %d connections are open; new ones are answered 503 until some close",
+                        MAX_CONNECTIONS)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         if self._open >= MAX_CONNECTIONS:
