@@ -770,7 +770,8 @@ class HttpConfig:
     status_token: str | None = field(default=None, repr=False, metadata=_key(_string(_min_length(16)), secret=True))
     #: File holding the status page token (e.g. a systemd credential), read at start.
     status_token_file: Path | None = field(default=None, metadata=_key(_readable_secret_file))
-    #: ``/health/ready`` fails when the last successful sync is older than this (sync long-polls last 30 s).
+    #: ``/health/ready`` fails when the homeserver has not answered for longer than this, or no sync succeeded for
+    #: this long plus the 30 s long-poll.
     ready_max_sync_age: float = field(default=90.0, metadata=_key(_duration(positive=True)))
 
     def read_status_token(self) -> str | None:

@@ -64,6 +64,8 @@ class Metrics:
         )
         self.seconds_since_sync.set_function(self._since_sync)
         self._last_sync_monotonic: float | None = None
+        #: When the homeserver started failing (a transport error or a 5xx since its last good answer), monotonic.
+        self._homeserver_failing_since: float | None = None
 
         self.events_received = Counter(
             "ratchet_events_received", "Timeline events received in joined rooms.", registry=r
@@ -138,6 +140,24 @@ class Metrics:
     def sync_failed(self) -> None:
         """A sync request failed (it is retried with backoff)."""
         self._sync_error.inc()
+
+    def homeserver_answered(self) -> None:
+        """The homeserver answered a request (any status below 500)."""
+        self._homeserver_failing_since = None
+
+    def homeserver_failed(self) -> None:
+        """A request to the homeserver failed: a transport error (nio retries it) or a 5xx answer."""
+        if self._homeserver_failing_since is None:
+            self._homeserver_failing_since = time.monotonic()
+
+    def seconds_homeserver_failing(self) -> float | None:
+        """Seconds since the homeserver's requests started failing without a good answer since, or None.
+
+        ``/health/ready`` needs it because the time since the last sync alone cannot tell an unreachable homeserver
+        from a healthy idle long-poll (a ``/sync`` waits up to 30 s for events).
+        """
+        since = self._homeserver_failing_since
+        return None if since is None else time.monotonic() - since
 
     def seconds_since_last_sync(self) -> float | None:
         """Seconds since the last successful sync, or None before the first."""

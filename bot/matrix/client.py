@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import uuid4
 
+import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -205,10 +206,21 @@ class RatchetClient(AsyncClient):
         id: the server applies them once) and for the idempotent key endpoints; other requests are not repeated.
         """
         attempt = 0
+        metrics = self.metrics
         while True:
-            resp = await super().send(method, path, data, headers, trace_context, timeout)
-            if resp.status == 429 and self.metrics is not None:
-                await self._count_rate_limit(resp)
+            try:
+                resp = await super().send(method, path, data, headers, trace_context, timeout)
+            except (aiohttp.ClientError, TimeoutError):  # nio retries these: the homeserver is not answering
+                if metrics is not None:
+                    metrics.homeserver_failed()
+                raise
+            if metrics is not None:
+                if resp.status >= 500:
+                    metrics.homeserver_failed()
+                else:
+                    metrics.homeserver_answered()
+                    if resp.status == 429:
+                        await self._count_rate_limit(resp)
             if resp.status < 500 or attempt >= RETRY_5XX or not _repeatable(method, path, data):
                 return resp
             attempt += 1

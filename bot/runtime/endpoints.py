@@ -3,8 +3,15 @@ page, bot/runtime/status_page.py), plus the scrape-time readings behind ``/metri
 
 * ``/metrics``: Prometheus text format from the bot's own registry (bot/metrics.py).
 * ``/health/live``: 200 while the event loop answers (the handler runs on it), with the worst loop lag seen.
-* ``/health/ready``: 200 when the bot is logged in, has synced within ``http.ready_max_sync_age`` and its crypto
-  store is open; 503 with the failing checks otherwise. Both answer JSON.
+* ``/health/ready``: 200 when the bot is logged in, synced (its homeserver has not been failing for longer than
+  ``http.ready_max_sync_age``, and a sync succeeded within that age plus the long-poll time) and its crypto store is
+  open; 503 with the failing checks otherwise. Both answer JSON.
+
+Why not simply "the last sync is younger than ``ready_max_sync_age``": an idle ``/sync`` long-poll waits up to 30 s
+for events, so with a small age a healthy idle bot would flap between ready and not ready, and with a large one an
+unreachable homeserver would go unnoticed for as long. The client notes when the homeserver stops answering (a
+transport error or a 5xx) and when it answers again; that is what fails readiness after ``ready_max_sync_age``. The age
+of the last successful sync (beyond the long-poll time) still catches a sync that hangs without any error.
 
 The scrape-time readings (one-time keys, key backup, bridge connections, plugin states) are read when Prometheus
 scrapes, so they cost nothing per event.
@@ -48,8 +55,11 @@ class RuntimeView(Protocol):
     _lag_probe: LoopLagProbe
 
 
-def install_endpoints(runtime: RuntimeView) -> None:
-    """Register the scrape-time readings and, when the listener is configured, the routes."""
+def install_endpoints(runtime: RuntimeView, *, long_poll: float = 30.0) -> None:
+    """Register the scrape-time readings and, when the listener is configured, the routes.
+
+    ``long_poll`` is how long the sync loop's ``/sync`` waits for events, seconds (see :func:`readiness`).
+    """
     runtime.metrics.add_collector(StateCollector(lambda: _readings(runtime)))
     runtime.metrics.events_waiting.set_function(lambda: runtime.stats.utd_waiting)
     runtime.metrics.handler_queue.set_function(lambda: runtime.host.dispatcher.busy)
@@ -71,7 +81,7 @@ def install_endpoints(runtime: RuntimeView) -> None:
     async def ready(request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return web.json_response({"error": "use GET"}, status=405, headers=_ONLY_GET)
-        ok, checks = readiness(runtime)
+        ok, checks = readiness(runtime, long_poll=long_poll)
         return web.json_response({"status": "ok" if ok else "unavailable", "checks": checks}, status=200 if ok else 503)
 
     http.route("/metrics", metrics)
@@ -80,20 +90,33 @@ def install_endpoints(runtime: RuntimeView) -> None:
     install_status_page(runtime, http)
 
 
-def readiness(runtime: RuntimeView) -> tuple[bool, dict[str, Any]]:
-    """Whether the bot is ready, and each check with its detail (the body of ``/health/ready``)."""
+def readiness(runtime: RuntimeView, *, long_poll: float = 30.0) -> tuple[bool, dict[str, Any]]:
+    """Whether the bot is ready, and each check with its detail (the body of ``/health/ready``).
+
+    ``synced`` holds when the first sync has been handled, the homeserver has not been failing (transport errors or
+    5xx answers with no good answer since) for longer than ``ready_max_sync_age``, and the last successful sync is
+    at most ``ready_max_sync_age + long_poll`` seconds old (an idle long-poll legitimately takes ``long_poll``).
+    """
     client = runtime.client
     assert runtime.config.http is not None
     max_age = runtime.config.http.ready_max_sync_age
-    since = runtime.metrics.seconds_since_last_sync()
+    metrics = runtime.metrics
+    since = metrics.seconds_since_last_sync()
+    failing = metrics.seconds_homeserver_failing()
     logged_in = bool(getattr(client, "logged_in", False) and getattr(client, "access_token", None))
-    synced = since is not None and since <= max_age and runtime.ready.is_set()
+    synced = (
+        runtime.ready.is_set()
+        and since is not None
+        and since <= max_age + long_poll
+        and (failing is None or failing <= max_age)
+    )
     store_open = _crypto_store_open(client)
     checks: dict[str, Any] = {
         "logged_in": {"ok": logged_in},
         "synced": {
             "ok": synced,
             "seconds_since_last_sync": None if since is None else round(since, 1),
+            "homeserver_failing_seconds": None if failing is None else round(failing, 1),
             "max_seconds": max_age,
         },
         "crypto_store": {"ok": store_open},

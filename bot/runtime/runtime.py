@@ -122,7 +122,7 @@ class Runtime:
         #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
         self._fatal: Exception | None = None
         self._lag_probe = LoopLagProbe(self.metrics)
-        install_endpoints(self)
+        install_endpoints(self, long_poll=SYNC_TIMEOUT_MS / 1000)
 
     @classmethod
     async def open(cls, config: Config) -> Runtime:
