@@ -149,6 +149,13 @@ async def test_consent_then_case_evidence_merge_and_redact(ratchet, new_user, sy
     closed = await alice.expect(_bot_says(alice, dm, bot_id, "was closed"))
     assert "removed" in closed.body and mod.user_id not in closed.body
 
+    # Outcomes are counted for /metrics (ratchet_report_reports_total{outcome=...}), from the plugin's own metrics.
+    registry = ratchet.bot.runtime.metrics.registry
+    counted = {
+        o: registry.get_sample_value("ratchet_report_reports_total", {"outcome": o}) for o in ("sent", "redacted")
+    }
+    assert counted["sent"] is not None and counted["sent"] >= 1 and counted["redacted"] == 1, counted
+
 
 async def test_no_and_expiry_send_nothing(ratchet, new_user, synapse):
     admin = new_user("admin", admin=True)

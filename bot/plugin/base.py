@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from bot.plugin.commands import CommandSpec
 
 if TYPE_CHECKING:
+    from bot.metrics import PluginMetrics
     from bot.plugin.api import BotAPI
     from bot.storage.plugin_storage import PluginStorage
 
@@ -325,7 +326,9 @@ class Plugin:
     * ``storage``: its own SQLite database (:class:`~bot.storage.plugin_storage.PluginStorage`: key-value API, SQL,
       migrations);
     * ``bot``: the :class:`~bot.plugin.api.BotAPI` facade (send messages, find DMs, who am I, the plugin manager);
-    * ``log``: a logger named ``ratchet.plugin.<name>``.
+    * ``log``: a logger named ``ratchet.plugin.<name>``;
+    * ``metrics``: its own Prometheus metrics (:class:`~bot.metrics.PluginMetrics`), served at ``/metrics`` as
+      ``ratchet_<name>_<metric>`` when the ``http`` listener is on.
 
     Class attributes a plugin may set:
 
@@ -339,6 +342,7 @@ class Plugin:
     storage: PluginStorage
     bot: BotAPI
     log: logging.Logger
+    metrics: PluginMetrics
     migrations: Sequence[str | Callable[..., None]] = ()
     #: On reload, start the new version beside the running one (no pause; both run for a moment). A plugin that
     #: must never run twice at once (one network connection, one listening port) sets False: it is stopped first and

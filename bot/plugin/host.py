@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, reread_plugin_options
 from bot.errors import ConfigError, PluginConfigError, PluginLoadError, StorageError
+from bot.metrics import Metrics, PluginMetrics
 from bot.plugin.api import BotAPI
 from bot.plugin.base import Access, CommandHandler, Plugin, check_config_patterns, collect_handlers
 from bot.plugin.dispatch import Dispatcher
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from bot.e2ee.trust import TrustPolicy
     from bot.http_listener import HttpListener
     from bot.matrix.client import RatchetClient
-    from bot.metrics import Metrics
     from bot.stats import BotStats
     from bot.storage.backend import Storage
 
@@ -89,6 +89,8 @@ class PluginHost:
         self.state = state
         self.storage = storage
         self.dispatcher = dispatcher
+        #: Where plugins' own metrics are registered (``self.metrics`` in a plugin).
+        self.metrics = metrics if metrics is not None else Metrics()
         self.prefix = config.command_prefix
         self.plugin_dirs = config.plugin_dirs
         #: The configured plugins as plugins see them (``self.bot.plugins``).
@@ -174,6 +176,7 @@ class PluginHost:
         instance.config = config
         instance.bot = self.api
         instance.log = logging.getLogger(f"ratchet.plugin.{name}")
+        instance.metrics = PluginMetrics(self.metrics, name)
         try:
             handlers = collect_handlers(instance)
         except ValueError as exc:

@@ -117,6 +117,9 @@ class Report(Plugin):
     async def start(self) -> None:
         self.limiter = RateLimiter(self.config.max_reports_per_hour)
         self._mod_room: str | None = None
+        #: Reports by outcome (refused, prompted, cancelled, sent, withdrawn, expired, and the moderators' actions),
+        #: served at /metrics as ratchet_report_reports_total{outcome=...}.
+        self._outcomes = self.metrics.counter("reports", "Abuse reports by outcome.", ["outcome"])
 
     # -- starting a report -----------------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class Report(Plugin):
             return
         if not visible:
             self.log.info("report refused: the reporter could not see the reported event")
+            self._outcomes.labels("refused").inc()
             await self.bot.send_dm(
                 reporter,
                 "I cannot report that message for you: it was sent when you could not see it (before you joined the "
@@ -234,6 +238,7 @@ class Report(Plugin):
         prompt = await self._send(dm_room, self._prompt(draft, context), "draft", draft.draft_id)
         await self.storage.execute("UPDATE draft SET prompt_event = ? WHERE draft_id = ?", (prompt, draft.draft_id))
         self.log.info("report %s: consent prompt sent", draft.draft_id)
+        self._outcomes.labels("prompted").inc()
         if ack_in is not None and self.config.ack_in_room:
             await ack_in.reply("Thanks. I have sent you a private message about your report.", notice=True)
 
@@ -362,6 +367,7 @@ class Report(Plugin):
         elif new.state is DraftState.CANCELLED:
             await self.bot.send_text(dm_room, f"Report {draft_id} cancelled; nothing was sent.", notice=True)
             self.log.info("report %s: cancelled", draft_id)
+            self._outcomes.labels("cancelled").inc()
         elif new.state is DraftState.PROMPTED and reply is Answer.CONTEXT and prompt_event:
             context = await self.bot.moderation.records_before(
                 draft.room_id, draft.event_id, draft.context_offered, seen_by=draft.reporter
@@ -453,6 +459,7 @@ class Report(Plugin):
                     (case.case_id, draft.reporter),
                 )
         self.log.info("report %s: sent as case %s", draft.draft_id, case.case_id)
+        self._outcomes.labels("sent").inc()
         await self.bot.send_text(
             dm_room,
             f"Sent. Your case id is **{case.case_id}**. `!report status {case.case_id}` shows where it stands; "
@@ -549,6 +556,7 @@ class Report(Plugin):
                 "Matrix offers no way to take it back."
             )
         self.log.info("report %s: withdrawn", case_id)
+        self._outcomes.labels("withdrawn").inc()
         await ctx.reply(done, notice=True)
 
     # -- moderators ------------------------------------------------------------------------------------------
@@ -628,6 +636,7 @@ class Report(Plugin):
             (outcome, time.time(), case_id),
         )
         self.log.info("case %s: %s", case_id, outcome)
+        self._outcomes.labels(outcome).inc()
         await ctx.reply(f"Case {case_id}: {outcome}.", notice=True)
         outcome_text = {
             "redacted": "the message was removed",
@@ -651,6 +660,7 @@ class Report(Plugin):
             await self.storage.execute("UPDATE draft SET state = 'expired' WHERE draft_id = ?", (draft_id,))
             await self.bot.send_text(dm_room, f"Report {draft_id} expired; nothing was sent.", notice=True)
             self.log.info("report %s: expired", draft_id)
+            self._outcomes.labels("expired").inc()
         cutoff = now - self.config.retention_days * 86400
         old = await self.storage.fetchall("SELECT case_id, mod_event FROM report_case WHERE created < ?", (cutoff,))
         for case_id, mod_event in old:
