@@ -147,6 +147,9 @@ class HttpListener:
             max_headers=MAX_HEADERS,
             logger=_ServerLog(log, {}),
             keepalive_timeout=IDLE_TIMEOUT,  # (aiohttp also applies it from a connection's start)
+            # A body the handler did not read (a refused request's, e.g. a hook's 413) is not drained for up to 10 s:
+            # the connection is closed once the answer is sent.
+            lingering_time=0,
         )
         await runner.setup()
         server = runner.server
