@@ -524,3 +524,112 @@ async def test_a_flooding_hook_gets_429_and_a_full_queue_503(ratchet, caplog):
     full = [r for r in caplog.records if "refusing new ones" in r.getMessage()]
     flood = [r for r in caplog.records if "sending faster than" in r.getMessage()]
     assert len(full) == 1 and len(flood) == 1 and full[0].levelname == flood[0].levelname == "WARNING"
+
+
+# ------------------------------------------------------------------------------------------- one port with /metrics
+# (issue 14: one aiohttp server shared with the webhooks bridge where both run)
+
+
+@pytest.mark.e2e
+async def test_hooks_share_the_bots_http_listener_with_metrics(ratchet, caplog):
+    caplog.set_level(logging.INFO, "ratchet")
+    room = await ratchet.room(plugins={"ping": {}})
+    await ratchet.stop_bot()
+    own_port = _free_port()  # the plugin's own port: not used while the bot's listener runs
+    hooks = {"ci": {"room": room.room_id, "secret": SECRET}}
+    # Larger than the listener's own body bound (64 KiB for its routes): the hooks read their body themselves.
+    max_body = 200_000
+    await ratchet.start_bot({"ping": {}, "webhooks": {"port": own_port, "hooks": hooks, "max_body_bytes": max_body}},
+                            http={"port": 0})
+    listener = ratchet.bot.runtime.http
+    port = listener.bound_port
+    url = f"http://127.0.0.1:{port}/hooks"
+    await _wait_listening(url)
+    assert f"http: mounted on the bot's HTTP listener (http://127.0.0.1:{port}/hooks/<hook>" in caplog.text
+    with pytest.raises(OSError):  # nothing listens on the plugin's own port
+        await asyncio.open_connection("127.0.0.1", own_port)
+    auth = {"Authorization": f"Bearer {SECRET}"}
+
+    async with aiohttp.ClientSession() as http:
+        # An inbound hook post reaches the room (encrypted)...
+        async with http.post(f"{url}/ci", json={"text": "shared port"}, headers=auth) as resp:
+            assert resp.status == 200, await resp.text()
+            first = (await resp.json())["event_id"]
+        posted = await room.expect(lambda e: e.event_id == first)
+        assert posted.decrypted and posted.body == "shared port"
+        # ...and /metrics answers on the same port, with the bridge's connection and the hook's post counted.
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 200
+            metrics = await resp.text()
+        assert 'ratchet_bridge_connected{network="http",plugin="webhooks"} 1.0' in metrics, metrics
+        assert 'ratchet_plugin_up{plugin="webhooks",state="running"} 1.0' in metrics
+        async with http.get(f"http://127.0.0.1:{port}/health/live") as resp:
+            assert resp.status == 200
+        # The hooks' own rules hold on the shared listener: POST only, the same 401 for unknown hooks.
+        async with http.get(f"{url}/ci") as resp:
+            assert resp.status == 405 and resp.headers["Allow"] == "POST"
+        async with http.post(f"{url}/nope", json={"text": "x"}, headers=auth) as resp:
+            assert resp.status == 401
+        # A body above the listener's 64 KiB but within the hook's max_body_bytes is read and posted.
+        padded = b'{"text": "padded"}' + b" " * 100_000
+        async with http.post(f"{url}/ci", data=padded,
+                             headers={**auth, "Content-Type": "application/json"}) as resp:
+            assert resp.status == 200, await resp.text()
+            padded_id = (await resp.json())["event_id"]
+        await room.expect(lambda e: e.event_id == padded_id)
+
+    # The hook's max_body_bytes still bounds what it reads: refused from Content-Length before the body is read...
+    status, data, headers = await _raw_request(
+        port,
+        f"POST /hooks/ci HTTP/1.1\nHost: x\nAuthorization: Bearer {SECRET}\nContent-Type: application/json\n"
+        "Content-Length: 10000000\n",
+        b'{"text": "',
+    )
+    assert status == 413 and f"at most {max_body}" in data["error"], data
+    assert headers.get("connection", "").lower() == "close", headers
+    # ...and a chunked body as soon as it passes the limit.
+    chunk = b"x" * 60_000
+    status, data, _ = await _raw_request(
+        port,
+        f"POST /hooks/ci HTTP/1.1\nHost: x\nAuthorization: Bearer {SECRET}\nContent-Type: application/json\n"
+        "Transfer-Encoding: chunked\n",
+        b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4)),
+    )
+    assert status == 413, data
+
+    # A reload unmounts the old endpoint and mounts the new one on the same listener.
+    await ratchet.bot.runtime.manager.reload("webhooks")
+    assert ratchet.bot.runtime.http is listener and listener.bound_port == port
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):  # the new version's endpoint is mounted when its connection is up
+            async with http.post(f"{url}/ci", json={"text": "after reload"}, headers=auth) as resp:
+                if resp.status != 404:
+                    break
+            await asyncio.sleep(0.1)
+        assert resp.status == 200, await resp.text()
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 200
+    await room.expect(lambda e: _body(e) == "after reload")
+    bodies = [_body(e) for e in room.bot_messages()]
+    assert bodies == ["shared port", "padded", "after reload"], bodies
+
+
+@pytest.mark.e2e
+async def test_hooks_keep_their_own_port_without_the_bots_listener(ratchet, caplog):
+    caplog.set_level(logging.INFO, "ratchet")
+    room = await ratchet.room(plugins={"ping": {}})
+    await ratchet.stop_bot()
+    port = _free_port()
+    await ratchet.start_bot({"webhooks": {"port": port, "hooks": {"ci": {"room": room.room_id, "secret": SECRET}}}})
+    assert ratchet.bot.runtime.http is None
+    url = f"http://127.0.0.1:{port}/hooks"
+    await _wait_listening(url)
+    assert f"http: listening on http://127.0.0.1:{port}/hooks/<hook>" in caplog.text
+    assert "mounted on the bot's HTTP listener" not in caplog.text
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/ci", json={"text": "own port"}, headers={"Authorization": f"Bearer {SECRET}"}
+                             ) as resp:
+            assert resp.status == 200, await resp.text()
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            assert resp.status == 404  # the bot's endpoints are not served there
+    await room.expect(lambda e: _body(e) == "own port")

@@ -22,6 +22,9 @@ retried with backoff while the URL fails::
         outbound:
           archive: {room: "#ops:example.org", url: "https://archive.example.org/matrix", secret: "${ARCHIVE_KEY}"}
 
+When the bot's own HTTP listener is on (the ``http`` config section, for metrics and health checks), the inbound
+endpoint is served there, under ``path_prefix``, and ``host``/``port`` are not used: one server, one port.
+
 This plugin is the worked example of ``docs/bridges.md``: a bridge on :class:`bot.bridge.Bridge`, with its HTTP side.
 """
 
@@ -137,9 +140,13 @@ class Webhooks(Bridge):
             for part in url_secrets(out.url):
                 mask_secret(part)
         await self.sync_config_portals(INBOUND, {n: h.room for n, h in cfg.hooks.items() if h.room})
+        listener = self.bot.http  # the bot's HTTP listener (metrics, health): the hooks share it when it runs
+        if listener is not None and cfg.path_prefix.strip("/") == "":
+            raise ValueError("path_prefix '/' would take every path of the bot's HTTP listener (http: in the "
+                             "config); use e.g. /hooks/")
         self.server = HookServer(
             INBOUND, host=cfg.host, port=cfg.port, prefix=cfg.path_prefix, max_body=cfg.max_body_bytes,
-            hooks=cfg.hooks, linked=lambda name: (INBOUND, name) in self.portals,
+            hooks=cfg.hooks, linked=lambda name: (INBOUND, name) in self.portals, listener=listener,
         )
         self.add_connection(self.server)
         for name, out in cfg.outbound.items():

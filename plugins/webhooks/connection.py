@@ -3,6 +3,10 @@
 Both are :class:`~bot.bridge.RemoteConnection`\\ s, so the bridge core supervises them like any remote network: the
 inbound server is (re)bound with backoff if its port is busy; an outbound hook's POSTs wait in the ordered queue while
 the URL fails and are retried with exponential backoff (dropped after ``max_attempts``).
+
+When the bot runs its own HTTP listener (the ``http`` config section: metrics, health), the inbound endpoint does not
+open a port of its own: it mounts its handler on that listener at its path prefix (one server, one port), and unmounts
+it when it closes (a reload mounts it again). Its bounds stay its own: it reads the body itself, up to ``max_body``.
 """
 
 from __future__ import annotations
@@ -77,10 +81,14 @@ class HookServer(RemoteConnection):
         max_body: int,
         hooks: Mapping[str, Any],
         linked: Callable[[str], bool],
+        listener: Any = None,
     ) -> None:
         super().__init__(network)
         self.host = host
         self.port = port
+        #: The bot's HTTP listener (``self.bot.http``) to mount on instead of binding ``host:port``; None: our own.
+        self.listener = listener
+        self._unmount: Callable[[], None] | None = None
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.max_body = max_body
         self.hooks = hooks
@@ -95,11 +103,21 @@ class HookServer(RemoteConnection):
         self._decoy = secrets.token_urlsafe(32)  # checked against for unknown hooks, so they take as long
 
     def describe(self) -> str:
-        where = f"http://{self.host}:{self.bound_port}{self.prefix}" if self.bound_port else "not listening"
+        if self.listener is not None:
+            where = (f"{self.listener.url}{self.prefix} (the bot's HTTP listener)" if self.listener.bound_port
+                     else "mounted on the bot's HTTP listener, which is not listening yet")
+        else:
+            where = f"http://{self.host}:{self.bound_port}{self.prefix}" if self.bound_port else "not listening"
         return f"{where}, {len(self.hooks)} hooks, {self.accepted} posted, {self.refused} refused"
 
     async def connect(self) -> None:
         self._closed = asyncio.Event()
+        if self.listener is not None:
+            self._unmount = self.listener.mount(self.prefix, self._handle)  # ValueError: the prefix is taken
+            self.bound_port = self.listener.bound_port
+            log.info("%s: mounted on the bot's HTTP listener (%s%s<hook>; the plugin's own host and port are not "
+                     "used)", self.network, self.listener.url, self.prefix)
+            return
         app = web.Application(client_max_size=self.max_body + 1)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         # lingering_time=0: a refused request's unread body is not drained, the connection is closed at once.
@@ -123,6 +141,9 @@ class HookServer(RemoteConnection):
 
     async def close(self) -> None:
         self._closed.set()
+        unmount, self._unmount = self._unmount, None
+        if unmount is not None:
+            unmount()
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
