@@ -69,6 +69,14 @@ class Metrics:
         self._last_sync_monotonic: float | None = None
         #: When the homeserver started failing (a transport error or a 5xx since its last good answer), monotonic.
         self._homeserver_failing_since: float | None = None
+        self.homeserver_failing = Gauge(
+            "ratchet_homeserver_failing_seconds",
+            "Seconds the homeserver has been unreachable or answering 5xx without a good answer since (0: fine). "
+            "Sync retries transport errors inside the client, so this, not ratchet_sync_requests_total, shows an "
+            "outage.",
+            registry=r,
+        )
+        self.homeserver_failing.set_function(lambda: self.seconds_homeserver_failing() or 0.0)
 
         self.events_received = Counter(
             "ratchet_events_received", "Timeline events received in joined rooms.", registry=r

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import signal
 import socket
@@ -287,6 +288,8 @@ async def test_health_live_and_ready_follow_the_homeserver(synapse, fault_proxy,
     assert status == 200, live
     status, _, body = await _get(f"{base}/metrics")
     assert status == 200 and b"ratchet_seconds_since_last_sync" in body
+    failing = re.search(rb"^ratchet_homeserver_failing_seconds (\S+)$", body, re.MULTILINE)
+    assert failing is not None and float(failing.group(1)) >= max_age, body[-2000:]
 
     # The homeserver is back: ready again, and the bot answers.
     proxy.remove(outage)
