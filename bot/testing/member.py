@@ -2,13 +2,16 @@
 
 It logs in as a fresh device, syncs in the background, records every timeline event it sees (decrypted where it
 could, :class:`nio.MegolmEvent` where it could not) and offers the few actions a test needs: create an encrypted room,
-invite, send (optionally as a reply or in a thread), and wait for the bot's answer.
+invite, send (optionally as a reply or in a thread), send a file, change its display name, and wait for the bot's
+answer. Plugin tests usually drive it through :class:`bot.testing.kit.TestRoom`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import mimetypes
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,9 +25,11 @@ from nio import (
     JoinedMembersResponse,
     LoginResponse,
     MegolmEvent,
+    ProfileSetDisplayNameResponse,
     RoomCreateResponse,
     RoomSendResponse,
     SyncResponse,
+    UploadResponse,
 )
 from nio.api import Api
 from nio.crypto.sessions import OutboundGroupSession
@@ -54,6 +59,8 @@ class Member:
                 store=SqliteStore, encryption_enabled=True, pickle_key="test-member-pickle-key"
             ),
         )
+        #: The display name this member was given through the kit (None: the homeserver's default).
+        self.display_name: str | None = None
         self.events: list[tuple[str, Event]] = []
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -215,6 +222,69 @@ class Member:
         if isinstance(encrypted, dict):
             return decrypt_attachment(body, encrypted["key"]["k"], encrypted["hashes"]["sha256"], encrypted["iv"])
         return body
+
+    async def set_display_name(self, name: str, timeout: float = 30) -> None:
+        """Set this member's display name, and wait until its own sync shows it in every room it is joined to.
+
+        (The homeserver rewrites the member's membership event in each room; other clients, the bot's included, see
+        it when they next sync: :meth:`bot.testing.kit.TestRoom.wait_bot_sees_members` waits for the bot.)
+        """
+        resp = await self.client.set_displayname(name)
+        if not isinstance(resp, ProfileSetDisplayNameResponse):
+            raise MemberError(f"setting the display name of {self.user_id} failed: {resp}")
+        self.display_name = name
+
+        def everywhere() -> bool:
+            return all(
+                getattr(room.users.get(self.user_id), "display_name", None) == name
+                for room in self.client.rooms.values()
+                if self.user_id in room.users and self.user_id not in room.invited_users
+            )
+
+        await self.wait_for(everywhere, timeout, f"the display name {name!r} to show in {self.user_id}'s rooms")
+
+    async def send_file(
+        self, room_id: str, data: bytes | str | Path, *, name: str | None = None, mimetype: str | None = None
+    ) -> str:
+        """Upload ``data`` (bytes, or a file's path) and send it as ``m.image`` (for ``image/*``) or ``m.file``.
+
+        In an encrypted room the file is encrypted before the upload (``file`` in the content holds the key, as
+        clients do); otherwise the content has a plain ``url``. ``name`` defaults to the file's name ("file" for
+        bytes), ``mimetype`` to a guess from ``name``. Returns the event id.
+        """
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            payload = await asyncio.to_thread(path.read_bytes)
+            name = name or path.name
+        else:
+            payload = bytes(data)
+            name = name or "file"
+        mimetype = mimetype or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        await self.wait_for(lambda: room_id in self.client.rooms, 30, f"{room_id} to sync")
+        encrypted = self.client.rooms[room_id].encrypted
+        resp, keys = await self.client.upload(
+            io.BytesIO(payload), content_type=mimetype, filename=name, encrypt=encrypted, filesize=len(payload)
+        )
+        if not isinstance(resp, UploadResponse):
+            raise MemberError(f"upload of {name} failed: {resp}")
+        content: dict[str, Any] = {
+            "msgtype": "m.image" if mimetype.startswith("image/") else "m.file",
+            "body": name,
+            "filename": name,
+            "info": {"mimetype": mimetype, "size": len(payload)},
+        }
+        if encrypted:
+            content["file"] = {"url": resp.content_uri, **(keys or {})}
+        else:
+            content["url"] = resp.content_uri
+        return await self.send(room_id, name, content=content)
+
+    def find_event(self, event_id: str) -> Event | None:
+        """The recorded event with id ``event_id`` (decrypted if it could be), if this member has seen it."""
+        for _room_id, event in self.events:
+            if event.event_id == event_id:
+                return event
+        return None
 
     async def accept_invite(self, timeout: float = 30) -> str:
         """Wait for a room invite (e.g. the bot opening a DM), join it and return its room id."""
