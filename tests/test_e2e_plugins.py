@@ -219,21 +219,27 @@ def test_scaffold_writes_a_plugin_whose_test_passes(tmp_path):
         capture_output=True, text=True, timeout=60,
     )
     assert res.returncode == 0, res.stderr
-    test_file = tmp_path / "hello_world" / "tests" / "test_hello_world.py"
-    assert test_file.exists()
+    folder = tmp_path / "hello_world"
+    test_file = folder / "tests" / "test_hello_world.py"
+    assert test_file.exists() and (folder / "pytest.ini").exists()
+    assert "pytest.mark.asyncio" not in test_file.read_text()  # the pytest.ini makes that boilerplate unneeded
     again = subprocess.run(
         [sys.executable, "-m", "bot", "new-plugin", "hello_world", "--dir", str(tmp_path)],
         capture_output=True, text=True, timeout=60,
     )
     assert again.returncode == 2 and "already exists" in again.stderr
+    # As its author would run it: `pytest` in the plugin's folder, with the scaffold's own configuration. Any
+    # warning (pytest-asyncio's unset loop scope, say) is an error, and none is printed.
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
-         "-c", "/dev/null", str(test_file)],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        [sys.executable, "-m", "pytest", "-W", "error"],
+        capture_output=True, text=True, timeout=240, cwd=folder,
     )
+    output = run.stdout + run.stderr
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "2 passed" in run.stdout
-    shutil.rmtree(tmp_path / "hello_world")
+    assert "configfile: pytest.ini" in run.stdout and "2 passed" in run.stdout, run.stdout[-3000:]
+    assert "warning" not in output.lower(), output[-3000:]
+    assert not (folder / ".pytest_cache").exists()
+    shutil.rmtree(folder)
 
 
 async def _until(condition, timeout: float) -> None:
