@@ -23,7 +23,7 @@ def ratchet(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.mark.parametrize("sub", [[], ["run"], ["check-config"], ["demo"]])
+@pytest.mark.parametrize("sub", [[], ["run"], ["check-config"], ["demo"], ["dev"]])
 def test_help(sub):
     res = ratchet(*sub, "--help")
     assert res.returncode == 0
@@ -66,3 +66,22 @@ def test_unreadable_config_file(tmp_path):
     res = ratchet("check-config", "-c", str(tmp_path / "missing.yaml"))
     assert res.returncode == 2
     assert "missing.yaml" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_dev_usage_errors_exit_2(tmp_path):
+    state = ["--state-dir", str(tmp_path / "state")]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "__init__.py").write_text("")
+    (tmp_path / "plugin" / "dev.yaml").write_text("other: {}\n")
+    for args, needle in [
+        ([], "PLUGIN_DIR is required"),
+        ([str(tmp_path / "missing")], "no such file"),
+        ([str(tmp_path / "empty")], "no plugin found"),
+        ([str(tmp_path / "plugin")], "'other' is not a plugin"),
+    ]:
+        res = ratchet("dev", *args, *state)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert needle in res.stderr, (args, res.stderr)
+    res = ratchet("dev", "--stop", *state)
+    assert res.returncode == 0 and "no dev Synapse is running" in res.stdout

@@ -111,6 +111,40 @@ def _parser() -> argparse.ArgumentParser:
         description="Start a temporary Synapse on 127.0.0.1, a bot and a demo user in an encrypted room; the user "
         "sends !ping and the bot answers pong, then everything is shut down.",
     )
+
+    dev = sub.add_parser(
+        "dev",
+        help="try a plugin by hand: a local Synapse, a bot with the plugin, reloaded when its files change",
+        description="Start (or reuse) a local Synapse on 127.0.0.1 kept in a state directory, a bot with the "
+        "plugin(s) in PLUGIN_DIR loaded (options from PLUGIN_DIR/dev.yaml or --options: plugin name -> options) "
+        "and an encrypted room with the bot and a member; print the member's login details (for Element or any "
+        "client) and reload the plugin whenever its files change. Ctrl-C stops the bot; the Synapse keeps "
+        "running for the next run.",
+    )
+    dev.add_argument(
+        "plugin_dir",
+        nargs="?",
+        type=Path,
+        metavar="PLUGIN_DIR",
+        help="a plugin package (a folder with __init__.py), a plugin module (name.py) or a folder of plugins",
+    )
+    dev.add_argument(
+        "--state-dir",
+        type=Path,
+        help="where the Synapse, the accounts and the bot's data live "
+        "(default: $XDG_STATE_HOME/ratchet/dev or ~/.local/state/ratchet/dev)",
+    )
+    dev.add_argument("--options", type=Path, metavar="FILE", help="the plugins' options (default: PLUGIN_DIR/dev.yaml)")
+    dev.add_argument("--stop-synapse", action="store_true", help="stop the Synapse too when stopping")
+    dev.add_argument("--stop", action="store_true", help="stop the dev Synapse left running, and exit")
+    dev.add_argument(
+        "--member-shell",
+        action="store_true",
+        help="also talk to the bot from this terminal as the member (lines read from stdin are sent to the room)",
+    )
+    dev.add_argument(
+        "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO", help="the bot's log level"
+    )
     return parser
 
 
@@ -166,6 +200,20 @@ def main(argv: list[str] | None = None) -> int:
         from bot.cli.demo import run_demo
 
         return run_demo()
+    if args.command == "dev":
+        from bot.cli.dev import DevArgs, run_dev
+
+        return run_dev(
+            DevArgs(
+                plugin_dir=args.plugin_dir,
+                state_dir=args.state_dir,
+                options=args.options,
+                stop=args.stop,
+                stop_synapse=args.stop_synapse,
+                member_shell=args.member_shell,
+                log_level=args.log_level,
+            )
+        )
     if args.command in ("recovery-key", "verify", "cross-signing"):
         return _identity_command(args)
     return EXIT_CONFIG

@@ -384,6 +384,18 @@ class SynapseServer:
         self._paused = False
         _LIVE_SERVERS.discard(self)
 
+    def detach(self) -> int:
+        """Let the running Synapse outlive this object and this process (``ratchet dev`` keeps its homeserver
+        for the next run): it is no longer stopped at exit nor by :meth:`stop`. Returns its pid, which is also its
+        process group id (signal the group to stop it)."""
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("Synapse is not running")
+        pid = self._proc.pid
+        _LIVE_SERVERS.discard(self)
+        self._proc = None
+        self._paused = False
+        return pid
+
     def restart(self, timeout: float = 60) -> None:
         """Stop and start again, on the same port and with the same data."""
         self.stop()
