@@ -39,6 +39,7 @@ from bot.plugin.api import BotAPI
 from bot.plugin.dispatch import Dispatcher, JobOutcome
 from bot.plugin.host import PluginHost, PluginManager
 from bot.runtime.endpoints import install_endpoints
+from bot.runtime.status_page import ActivityHistory
 from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, own_join_index, select_events
 from bot.stats import BotStats
 from bot.storage.backend import SqliteStorage, Storage
@@ -122,6 +123,8 @@ class Runtime:
         #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
         self._fatal: Exception | None = None
         self._lag_probe = LoopLagProbe(self.metrics)
+        #: Events and handler latency over the last hour, for the status page's charts (bot/runtime/status_page.py).
+        self.activity = ActivityHistory(self.stats, self.metrics)
         install_endpoints(self, long_poll=SYNC_TIMEOUT_MS / 1000)
 
     @classmethod
@@ -165,6 +168,7 @@ class Runtime:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             self._lag_probe.start()
+            self.activity.start()
             await self._start_http()
             if self.identity is not None:
                 await self.identity.setup()  # never raises: problems are logged and retried from the sync loop
@@ -227,6 +231,7 @@ class Runtime:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.host.unload_all(), max(0.5, deadline + 2 - time.monotonic()))
         await self._lag_probe.stop()
+        await self.activity.stop()
         if self.http is not None:
             await self.http.close()
         await self.client.close()
