@@ -130,14 +130,17 @@ async def test_storage_and_scheduled_task_survive_a_restart(ratchet):
     db = ratchet.tmp_path / "bot-data" / "plugins" / "reminders.db"
     assert db.exists() and oct(db.stat().st_mode & 0o777) == "0o600"
 
-    # the reaction handler: ❌ on the confirmation cancels
+    # the reaction handler: ❌ on the confirmation cancels, when the reminder's owner reacts
+    reminders = ratchet.storage("reminders")
     confirm2 = await room.ask("!remind 1h drink water")
-    await room.member.send(
-        room.room_id, "", content={"m.relates_to": {"rel_type": "m.annotation", "event_id": confirm2.event_id,
-                                                    "key": "❌"}},
-        event_type="m.reaction",
-    )
-    await room.expect(body_startswith="Reminder cancelled.")
+    as_bob = await room.add_member(await ratchet.member("bob"))
+    not_theirs = await as_bob.react(confirm2.event_id, "❌")
+    cancel = await room.react(confirm2.event_id, "❌")
+    assert (await room.expect_reply(cancel)).body == "Reminder cancelled."
+    # A room's events reach the plugin in order: bob's reaction was handled before, and was not answered.
+    await room.expect_no_reply(not_theirs, within=0)
+    assert await reminders.fetchone("SELECT count(*) FROM reminder") == (0,)
+    assert await reminders.get("created") == 2 and await reminders.get("delivered") == 1
     bad = await room.ask("!remind soon do it")
     assert "not a delay" in bad.body
 
@@ -171,6 +174,7 @@ async def test_hot_reload_changes_behaviour_without_a_new_device(ratchet, tmp_pa
     assert (await room.ask("!greet")).body == "version two"
 
     assert (await room.ask("!plugins disable greet")).body == "✅ greet disabled."
+    await room.expect_no_reply(await room.send("!greet"), within=2)
     listing = (await room.ask("!plugins")).body
     assert "**greet**: disabled" in listing and "**admin**: running" in listing
     assert ratchet.bot.device_id == device
@@ -191,7 +195,9 @@ async def test_room_allow_and_deny_lists(ratchet):
     assert (await room.ask("!ping")).body.startswith("pong")
     assert (await other.ask("!add 1 1")).body == "sum=2"
     ignored = await other.send("!ping")
-    await other.ask("!add 2 2")  # handled after the ping would have been
+    assert (await other.ask("!add 2 2")).body == "sum=4"
+    # (typed and ping are different plugins: their order is not guaranteed, so wait for the ping's answer in full)
+    await other.expect_no_reply(ignored, within=2)
     assert not [e for e in other.bot_messages() if "pong" in getattr(e, "body", "")], ignored
 
 

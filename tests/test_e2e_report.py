@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 
@@ -201,9 +200,7 @@ async def test_withdraw_deletes_evidence_and_rate_limit(ratchet, new_user):
     await alice.send(dm, f"!report withdraw {case_id}")
     done = await alice.expect(_bot_says(alice, dm, bot_id, "withdrawn"))
     assert "were redacted" in done.body and "homeserver" not in done.body  # no homeserver report was filed
-    db = ratchet.tmp_path / "bot-data" / "plugins" / "report.db"
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM report_case").fetchone()[0] == 0
+    assert await ratchet.storage("report").fetchone("SELECT count(*) FROM report_case") == (0,)
     # (that the case's events are redacted on the server: tests/security/test_reports.py)
 
     await alice.send(room, "!report", reply_to=msgs[1])
