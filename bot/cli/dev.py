@@ -587,7 +587,9 @@ async def _dev(args: DevArgs, state: DevState, plugins: PluginSet, options: dict
         _say(f"  bot device: {bot.device_id}")
         _say(f"  (kept in {state.secrets_path})")
         _say()
-        watched = plugins.watched if plugins.options_file is None else f"{plugins.watched} and {plugins.options_file}"
+        watched = str(plugins.watched)
+        if plugins.options_file is not None and not plugins.options_file.is_relative_to(plugins.watched):
+            watched += f" and {plugins.options_file}"
         _say(f"watching {watched}: a change reloads the plugin")
         keep = "stopped too" if args.stop_synapse else "left running for the next run; `ratchet dev --stop` stops it"
         _say(f"stop with Ctrl-C (the Synapse is {keep})")
