@@ -8,7 +8,11 @@ Used through the ``ratchet`` pytest fixture::
         assert reply.body == "Hello!"
 
 Everything is real: the homeserver is the session's Synapse, the bot is a full Ratchet runtime with its own device
-and crypto store, and the member is a separate nio client that encrypts, decrypts and verifies what it sees.
+and crypto store, and each member is a separate nio client that encrypts, decrypts and verifies what it sees. A room
+can hold several members (``ratchet.room(members=[...])``, :meth:`TestRoom.add_member`); :meth:`TestRoom.as_member`
+acts as any of them. :meth:`TestRoom.expect_no_reply` and :meth:`TestRoom.expect_silence` check that the bot did
+*not* answer; :meth:`RatchetKit.storage` reads a running plugin's storage; :meth:`RatchetKit.start_bot` raises
+:class:`BotStartError`.
 """
 
 from __future__ import annotations

@@ -26,8 +26,10 @@ Fixtures:
 ``ratchet`` (function scope, async)
     A :class:`~bot.testing.kit.RatchetKit`: ``await ratchet.room(plugins={...}, plugin_dirs=[...])`` starts a
     real bot with those plugins and returns a :class:`~bot.testing.kit.TestRoom` (an encrypted room with a member
-    and the bot) whose ``ask("!cmd")`` returns the bot's decrypted reply. Needs pytest-asyncio
-    (``asyncio_mode = "auto"`` is the easy way).
+    and the bot) whose ``ask("!cmd")`` returns the bot's decrypted reply; ``ratchet.member(name, display_name=...)``
+    and ``room.add_member(...)`` put more members in it. ``start_bot``/``room`` raise
+    :class:`~bot.testing.kit.BotStartError` naming every plugin that failed to load. Needs pytest-asyncio
+    (``asyncio_mode = "auto"`` and both ``asyncio_default_*_loop_scope`` set, as ``ratchet new-plugin`` writes them).
 
 ``bot_in_room`` (function scope, async)
     A factory ``await bot_in_room(synapse, plugins={...}, **config) -> BotInRoom``
