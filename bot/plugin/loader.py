@@ -11,10 +11,12 @@ collide with installed modules, and so that a reload can drop exactly their modu
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.resources
 import importlib.util
 import inspect
+import os
 import sys
 import types
 from collections.abc import Sequence
@@ -86,9 +88,24 @@ def _forget(module_name: str) -> None:
         del sys.modules[key]
 
 
+def _drop_bytecode(path: Path) -> None:
+    """Remove the cached bytecode of a plugin's files before it is imported again.
+
+    Python trusts a ``.pyc`` whose recorded source mtime (whole seconds) and size match: an edit of the same size
+    within the same second as the previous import would reload the old code. A folder that cannot be written
+    (an installed package) is left alone.
+    """
+    files = sorted(path.parent.rglob("*.py")) if path.name == "__init__.py" else [path]
+    for source in files[:1000]:
+        with contextlib.suppress(OSError, ValueError, NotImplementedError):
+            os.unlink(importlib.util.cache_from_source(str(source)))
+
+
 def _import_file(name: str, path: Path) -> types.ModuleType:
     _ensure_namespace()
     module_name = f"{_NAMESPACE}.{name}"
+    if module_name in sys.modules:  # a reload
+        _drop_bytecode(path)
     _forget(module_name)
     importlib.invalidate_caches()
     locations = [str(path.parent)] if path.name == "__init__.py" else None
