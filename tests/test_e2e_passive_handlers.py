@@ -39,6 +39,12 @@ async def test_reply_fallback_and_commands_do_not_trigger_passive_handlers(ratch
     # commands=True: that handler does see the command (its reaction on the command message).
     assert await room.expect_reaction(command) == "👀"
 
+    # An edit ("* @erin++", m.replace) is not a new message: passive handlers saw the original already.
+    plain = await room.send("just words")
+    edit = await room.edit(plain, "@erin++")
+    await room.expect_no_reply(edit, within=2)
+    assert not [e for e in room.bot_messages() if "point for erin" in getattr(e, "body", "")]
+
     hello = await room.send("hello there")
     assert (await room.expect_reply(hello)).body == "configured pattern matched: hello"
     bonjour = await room.send("bonjour")

@@ -159,7 +159,7 @@ class Router:
             for cmd in h.commands:
                 if invocation.name == cmd.spec.name or invocation.name in cmd.spec.aliases:
                     calls.append(self._command_or_subcommand(cmd, invocation.args))
-        if h.messages and is_text_message(event):
+        if h.messages and is_text_message(event) and not _is_edit(event):
             text = strip_reply_fallback(event.body)
             runs_command = invocation is not None and self._is_command(invocation.name)
             for handler in h.messages:
@@ -312,6 +312,12 @@ class Router:
         fut = loaded.track(self.dispatcher.submit((room_id, loaded.name), run, label))
         fut.add_done_callback(finished)
         return fut
+
+
+def _is_edit(event: Event) -> bool:
+    """An ``m.replace`` edit ("* new text"): passive handlers saw the original; ``@on_event`` handlers see edits."""
+    relates = event.source.get("content", {}).get("m.relates_to")
+    return isinstance(relates, dict) and relates.get("rel_type") == "m.replace"
 
 
 def _bind(func: Callable[..., Awaitable[Any]], *extra: Any) -> Callable[[Context], Awaitable[Any]]:
