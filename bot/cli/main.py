@@ -55,8 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     new = sub.add_parser(
         "new-plugin",
         help="write a working plugin and its test",
-        description="Create DIR/NAME/__init__.py (a plugin with a typed command and a config schema) and "
-        "DIR/NAME/tests/test_NAME.py (an end-to-end test using Ratchet's test kit).",
+        description="Create DIR/NAME/__init__.py (a plugin with a typed command and a config schema), "
+        "DIR/NAME/tests/test_NAME.py (an end-to-end test using Ratchet's test kit) and DIR/NAME/pytest.ini; run "
+        "`pytest` in DIR/NAME (needs matrix-ratchet[testing]), or try it by hand with `ratchet dev DIR/NAME`.",
     )
     new.add_argument("name", help="plugin name: lowercase letters, digits, underscores")
     new.add_argument("--dir", type=Path, default=Path("plugins"), help="folder to create it in (default: plugins)")
