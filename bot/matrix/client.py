@@ -45,6 +45,7 @@ from nio import (
     ShareGroupSessionError,
     ShareGroupSessionResponse,
     SyncResponse,
+    ToDeviceEvent,
     UnknownBadEvent,
     UnknownToDeviceEvent,
 )
@@ -384,6 +385,19 @@ class RatchetClient(AsyncClient):
                 callback(event.sender, event.source.get("content"))
 
         self.add_to_device_callback(deliver, (UnknownToDeviceEvent,))
+
+    def on_to_device(self, types: Iterable[str], callback: Callable[[str, str, Any], None]) -> None:
+        """Call ``callback(sender, type, content)`` for each to-device event of one of ``types``, whether nio parses
+        it or not (Olm-encrypted ones after decryption): the ``m.key.verification.*`` messages, which nio's own
+        (legacy) SAS would otherwise be the only one to see."""
+        wanted = frozenset(types)
+
+        async def deliver(event: ToDeviceEvent) -> None:
+            source = getattr(event, "source", None)
+            if isinstance(source, dict) and source.get("type") in wanted:
+                callback(event.sender, source["type"], source.get("content"))
+
+        self.add_to_device_callback(deliver, (ToDeviceEvent,))
 
     # -- requests nio has no method for ------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ class SenderDevice:
 
 
 class RatchetOlm(Olm):
-    """nio's Olm machine with two fixes, made per client by :meth:`RatchetClient.load_store`.
+    """nio's Olm machine with three fixes, made per client by :meth:`RatchetClient.load_store`.
 
     * One-time keys are saved as soon as they are generated, before they are uploaded. nio's ``share_keys()`` saves
       the account only once the server answered; a crash in between left the server with keys whose private halves
@@ -38,12 +38,19 @@ class RatchetOlm(Olm):
       first, a retry uploads the very same keys, which the server accepts.
     * Outbound Megolm sessions rotate as each room's ``m.room.encryption`` asks (``rotation_period_msgs``,
       ``rotation_period_ms``); nio gives every session its defaults (100 messages, a week).
+    * nio's own (legacy) SAS verification is switched off: see :meth:`handle_key_verification`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Each encrypted room's rotation period from its m.room.encryption state: (messages, milliseconds).
         self.rotation_periods: dict[str, tuple[int | None, int | None]] = {}
+
+    def handle_key_verification(self, event: Any) -> None:
+        """Leave ``m.key.verification.*`` alone: nio's SAS is the legacy one (no request/ready, no v2 MAC) and would
+        answer a modern flow with its own key or cancel messages. :mod:`bot.e2ee.verification_service` handles them
+        (delivered through :meth:`RatchetClient.on_to_device`)."""
+        return None
 
     def share_keys(self) -> dict[str, Any]:
         content = super().share_keys()

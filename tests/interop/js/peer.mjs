@@ -237,6 +237,62 @@ async function backupSummary() {
     };
 }
 
+// ------------------------------------------------------------------------------------ interactive verification
+
+const { CryptoEvent, VerificationPhase, VerifierEvent } = cryptoApi;
+const PHASES = Object.fromEntries(Object.entries(VerificationPhase).filter(([, v]) => typeof v === "number").map(([k, v]) => [v, k]));
+/** Verification requests seen by this peer (incoming and ours): id -> {request, sas, verifyResult}. */
+const verifications = new Map();
+let verificationSeq = 0;
+
+function trackRequest(request) {
+    for (const [id, entry] of verifications) if (entry.request === request) return id;
+    const id = `v${++verificationSeq}`;
+    const entry = { request, sas: null, verifyResult: null, verifierHooked: false };
+    verifications.set(id, entry);
+    const hook = () => {
+        const verifier = request.verifier;
+        if (!verifier || entry.verifierHooked) return;
+        entry.verifierHooked = true;
+        verifier.on(VerifierEvent.ShowSas, (sas) => {
+            entry.sas = sas;
+        });
+        // verify() sends accept/key as needed and resolves once both MACs matched (or rejects on cancel).
+        verifier.verify().then(
+            () => (entry.verifyResult = { ok: true }),
+            (e) => (entry.verifyResult = { ok: false, error: `${e?.message ?? e}` }),
+        );
+    };
+    request.on("change", hook);
+    hook();
+    return id;
+}
+
+function verificationEntry(id) {
+    const entry = verifications.get(need(id, "vid"));
+    if (!entry) throw new Error(`unknown verification ${id}`);
+    return entry;
+}
+
+function describeVerification(id) {
+    const { request, sas, verifyResult } = verificationEntry(id);
+    return {
+        vid: id,
+        transaction_id: request.transactionId ?? null,
+        room_id: request.roomId ?? null,
+        other_user: request.otherUserId,
+        other_device: request.otherDeviceId ?? null,
+        initiated_by_me: request.initiatedByMe,
+        phase: PHASES[request.phase] ?? String(request.phase),
+        chosen_method: request.chosenMethod,
+        cancellation_code: request.cancellationCode,
+        cancelling_user: request.cancellingUserId ?? null,
+        emoji: sas?.sas?.emoji ?? null,
+        decimal: sas?.sas?.decimal ?? null,
+        verify_result: verifyResult,
+    };
+}
+
 // ------------------------------------------------------------------------------------ commands
 
 const commands = {
@@ -273,6 +329,7 @@ const commands = {
             };
             client.on(sdk.ClientEvent.Sync, onSync);
         });
+        client.on(CryptoEvent.VerificationRequestReceived, (request) => trackRequest(request));
         await client.startClient({ initialSyncLimit: 50 });
         await prepared;
         trace(`logged in as ${resp.user_id} device ${resp.device_id}`);
@@ -526,6 +583,86 @@ const commands = {
             const r = await crypto.restoreKeyBackup();
             return { imported: r.imported, total: r.total };
         });
+    },
+
+    async verification_request_device({ user_id, device_id }) {
+        const request = await requireCrypto().requestDeviceVerification(need(user_id, "user_id"), need(device_id, "device_id"));
+        return describeVerification(trackRequest(request));
+    },
+
+    async verification_request_dm({ user_id, room_id }) {
+        const request = await requireCrypto().requestVerificationDM(need(user_id, "user_id"), need(room_id, "room_id"));
+        return describeVerification(trackRequest(request));
+    },
+
+    async verification_incoming({ from_user, timeout_ms = 30000 }) {
+        // The first request received from `from_user` that is not tracked as answered yet.
+        const found = await waitFor(
+            () => {
+                for (const [id, entry] of verifications) {
+                    if (!entry.request.initiatedByMe && (!from_user || entry.request.otherUserId === from_user)) {
+                        if (!entry.claimed) {
+                            entry.claimed = true;
+                            return id;
+                        }
+                    }
+                }
+                return null;
+            },
+            timeout_ms,
+            `a verification request from ${from_user ?? "anyone"}`,
+        );
+        return describeVerification(found);
+    },
+
+    async verification_wait({ vid: id, phase, sas = false, verified = false, timeout_ms = 30000 }) {
+        const entry = verificationEntry(id);
+        await waitFor(
+            () => {
+                if (phase && PHASES[entry.request.phase] !== phase) {
+                    if (entry.request.phase === VerificationPhase.Cancelled && phase !== "Cancelled") {
+                        throw new Error(`verification cancelled: ${JSON.stringify(describeVerification(id))}`);
+                    }
+                    return false;
+                }
+                if (sas && !entry.sas) return false;
+                if (verified && !entry.verifyResult) return false;
+                return true;
+            },
+            timeout_ms,
+            `verification ${id} (phase ${phase ?? "any"}, sas ${sas}, verified ${verified})`,
+        );
+        return describeVerification(id);
+    },
+
+    async verification_accept({ vid: id }) {
+        await verificationEntry(id).request.accept();
+        return describeVerification(id);
+    },
+
+    async verification_start_sas({ vid: id }) {
+        const entry = verificationEntry(id);
+        await entry.request.startVerification("m.sas.v1");
+        trackRequest(entry.request);
+        return describeVerification(id);
+    },
+
+    async verification_confirm({ vid: id }) {
+        const entry = verificationEntry(id);
+        if (!entry.sas) throw new Error("no short codes shown yet");
+        await entry.sas.confirm();
+        return describeVerification(id);
+    },
+
+    async verification_mismatch({ vid: id }) {
+        const entry = verificationEntry(id);
+        if (!entry.sas) throw new Error("no short codes shown yet");
+        entry.sas.mismatch();
+        return describeVerification(id);
+    },
+
+    async verification_status({ vid: id }) {
+        return describeVerification(id);
     },
 
     async stop() {

@@ -1,0 +1,271 @@
+"""The running bot's interactive verification: the async shell around the sans-I/O :mod:`bot.e2ee.verification`.
+
+:class:`VerificationService` receives ``m.key.verification.*`` to-device messages through
+:meth:`RatchetClient.on_to_device <bot.matrix.client.RatchetClient.on_to_device>` (nio's legacy SAS is switched off
+in :class:`~bot.matrix.olm.RatchetOlm`), feeds them to the machine one at a time, sends what it answers
+(``PUT /sendToDevice``), and keeps every flow for the operator: :meth:`~VerificationService.pending`,
+:meth:`~VerificationService.confirm`, :meth:`~VerificationService.mismatch`, :meth:`~VerificationService.cancel`.
+Nothing is confirmed by itself.
+
+After a successful verification of another user whose master key the other side MAC-ed, the bot signs that master
+key with its user-signing key and uploads the signature (``POST /keys/signatures/upload``), so the other user is
+cross-signing-verified by the bot; a verified device of the bot's own account is signed with the self-signing key.
+Both need the bot's cross-signing private keys (``e2ee.cross_signing``); without them the verification still
+succeeds and the log says nothing was signed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from bot.crypto.cross_signing import master_public, signatures_upload_body
+from bot.e2ee.verification import (
+    VERIFICATION_EVENT_TYPES,
+    Outcome,
+    Send,
+    Verification,
+    VerificationMachine,
+)
+from bot.matrix.requests import api_path, request_json
+
+if TYPE_CHECKING:
+    from bot.e2ee.identity import Identity
+    from bot.e2ee.trust import TrustPolicy
+
+__all__ = ["TICK_SECONDS", "VerificationService"]
+
+log = logging.getLogger("ratchet.verification")
+
+#: How often flows are checked for timeouts (seconds).
+TICK_SECONDS = 5.0
+
+
+class VerificationService:
+    """Every interactive verification of the running bot (see the module docs)."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        trust: TrustPolicy | None = None,
+        identity: Identity | None = None,
+        accept_from: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.client = client
+        self.trust = trust
+        self.identity = identity
+        self.machine = VerificationMachine(
+            client.user_id, client.device_id, self, accept_from=accept_from or (lambda user_id: False)
+        )
+        #: Signature uploads done after successful verifications: (user id, key id).
+        self.signed: list[tuple[str, str]] = []
+        self._queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._listeners: list[Callable[[Outcome], Any]] = []
+
+    # -- wiring ---------------------------------------------------------------------------------------------------
+
+    def attach(self) -> VerificationService:
+        """Receive the client's verification messages and start the worker (needs a running loop)."""
+        self.client.on_to_device(VERIFICATION_EVENT_TYPES, self._enqueue)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="ratchet-verification")
+        return self
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def on_outcome(self, listener: Callable[[Outcome], Any]) -> None:
+        """Call ``listener(outcome)`` for every :class:`Outcome` (new request, short codes, verified, cancelled)."""
+        self._listeners.append(listener)
+
+    def _enqueue(self, sender: str, event_type: str, content: Any) -> None:
+        self._queue.put_nowait((sender, event_type, content))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                item = await asyncio.wait_for(self._queue.get(), TICK_SECONDS)
+            except TimeoutError:
+                item = None
+            try:
+                if item is None:
+                    async with self._lock:
+                        await self._perform(self.machine.tick())
+                else:
+                    await self._incoming(*item)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("verification message handling failed: %s", exc, exc_info=exc)
+
+    async def _incoming(self, sender: str, event_type: str, content: Any) -> None:
+        if event_type in ("m.key.verification.request", "m.key.verification.start") and isinstance(content, dict):
+            flow = self.machine.get(str(content.get("transaction_id")))
+            if flow is None:
+                await self._refresh_keys(sender)  # the other device's key must be known before its MAC arrives
+        async with self._lock:
+            await self._perform(self.machine.receive_to_device(sender, event_type, content))
+
+    # -- KeyLookup --------------------------------------------------------------------------------------------------
+
+    def device_ed25519(self, user_id: str, device_id: str) -> str | None:
+        olm = getattr(self.client, "olm", None)
+        if user_id == self.client.user_id and device_id == self.client.device_id and olm is not None:
+            return olm.account.identity_keys["ed25519"]
+        try:
+            return olm.device_store[user_id][device_id].ed25519  # type: ignore[union-attr]
+        except (KeyError, AttributeError, TypeError):
+            pass
+        keys = self.trust.user_keys(user_id) if self.trust is not None else None
+        return keys.device_key(device_id, "ed25519") if keys is not None else None
+
+    def master_key(self, user_id: str) -> str | None:
+        if user_id == self.client.user_id:
+            own = self.identity.keys if self.identity is not None else None
+            return own.master_public if own is not None else None
+        keys = self.trust.user_keys(user_id) if self.trust is not None else None
+        return (keys.master_public or None) if keys is not None else None
+
+    async def _refresh_keys(self, user_id: str) -> None:
+        try:
+            await self.client.query_user_keys([user_id])
+        except Exception as exc:
+            log.warning("could not query the keys of %s: %s", user_id, exc)
+
+    # -- the operator's API -----------------------------------------------------------------------------------------
+
+    def get(self, flow_id: str) -> Verification | None:
+        return self.machine.get(flow_id)
+
+    def pending(self) -> list[Verification]:
+        """Flows in progress, oldest first."""
+        return self.machine.pending()
+
+    def all(self) -> list[Verification]:
+        return sorted(self.machine.flows.values(), key=lambda v: v.started_at)
+
+    async def request(self, user_id: str, devices: Iterable[str] | None = None) -> Verification:
+        """Ask ``user_id`` (``devices``, else all their known devices) to verify with the bot, to-device."""
+        await self._refresh_keys(user_id)
+        if devices is None:
+            olm = self.client.olm
+            devices = [d.id for d in olm.device_store.active_user_devices(user_id)] if olm is not None else []
+            if user_id == self.client.user_id:
+                devices = [d for d in devices if d != self.client.device_id]
+        async with self._lock:
+            flow, actions = self.machine.request_to_device(user_id, list(devices))
+            await self._perform(actions)
+        return flow
+
+    async def confirm(self, flow_id: str) -> Verification:
+        """The operator compared the short codes and they match."""
+        async with self._lock:
+            await self._perform(self.machine.confirm(flow_id))
+        return self.machine.flows[flow_id]
+
+    async def mismatch(self, flow_id: str) -> Verification:
+        """The operator compared the short codes and they differ (``m.mismatched_sas``)."""
+        async with self._lock:
+            await self._perform(self.machine.mismatch(flow_id))
+        return self.machine.flows[flow_id]
+
+    async def cancel(self, flow_id: str) -> Verification:
+        """The operator cancels (``m.user``)."""
+        async with self._lock:
+            await self._perform(self.machine.cancel(flow_id))
+        return self.machine.flows[flow_id]
+
+    async def wait(self, flow_id: str | None, states: Iterable[str], timeout: float = 30) -> Verification:
+        """Wait until flow ``flow_id`` (or, if None, any flow) is in one of ``states``; for tests and tools."""
+        wanted = set(states)
+
+        def find() -> Verification | None:
+            flows = [self.machine.get(flow_id)] if flow_id else list(self.machine.flows.values())
+            return next((f for f in flows if f is not None and f.state in wanted), None)
+
+        async with asyncio.timeout(timeout):
+            while (found := find()) is None:
+                self._changed.clear()
+                await self._changed.wait()
+        return found
+
+    # -- effects ----------------------------------------------------------------------------------------------------
+
+    async def _perform(self, actions: list[Send | Outcome]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                await self._send(action)
+                continue
+            if action.kind == "verified":
+                await self._sign(action.verification)
+            for listener in list(self._listeners):
+                try:
+                    result = listener(action)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception as exc:
+                    log.warning("verification listener failed: %s", exc)
+        self._changed.set()
+
+    async def _send(self, action: Send) -> None:
+        try:
+            if action.room_id is not None:
+                await self.client.room_send_encrypted(action.room_id, action.event_type, action.content)
+                return
+            body = {"messages": {action.to_user: {action.to_device: action.content}}}
+            path = api_path("sendToDevice", action.event_type, secrets.token_hex(16))
+            await request_json(self.client, "PUT", path, body)
+        except Exception as exc:
+            log.warning("could not send %s: %s", action.event_type, exc)
+
+    async def _sign(self, flow: Verification) -> None:
+        """Cross-sign what the verification proved: the other user's master key (user-signing key), or a device of
+        our own account (self-signing key)."""
+        keys = self.identity.keys if self.identity is not None else None
+        if keys is None:
+            log.info("verification %s: no cross-signing keys held, nothing signed", flow.flow_id)
+            return
+        await self._refresh_keys(flow.other_user)
+        user_keys = self.trust.user_keys(flow.other_user) if self.trust is not None else None
+        signed: dict[str, Any] | None = None
+        key_id = ""
+        if flow.other_user != self.client.user_id:
+            master = user_keys.master if user_keys is not None else None
+            public = master_public(master, flow.other_user) if master is not None else ""
+            if not public or flow.verified_keys.get(f"ed25519:{public}") != public:
+                log.info("verification %s: %s's master key was not verified, nothing signed", flow.flow_id,
+                         flow.other_user)
+                return
+            signed, key_id = keys.sign_user(master), f"ed25519:{public}"  # type: ignore[arg-type]
+        elif flow.other_device and f"ed25519:{flow.other_device}" in flow.verified_keys:
+            device = user_keys.devices.get(flow.other_device) if user_keys is not None else None
+            if device is None:
+                return
+            signed, key_id = keys.sign_device(device), f"ed25519:{flow.other_device}"
+        if signed is None:
+            return
+        try:
+            answer = await request_json(
+                self.client, "POST", api_path("keys", "signatures", "upload"), signatures_upload_body([signed])
+            )
+        except Exception as exc:
+            log.warning("verification %s: signature upload failed: %s", flow.flow_id, exc)
+            return
+        failures = answer.get("failures") if isinstance(answer, dict) else None
+        if failures:
+            log.warning("verification %s: the server refused the signature: %s", flow.flow_id, failures)
+            return
+        self.signed.append((flow.other_user, key_id))
+        log.info("verification %s: signed %s's %s and uploaded the signature", flow.flow_id, flow.other_user, key_id)

@@ -1,0 +1,186 @@
+"""Interactive SAS verification (issue 18) against matrix-js-sdk's Rust crypto (Element's stack) as the other side.
+
+The bot's side is :class:`bot.e2ee.verification_service.VerificationService` on the running bot's client; the js
+side is driven through the peer's ``verification_*`` commands. In every test the emoji the js side shows are compared
+with the bot's before anyone confirms, and nothing on the bot's side is confirmed except by the test (the operator).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+
+from bot.crypto.cross_signing import verify_user_signed
+from bot.e2ee.identity import query_own_keys
+from bot.e2ee.verification_service import VerificationService
+from bot.testing.harness import InProcessBot, write_bot_config
+
+from .jspeer import JsPeer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.interop, pytest.mark.timeout(120)]
+
+WAIT = 30
+
+
+class _Stack(contextlib.AsyncExitStack):
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__()
+        self.log_dir = log_dir
+
+    async def peer(self, synapse, user, name: str) -> JsPeer:
+        peer = JsPeer(self.log_dir, name=name)
+        self.push_async_callback(peer.close)
+        await peer.start()
+        await peer.login(synapse.url, user.user_id, user.password, device_name=f"interop {name}")
+        return peer
+
+    async def bot(self, cfg: Path) -> InProcessBot:
+        bot = InProcessBot(cfg)
+        self.push_async_callback(bot.stop)
+        return await bot.start()
+
+    async def service(self, bot: InProcessBot, allowed: set[str]) -> VerificationService:
+        rt = bot.runtime
+        service = VerificationService(rt.client, trust=rt.trust, identity=rt.identity, accept_from=allowed.__contains__)
+        self.push_async_callback(service.close)
+        return service.attach()
+
+
+async def _share_room(peer: JsPeer, bot_user_id: str) -> str:
+    """A room with the bot, so that each side tracks the other's devices (as any DM would)."""
+    room = await peer.create_room(invite=[bot_user_id], name="dm")
+    await peer.wait_joined(room, bot_user_id, timeout=WAIT)
+    return room
+
+
+async def _setup(synapse, new_user, tmp_path, *, allowed=True):
+    bot_user, alice = new_user("vbot"), new_user("valice")
+    cfg = write_bot_config(
+        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
+        e2ee={"cross_signing": True, "recovery_key_file": str(tmp_path / "recovery.key")},
+    )
+    return bot_user, alice, cfg
+
+
+def _js_emoji(status) -> list[tuple[str, str]]:
+    return [(symbol, name) for symbol, name in status["emoji"]]
+
+
+async def _alice_signed_by_bot(bot, alice_id: str) -> bool:
+    client = bot.runtime.client
+    ours = await query_own_keys(client, client.user_id)
+    theirs = await query_own_keys(client, alice_id)
+    return verify_user_signed(theirs.master, ours.user_signing, client.user_id)
+
+
+async def test_js_verifies_the_bots_device_to_device(synapse, new_user, tmp_path):
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot, {alice.user_id})
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        await _share_room(peer, bot_user.user_id)
+        before = await peer.device_status(bot_user.user_id, bot.device_id, expect_signed=True)
+        assert before["signed_by_owner"] is True and before["is_verified"] is False, before
+
+        # js asks the bot's device; the bot answers ready by itself (alice is allowed), js picks emoji.
+        request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
+        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
+        await peer.call("verification_start_sas", vid=request["vid"])
+        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        flow = await service.wait(js["transaction_id"], {"keys"})
+        assert flow.other_user == alice.user_id and flow.other_device == peer.device_id
+        # The acid test: both sides show the same seven emoji (and names, as Element shows them) and numbers.
+        assert _js_emoji(js) == flow.emoji and len(flow.emoji) == 7, (js, flow.emoji)
+        assert tuple(js["decimal"]) == flow.decimals
+        # Nothing was confirmed on the bot's side by itself.
+        assert flow.state == "keys" and not flow.our_mac_sent
+
+        await peer.call("verification_confirm", vid=request["vid"])
+        await service.confirm(flow.flow_id)
+        flow = await service.wait(flow.flow_id, {"done", "cancelled"})
+        assert flow.state == "done", flow.describe()
+        js = await peer.call("verification_wait", vid=request["vid"], verified=True, timeout_ms=WAIT * 1000)
+        assert js["verify_result"] == {"ok": True}, js
+        js = await peer.call("verification_wait", vid=request["vid"], phase="Done", timeout_ms=WAIT * 1000)
+
+        # js now trusts the bot's device (locally verified). A device verification does not make js sign the bot's
+        # identity (Element does that after an in-room user verification).
+        status = await peer.device_status(bot_user.user_id, bot.device_id)
+        assert status["is_verified"] is True and status["locally_verified"] is True, status
+        # The bot verified alice's device and master key, and signed the master key with its user-signing key.
+        master = identity_master = (await peer.user_identity(alice.user_id))["master_key"]
+        assert flow.verified_keys == {
+            f"ed25519:{peer.device_id}": flow.verified_keys[f"ed25519:{peer.device_id}"],
+            f"ed25519:{identity_master}": master,
+        }
+        assert service.signed == [(alice.user_id, f"ed25519:{master}")]
+        assert await _alice_signed_by_bot(bot, alice.user_id)
+
+
+async def test_the_bot_requests_verification_of_a_js_user(synapse, new_user, tmp_path):
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot, set())  # nobody may ask the bot; the bot may still ask
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        await _share_room(peer, bot_user.user_id)
+
+        flow = await service.request(alice.user_id)
+        js = await peer.call("verification_incoming", from_user=bot_user.user_id, timeout_ms=WAIT * 1000)
+        assert js["transaction_id"] == flow.flow_id and js["other_device"] == bot.device_id, js
+        await peer.call("verification_accept", vid=js["vid"])
+        # The bot sends start once js is ready; js accepts it (its verifier), keys are exchanged.
+        js = await peer.call("verification_wait", vid=js["vid"], sas=True, timeout_ms=WAIT * 1000)
+        flow = await service.wait(flow.flow_id, {"keys"})
+        assert flow.we_started and _js_emoji(js) == flow.emoji, (js, flow.emoji)
+
+        await service.confirm(flow.flow_id)
+        await peer.call("verification_confirm", vid=js["vid"])
+        flow = await service.wait(flow.flow_id, {"done", "cancelled"})
+        assert flow.state == "done", flow.describe()
+        js = await peer.call("verification_wait", vid=js["vid"], verified=True, timeout_ms=WAIT * 1000)
+        assert js["verify_result"] == {"ok": True}, js
+        assert (await peer.device_status(bot_user.user_id, bot.device_id))["is_verified"] is True
+        assert await _alice_signed_by_bot(bot, alice.user_id)
+
+
+async def test_emoji_that_differ_cancel_both_sides_and_nothing_is_signed(synapse, new_user, tmp_path):
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot, {alice.user_id})
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        await _share_room(peer, bot_user.user_id)
+        request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
+        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
+        await peer.call("verification_start_sas", vid=request["vid"])
+        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        flow = await service.wait(js["transaction_id"], {"keys"})
+        # The js user says "they don't match".
+        await peer.call("verification_mismatch", vid=request["vid"])
+        flow = await service.wait(flow.flow_id, {"cancelled"})
+        assert flow.cancel_code == "m.mismatched_sas" and flow.cancelled_by_us is False
+        js = await peer.call("verification_wait", vid=request["vid"], phase="Cancelled", timeout_ms=WAIT * 1000)
+        assert js["cancellation_code"] == "m.mismatched_sas"
+        assert service.signed == [] and not await _alice_signed_by_bot(bot, alice.user_id)
+        assert (await peer.device_status(bot_user.user_id, bot.device_id))["is_verified"] is False
+
+
+async def test_a_request_from_a_user_not_allowed_is_refused(synapse, new_user, tmp_path):
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot, {"@admin:localhost"})
+        peer = await stack.peer(synapse, alice, "alice")
+        await _share_room(peer, bot_user.user_id)
+        request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
+        js = await peer.call("verification_wait", vid=request["vid"], phase="Cancelled", timeout_ms=WAIT * 1000)
+        assert js["cancellation_code"] == "m.user" and js["cancelling_user"] == bot_user.user_id, js
+        flow = service.get(js["transaction_id"])
+        assert flow is not None and flow.state == "cancelled" and flow.cancelled_by_us is True
