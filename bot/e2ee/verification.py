@@ -386,14 +386,17 @@ class VerificationMachine:
         event_id: str,
         origin_server_ts: int | None = None,
     ) -> list[Action]:
-        """Handle one room event that may belong to an in-room verification (others are ignored)."""
+        """Handle one room event that may belong to an in-room verification (others are ignored).
+
+        ``origin_server_ts`` (milliseconds) dates a request: one older than 10 minutes is ignored.
+        """
         if sender == self.own_user or not isinstance(content, Mapping):
             return []
         content = dict(content)
         if event_type == "m.room.message" and content.get("msgtype") == REQUEST:
             if content.get("to") != self.own_user:
                 return []
-            return self._incoming_request(sender, event_id, content, room_id, origin_server_ts)
+            return self._incoming_request(sender, event_id, content, room_id, _ms(origin_server_ts))
         if event_type not in VERIFICATION_EVENT_TYPES:
             return []
         relates = content.get("m.relates_to")

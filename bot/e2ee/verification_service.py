@@ -75,6 +75,7 @@ class VerificationService:
     def attach(self) -> VerificationService:
         """Receive the client's verification messages and start the worker (needs a running loop)."""
         self.client.on_to_device(VERIFICATION_EVENT_TYPES, self._enqueue)
+        self.client.on_room_event(VERIFICATION_EVENT_TYPES | {"m.room.message"}, self._enqueue_room)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ratchet-verification")
         return self
@@ -92,6 +93,16 @@ class VerificationService:
 
     def _enqueue(self, sender: str, event_type: str, content: Any) -> None:
         self._queue.put_nowait((sender, event_type, content))
+
+    def _enqueue_room(self, room_id: str, source: dict[str, Any]) -> None:
+        content = source.get("content")
+        if source.get("type") == "m.room.message" and not (
+            isinstance(content, dict) and content.get("msgtype") == "m.key.verification.request"
+        ):
+            return
+        if source.get("sender") == self.client.user_id:
+            return  # our own echo
+        self._queue.put_nowait((room_id, "room", source))
 
     async def _run(self) -> None:
         while True:
@@ -111,6 +122,23 @@ class VerificationService:
                 log.warning("verification message handling failed: %s", exc, exc_info=exc)
 
     async def _incoming(self, sender: str, event_type: str, content: Any) -> None:
+        if event_type == "room":
+            room_id, source = sender, content
+            sender = str(source.get("sender"))
+            if source.get("type") == "m.room.message" and self.machine.get(str(source.get("event_id"))) is None:
+                await self._refresh_keys(sender)
+            async with self._lock:
+                await self._perform(
+                    self.machine.receive_room_event(
+                        room_id,
+                        sender,
+                        str(source.get("type")),
+                        source.get("content") or {},
+                        str(source.get("event_id")),
+                        source.get("origin_server_ts"),
+                    )
+                )
+            return
         if event_type in ("m.key.verification.request", "m.key.verification.start") and isinstance(content, dict):
             flow = self.machine.get(str(content.get("transaction_id")))
             if flow is None:
@@ -167,6 +195,19 @@ class VerificationService:
         async with self._lock:
             flow, actions = self.machine.request_to_device(user_id, list(devices))
             await self._perform(actions)
+        return flow
+
+    async def request_in_room(self, room_id: str, user_id: str) -> Verification:
+        """Ask ``user_id`` to verify with the bot in ``room_id`` (their DM with the bot): user verification."""
+        await self._refresh_keys(user_id)
+        content = VerificationMachine.room_request_content(self.client.device_id, user_id)
+        async with self._lock:
+            resp = await self.client.room_send_encrypted(room_id, "m.room.message", content)
+            event_id = getattr(resp, "event_id", None)
+            if not event_id:
+                raise RuntimeError(f"could not send the verification request: {resp}")
+            flow = self.machine.room_request_sent(room_id, event_id, user_id)
+            self._changed.set()
         return flow
 
     async def confirm(self, flow_id: str) -> Verification:

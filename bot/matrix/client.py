@@ -34,9 +34,11 @@ from nio import (
     AsyncClientConfig,
     BadEvent,
     ErrorResponse,
+    Event,
     KeysQueryResponse,
     KeysUploadResponse,
     LocalProtocolError,
+    MatrixRoom,
     MegolmEvent,
     Response,
     RoomEncryptionEvent,
@@ -398,6 +400,19 @@ class RatchetClient(AsyncClient):
                 callback(event.sender, source["type"], source.get("content"))
 
         self.add_to_device_callback(deliver, (ToDeviceEvent,))
+
+    def on_room_event(self, types: Iterable[str], callback: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``callback(room_id, event source)`` for each timeline event of one of ``types`` as it syncs (decrypted
+        events with their plaintext type and content, ``m.relates_to`` included). For machinery that lives beside
+        the plugins (in-room verification), not instead of the runtime's handling."""
+        wanted = frozenset(types)
+
+        async def deliver(room: MatrixRoom, event: Event) -> None:
+            source = getattr(event, "source", None)
+            if isinstance(source, dict) and source.get("type") in wanted:
+                callback(room.room_id, source)
+
+        self.add_event_callback(deliver, (Event,))
 
     # -- requests nio has no method for ------------------------------------------------------------------------
 

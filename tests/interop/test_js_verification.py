@@ -7,6 +7,7 @@ with the bot's before anyone confirms, and nothing on the bot's side is confirme
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
@@ -66,6 +67,16 @@ async def _setup(synapse, new_user, tmp_path, *, allowed=True):
 
 def _js_emoji(status) -> list[tuple[str, str]]:
     return [(symbol, name) for symbol, name in status["emoji"]]
+
+
+async def _js_verified_identity(peer: JsPeer, user_id: str, timeout: float = 10) -> dict:
+    """js's view of ``user_id``'s identity, polled until it is cross-signing verified (or ``timeout``)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        identity = await peer.user_identity(user_id)
+        if identity["is_cross_signing_verified"] or asyncio.get_running_loop().time() > deadline:
+            return identity
+        await asyncio.sleep(0.2)
 
 
 async def _alice_signed_by_bot(bot, alice_id: str) -> bool:
@@ -184,3 +195,59 @@ async def test_a_request_from_a_user_not_allowed_is_refused(synapse, new_user, t
         assert js["cancellation_code"] == "m.user" and js["cancelling_user"] == bot_user.user_id, js
         flow = service.get(js["transaction_id"])
         assert flow is not None and flow.state == "cancelled" and flow.cancelled_by_us is True
+
+
+async def test_js_verifies_the_bot_user_in_a_dm(synapse, new_user, tmp_path):
+    """Element's "Verify user" in a DM: in-room request, emoji, and afterwards each side's identity verified by the
+    other (js signed the bot's master key, the bot signed js's)."""
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot, {alice.user_id})
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        room = await _share_room(peer, bot_user.user_id)
+        assert (await peer.user_identity(bot_user.user_id))["is_cross_signing_verified"] is False
+
+        request = await peer.call("verification_request_dm", user_id=bot_user.user_id, room_id=room)
+        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
+        await peer.call("verification_start_sas", vid=request["vid"])
+        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        flow = await service.wait(None, {"keys"})
+        assert flow.room_id == room and flow.flow_id == js["transaction_id"], (flow.describe(), js)
+        assert _js_emoji(js) == flow.emoji and tuple(js["decimal"]) == flow.decimals, (js, flow.emoji)
+
+        await peer.call("verification_confirm", vid=request["vid"])
+        await service.confirm(flow.flow_id)
+        flow = await service.wait(flow.flow_id, {"done", "cancelled"})
+        assert flow.state == "done", flow.describe()
+        js = await peer.call("verification_wait", vid=request["vid"], phase="Done", timeout_ms=WAIT * 1000)
+        assert js["verify_result"] == {"ok": True}, js
+        identity = await _js_verified_identity(peer, bot_user.user_id)
+        assert identity["is_cross_signing_verified"] is True, identity
+        assert await _alice_signed_by_bot(bot, alice.user_id)
+
+
+async def test_the_bot_requests_user_verification_in_a_dm(synapse, new_user, tmp_path):
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot, set())
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        room = await _share_room(peer, bot_user.user_id)
+
+        flow = await service.request_in_room(room, alice.user_id)
+        js = await peer.call("verification_incoming", from_user=bot_user.user_id, timeout_ms=WAIT * 1000)
+        assert js["room_id"] == room and js["transaction_id"] == flow.flow_id, js
+        await peer.call("verification_accept", vid=js["vid"])
+        js = await peer.call("verification_wait", vid=js["vid"], sas=True, timeout_ms=WAIT * 1000)
+        flow = await service.wait(flow.flow_id, {"keys"})
+        assert _js_emoji(js) == flow.emoji, (js, flow.emoji)
+        await service.confirm(flow.flow_id)
+        await peer.call("verification_confirm", vid=js["vid"])
+        flow = await service.wait(flow.flow_id, {"done", "cancelled"})
+        assert flow.state == "done", flow.describe()
+        js = await peer.call("verification_wait", vid=js["vid"], phase="Done", timeout_ms=WAIT * 1000)
+        assert (await _js_verified_identity(peer, bot_user.user_id))["is_cross_signing_verified"] is True
+        assert await _alice_signed_by_bot(bot, alice.user_id)
