@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bot import __version__
+from bot.cli import verification as verification_cli
 from bot.errors import ConfigError, ScaffoldError, SessionError
 
 __all__ = ["main"]
@@ -146,6 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO", help="the bot's log level"
     )
+    verification_cli.add_parsers(sub)  # ratchet verification ..., ratchet verify-user (bot/cli/verification.py)
     return parser
 
 
@@ -162,7 +164,7 @@ def _load(path: Path):
     errors = check_plugin_options(config)
     if errors:
         for error in errors:
-            print(f"ratchet: config error: {path}: {error}", file=sys.stderr)
+            print(f"ratchet: config error: {error}", file=sys.stderr)
         raise SystemExit(EXIT_CONFIG)
     return config
 
@@ -170,6 +172,8 @@ def _load(path: Path):
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ratchet`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command in verification_cli.COMMANDS:
+        return verification_cli.run(args)
     if args.command == "check-config":
         config = _load(args.config)
         plugins = ", ".join(config.plugins) or "none"

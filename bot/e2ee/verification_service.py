@@ -21,9 +21,11 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.crypto.cross_signing import master_public, signatures_upload_body
+from bot.e2ee.control import ControlError, ControlServer, verification_commands
 from bot.e2ee.verification import (
     VERIFICATION_EVENT_TYPES,
     Outcome,
@@ -69,16 +71,44 @@ class VerificationService:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._listeners: list[Callable[[Outcome], Any]] = []
+        self._listening = False
+        self._listening_event = asyncio.Event()
 
     # -- wiring ---------------------------------------------------------------------------------------------------
 
+    def _listen(self) -> None:
+        if not self._listening:
+            self._listening = True
+            self.client.on_to_device(VERIFICATION_EVENT_TYPES, self._enqueue)
+            self.client.on_room_event(VERIFICATION_EVENT_TYPES | {"m.room.message"}, self._enqueue_room)
+            self._listening_event.set()
+
+    async def wait_listening(self, timeout: float = 10) -> None:
+        """Wait until the service receives the client's verification messages (the runtime starts it in a task)."""
+        await asyncio.wait_for(self._listening_event.wait(), timeout)
+
     def attach(self) -> VerificationService:
-        """Receive the client's verification messages and start the worker (needs a running loop)."""
-        self.client.on_to_device(VERIFICATION_EVENT_TYPES, self._enqueue)
-        self.client.on_room_event(VERIFICATION_EVENT_TYPES | {"m.room.message"}, self._enqueue_room)
+        """Receive the client's verification messages and start the worker in a task (needs a running loop)."""
+        self._listen()
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ratchet-verification")
         return self
+
+    async def serve(self, control_path: Path | None = None) -> None:
+        """The runtime's way: receive verification messages, serve the operator's control channel at
+        ``control_path`` (see :mod:`bot.e2ee.control`), and handle both until cancelled."""
+        self._listen()
+        server: ControlServer | None = None
+        if control_path is not None:
+            try:
+                server = await ControlServer(control_path, verification_commands(self)).start()
+            except (OSError, ControlError) as exc:
+                log.warning("no control channel (ratchet verification ... will not reach this bot): %s", exc)
+        try:
+            await self._run()
+        finally:
+            if server is not None:
+                await server.close()
 
     async def close(self) -> None:
         if self._task is not None:

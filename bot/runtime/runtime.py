@@ -24,8 +24,10 @@ import time
 from typing import Any
 
 from bot.config import Config
+from bot.e2ee.control import CONTROL_SOCKET  # [verification]
 from bot.e2ee.identity import Identity  # [identity]
 from bot.e2ee.trust import TrustPolicy, install_trust
+from bot.e2ee.verification_service import VerificationService  # [verification]
 from bot.errors import IdentityError, SessionError, StateError
 from bot.http_listener import HttpListener, ListenerError
 from bot.matrix.client import RatchetClient, backoff_delay
@@ -97,6 +99,11 @@ class Runtime:
         #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
         #: be read (logged: cross-signing and key backup are off for this run).
         self.identity: Identity | None = _open_identity(client, config)
+        #: Interactive (SAS) verification, requests accepted from the admins; the operator confirms through
+        #: data_dir/control.sock (``ratchet verification ...``). bot/e2ee/verification_service.py, issue 18.
+        self.verifications = VerificationService(
+            client, trust=self.trust, identity=self.identity, accept_from=frozenset(config.admins).__contains__
+        )
         self.dispatcher = Dispatcher(max_concurrency=config.max_concurrency, timeout=config.handler_timeout)
         self.host = PluginHost(
             client,
@@ -173,6 +180,7 @@ class Runtime:
             if self.identity is not None:
                 await self.identity.setup()  # never raises: problems are logged and retried from the sync loop
             await self.manager.start_all()
+            self._spawn(self.verifications.serve(self.config.data_dir / CONTROL_SOCKET))  # [verification]
             if self.client.should_upload_keys:
                 await self.client.keys_upload()
             await self._sync_loop()

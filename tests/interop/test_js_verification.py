@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,11 +45,11 @@ class _Stack(contextlib.AsyncExitStack):
         self.push_async_callback(bot.stop)
         return await bot.start()
 
-    async def service(self, bot: InProcessBot, allowed: set[str]) -> VerificationService:
-        rt = bot.runtime
-        service = VerificationService(rt.client, trust=rt.trust, identity=rt.identity, accept_from=allowed.__contains__)
-        self.push_async_callback(service.close)
-        return service.attach()
+    async def service(self, bot: InProcessBot) -> VerificationService:
+        """The running bot's own verification service (requests accepted from the config's admins)."""
+        service = bot.runtime.verifications
+        await service.wait_listening()
+        return service
 
 
 async def _share_room(peer: JsPeer, bot_user_id: str) -> str:
@@ -56,17 +59,26 @@ async def _share_room(peer: JsPeer, bot_user_id: str) -> str:
     return room
 
 
-async def _setup(synapse, new_user, tmp_path, *, allowed=True):
+async def _setup(synapse, new_user, tmp_path, *, alice_is_admin=True):
     bot_user, alice = new_user("vbot"), new_user("valice")
     cfg = write_bot_config(
         tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
         e2ee={"cross_signing": True, "recovery_key_file": str(tmp_path / "recovery.key")},
+        admins=[alice.user_id] if alice_is_admin else [],
     )
     return bot_user, alice, cfg
 
 
 def _js_emoji(status) -> list[tuple[str, str]]:
     return [(symbol, name) for symbol, name in status["emoji"]]
+
+
+async def _ratchet(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bot ARGS`` (the operator's CLI) in a thread, so the bot in this event loop keeps answering."""
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "bot", *args], capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 async def _js_verified_identity(peer: JsPeer, user_id: str, timeout: float = 10) -> dict:
@@ -90,7 +102,7 @@ async def test_js_verifies_the_bots_device_to_device(synapse, new_user, tmp_path
     bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
     async with _Stack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
-        service = await stack.service(bot, {alice.user_id})
+        service = await stack.service(bot)
         peer = await stack.peer(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
         await _share_room(peer, bot_user.user_id)
@@ -136,7 +148,7 @@ async def test_the_bot_requests_verification_of_a_js_user(synapse, new_user, tmp
     bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
     async with _Stack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
-        service = await stack.service(bot, set())  # nobody may ask the bot; the bot may still ask
+        service = await stack.service(bot)
         peer = await stack.peer(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
         await _share_room(peer, bot_user.user_id)
@@ -164,7 +176,7 @@ async def test_emoji_that_differ_cancel_both_sides_and_nothing_is_signed(synapse
     bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
     async with _Stack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
-        service = await stack.service(bot, {alice.user_id})
+        service = await stack.service(bot)
         peer = await stack.peer(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
         await _share_room(peer, bot_user.user_id)
@@ -184,10 +196,10 @@ async def test_emoji_that_differ_cancel_both_sides_and_nothing_is_signed(synapse
 
 
 async def test_a_request_from_a_user_not_allowed_is_refused(synapse, new_user, tmp_path):
-    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path, alice_is_admin=False)
     async with _Stack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
-        service = await stack.service(bot, {"@admin:localhost"})
+        service = await stack.service(bot)
         peer = await stack.peer(synapse, alice, "alice")
         await _share_room(peer, bot_user.user_id)
         request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
@@ -203,7 +215,7 @@ async def test_js_verifies_the_bot_user_in_a_dm(synapse, new_user, tmp_path):
     bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
     async with _Stack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
-        service = await stack.service(bot, {alice.user_id})
+        service = await stack.service(bot)
         peer = await stack.peer(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
         room = await _share_room(peer, bot_user.user_id)
@@ -217,8 +229,18 @@ async def test_js_verifies_the_bot_user_in_a_dm(synapse, new_user, tmp_path):
         assert flow.room_id == room and flow.flow_id == js["transaction_id"], (flow.describe(), js)
         assert _js_emoji(js) == flow.emoji and tuple(js["decimal"]) == flow.decimals, (js, flow.emoji)
 
+        # The operator's view, from another process through the control socket: the same emoji and names.
+        listed = json.loads((await _ratchet("verification", "list", "-c", str(cfg), "--json")).stdout)
+        assert [f["id"] for f in listed] == [flow.flow_id] and listed[0]["state"] == "keys", listed
+        shown = await _ratchet("verification", "show", flow.flow_id[:12], "-c", str(cfg))
+        assert shown.returncode == 0, shown.stderr
+        printed = [tuple(line.split(None, 1)) for line in shown.stdout.splitlines() if line.startswith("    ")]
+        assert printed == _js_emoji(js), (shown.stdout, js["emoji"])
+        assert "numbers: " + " ".join(map(str, js["decimal"])) in shown.stdout, shown.stdout
+
         await peer.call("verification_confirm", vid=request["vid"])
-        await service.confirm(flow.flow_id)
+        confirmed = await _ratchet("verification", "confirm", flow.flow_id, "-c", str(cfg))
+        assert confirmed.returncode == 0, confirmed.stderr
         flow = await service.wait(flow.flow_id, {"done", "cancelled"})
         assert flow.state == "done", flow.describe()
         js = await peer.call("verification_wait", vid=request["vid"], phase="Done", timeout_ms=WAIT * 1000)
@@ -232,7 +254,7 @@ async def test_the_bot_requests_user_verification_in_a_dm(synapse, new_user, tmp
     bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path)
     async with _Stack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
-        service = await stack.service(bot, set())
+        service = await stack.service(bot)
         peer = await stack.peer(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
         room = await _share_room(peer, bot_user.user_id)
