@@ -16,6 +16,7 @@ from bot.crypto.ssss import SecretStorageError, decrypt_secret, encrypt_secret
 from bot.e2ee.identity import local_secrets_key
 from bot.errors import StorageError
 from bot.matrix.actions import MatrixActions
+from bot.reports.cases import CaseRegistry
 from bot.reports.moderation import Moderation
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class BotAPI(MatrixActions):
         self.identity = identity
         #: Evidence and moderation actions (see :mod:`bot.reports.moderation`).
         self.moderation = Moderation(client, self, trust)
+        #: One list of cases across plugins: which plugin owns which case ids (see :mod:`bot.reports.cases`).
+        self.cases = CaseRegistry()
         #: The bot's HTTP listener (the ``http`` config section) where a plugin that serves HTTP mounts its routes
         #: (:meth:`~bot.http_listener.HttpListener.mount`) instead of opening a port of its own; None when it is off.
         self.http = http

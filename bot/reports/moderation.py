@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import MatrixError, MatrixRequestError
-from bot.matrix.requests import request_json
+from bot.matrix.requests import api_path, request_json
 from bot.reports.evidence import build_bundle, sign_bundle
 
 if TYPE_CHECKING:
@@ -256,3 +256,83 @@ class Moderation:
     async def ban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Ban ``user_id`` from ``room_id``."""
         await self._actions.ban(room_id, user_id, reason)
+
+    async def unban(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        """Lift ``user_id``'s ban in ``room_id`` (they become ``leave``: they may join again)."""
+        await self._request("POST", api_path("rooms", room_id, "unban"), {"user_id": user_id, **_reason(reason)})
+
+    # -- room state (policy lists, power levels, join rules, server ACLs) ------------------------------------------
+
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's whole current state as the homeserver holds it (the bot must be able to read the room)."""
+        state = await self._request("GET", api_path("rooms", room_id, "state"))
+        return [e for e in state if isinstance(e, dict)] if isinstance(state, list) else []
+
+    async def state_event(self, room_id: str, event_type: str, state_key: str = "") -> dict[str, Any] | None:
+        """The content of one state event, or None if the room has none."""
+        try:
+            content = await self._request("GET", api_path("rooms", room_id, "state", event_type, state_key))
+        except MatrixError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        return content if isinstance(content, dict) else None
+
+    async def put_state(self, room_id: str, event_type: str, state_key: str, content: dict[str, Any]) -> str:
+        """Send a state event (always in the clear: state is never encrypted); returns its event id."""
+        body = await self._request("PUT", api_path("rooms", room_id, "state", event_type, state_key), content)
+        return str(body.get("event_id", "")) if isinstance(body, dict) else ""
+
+    def state_level(self, room_id: str, event_type: str) -> int:
+        """The power level sending state ``event_type`` needs in ``room_id``."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return 100
+        levels = room.power_levels
+        events = getattr(levels, "events", {}) or {}
+        if event_type in events:
+            return int(events[event_type])
+        return int(getattr(levels.defaults, "state_default", 50))
+
+    def can_send_state(self, room_id: str, event_type: str) -> bool:
+        """True if the bot's power level allows sending state ``event_type`` in ``room_id``."""
+        return self._actions.power_level(room_id, self._client.user_id) >= self.state_level(room_id, event_type)
+
+    async def set_power_level(self, room_id: str, user_id: str, level: int | None) -> int | None:
+        """Set ``user_id``'s power level in ``room_id`` (None: remove the entry, back to ``users_default``), read from
+        and written to the homeserver's current ``m.room.power_levels``; returns the user's previous entry (None if
+        there was none). Raises MatrixError if the homeserver refuses (the bot lacks the power)."""
+        content = await self.state_event(room_id, "m.room.power_levels", "") or {}
+        users = dict(content.get("users") or {}) if isinstance(content.get("users"), dict) else {}
+        previous = users.get(user_id)
+        if level is None:
+            users.pop(user_id, None)
+        else:
+            users[user_id] = int(level)
+        await self.put_state(room_id, "m.room.power_levels", "", {**content, "users": users})
+        return previous if isinstance(previous, int) else None
+
+    def mute_level(self, room_id: str) -> int:
+        """A power level that cannot send messages in ``room_id`` (one below what ``m.room.message`` and
+        ``m.room.encrypted`` need), for muting through power levels."""
+        room = self._client.rooms.get(room_id)
+        if room is None:
+            return -1
+        levels = room.power_levels
+        events = getattr(levels, "events", {}) or {}
+        default = int(getattr(levels.defaults, "events_default", 0))
+        needed = [int(events.get(t, default)) for t in ("m.room.message", "m.room.encrypted")]
+        return min(needed) - 1
+
+    def room_mention_level(self, room_id: str) -> int:
+        """The power level ``@room`` needs in ``room_id`` (``notifications.room``, 50 by default)."""
+        room = self._client.rooms.get(room_id)
+        notifications = getattr(getattr(room, "power_levels", None), "defaults", None)
+        value = getattr(notifications, "notifications", None) if notifications is not None else None
+        if isinstance(value, dict) and isinstance(value.get("room"), int):
+            return value["room"]
+        return 50
+
+
+def _reason(reason: str | None) -> dict[str, str]:
+    return {"reason": reason} if reason else {}

@@ -561,14 +561,19 @@ class Report(Plugin):
 
     # -- moderators ------------------------------------------------------------------------------------------
 
-    @command("case", help="Moderators: !case ID redact|kick|ban|dismiss [reason]")
+    @command("case", help="Moderators: !case ID redact|kick|ban|dismiss|undo [reason]")
     async def case(
         self,
         ctx: Context,
         case_id: str,
-        action: Literal["redact", "kick", "ban", "dismiss", "confirm", "status"],
+        action: Literal["redact", "kick", "ban", "dismiss", "confirm", "status", "undo"],
         reason: Rest | None = None,
     ) -> None:
+        owner = self.bot.cases.owner(case_id)
+        if owner is not None and owner.plugin != self.name:
+            # One list of cases: another plugin's case (protections: P-...) goes to its owner, which checks who asks.
+            await owner.act(ctx, case_id.upper(), action, reason)
+            return
         mod_room = await self._moderation_room()
         if mod_room is None or ctx.room_id != mod_room:
             return  # only in the moderation room
@@ -587,6 +592,9 @@ class Report(Plugin):
         room_id, event_id, sender, status, _ = row
         if action == "status":
             await ctx.reply(f"Case {case_id}: {status}.", notice=True)
+            return
+        if action == "undo":
+            await ctx.reply(f"Case {case_id} is a report: there is nothing the bot did to undo.", notice=True)
             return
         if status != "open" and action != "confirm":
             await ctx.reply(f"Case {case_id} is already {status}.", notice=True)

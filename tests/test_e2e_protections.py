@@ -1,0 +1,304 @@
+"""Issue 19 end to end: protections against attacking members of encrypted rooms on a real Synapse, the cases they
+open in the moderation room, and moderation policy lists."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+
+import pytest
+from nio import RoomGetStateEventResponse, RoomPreset, RoomPutAliasResponse
+
+from bot.testing.member import MemberError
+
+pytestmark = pytest.mark.e2e
+
+FLOOD_TEXT = "FLOOD-9f3c1e the flood's own words"
+
+
+async def _state(member, room_id, event_type, state_key=""):
+    resp = await member.client.room_get_state_event(room_id, event_type, state_key)
+    return resp.content if isinstance(resp, RoomGetStateEventResponse) else None
+
+
+async def _until(check, timeout=20.0, what="a condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+async def _membership(member, room_id, user_id):
+    content = await _state(member, room_id, "m.room.member", user_id)
+    return (content or {}).get("membership")
+
+
+def _case_messages(mod, mod_room, bot_id, needle=""):
+    return [
+        e for e in mod.messages(mod_room, sender=bot_id)
+        if "Case P-" in str(getattr(e, "body", "")) and needle in str(getattr(e, "body", ""))
+    ]
+
+
+async def _setup(ratchet, *, plugins, rooms=1, public=False, **config):
+    """A moderation room (by `mod`), then the bot with ``plugins`` (``MOD`` in options becomes that room), then
+    ``rooms`` encrypted rooms made by alice where the bot has power level 100, with mallory joined."""
+    mod = await ratchet.member("mod")
+    ratchet.bot_user = ratchet._new_user("bot")
+    bot_id = ratchet.bot_user.user_id
+    mod_room = await mod.create_room(invite=[bot_id], name="moderation")
+    for options in plugins.values():
+        for key, value in list(options.items()):
+            if value == "MOD":
+                options[key] = mod_room
+    await ratchet.start_bot(plugins, **config)
+    await mod.wait_joined(mod_room, bot_id)
+    alice, mallory = await ratchet.member("alice"), await ratchet.member("mallory")
+    made = []
+    for _ in range(rooms):
+        resp = await alice.client.room_create(
+            invite=[bot_id] + ([] if public else [mallory.user_id]),
+            preset=RoomPreset.public_chat if public else RoomPreset.private_chat,
+            initial_state=[
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+            ],
+            power_level_override={"users": {bot_id: 100}},
+        )
+        room = resp.room_id
+        await alice.wait_for(lambda r=room: r in alice.client.rooms, 30, "room")
+        await mallory.client.join(room)
+        await alice.wait_joined(room, bot_id)
+        await alice.wait_joined(room, mallory.user_id)
+        made.append(room)
+    return mod, mod_room, alice, mallory, made
+
+
+async def _flood(mallory, room, count):
+    """Send ``count`` messages as fast as the server takes them; returns the ids of those it accepted."""
+    sent = []
+    for i in range(count):
+        try:
+            sent.append(await mallory.send(room, f"{FLOOD_TEXT} #{i}"))
+        except MemberError:
+            break  # muted: the server refuses her messages
+    return sent
+
+
+async def test_flood_is_muted_within_the_burst_and_the_case_holds_no_text(ratchet):
+    burst = 10
+    plugins = {
+        "report": {"moderation_room": "MOD", "send_to_homeserver": False},
+        "protections": {"moderation_room": "MOD", "flood": {"burst": burst, "rate": 0.5}},
+    }
+    started = time.monotonic()
+    mod, mod_room, alice, mallory, (room,) = await _setup(ratchet, plugins=plugins)
+    bot_id = ratchet.bot_user.user_id
+    sent = await _flood(mallory, room, 30)
+
+    async def muted():
+        levels = await _state(alice, room, "m.room.power_levels")
+        return levels and levels["users"].get(mallory.user_id, 0) < 0
+
+    await _until(muted, what="mallory to be muted")
+    # Muted: the server refuses what she sends now.
+    with pytest.raises(MemberError):
+        await mallory.send(room, f"{FLOOD_TEXT} after")
+    # One case, updated in place: the notice at burst+1, the mute at burst+2 (the events it names).
+    case = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "mute in" in str(getattr(e, "body", ""))
+        and "Case P-" in str(getattr(e, "body", "")), what="the case with the mute"
+    )
+    assert case.decrypted
+    assert "protection: flood" in case.body and mallory.user_id in case.body
+    named = [i for i, event_id in enumerate(sent) if event_id in case.body]
+    assert named and max(named) <= burst + 2, (named, len(sent))
+    # The moderation room never saw the flood's text: cases hold metadata only.
+    assert all(FLOOD_TEXT not in str(getattr(e, "body", "")) for e in mod.messages(mod_room))
+    assert not mod.undecryptable(mod_room)
+    # The notice in the flooded room names the protection, not the text.
+    notices = [e for e in alice.messages(room, sender=bot_id) if "slow down" in e.body]
+    assert notices and FLOOD_TEXT not in notices[0].body
+
+    # `!case ID undo` goes through the report plugin's !case to its owner, and lifts the mute.
+    case_id = _case_id(case)
+    ask = await mod.send(mod_room, f"!case {case_id} undo")
+    answer = await mod.expect_reply(mod_room, ask, sender=bot_id)
+    assert answer.body == f"Case {case_id}: undone.", answer.body
+    levels = await _state(alice, room, "m.room.power_levels")
+    assert mallory.user_id not in levels["users"]
+    await mallory.send(room, "I can talk again")
+    print(f"flood test: {len(sent)} of 30 messages accepted; {time.monotonic() - started:.1f}s")
+
+
+async def test_dry_run_opens_a_case_and_changes_nothing(ratchet):
+    plugins = {"protections": {"moderation_room": "MOD", "dry_run": True, "flood": {"burst": 5, "rate": 0.5}}}
+    mod, mod_room, alice, mallory, (room,) = await _setup(ratchet, plugins=plugins)
+    bot_id = ratchet.bot_user.user_id
+    before = await _state(alice, room, "m.room.power_levels")
+    sent = await _flood(mallory, room, 12)
+    assert len(sent) == 12
+    case = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "would mute" in str(getattr(e, "body", "")),
+        what="the dry-run case",
+    )
+    assert "dry run: nothing was changed" in case.body and FLOOD_TEXT not in case.body
+    assert await _state(alice, room, "m.room.power_levels") == before
+    assert not alice.messages(room, sender=bot_id)  # no notice either
+    await mallory.send(room, "still allowed to talk")
+    # Without the report plugin, `!case P-...` is answered by the protections plugin itself.
+    case_id = _case_id(case)
+    ask = await mod.send(mod_room, f"!case {case_id} dismiss")
+    answer = await mod.expect_reply(mod_room, ask, sender=bot_id)
+    assert answer.body == f"Case {case_id}: dismissed.", answer.body
+    # A member of the moderation room without power cannot act on cases.
+    assert await _state(alice, room, "m.room.power_levels") == before
+
+
+async def test_join_wave_closes_the_room(ratchet, synapse, new_user):
+    joins = 6
+    plugins = {"protections": {"moderation_room": "MOD", "join_wave": {"joins": joins, "window": 30}}}
+    mod, mod_room, alice, _mallory, (room,) = await _setup(ratchet, plugins=plugins, public=True)
+    bot_id = ratchet.bot_user.user_id
+    assert (await _state(alice, room, "m.room.join_rules"))["join_rule"] == "public"
+    wave = [new_user("wave") for _ in range(joins + 2)]
+    started = time.monotonic()
+
+    def join(user):
+        return synapse.admin_request("POST", f"/_matrix/client/v3/join/{room}", user.access_token, {})
+
+    # The wave (mallory's join before it is the first of the window).
+    await asyncio.gather(*(asyncio.to_thread(join, user) for user in wave[:joins]))
+
+    async def closed():
+        return (await _state(alice, room, "m.room.join_rules") or {}).get("join_rule") == "invite"
+
+    await _until(closed, what="the join rule to become invite")
+    elapsed = time.monotonic() - started
+    # The short-circuit holds: the next account cannot join.
+    with pytest.raises(Exception, match=r"403|M_FORBIDDEN"):
+        await asyncio.to_thread(join, wave[-1])
+    case = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "join_wave" in str(getattr(e, "body", "")),
+        what="the join-wave case",
+    )
+    assert "join rule public -> invite" in case.body
+    print(f"join wave of {joins}: room closed {elapsed:.1f}s after the wave began")
+    # Undo reopens it.
+    case_id = _case_id(case)
+    ask = await mod.send(mod_room, f"!case {case_id} undo")
+    await mod.expect_reply(mod_room, ask, sender=bot_id)
+    assert (await _state(alice, room, "m.room.join_rules"))["join_rule"] == "public"
+
+
+async def test_policy_list_bans_in_two_rooms_and_unbans_refuses_star_and_spares_admins(ratchet):
+    mod = await ratchet.member("mod")
+    ratchet.bot_user = ratchet._new_user("bot")
+    bot_id = ratchet.bot_user.user_id
+    # The shared list, by someone else, and the operators' own list where the bot may write rules.
+    curator = await ratchet.member("curator")
+    shared = await curator.create_room(invite=[bot_id], encrypted=False, name="shared ban list")
+    shared_ref = f"#banlist-{secrets.token_hex(4)}:{bot_id.split(':', 1)[1]}"  # subscribed by alias
+    assert isinstance(await curator.client.room_put_alias(shared_ref, shared), RoomPutAliasResponse)
+    own = await mod.client.room_create(
+        invite=[bot_id], name="own list", power_level_override={"users": {bot_id: 100}}
+    )
+    own_list = own.room_id
+    mod_room = await mod.create_room(invite=[bot_id], name="moderation")
+    alice = await ratchet.member("alice")
+    protected_rooms = []
+    mallory, carol = await ratchet.member("mallory"), await ratchet.member("carol")
+    for _ in range(2):
+        made = await alice.client.room_create(
+            invite=[bot_id, mallory.user_id, carol.user_id],
+            initial_state=[
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+            ],
+            power_level_override={"users": {bot_id: 100}},
+        )
+        await alice.wait_for(lambda r=made.room_id: r in alice.client.rooms, 30, "room")
+        protected_rooms.append(made.room_id)
+    await ratchet.start_bot(
+        {"protections": {
+            "moderation_room": mod_room, "protected_rooms": protected_rooms, "policy_lists": [shared_ref],
+            "own_list": own_list, "policy_resync": 600,
+        }},
+        admins=[alice.user_id],
+    )
+    for room in protected_rooms:
+        await mallory.client.join(room)
+        await carol.client.join(room)
+        await alice.wait_joined(room, bot_id)
+        await alice.wait_joined(room, mallory.user_id)
+        await alice.wait_joined(room, carol.user_id)
+    await curator.wait_joined(shared, bot_id)
+    await mod.wait_joined(mod_room, bot_id)
+    await mod.wait_joined(own_list, bot_id)
+    await asyncio.sleep(1)  # the bot's sync sees the members too
+
+    # A rule for mallory bans her in both protected rooms within seconds.
+    started = time.monotonic()
+    await curator.client.room_put_state(
+        shared, "m.policy.rule.user", {"entity": mallory.user_id, "recommendation": "m.ban", "reason": "spam"},
+        state_key="rule-mallory",
+    )
+    for room in protected_rooms:
+        await _until(lambda r=room: _is(alice, r, mallory.user_id, "ban"), what="mallory banned")
+    ban_seconds = time.monotonic() - started
+    # Removing the rule (empty content) lifts both bans.
+    await curator.client.room_put_state(shared, "m.policy.rule.user", {}, state_key="rule-mallory")
+    for room in protected_rooms:
+        await _until(lambda r=room: _is(alice, r, mallory.user_id, "leave"), what="mallory unbanned")
+
+    # `*` (and `@*:*`) are refused and reported; a glob matching an admin spares the admin.
+    await curator.client.room_put_state(
+        shared, "m.policy.rule.user", {"entity": "*", "recommendation": "m.ban"}, state_key="rule-star"
+    )
+    refused = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "rule-star" in str(getattr(e, "body", "")),
+        what="the refusal",
+    )
+    assert "refused" in refused.body and "everyone" in refused.body
+    alice_local = alice.user_id.split(":")[0]
+    await curator.client.room_put_state(
+        shared, "m.policy.rule.user", {"entity": f"{alice_local}*", "recommendation": "m.ban"},
+        state_key="rule-alice",
+    )
+    spared = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "rule-alice" in str(getattr(e, "body", "")),
+        what="the admin spared",
+    )
+    assert "not applied" in spared.body
+    for room in protected_rooms:
+        assert await _is(alice, room, alice.user_id, "join") and await _is(alice, room, carol.user_id, "join")
+        assert await _is(alice, room, bot_id, "join")
+
+    # `!ban` writes a rule to the own list, and bans; `!unban` removes it, and unbans.
+    ask = await mod.send(mod_room, f"!ban {carol.user_id} raids")
+    answer = await mod.expect_reply(mod_room, ask, sender=bot_id)
+    assert "Banned" in answer.body, answer.body
+    rule = await _state(mod, own_list, "m.policy.rule.user", f"rule:{carol.user_id}")
+    assert rule == {"entity": carol.user_id, "recommendation": "m.ban", "reason": "raids"}
+    for room in protected_rooms:
+        await _until(lambda r=room: _is(alice, r, carol.user_id, "ban"), what="carol banned")
+    ask = await mod.send(mod_room, "!ban * everyone")
+    assert "Refused" in (await mod.expect_reply(mod_room, ask, sender=bot_id)).body
+    ask = await mod.send(mod_room, f"!unban {carol.user_id}")
+    await mod.expect_reply(mod_room, ask, sender=bot_id)
+    assert not await _state(mod, own_list, "m.policy.rule.user", f"rule:{carol.user_id}")
+    for room in protected_rooms:
+        await _until(lambda r=room: _is(alice, r, carol.user_id, "leave"), what="carol unbanned")
+    print(f"policy rule: banned in 2 rooms {ban_seconds:.1f}s after it was added")
+
+
+def _case_id(event):
+    return re.search(r"P-[A-Z0-9]{6}", event.body).group(0)
+
+
+async def _is(member, room_id, user_id, membership):
+    return await _membership(member, room_id, user_id) == membership
