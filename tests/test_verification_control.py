@@ -1,0 +1,157 @@
+"""The operator's control channel (bot/e2ee/control.py) and the CLI's rendering (bot/cli/verification.py), without a
+homeserver: a real Unix socket served in this event loop, a verification service whose machine runs a flow against a
+second machine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+
+import pytest
+
+from bot.cli.verification import format_flow
+from bot.e2ee.control import ControlError, ControlServer, call, verification_commands
+from bot.e2ee.verification import Send, VerificationMachine
+
+ALICE, BOB = "@alice:x", "@bob:x"
+DIRECTORY = {ALICE: {"ADEV": "alice-device-key"}, BOB: {"BDEV": "bob-device-key"}}
+MASTERS = {ALICE: "alicemaster", BOB: "bobmaster"}
+
+
+class Keys:
+    def __init__(self, devices, masters) -> None:
+        self.devices, self.masters = devices, masters
+
+    def device_ed25519(self, user_id, device_id):
+        return self.devices.get(user_id, {}).get(device_id)
+
+    def master_key(self, user_id):
+        return self.masters.get(user_id)
+
+
+class FakeService:
+    """What verification_commands needs: the machine plus async confirm/mismatch/cancel/request."""
+
+    def __init__(self) -> None:
+        self.machine = VerificationMachine(ALICE, "ADEV", Keys(DIRECTORY, MASTERS))
+        self.sent: list[Send] = []
+
+    def all(self):
+        return sorted(self.machine.flows.values(), key=lambda v: v.started_at)
+
+    def pending(self):
+        return self.machine.pending()
+
+    def _keep(self, actions):
+        self.sent += [a for a in actions if isinstance(a, Send)]
+
+    async def confirm(self, flow_id):
+        self._keep(self.machine.confirm(flow_id))
+        return self.machine.flows[flow_id]
+
+    async def mismatch(self, flow_id):
+        self._keep(self.machine.mismatch(flow_id))
+        return self.machine.flows[flow_id]
+
+    async def cancel(self, flow_id):
+        self._keep(self.machine.cancel(flow_id))
+        return self.machine.flows[flow_id]
+
+    async def request(self, user, devices=None):
+        flow, actions = self.machine.request_to_device(user, devices or ["BDEV"])
+        self._keep(actions)
+        return flow
+
+    async def request_in_room(self, room, user):
+        return self.machine.room_request_sent(room, "$req", user)
+
+
+def _flow_at_keys(service: FakeService) -> str:
+    """Run bob's request against the service's machine until both sides show the short codes."""
+    bob = VerificationMachine(BOB, "BDEV", Keys(DIRECTORY, MASTERS))
+    flow, actions = bob.request_to_device(ALICE, ["ADEV"])
+    queue = [(BOB, a) for a in actions]
+    while queue:
+        sender, action = queue.pop(0)
+        if not isinstance(action, Send):
+            continue
+        target = service.machine if action.to_user == ALICE else bob
+        queue += [(target.own_user, a) for a in target.receive_to_device(sender, action.event_type, action.content)]
+    return flow.flow_id
+
+
+@pytest.fixture
+async def control(tmp_path):
+    service = FakeService()
+    path = tmp_path / "control.sock"
+    server = await ControlServer(path, verification_commands(service)).start()
+    yield service, path
+    await server.close()
+
+
+async def _call(path, cmd, **args):
+    return await asyncio.to_thread(call, path, cmd, **args)
+
+
+async def test_socket_is_private_and_removed_on_close(tmp_path):
+    path = tmp_path / "control.sock"
+    server = await ControlServer(path, {}).start()
+    mode = os.stat(path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    with pytest.raises(ControlError, match="in use"):
+        await ControlServer(path, {}).start()  # a second instance on the same data_dir
+    await server.close()
+    assert not path.exists()
+    # A stale socket file (a crash) is replaced.
+    server = await ControlServer(path, {}).start()
+    await server.close()
+    with pytest.raises(ControlError, match="is it running"):
+        await _call(path, "verification.list")
+
+
+async def test_list_show_confirm_over_the_socket(control):
+    service, path = control
+    assert await _call(path, "verification.list") == []
+    flow_id = _flow_at_keys(service)
+    listed = await _call(path, "verification.list")
+    assert [f["id"] for f in listed] == [flow_id] and listed[0]["state"] == "keys"
+    shown = await _call(path, "verification.show", id=flow_id[:8])  # a unique prefix is enough
+    assert shown["emoji"] == [list(e) for e in service.machine.flows[flow_id].emoji]
+    confirmed = await _call(path, "verification.confirm", id=flow_id)
+    assert confirmed["state"] == "confirmed" and [s.event_type for s in service.sent] == ["m.key.verification.mac"]
+    with pytest.raises(ControlError, match="not waiting for a confirmation"):
+        await _call(path, "verification.confirm", id=flow_id)
+    with pytest.raises(ControlError, match="no verification"):
+        await _call(path, "verification.show", id="nope")
+    with pytest.raises(ControlError, match="unknown command"):
+        await _call(path, "verification.explode")
+    everything = await _call(path, "verification.list", all=True)
+    assert len(everything) == 1
+
+
+async def test_mismatch_cancel_and_request(control):
+    service, path = control
+    flow_id = _flow_at_keys(service)
+    assert (await _call(path, "verification.mismatch", id=flow_id))["cancel_code"] == "m.mismatched_sas"
+    requested = await _call(path, "verification.request", user=BOB)
+    assert requested["we_requested"] is True and requested["state"] == "requested"
+    cancelled = await _call(path, "verification.cancel", id=requested["id"])
+    assert cancelled["state"] == "cancelled" and cancelled["cancel_code"] == "m.user"
+    in_room = await _call(path, "verification.request", user=BOB, room="!dm:x")
+    assert in_room["room_id"] == "!dm:x" and in_room["id"] == "$req"
+    with pytest.raises(ControlError, match="missing argument: user"):
+        await _call(path, "verification.request")
+
+
+def test_format_flow_prints_emoji_with_names():
+    service = FakeService()
+    flow_id = _flow_at_keys(service)
+    flow = service.machine.flows[flow_id]
+    text = format_flow(flow.describe())
+    for symbol, name in flow.emoji:
+        assert f"    {symbol}  {name}" in text
+    assert "numbers: " + " ".join(map(str, flow.decimals)) in text
+    assert f"ratchet verification confirm {flow_id}" in text
+    flow.state, flow.cancel_code, flow.cancel_reason, flow.cancelled_by_us = "cancelled", "m.user", "bye", False
+    assert f"cancelled by {BOB}: m.user (bye)" in format_flow(flow.describe())
