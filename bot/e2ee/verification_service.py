@@ -61,8 +61,14 @@ class VerificationService:
         self.client = client
         self.trust = trust
         self.identity = identity
+        allowed = accept_from or (lambda user_id: False)
+        #: Requests are answered from ``accept_from`` users and from the bot's own account (another session of the
+        #: bot's user, e.g. the operator's Element: verifying it signs that device with the self-signing key).
         self.machine = VerificationMachine(
-            client.user_id, client.device_id, self, accept_from=accept_from or (lambda user_id: False)
+            client.user_id,
+            client.device_id,
+            self,
+            accept_from=lambda user_id: user_id == client.user_id or allowed(user_id),
         )
         #: Signature uploads done after successful verifications: (user id, key id).
         self.signed: list[tuple[str, str]] = []

@@ -273,3 +273,29 @@ async def test_the_bot_requests_user_verification_in_a_dm(synapse, new_user, tmp
         js = await peer.call("verification_wait", vid=js["vid"], phase="Done", timeout_ms=WAIT * 1000)
         assert (await _js_verified_identity(peer, bot_user.user_id))["is_cross_signing_verified"] is True
         assert await _alice_signed_by_bot(bot, alice.user_id)
+
+
+async def test_another_session_of_the_bot_account_is_verified_and_cross_signed(synapse, new_user, tmp_path):
+    """The operator's Element logged in as the bot's account verifies "this session" with the bot: once the emoji
+    are confirmed on both sides, the bot signs that device with its self-signing key."""
+    bot_user, _alice, cfg = await _setup(synapse, new_user, tmp_path, alice_is_admin=False)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot)
+        element = await stack.peer(synapse, bot_user, "element")
+        before = await element.device_status(bot_user.user_id, element.device_id)
+        assert before["signed_by_owner"] is False, before
+        request = await element.call("verification_request_device", user_id=bot_user.user_id,
+                                     device_id=bot.device_id)
+        await element.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
+        await element.call("verification_start_sas", vid=request["vid"])
+        js = await element.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        flow = await service.wait(js["transaction_id"], {"keys"})
+        assert _js_emoji(js) == flow.emoji
+        await element.call("verification_confirm", vid=request["vid"])
+        await service.confirm(flow.flow_id)
+        flow = await service.wait(flow.flow_id, {"done", "cancelled"})
+        assert flow.state == "done", flow.describe()
+        assert service.signed == [(bot_user.user_id, f"ed25519:{element.device_id}")]
+        after = await element.device_status(bot_user.user_id, element.device_id, expect_signed=True)
+        assert after["signed_by_owner"] is True, after
