@@ -46,36 +46,44 @@ def _case_messages(mod, mod_room, bot_id, needle=""):
     ]
 
 
-async def _setup(ratchet, *, plugins, rooms=1, public=False, **config):
-    """A moderation room (by `mod`), then the bot with ``plugins`` (``MOD`` in options becomes that room), then
-    ``rooms`` encrypted rooms made by alice where the bot has power level 100, with mallory joined."""
+def _fill(value, names):
+    """``value`` with every string naming a placeholder (``MOD``, ``ROOM0``...) replaced, dict keys included."""
+    if isinstance(value, dict):
+        return {_fill(k, names): _fill(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, names) for v in value]
+    return names.get(value, value) if isinstance(value, str) else value
+
+
+async def _setup(ratchet, *, plugins, rooms=1, public=False, bot_power=(100,), **config):
+    """A moderation room (by `mod`) and ``rooms`` encrypted rooms made by alice, where the bot has the power level
+    ``bot_power[i]``, then the bot with ``plugins`` (``MOD`` and ``ROOM0``... in the options become those rooms),
+    then mallory joins each room."""
     mod = await ratchet.member("mod")
     ratchet.bot_user = ratchet._new_user("bot")
     bot_id = ratchet.bot_user.user_id
     mod_room = await mod.create_room(invite=[bot_id], name="moderation")
-    for options in plugins.values():
-        for key, value in list(options.items()):
-            if value == "MOD":
-                options[key] = mod_room
-    await ratchet.start_bot(plugins, **config)
-    await mod.wait_joined(mod_room, bot_id)
     alice, mallory = await ratchet.member("alice"), await ratchet.member("mallory")
     made = []
-    for _ in range(rooms):
+    for i in range(rooms):
+        power = bot_power[i] if i < len(bot_power) else bot_power[-1]
         resp = await alice.client.room_create(
             invite=[bot_id] + ([] if public else [mallory.user_id]),
             preset=RoomPreset.public_chat if public else RoomPreset.private_chat,
             initial_state=[
                 {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
             ],
-            power_level_override={"users": {bot_id: 100}},
+            power_level_override={"users": {bot_id: power}} if power else None,
         )
-        room = resp.room_id
-        await alice.wait_for(lambda r=room: r in alice.client.rooms, 30, "room")
+        await alice.wait_for(lambda r=resp.room_id: r in alice.client.rooms, 30, "room")
+        made.append(resp.room_id)
+    names = {"MOD": mod_room, **{f"ROOM{i}": room for i, room in enumerate(made)}}
+    await ratchet.start_bot(_fill(plugins, names), **config)
+    await mod.wait_joined(mod_room, bot_id)
+    for room in made:
         await mallory.client.join(room)
         await alice.wait_joined(room, bot_id)
         await alice.wait_joined(room, mallory.user_id)
-        made.append(room)
     return mod, mod_room, alice, mallory, made
 
 
@@ -137,8 +145,16 @@ async def test_flood_is_muted_within_the_burst_and_the_case_holds_no_text(ratche
 
 
 async def test_dry_run_opens_a_case_and_changes_nothing(ratchet):
-    plugins = {"protections": {"moderation_room": "MOD", "dry_run": True, "flood": {"burst": 5, "rate": 0.5}}}
-    mod, mod_room, alice, mallory, (room,) = await _setup(ratchet, plugins=plugins)
+    """Room 0 is in dry-run (the global setting); room 1's own thresholds turn it off, and there the bot lacks the
+    power to mute: the case says so, and the plugin carries on."""
+    flood = {"burst": 5, "rate": 0.5}
+    plugins = {"protections": {
+        "moderation_room": "MOD", "dry_run": True, "flood": flood,
+        "rooms_thresholds": {"ROOM1": {"dry_run": False, "flood": {**flood, "actions": ["mute"]}}},
+    }}
+    mod, mod_room, alice, mallory, (room, powerless) = await _setup(
+        ratchet, plugins=plugins, rooms=2, bot_power=(100, 0)
+    )
     bot_id = ratchet.bot_user.user_id
     before = await _state(alice, room, "m.room.power_levels")
     sent = await _flood(mallory, room, 12)
@@ -156,12 +172,25 @@ async def test_dry_run_opens_a_case_and_changes_nothing(ratchet):
     ask = await mod.send(mod_room, f"!case {case_id} dismiss")
     answer = await mod.expect_reply(mod_room, ask, sender=bot_id)
     assert answer.body == f"Case {case_id}: dismissed.", answer.body
+
+    # Missing power: reported in the case, nothing crashes, and the plugin still counts.
+    await _flood(mallory, powerless, 7)
+    failed = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "mute FAILED" in str(getattr(e, "body", "")),
+        what="the failed mute",
+    )
+    assert "missing power" in failed.body and powerless in failed.body
     # A member of the moderation room without power cannot act on cases.
-    assert await _state(alice, room, "m.room.power_levels") == before
+    await mod.client.room_invite(mod_room, alice.user_id)
+    await alice.client.join(mod_room)
+    await mod.wait_joined(mod_room, alice.user_id)
+    ask = await alice.send(mod_room, f"!case {_case_id(failed)} dismiss")
+    refused = await alice.expect_reply(mod_room, ask, sender=bot_id)
+    assert refused.body.startswith("Only moderators"), refused.body
 
 
 async def test_join_wave_closes_the_room(ratchet, synapse, new_user):
-    joins = 6
+    joins = 10
     plugins = {"protections": {"moderation_room": "MOD", "join_wave": {"joins": joins, "window": 30}}}
     mod, mod_room, alice, _mallory, (room,) = await _setup(ratchet, plugins=plugins, public=True)
     bot_id = ratchet.bot_user.user_id
@@ -205,6 +234,7 @@ async def test_policy_list_bans_in_two_rooms_and_unbans_refuses_star_and_spares_
     shared = await curator.create_room(invite=[bot_id], encrypted=False, name="shared ban list")
     shared_ref = f"#banlist-{secrets.token_hex(4)}:{bot_id.split(':', 1)[1]}"  # subscribed by alias
     assert isinstance(await curator.client.room_put_alias(shared_ref, shared), RoomPutAliasResponse)
+    missing_list = f"#no-such-list:{bot_id.split(':', 1)[1]}"  # a list the bot cannot read: reported, not fatal
     own = await mod.client.room_create(
         invite=[bot_id], name="own list", power_level_override={"users": {bot_id: 100}}
     )
@@ -225,7 +255,7 @@ async def test_policy_list_bans_in_two_rooms_and_unbans_refuses_star_and_spares_
         protected_rooms.append(made.room_id)
     await ratchet.start_bot(
         {"protections": {
-            "moderation_room": mod_room, "protected_rooms": protected_rooms, "policy_lists": [shared_ref],
+            "moderation_room": mod_room, "protected_rooms": protected_rooms, "policy_lists": [shared_ref, missing_list],
             "own_list": own_list, "policy_resync": 600,
         }},
         admins=[alice.user_id],
@@ -239,7 +269,11 @@ async def test_policy_list_bans_in_two_rooms_and_unbans_refuses_star_and_spares_
     await curator.wait_joined(shared, bot_id)
     await mod.wait_joined(mod_room, bot_id)
     await mod.wait_joined(own_list, bot_id)
-    await asyncio.sleep(1)  # the bot's sync sees the members too
+    unreadable = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "cannot be read" in str(getattr(e, "body", "")),
+        what="the unreadable list reported",
+    )
+    assert missing_list in unreadable.body
 
     # A rule for mallory bans her in both protected rooms within seconds.
     started = time.monotonic()

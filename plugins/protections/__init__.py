@@ -225,6 +225,8 @@ class Protections(Plugin):
         self._own_list_id: str | None = None
         self._mod_room: str | None = None
         self._protected: set[str] | None = None
+        self._notes: list[str] = []  # for the moderation room, waiting until the bot is in it
+        self._unposted = True  # cases may wait for the moderation room too (from an earlier run as well)
         self._policy_lock = asyncio.Lock()
         self._case_lock = asyncio.Lock()
         self._actions = self.metrics.counter("actions", "Protection actions by protection and action.",
@@ -505,28 +507,63 @@ class Protections(Plugin):
         self.log.info("case %s: %s in %s", case.case_id, protection, room_id)
         return case
 
-    async def _show(self, case: ProtectionCase, mod_event: str | None) -> str | None:
+    async def _mod_room_ready(self) -> str | None:
+        """The moderation room once the bot is in it (at start it may still be joining: what is said meanwhile
+        waits, see :meth:`flush`)."""
         mod_room = await self._moderation_room()
+        return mod_room if mod_room is not None and mod_room in self.bot.joined_rooms() else None
+
+    async def _show(self, case: ProtectionCase, mod_event: str | None) -> str | None:
+        mod_room = await self._mod_room_ready()
         if mod_room is None:
-            return None
+            self._unposted = bool(self.config.moderation_room)
+            return mod_event
         body, markup = case_message(case)
         try:
             if mod_event:
                 await self.bot.edit(mod_room, mod_event, body, html=markup)
                 return mod_event
             return await self.bot.send_text(mod_room, body, html=markup)
-        except MatrixError as exc:
+        except Exception as exc:  # a failure to post never stops the protection (the case is stored)
             self.log.warning("case %s: cannot post it in the moderation room (%s)", case.case_id, exc)
+            self._unposted = not mod_event
             return mod_event
 
     async def _tell_moderators(self, text: str) -> None:
-        mod_room = await self._moderation_room()
+        if not self.config.moderation_room:
+            return
+        self._notes.append(text)
+        del self._notes[:-50]
+        await self.flush()
+
+    @every(2.0)
+    async def flush(self) -> None:
+        """Post what waited for the moderation room: notes, and cases opened before the bot was in it."""
+        if not (self._notes or self._unposted):
+            return
+        mod_room = await self._mod_room_ready()
         if mod_room is None:
             return
-        try:
-            await self.bot.send_text(mod_room, text, notice=True)
-        except MatrixError as exc:
-            self.log.warning("cannot post in the moderation room (%s)", exc)
+        while self._notes:
+            try:
+                await self.bot.send_text(mod_room, self._notes[0], notice=True)
+            except Exception as exc:
+                self.log.warning("cannot post in the moderation room (%s)", exc)
+                return
+            self._notes.pop(0)
+        if self._unposted:
+            self._unposted = False
+            async with self._case_lock:
+                rows = await self.storage.fetchall(
+                    "SELECT case_json FROM pcase WHERE mod_event IS NULL AND status = 'open' ORDER BY created"
+                )
+                for (case_json,) in rows:
+                    case = ProtectionCase.from_json(case_json)
+                    mod_event = await self._show(case, None)
+                    if mod_event:
+                        await self.storage.execute(
+                            "UPDATE pcase SET mod_event = ? WHERE case_id = ?", (mod_event, case.case_id)
+                        )
 
     async def _moderator_may(self, ctx: Context, what: str) -> bool:
         mod_room = await self._moderation_room()
