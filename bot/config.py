@@ -141,6 +141,8 @@ class _Context:
     secret: bool = False
     #: Source text of the string last read by :func:`_scalar` if ``${VAR}`` expansion changed it.
     unexpanded: str | None = None
+    #: Line of each plugin option read so far (see :attr:`Config.plugin_lines`).
+    lines: dict[tuple[str | int, ...], int] = dataclasses.field(default_factory=dict)
 
     def error(self, message: str, *, key: str | None, node: Node | None = None) -> ConfigError:
         """A ConfigError at ``node``'s line (if it has a position)."""
@@ -337,8 +339,12 @@ def _pairs(ctx: _Context, node: MappingNode, path: str) -> list[tuple[Any, Node,
         ctx.merging.discard(id(node))
 
 
-def _plain(ctx: _Context, node: Node, path: str) -> Any:
-    """Any YAML value as plain Python data (dicts, lists, scalars), e.g. a plugin's options."""
+def _plain(ctx: _Context, node: Node, path: str, parts: tuple[str | int, ...] | None = None) -> Any:
+    """Any YAML value as plain Python data (dicts, lists, scalars), e.g. a plugin's options.
+
+    With ``parts`` (the value's path as keys and list indexes), the line of each key and list item inside is recorded
+    in ``ctx.lines`` under its own path.
+    """
     ctx.visit(node, path)
     if isinstance(node, ScalarNode):
         return _scalar(ctx, node, path)
@@ -349,10 +355,24 @@ def _plain(ctx: _Context, node: Node, path: str) -> Any:
     ctx.active.add(id(node))
     try:
         if isinstance(node, SequenceNode):
-            return [_plain(ctx, item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-        return {k: _plain(ctx, v, _join(path, k)) for k, _, v in _pairs(ctx, node, path)}
+            items = []
+            for i, item in enumerate(node.value):
+                items.append(_plain(ctx, item, f"{path}[{i}]", _record(ctx, parts, i, item)))
+            return items
+        return {k: _plain(ctx, v, _join(path, k), _record(ctx, parts, k, kn)) for k, kn, v in _pairs(ctx, node, path)}
     finally:
         ctx.active.discard(id(node))
+
+
+def _record(
+    ctx: _Context, parts: tuple[str | int, ...] | None, key: Any, node: Node
+) -> tuple[str | int, ...] | None:
+    """``parts`` + ``key``, with ``node``'s line recorded for it; None when lines are not recorded."""
+    if parts is None or not isinstance(key, str | int) or node.start_mark is None:
+        return None
+    sub = (*parts, key)
+    ctx.lines[sub] = node.start_mark.line + 1
+    return sub
 
 
 def _build_section(ctx: _Context, cls: type, node: MappingNode, path: str) -> Any:
@@ -683,10 +703,11 @@ def _plugins(ctx: _Context, node: Node, path: str) -> dict[str, dict[Any, Any]]:
                 f"invalid plugin name {_show(name)} (use lowercase letters, digits and "
                 "underscores, starting with a letter)",
             )
+        parts = _record(ctx, (), name, key_node)
         if _is_null(value_node):
             plugins[name] = {}
         elif isinstance(value_node, MappingNode):
-            plugins[name] = _plain(ctx, value_node, full)
+            plugins[name] = _plain(ctx, value_node, full, parts)
         else:
             got = _describe_node(ctx, value_node, full)
             raise ctx.bad(full, value_node, f"expected a mapping of options (or nothing), got {got}")
@@ -813,6 +834,9 @@ class Config:
         log_format: ``text`` or ``json``. Default ``text``.
         http: the optional HTTP listener (:class:`HttpConfig`): metrics, health, status page. Default off.
         source: the file the configuration was read from; not part of equality.
+        plugin_lines: the line of each plugin's key and of each key and list item inside its options, by path
+            (``("reminders",)``, ``("reminders", "check_interval")``, ``("webhooks", "hooks", "ci", "secret")``,
+            ``("reminders", "rooms", "allow", 0)``); see :meth:`plugin_line`. Not part of equality.
     """
 
     homeserver: str = field(metadata=_key(_then(_string(_url_check), lambda s: s.rstrip("/"))))
@@ -842,9 +866,22 @@ class Config:
     )
     http: HttpConfig | None = field(default=None, metadata=_key(_section(HttpConfig)))
     source: str | None = field(default=None, compare=False)
+    plugin_lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, repr=False)
 
     #: Groups of keys of which at least one must be set.
     _require_one_of: ClassVar[tuple[tuple[str, ...], ...]] = (("password", "access_token"),)
+
+    def plugin_line(self, plugin: str, *parts: str | int) -> int | None:
+        """The line of plugin option ``parts`` of ``plugin`` in the config file; for an option that is not in the
+        file (a missing one), the line of the nearest enclosing key (at least the plugin's own). None if the plugin is
+        not in the file (or the config was not read from text)."""
+        path = (plugin, *parts)
+        while path:
+            line = self.plugin_lines.get(path)
+            if line is not None:
+                return line
+            path = path[:-1]
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -920,7 +957,7 @@ def parse_config(
         config = _build_section(ctx, Config, root, "")
     except RecursionError:
         raise ConfigError("the document is nested too deeply", file=source) from None
-    return dataclasses.replace(config, source=source)
+    return dataclasses.replace(config, source=source, plugin_lines=ctx.lines)
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Config:

@@ -88,12 +88,17 @@ class PluginConfigError(Exception):
         key: dotted path of the offending option inside the plugin's options, e.g. ``max_items``, ``db.host``,
             ``rooms.allow[1]`` (for a missing or unknown option, that option's path); None when the problem is about
             the options as a whole.
+        parts: the same path as option names and list indexes, e.g. ``("rooms", "allow", 1)`` (``()`` for the
+            options as a whole): what finds the option's line in the config file (``Config.plugin_line``).
     """
 
-    def __init__(self, message: str, *, plugin: str, key: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, plugin: str, key: str | None = None, parts: tuple[str | int, ...] = ()
+    ) -> None:
         self.message = message
         self.plugin = plugin
         self.key = key
+        self.parts = parts
         super().__init__(message)
 
     @property
@@ -102,15 +107,17 @@ class PluginConfigError(Exception):
         return plugin_option_path(self.plugin, self.key or "")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_plugin_config_error, (self.message, self.plugin, self.key))
+        return (_rebuild_plugin_config_error, (self.message, self.plugin, self.key, self.parts))
 
 
 def _rebuild_config_error(message: str, key: str | None, file: str | None, line: int | None) -> ConfigError:
     return ConfigError(message, key=key, file=file, line=line)
 
 
-def _rebuild_plugin_config_error(message: str, plugin: str, key: str | None) -> PluginConfigError:
-    return PluginConfigError(message, plugin=plugin, key=key)
+def _rebuild_plugin_config_error(
+    message: str, plugin: str, key: str | None, parts: tuple[str | int, ...] = ()
+) -> PluginConfigError:
+    return PluginConfigError(message, plugin=plugin, key=key, parts=parts)
 
 
 def plugin_option_path(plugin: str, key: str) -> str:

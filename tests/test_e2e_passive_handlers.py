@@ -70,7 +70,7 @@ def test_config_patterns_are_checked_by_check_config(tmp_path, patterns, message
         [sys.executable, "-m", "bot", "check-config", "-c", str(cfg)], capture_output=True, text=True, timeout=60
     )
     assert res.returncode == 2, res.stdout + res.stderr
-    assert "plusplus" in res.stderr and "'patterns'" in res.stderr and message in res.stderr, res.stderr
+    assert f"{cfg}:8: plugins.plusplus.patterns" in res.stderr and message in res.stderr, res.stderr
 
 
 async def test_subcommands_with_their_own_arguments_rules_and_help(ratchet):

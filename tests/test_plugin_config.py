@@ -692,3 +692,175 @@ def test_arbitrary_values_for_every_field(value: Any) -> None:
         split_options("reminders", {"rooms": value})
     except PluginConfigError as exc:
         assert exc.key is not None and exc.key.startswith("rooms")
+
+
+# -- where an error points in the config file (issue 15) -------------------------------------------------------------
+
+OPTS_PLUGIN = '''
+from dataclasses import dataclass, field
+
+from bot import Context, Plugin, on_message
+
+
+@dataclass(frozen=True)
+class Db:
+    host: str
+    port: int = 5432
+
+
+class Opts(Plugin):
+    @dataclass(frozen=True)
+    class Config:
+        interval: float = 1.0
+        db: Db | None = None
+        tags: list[str] = field(default_factory=list)
+        patterns: list[str] = field(default_factory=lambda: ["hello"])
+        low: int = 0
+        high: int = 10
+
+        def __post_init__(self) -> None:
+            if self.low > self.high:
+                raise ValueError("low must not exceed high")
+            if self.high == 13:
+                raise TypeError("high must not be 13")
+
+    @on_message(config="patterns")
+    async def seen(self, ctx: Context, match) -> None:
+        await ctx.reply("seen")
+'''
+
+#: One plugin per kind of error; ``# <- NAME`` marks the line each error must point at.
+OPTS_CONFIG = """\
+homeserver: http://127.0.0.1:1
+user_id: '@b:localhost'
+password: pw-123456
+pickle_key: a-long-enough-pickle-key
+plugin_dirs: [{plugin_dir}]
+plugins:
+  opts_ok:
+    interval: 2
+  opts_type:
+    tags: [a]
+    interval: soon  # <- opts_type
+  opts_unknown:
+    intervall: 5  # <- opts_unknown
+  opts_missing:
+    db:  # <- opts_missing
+      port: 1
+  opts_value:  # <- opts_value
+    low: 11
+  opts_typeerror:  # <- opts_typeerror
+    high: 13
+  opts_pattern:
+    patterns:
+      - ok
+      - "["  # <- opts_pattern
+  opts_item:
+    tags:
+      - a
+      - 2  # <- opts_item
+  opts_rooms:
+    rooms:
+      allow: ["!a:b"]
+      deni: []  # <- opts_rooms
+  opts_empty:
+    patterns: ['']  # <- opts_empty
+  opts_nosuch: {{}}  # <- opts_nosuch
+"""
+
+#: What each plugin's error says after ``FILE:LINE: ``.
+OPTS_ERRORS = {
+    "opts_type": "plugins.opts_type.interval: expected a number, got 'soon'",
+    "opts_unknown": "plugins.opts_unknown: unknown option 'intervall' (did you mean 'interval'?)",
+    "opts_missing": "plugins.opts_missing.db: missing required option 'host'",
+    "opts_value": "plugins.opts_value: low must not exceed high",
+    "opts_typeerror": "plugins.opts_typeerror: high must not be 13",
+    "opts_pattern": "plugins.opts_pattern.patterns[1]: pattern '[' is not a valid regular expression",
+    "opts_item": "plugins.opts_item.tags[1]: expected a string, got 2",
+    "opts_rooms": "plugins.opts_rooms.rooms: unknown option 'deni' (did you mean 'deny'?)",
+    "opts_empty": "plugins.opts_empty.patterns[0]: pattern 1 is empty",
+    "opts_nosuch": "plugin opts_nosuch: not found",
+}
+
+
+@pytest.fixture
+def opts_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A config file with one plugin per kind of option error, and the line each error must point at."""
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    for name in ["opts_ok", *OPTS_ERRORS]:
+        if name != "opts_nosuch":
+            (plugin_dir / f"{name}.py").write_text(OPTS_PLUGIN)
+    text = OPTS_CONFIG.format(plugin_dir=plugin_dir)
+    cfg = tmp_path / "bot.yaml"
+    cfg.write_text(text)
+    lines = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if "# <- " in line:
+            lines[line.split("# <- ")[1].strip()] = number
+    assert set(lines) == set(OPTS_ERRORS)
+    return cfg, lines
+
+
+def test_plugin_option_errors_point_at_their_line(opts_config: tuple[Path, dict[str, int]]) -> None:
+    from bot.config import load_config
+    from bot.plugin.host import check_plugin_options
+
+    cfg, lines = opts_config
+    config = load_config(cfg)
+    errors = {err.key.split(".")[1].split("[")[0]: err for err in check_plugin_options(config)}
+    assert set(errors) == set(OPTS_ERRORS), errors
+    for name, message in OPTS_ERRORS.items():
+        err = errors[name]
+        assert (err.file, err.line) == (str(cfg), lines[name]), (name, str(err))
+        assert str(err).startswith(f"{cfg}:{lines[name]}: {message}"), str(err)
+
+
+def test_check_config_prints_file_and_line_of_each_plugin_option_error(
+    opts_config: tuple[Path, dict[str, int]],
+) -> None:
+    import subprocess
+
+    cfg, lines = opts_config
+    res = subprocess.run(
+        [sys.executable, "-m", "bot", "check-config", "-c", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    printed = res.stderr.splitlines()
+    assert len(printed) == len(OPTS_ERRORS), res.stderr
+    for name, message in OPTS_ERRORS.items():
+        expected = f"ratchet: config error: {cfg}:{lines[name]}: {message}"
+        assert [line for line in printed if line.startswith(expected)], f"{expected!r} not in:\n{res.stderr}"
+    assert "Traceback" not in res.stderr
+
+
+def test_plugin_lines_are_recorded_but_not_compared() -> None:
+    from bot.config import parse_config
+
+    head = "homeserver: http://h\nuser_id: '@b:h'\npassword: pw\npickle_key: a-long-enough-pickle-key\n"
+    body = "plugins:\n  p:\n    a: 1\n    b:\n      - x\n      - {c: 2}\n    d: &anchor {e: 3}\n  q:\n"
+    config = parse_config(head + body)
+    assert config.plugins == {"p": {"a": 1, "b": ["x", {"c": 2}], "d": {"e": 3}}, "q": {}}
+    assert config.plugin_line("p") == 6
+    assert config.plugin_line("p", "a") == 7
+    assert config.plugin_line("p", "b") == 8
+    assert config.plugin_line("p", "b", 1) == 10
+    assert config.plugin_line("p", "b", 1, "c") == 10
+    assert config.plugin_line("p", "d", "e") == 11
+    assert config.plugin_line("p", "missing", "deeper") == 6  # the nearest enclosing key
+    assert config.plugin_line("q", "x") == 12
+    assert config.plugin_line("nope") is None
+    assert parse_config("\n\n" + head + body) == config, "line numbers are not part of equality"
+
+
+def test_error_parts_follow_the_key() -> None:
+    err = bad(db={"port": 1})
+    assert (err.key, err.parts) == ("db.host", ("db", "host"))
+    err = bad(rooms_notify=["a", 2])
+    assert (err.key, err.parts) == ("rooms_notify[1]", ("rooms_notify", 1))
+    err = bad(greting="x")
+    assert (err.key, err.parts) == ("greting", ("greting",))
+    with pytest.raises(PluginConfigError) as info:
+        split_options("reminders", {"rooms": {"allow": ["!a:b", "nope"]}})
+    assert info.value.parts == ("rooms", "allow", 1)
+    assert pickle.loads(pickle.dumps(info.value)).parts == ("rooms", "allow", 1)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Access",
     "CommandHandler",
+    "ConfigPatternError",
     "EventHandler",
     "MessageHandler",
     "Plugin",
@@ -97,25 +98,44 @@ class MessageHandler:
         return None
 
 
+class ConfigPatternError(ValueError):
+    """The patterns an ``on_message(config=OPTION)`` handler reads from the plugin's config are missing or bad.
+
+    ``str(error)`` is ``option 'OPTION': PROBLEM``; ``option`` is the option's name and ``index`` the offending
+    pattern's position in its list (None for the option as a whole), so that the error can point at its line.
+    """
+
+    def __init__(self, option: str, problem: str, index: int | None = None) -> None:
+        super().__init__(f"option {option!r}: {problem}")
+        self.option = option
+        self.problem = problem
+        self.index = index
+
+
 def patterns_from_config(config: Any, option: str, flags: int = 0) -> tuple[re.Pattern[str], ...]:
     """The regular expressions in the plugin config's ``option`` (a string or a list of strings), compiled.
 
-    Raises ValueError naming the option for anything else or a pattern that does not compile (a config error).
+    Raises :class:`ConfigPatternError` (a ValueError) naming the option for anything else or a pattern that does not
+    compile (a config error).
     """
     value = config.get(option) if isinstance(config, Mapping) else getattr(config, option, None)
     if value is None:
-        raise ValueError(f"option {option!r}: missing (on_message(config={option!r}) reads its patterns from it)")
+        raise ConfigPatternError(option, f"missing (on_message(config={option!r}) reads its patterns from it)")
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple) or not all(isinstance(p, str) for p in items):
-        raise ValueError(f"option {option!r}: expected a regular expression or a list of them")
+        raise ConfigPatternError(option, "expected a regular expression or a list of them")
+    listed = not isinstance(value, str)
     compiled = []
     for index, item in enumerate(items):
+        at = index if listed else None
         if not item:
-            raise ValueError(f"option {option!r}: pattern {index + 1} is empty (it would match every message)")
+            raise ConfigPatternError(option, f"pattern {index + 1} is empty (it would match every message)", at)
         try:
             compiled.append(re.compile(item, flags))
         except re.error as exc:
-            raise ValueError(f"option {option!r}: pattern {item!r} is not a valid regular expression: {exc}") from None
+            raise ConfigPatternError(
+                option, f"pattern {item!r} is not a valid regular expression: {exc}", at
+            ) from None
     return tuple(compiled)
 
 
@@ -269,7 +289,8 @@ class Handlers:
 
 
 def check_config_patterns(cls: type[Plugin], config: Any) -> None:
-    """Raise ValueError if a passive handler of ``cls`` reads patterns from ``config`` and they are bad."""
+    """Raise :class:`ConfigPatternError` if a passive handler of ``cls`` reads patterns from ``config`` and they are
+    bad."""
     for attr in dir(cls):
         for info in getattr(getattr(cls, attr, None), _ATTR, None) or ():
             if info[0] == "message" and info[2] is not None:

@@ -11,10 +11,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.config import Config, reread_plugin_options
-from bot.errors import ConfigError, PluginConfigError, PluginLoadError, StorageError
+from bot.errors import ConfigError, PluginConfigError, PluginLoadError, StorageError, plugin_option_path
 from bot.metrics import Metrics, PluginMetrics
 from bot.plugin.api import BotAPI
-from bot.plugin.base import Access, CommandHandler, Plugin, check_config_patterns, collect_handlers
+from bot.plugin.base import (
+    Access,
+    CommandHandler,
+    ConfigPatternError,
+    Plugin,
+    check_config_patterns,
+    collect_handlers,
+)
 from bot.plugin.dispatch import Dispatcher
 from bot.plugin.info import CommandInfo, PluginInfo
 from bot.plugin.loader import import_plugin
@@ -54,19 +61,35 @@ def _prepare(name: str, options: dict[str, Any], plugin_dirs: tuple[Path, ...]) 
         raise PluginLoadError(str(exc)) from exc
     try:
         check_config_patterns(cls, config)
+    except ConfigPatternError as exc:
+        parts = (exc.option,) if exc.index is None else (exc.option, exc.index)
+        key = exc.option if exc.index is None else f"{exc.option}[{exc.index}]"
+        error = PluginConfigError(f"{plugin_option_path(name, key)}: {exc.problem}", plugin=name, key=key, parts=parts)
+        raise PluginLoadError(str(error)) from error
     except ValueError as exc:
         raise PluginLoadError(f"plugin {name}: {exc}") from exc
     return cls, rooms, config
 
 
-def check_plugin_options(config: Config) -> list[str]:
-    """Import every configured plugin and validate its options without starting it; returns the errors."""
+def check_plugin_options(config: Config) -> list[ConfigError]:
+    """Import every configured plugin and validate its options without starting it; returns the errors.
+
+    Each is a :class:`ConfigError` pointing at the config file's line of the offending option (or of the plugin's
+    own key, for a missing option, a check of the plugin's own or an import error): ``FILE:LINE: plugins.NAME.KEY:
+    what is wrong``, like the errors about the bot's own keys.
+    """
     errors = []
     for name, options in config.plugins.items():
         try:
             _prepare(name, options, config.plugin_dirs)
         except PluginLoadError as exc:
-            errors.append(str(exc))
+            cause = exc.__cause__
+            if isinstance(cause, PluginConfigError):
+                line = config.plugin_line(name, *cause.parts)
+                errors.append(ConfigError(cause.message, key=cause.path, file=config.source, line=line))
+            else:
+                line = config.plugin_line(name)
+                errors.append(ConfigError(str(exc), key=f"plugins.{name}", file=config.source, line=line))
     return errors
 
 class PluginHost:

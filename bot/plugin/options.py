@@ -27,7 +27,7 @@ infinity), ``bool`` (real YAML booleans only), ``Literal[...]``, ``X | None`` / 
 YAML mappings, checked recursively) and ``Any`` (taken as is). ``from __future__ import annotations`` is fine. A field
 of any other type is a bug in the plugin and raises :class:`TypeError` naming the class and field. A ``ValueError``
 raised by the dataclass's ``__post_init__`` becomes a :class:`PluginConfigError` with its message (so a plugin can add
-its own checks: keep secrets out of such messages).
+its own checks: keep secrets out of such messages); so does a ``TypeError`` raised there.
 
 A plugin without a schema receives its options as a read-only mapping.
 
@@ -107,19 +107,25 @@ class _Where:
     secret: bool = False
     #: The value may also be null (an ``X | None`` field): "expected X or null".
     nullable: bool = False
+    #: ``path`` as option names and list indexes (for finding its line in the config file).
+    parts: tuple[str | int, ...] = ()
 
     def key(self, name: str) -> _Where:
-        return _Where(self.plugin, _join(self.path, name), self.secret or _is_secret_name(name))
+        return _Where(
+            self.plugin, _join(self.path, name), self.secret or _is_secret_name(name), parts=(*self.parts, name)
+        )
 
     def index(self, i: int) -> _Where:
-        return _Where(self.plugin, f"{self.path}[{i}]", self.secret)
+        return _Where(self.plugin, f"{self.path}[{i}]", self.secret, parts=(*self.parts, i))
 
-    def error(self, message: str, *, key: str | None = None) -> PluginConfigError:
-        """``plugins.PLUGIN.PATH: message``; ``key`` overrides the reported key (default: this path)."""
+    def error(self, message: str, *, name: str | None = None) -> PluginConfigError:
+        """``plugins.PLUGIN.PATH: message``, about this value, or about its option ``name`` (a missing or unknown
+        one) if given."""
         return PluginConfigError(
             f"{plugin_option_path(self.plugin, self.path)}: {message}",
             plugin=self.plugin,
-            key=(self.path or None) if key is None else key,
+            key=(self.path or None) if name is None else _join(self.path, name),
+            parts=self.parts if name is None else (*self.parts, name),
         )
 
     def expected(self, what: str, value: Any) -> PluginConfigError:
@@ -300,19 +306,18 @@ class _DataclassConv(_Converter):
         mapping = _check_mapping(value, where, "a mapping of options" if not where.path else self.what)
         for name in mapping:
             if name not in self.fields:
-                raise where.error(
-                    f"unknown option {_short(name)}{_suggest(name, self.fields)}", key=_join(where.path, name)
-                )
+                raise where.error(f"unknown option {_short(name)}{_suggest(name, self.fields)}", name=name)
         missing = [name for name in self.required if name not in mapping]
         if missing:
             plural = "s" if len(missing) > 1 else ""
             names = ", ".join(repr(n) for n in missing)
-            raise where.error(f"missing required option{plural} {names}", key=_join(where.path, missing[0]))
+            raise where.error(f"missing required option{plural} {names}", name=missing[0])
         kwargs = {name: self.fields[name](v, where.key(name)) for name, v in mapping.items()}
         try:
             return self.cls(**kwargs)
-        except ValueError as exc:
-            # A check of the plugin's own (__post_init__); its message is the plugin author's.
+        except (ValueError, TypeError) as exc:
+            # A check of the plugin's own (__post_init__; the options' names and types are checked above, so a
+            # TypeError comes from there too); its message is the plugin author's.
             raise where.error(str(exc) or "invalid options") from None
 
 
@@ -548,9 +553,8 @@ def split_options(plugin_name: str, options: Mapping[str, Any] | None) -> tuple[
         if name not in ("allow", "deny"):
             shown = _short(name) if isinstance(name, str) else _got(name, False)
             hint = _suggest(name, ("allow", "deny")) if isinstance(name, str) else ""
-            key = _join(at.path, name) if isinstance(name, str) else at.path
             hint = hint or " (expected 'allow' and/or 'deny')"
-            raise at.error(f"unknown option {shown}{hint}", key=key)
+            raise at.error(f"unknown option {shown}{hint}", name=name if isinstance(name, str) else None)
     allow = _room_list(rooms.get("allow"), at.key("allow"))
     deny = _room_list(rooms.get("deny"), at.key("deny"))
     return RoomFilter(allow, deny), rest
