@@ -152,3 +152,48 @@ def test_load_replaces_a_lists_rules_and_reports_removals():
 def test_server_acl_keeps_the_room_and_never_denies_the_bots_server():
     acl = server_acl({"allow": ["*"], "deny": ["old.example"]}, ["evil.example", "*host"], "localhost")
     assert acl["deny"] == ["old.example", "evil.example"] and acl["allow"] == ["*"]
+
+
+# -- cases ------------------------------------------------------------------------------------------------------
+
+
+def test_case_message_is_metadata_only_and_escaped():
+    from plugins.protections.cases import Action, ProtectionCase, case_message, new_case_id
+
+    case = ProtectionCase(new_case_id(), "flood", "!room:x", "@<b>evil</b>:x", 0.0)
+    case.add_fact("more than 10 messages at once (event $e)")
+    case.add_action(Action("mute", "!room:x", ok=False, detail="missing power"))
+    case.add_action(Action("ban", "!room:x", ok=True, dry_run=True))
+    body, markup = case_message(case)
+    assert case.case_id.startswith("P-") and "mute FAILED" in body and "would ban" in body
+    assert "dry run: nothing was changed" in body
+    assert "<b>evil" not in markup and "&lt;b&gt;evil" in markup
+    again = ProtectionCase.from_json(case.to_json())
+    assert again == case
+    for i in range(50):
+        case.add_fact(str(i))
+    assert len(case.facts) == 20 and case.facts[-1] == "49"
+
+
+async def test_case_registry_routes_by_prefix_and_survives_a_reload():
+    from bot.reports.cases import CaseRegistry
+
+    registry, seen = CaseRegistry(), []
+
+    async def old(ctx, case_id, action, reason):
+        seen.append(("old", case_id))
+
+    async def new(ctx, case_id, action, reason):
+        seen.append(("new", case_id))
+
+    registry.register("P-", "protections", old)
+    with pytest.raises(ValueError, match="already owned"):
+        registry.register("P-", "other", old)
+    with pytest.raises(ValueError):
+        registry.register("p", "protections", old)
+    registry.register("P-", "protections", new)  # the reloaded version
+    registry.unregister("protections", old)  # the old one stopping leaves the new one
+    await registry.owner("p-abc123").act(None, "P-ABC123", "undo", None)
+    assert seen == [("new", "P-ABC123")] and registry.owner("R-ABC123") is None
+    registry.unregister("protections")
+    assert registry.prefixes() == {}
