@@ -11,94 +11,23 @@ Nothing here is skipped: without network access to the package index the install
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+from wheel_kit import ROOT, InstalledWheel, clean_env, ratchet_venv
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ["ping", "help", "admin", "reminders", "report", "irc_bridge", "webhooks"]
-_NOT_SOURCE = shutil.ignore_patterns(
-    ".git", ".venv", "node_modules", "build", "dist", "*.egg-info", "__pycache__", "*.pyc", ".pytest_cache",
-    ".ruff_cache", ".hypothesis", "data", "bench",
-)
-
-
-@dataclass
-class InstalledWheel:
-    wheel: Path
-    venv: Path
-    site_packages: Path
-    outside: Path  # a working folder outside the checkout
-    timings: dict[str, float]
-
-    @property
-    def ratchet(self) -> Path:
-        return self.venv / "bin" / "ratchet"
-
-    @property
-    def python(self) -> Path:
-        return self.venv / "bin" / "python"
-
-    def run(self, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120):
-        return subprocess.run(
-            [str(a) for a in args], cwd=self.outside, env=_clean_env(env), capture_output=True, text=True,
-            timeout=timeout,
-        )
-
-
-def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment without the test's own venv or source tree in it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
-    venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
-    env.pop("RATCHET_PICKLE_KEY", None)
-    env.update(extra or {})
-    return env
-
-
-def _check(cmd: list[str | Path], cwd: Path, timeout: float = 600) -> None:
-    result = subprocess.run(
-        [str(c) for c in cmd], cwd=cwd, env=_clean_env(), capture_output=True, text=True, timeout=timeout
-    )
-    output = f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    assert result.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{output}"
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
-    base = tmp_path_factory.mktemp("wheel")
-    assert not base.resolve().is_relative_to(ROOT), "the test venv must live outside the checkout"
-    timings: dict[str, float] = {}
-
-    started = time.monotonic()
-    source = base / "src"
-    shutil.copytree(ROOT, source, ignore=_NOT_SOURCE)
-    dist = base / "dist"
-    _check([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", dist, source], cwd=base)
-    (wheel,) = dist.glob("matrix_ratchet-*.whl")
-    timings["build"] = time.monotonic() - started
-
-    started = time.monotonic()
-    venv = base / "venv"
-    _check([sys.executable, "-m", "venv", venv], cwd=base)
-    _check([venv / "bin" / "python", "-m", "pip", "install", "-q", wheel], cwd=base)
-    timings["install"] = time.monotonic() - started
-
-    (site_packages,) = (venv / "lib").glob("python3*/site-packages")
-    outside = base / "work"
-    outside.mkdir()
-    print(f"\nwheel test: build {timings['build']:.1f}s, fresh venv + install {timings['install']:.1f}s")
-    return InstalledWheel(wheel, venv, site_packages, outside, timings)
+    """Ratchet's wheel in a fresh venv (see ``tests/wheel_kit.py``; built once per session)."""
+    return ratchet_venv(tmp_path_factory)
 
 
 def test_wheel_ships_the_bundled_plugins_inside_bot(installed: InstalledWheel):
@@ -180,7 +109,7 @@ def test_bad_config_exits_2_naming_the_key(installed: InstalledWheel):
 
 
 async def test_installed_bot_answers_ping_in_an_encrypted_room(installed: InstalledWheel, synapse, bot_in_room):
-    env = _clean_env()
+    env = clean_env()
     t = await bot_in_room(
         synapse,
         plugins={"ping": {}, "help": {}},
