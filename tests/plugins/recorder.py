@@ -7,7 +7,7 @@ class Recorder(Plugin):
     async def start(self) -> None:
         self.seen: list[tuple[str, str, str, str]] = []
 
-    @on_message(r"")
+    @on_message(r"", commands=True)  # every message, commands included
     async def any_message(self, ctx: Context, match) -> None:
         self.seen.append(("message", ctx.room_id, ctx.sender, ctx.event_id))
 
