@@ -741,9 +741,11 @@ class E2EEConfig:
 
     #: Which devices get the bot's room keys and whose messages count as trusted: ``tofu`` (pin each user's
     #: cross-signing identity on first use; devices cross-signed by it, or of users without cross-signing),
-    #: ``cross-signed`` (only devices cross-signed by their owner), ``all`` (every device).
+    #: ``cross-signed`` (only devices cross-signed by their owner), ``verified`` (cross-signed devices of users the bot
+    #: verified interactively, and its own), ``all`` (every device).
     trust: str = field(
-        default="tofu", metadata=_key(_then(_string(_choice("tofu", "cross-signed", "all", upper=False)), str.lower))
+        default="tofu",
+        metadata=_key(_then(_string(_choice("tofu", "cross-signed", "verified", "all", upper=False)), str.lower)),
     )
     #: Create cross-signing keys for the bot's account on first start and sign its device with them.
     cross_signing: bool = field(default=True, metadata=_key(_boolean))

@@ -13,6 +13,11 @@ The modes:
 ``cross-signed``
     A device is trusted only when it is cross-signed by its owner's current master key (what Element's "exclude
     insecure devices" does); users without cross-signing keys are not trusted.
+``verified``
+    A device is trusted only when it is cross-signed by its owner's master key *and* the bot has verified that
+    owner interactively (emoji, :mod:`bot.e2ee.verification_service`): the master key carries a valid signature by
+    the bot's user-signing key, which the bot uploads after a successful verification. The bot's own devices count
+    when cross-signed by its own master key. Everyone else is untrusted and gets no room keys.
 ``all``
     Every device is trusted (also unencrypted events).
 
@@ -62,6 +67,8 @@ from bot.crypto.cross_signing import (
     verify_device_self_signed,
     verify_device_signed,
     verify_self_signing_key,
+    verify_user_signed,
+    verify_user_signing_key,
 )
 from bot.crypto.withheld import (
     CODE_BLACKLISTED,
@@ -90,7 +97,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRUST_MODES = ("tofu", "cross-signed", "all")
+TRUST_MODES = ("tofu", "cross-signed", "verified", "all")
 #: How many withheld notices are remembered (oldest forgotten first).
 WITHHELD_MEMORY = 1000
 #: A message from a device the bot does not know makes it query the sender's keys at most this often.
@@ -316,6 +323,8 @@ class TrustPolicy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client: RatchetClient | None = None
         self._queried_at: dict[str, float] = {}
+        #: The bot's own user-signing key as last published (``verified`` mode checks other users against it).
+        self._own_usk: Mapping[str, Any] | None = None
 
     # -- feeding -----------------------------------------------------------------------------------------------
 
@@ -350,6 +359,12 @@ class TrustPolicy:
         device_keys = body.get("device_keys")
         if not isinstance(device_keys, Mapping):
             return new_changes, changed_users
+        usks = body.get("user_signing_keys")
+        if self.own_user_id is not None and isinstance(usks, Mapping):
+            own_usk = usks.get(self.own_user_id)
+            if isinstance(own_usk, Mapping) and own_usk != self._own_usk:
+                self._own_usk = own_usk
+                changed_users.update(u for u in self._users if u != self.own_user_id)  # verdicts may change
         for user_id in device_keys:
             if not isinstance(user_id, str):
                 continue
@@ -469,6 +484,16 @@ class TrustPolicy:
         if keys is None or not keys.device_valid(device_id):
             return Verdict(False, False, CODE_UNVERIFIED, "device keys unknown or not self-signed")
         current = keys.master_public
+        if self.mode == "verified":
+            if not current:
+                return Verdict(False, False, CODE_UNVERIFIED, "user has no cross-signing keys")
+            if not keys.device_cross_signed(device_id):
+                return Verdict(False, False, CODE_UNVERIFIED, "device not cross-signed by its owner")
+            if user_id == self.own_user_id:
+                return Verdict(True, True, None, "the bot's own account, cross-signed")
+            if self.user_verified(user_id):
+                return Verdict(True, True, None, "owner verified by the bot")
+            return Verdict(False, False, CODE_UNVERIFIED, "owner not verified by the bot")
         if self.mode == "cross-signed":
             if not current:
                 return Verdict(False, False, CODE_UNVERIFIED, "user has no cross-signing keys")
@@ -494,6 +519,18 @@ class TrustPolicy:
             None if share else CODE_UNVERIFIED,
             "identity changed since it was pinned; not re-pinned yet",
         )
+
+    def user_verified(self, user_id: str) -> bool:
+        """Whether the bot has verified ``user_id`` interactively: their current master key carries a valid signature
+        by the bot's user-signing key, itself signed by the bot's master key (as ``/keys/query`` last showed them)."""
+        own = self.own_user_id
+        keys = self._users.get(user_id)
+        own_keys = self._users.get(own) if own is not None else None
+        if own is None or keys is None or keys.master is None or own_keys is None or self._own_usk is None:
+            return False
+        if not verify_user_signing_key(own_keys.master, self._own_usk, own):
+            return False
+        return verify_user_signed(keys.master, self._own_usk, own)
 
     def is_device_trusted(self, user_id: str, device_id: str) -> bool:
         """Shorthand for ``device_verdict(user_id, device_id).trusted``."""

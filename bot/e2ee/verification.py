@@ -124,7 +124,8 @@ class KeyLookup(Protocol):
 
 @dataclass(frozen=True)
 class Send:
-    """Send ``content`` as ``event_type``: to-device to ``to_user``/``to_device``, or into ``room_id``."""
+    """Send ``content`` as ``event_type``: to-device to ``to_user``/``to_device``, or into ``room_id`` (then
+    ``to_user``/``to_device`` name the other party, for the shell to decide how to encrypt)."""
 
     event_type: str
     content: dict[str, Any]
@@ -722,7 +723,7 @@ class VerificationMachine:
         content = dict(content)
         if flow.room_id is not None:
             content["m.relates_to"] = {"rel_type": "m.reference", "event_id": flow.flow_id}
-            return Send(event_type, content, room_id=flow.room_id)
+            return Send(event_type, content, flow.other_user, flow.other_device, room_id=flow.room_id)
         content["transaction_id"] = flow.flow_id
         return Send(event_type, content, flow.other_user, flow.other_device)
 

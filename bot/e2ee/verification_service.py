@@ -104,6 +104,7 @@ class VerificationService:
         """The runtime's way: receive verification messages, serve the operator's control channel at
         ``control_path`` (see :mod:`bot.e2ee.control`), and handle both until cancelled."""
         self._listen()
+        await self._refresh_keys(self.client.user_id)  # our own user-signing key, for e2ee.trust: verified
         server: ControlServer | None = None
         if control_path is not None:
             try:
@@ -202,11 +203,11 @@ class VerificationService:
         keys = self.trust.user_keys(user_id) if self.trust is not None else None
         return (keys.master_public or None) if keys is not None else None
 
-    async def _refresh_keys(self, user_id: str) -> None:
+    async def _refresh_keys(self, *user_ids: str) -> None:
         try:
-            await self.client.query_user_keys([user_id])
+            await self.client.query_user_keys(list(user_ids))
         except Exception as exc:
-            log.warning("could not query the keys of %s: %s", user_id, exc)
+            log.warning("could not query the keys of %s: %s", ", ".join(user_ids), exc)
 
     # -- the operator's API -----------------------------------------------------------------------------------------
 
@@ -238,10 +239,9 @@ class VerificationService:
         await self._refresh_keys(user_id)
         content = VerificationMachine.room_request_content(self.client.device_id, user_id)
         async with self._lock:
-            resp = await self.client.room_send_encrypted(room_id, "m.room.message", content)
-            event_id = getattr(resp, "event_id", None)
+            event_id = await self._room_send(room_id, "m.room.message", content, user_id, None)
             if not event_id:
-                raise RuntimeError(f"could not send the verification request: {resp}")
+                raise RuntimeError("could not send the verification request")
             flow = self.machine.room_request_sent(room_id, event_id, user_id)
             self._changed.set()
         return flow
@@ -299,13 +299,35 @@ class VerificationService:
     async def _send(self, action: Send) -> None:
         try:
             if action.room_id is not None:
-                await self.client.room_send_encrypted(action.room_id, action.event_type, action.content)
+                a = action
+                await self._room_send(a.room_id, a.event_type, a.content, a.to_user, a.to_device)
                 return
             body = {"messages": {action.to_user: {action.to_device: action.content}}}
             path = api_path("sendToDevice", action.event_type, secrets.token_hex(16))
             await request_json(self.client, "PUT", path, body)
         except Exception as exc:
             log.warning("could not send %s: %s", action.event_type, exc)
+
+    def _readable_by(self, user_id: str | None, device_id: str | None) -> bool:
+        """Whether the trust policy gives ``user_id``'s device (any of their devices if None) the room keys."""
+        if self.trust is None or user_id is None:
+            return True
+        keys = self.trust.user_keys(user_id)
+        devices = [device_id] if device_id else list(keys.devices) if keys is not None else []
+        return any(self.trust.device_verdict(user_id, d).share for d in devices)
+
+    async def _room_send(
+        self, room_id: str, event_type: str, content: dict[str, Any], user_id: str | None, device_id: str | None
+    ) -> str | None:
+        """Send a verification event into the room: encrypted when the other party's device gets the bot's room keys,
+        else in the clear (the spec's choice for a device the room's encryption would leave out: the verification
+        must not depend on trust it is meant to establish; its messages carry only ephemeral public keys and MACs)."""
+        if self._readable_by(user_id, device_id):
+            resp = await self.client.room_send_encrypted(room_id, event_type, content)
+            return getattr(resp, "event_id", None)
+        path = api_path("rooms", room_id, "send", event_type, secrets.token_hex(16))
+        answer = await request_json(self.client, "PUT", path, content)
+        return answer.get("event_id") if isinstance(answer, dict) else None
 
     async def _sign(self, flow: Verification) -> None:
         """Cross-sign what the verification proved: the other user's master key (user-signing key), or a device of
@@ -345,4 +367,6 @@ class VerificationService:
             log.warning("verification %s: the server refused the signature: %s", flow.flow_id, failures)
             return
         self.signed.append((flow.other_user, key_id))
+        # The trust policy (e2ee.trust: verified) sees the new signature, and our own user-signing key, from here on.
+        await self._refresh_keys(flow.other_user, self.client.user_id)
         log.info("verification %s: signed %s's %s and uploaded the signature", flow.flow_id, flow.other_user, key_id)

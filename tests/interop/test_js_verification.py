@@ -21,7 +21,7 @@ from bot.e2ee.identity import query_own_keys
 from bot.e2ee.verification_service import VerificationService
 from bot.testing.harness import InProcessBot, write_bot_config
 
-from .jspeer import JsPeer
+from .jspeer import JsPeer, JsPeerError
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -299,3 +299,41 @@ async def test_another_session_of_the_bot_account_is_verified_and_cross_signed(s
         assert service.signed == [(bot_user.user_id, f"ed25519:{element.device_id}")]
         after = await element.device_status(bot_user.user_id, element.device_id, expect_signed=True)
         assert after["signed_by_owner"] is True, after
+
+
+async def test_trust_verified_shares_room_keys_only_after_verification(synapse, new_user, tmp_path):
+    """``e2ee.trust: verified``: the bot withholds its room keys from a user it has not verified (js cannot read its
+    answer), and once the emoji were confirmed on both sides (and the bot signed alice's identity), it shares them."""
+    bot_user, alice = new_user("vbot"), new_user("valice")
+    cfg = write_bot_config(
+        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data", admins=[alice.user_id],
+        e2ee={"cross_signing": True, "trust": "verified", "recovery_key_file": str(tmp_path / "recovery.key")},
+    )
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot)
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        room = await _share_room(peer, bot_user.user_id)
+
+        ping = await peer.send_text(room, "!ping")
+        with pytest.raises(JsPeerError) as failure:
+            await peer.wait_message(room, sender=bot_user.user_id, reply_to=ping, timeout=WAIT, fail_on_utd=True)
+        report = json.loads(failure.value.error)
+        assert [u["reason"] for u in report["utd"]] == ["MEGOLM_KEY_WITHHELD_FOR_UNVERIFIED_DEVICE"], report
+        assert not bot.runtime.trust.user_verified(alice.user_id)
+
+        request = await peer.call("verification_request_dm", user_id=bot_user.user_id, room_id=room)
+        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
+        await peer.call("verification_start_sas", vid=request["vid"])
+        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        flow = await service.wait(None, {"keys"})
+        assert _js_emoji(js) == flow.emoji
+        await peer.call("verification_confirm", vid=request["vid"])
+        await service.confirm(flow.flow_id)
+        assert (await service.wait(flow.flow_id, {"done", "cancelled"})).state == "done"
+        assert bot.runtime.trust.user_verified(alice.user_id)
+
+        ping = await peer.send_text(room, "!ping")
+        reply = await peer.wait_message(room, sender=bot_user.user_id, reply_to=ping, timeout=WAIT, fail_on_utd=True)
+        assert reply["body"].startswith("pong") and reply["encrypted"] is True, reply
