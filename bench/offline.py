@@ -21,6 +21,9 @@ runtime changes outside issue 8's files, patched in for the measurement (``handl
 per event-loop turn instead of one per event, and the dispatcher's per-job ``asyncio.wait_for`` task replaced by
 ``asyncio.timeout`` in the lane's own task). See docs/performance.md.
 
+``ratchet-protections`` (issue 19) is ``ratchet`` with the bundled protections plugin loaded beside the no-op handler,
+every message checked and none breaking a limit: its ratio to ``ratchet`` is the protections' cost on the hot path.
+
 Each variant runs in its own process (so the fast path patch of one cannot leak into another), a few passes per
 process after one warm-up pass; the figure is ``time.process_time()`` per event.
 
@@ -59,7 +62,7 @@ N_SENDERS = 10
 BASE_TS = 1_760_000_000_000
 VARIANTS = ("floor", "nio", "ratchet", "ratchet-before")
 #: Diagnostic variants (``python -m bench.offline run NAME``; ``scenario(extra=True)``): where the cost goes.
-EXTRA_VARIANTS = ("ratchet-fastpath-only", "ratchet-proposed")
+EXTRA_VARIANTS = ("ratchet-fastpath-only", "ratchet-proposed", "ratchet-protections")
 
 
 def _event_id(*parts: Any) -> str:
@@ -278,17 +281,18 @@ async def _run_nio(passes: int, work: Path) -> tuple[list[float], dict]:
 class OfflineBot:
     """Ratchet's runtime pieces wired as ``Runtime.run()`` wires them, fed with raw sync JSON instead of the network."""
 
-    def __init__(self, work: Path, *, fast: bool, lazy: bool = True) -> None:
+    def __init__(self, work: Path, *, fast: bool, lazy: bool = True, extra_plugins: str = "") -> None:
         self.work = work
         self.fast = fast
         self.lazy = lazy
+        self.extra_plugins = extra_plugins
         self.bot: Any = None
 
     def config_text(self) -> str:
         return (
             f"homeserver: {HOMESERVER}\nuser_id: '{BOT_USER}'\naccess_token: unused-token\n"
             f"data_dir: {self.work / 'data'}\npickle_key: {PICKLE_KEY}\n"
-            f"plugins: {{benchnoop: {{}}}}\nplugin_dirs: ['{PLUGINS}']\nlog_level: WARNING\n"
+            f"plugins: {{benchnoop: {{}}{self.extra_plugins}}}\nplugin_dirs: ['{PLUGINS}']\nlog_level: WARNING\n"
             "e2ee: {trust: all, cross_signing: false, key_backup: false}\n"
         )
 
@@ -328,7 +332,7 @@ class OfflineBot:
             self.bot.state.close()
         self.bot = bot = Runtime(self.cfg, self.client, SqliteStorage(self.work / f"run-{k}"))
         await bot.manager.start_all()
-        assert "benchnoop" in bot.host.plugins, bot.host.errors
+        assert "benchnoop" in bot.host.plugins and not bot.host.errors, bot.host.errors
 
     async def feed(self, raw: bytes) -> None:
         """What the sync loop does with one response: parse, let nio handle it, route, wait until handled."""
@@ -395,13 +399,19 @@ def _install_proposed_runtime_changes() -> None:
     dispatch.asyncio = types.SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for})
 
 
+#: ``ratchet-protections``: the bundled protections plugin beside the no-op handler, every protection on, with a flood
+#: burst no sender reaches in the batch (each sends 20 messages per room at once): the cost of checking every message,
+#: not of acting on a violation (which waits on the homeserver anyway).
+PROTECTIONS = ", protections: {flood: {burst: 100000}}"
+
+
 async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True,
-                       proposed: bool = False) -> tuple[list[float], dict]:
+                       proposed: bool = False, extra_plugins: str = "") -> tuple[list[float], dict]:
     from bot.matrix import schemas as fastpath
 
     if proposed:
         _install_proposed_runtime_changes()
-    ob = OfflineBot(work, fast=fast, lazy=lazy)
+    ob = OfflineBot(work, fast=fast, lazy=lazy, extra_plugins=extra_plugins)
     await ob.open()
     out = []
     handled = 0
@@ -440,6 +450,8 @@ async def run_variant(variant: str, passes: int, profile: str | None = None) -> 
             values, extra = await _run_ratchet(passes + 1, work, fast=False, lazy=False)
         elif variant == "ratchet-fastpath-only":
             values, extra = await _run_ratchet(passes + 1, work, fast=True, lazy=False)
+        elif variant == "ratchet-protections":
+            values, extra = await _run_ratchet(passes + 1, work, fast=True, extra_plugins=PROTECTIONS)
         elif variant == "ratchet-proposed":
             values, extra = await _run_ratchet(passes + 1, work, fast=True, proposed=True)
         else:
