@@ -412,7 +412,7 @@ class Protections(Plugin):
     ) -> None:
         if self._untouchable(user_id):
             return
-        step = self._ladder(room_id, protection).violation(user_id, now)
+        step = self._ladder(room_id, protection).violation((room_id, user_id), now)
         if step is None:
             return
         self.log.info("%s: %s in %s, action %s", protection, user_id, room_id, step.action)
@@ -618,7 +618,7 @@ class Protections(Plugin):
                     return
                 case.status = "banned" if not done.dry_run else "open"
             if case.protection in ("flood", "mentions", "churn", "invites"):
-                self._ladder(case.room_id, case.protection).reset(case.subject)
+                self._ladder(case.room_id, case.protection).reset((case.room_id, case.subject))
             await self.storage.execute(
                 "UPDATE pcase SET status = ?, case_json = ? WHERE case_id = ?", (case.status, case.to_json(), case_id)
             )
