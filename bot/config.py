@@ -756,6 +756,11 @@ class E2EEConfig:
     #: Run commands sent unencrypted into an encrypted room. Off: the server, or anyone with a stolen access token
     #: and no device keys, could put them there; they are ignored (and logged).
     plaintext_commands: bool = field(default=False, metadata=_key(_boolean))
+    #: Who may ask the bot for an interactive (emoji) verification besides the ``admins`` and the bot's own account:
+    #: glob patterns (``fnmatch``, case-sensitive) of user ids. Others are refused (docs/verification.md).
+    verification_accept_from: tuple[str, ...] = field(
+        default=(), metadata=_key(_list_of(_string(_pattern_check), "strings"))
+    )
 
 
 def _port(ctx: _Context, node: Node, path: str) -> int:

@@ -155,3 +155,27 @@ def test_format_flow_prints_emoji_with_names():
     assert f"ratchet verification confirm {flow_id}" in text
     flow.state, flow.cancel_code, flow.cancel_reason, flow.cancelled_by_us = "cancelled", "m.user", "bye", False
     assert f"cancelled by {BOB}: m.user (bye)" in format_flow(flow.describe())
+
+
+def test_config_verification_accept_from(tmp_path):
+    from bot.config import load_config
+    from bot.e2ee.verification_service import accept_from_config
+    from bot.errors import ConfigError
+
+    def config(e2ee: str):
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            "homeserver: http://127.0.0.1:1\nuser_id: '@bot:x'\npassword: pw\npickle_key: 0123456789abcdef\n"
+            f"admins: ['@admin:x']\ne2ee:\n{e2ee}"
+        )
+        return load_config(path)
+
+    cfg = config("  trust: verified\n  verification_accept_from: ['@*:example.org']\n")
+    assert cfg.e2ee.trust == "verified" and cfg.e2ee.verification_accept_from == ("@*:example.org",)
+    allowed = accept_from_config(cfg.admins, cfg.e2ee.verification_accept_from)
+    assert allowed("@admin:x") and allowed("@alice:example.org") and not allowed("@mallory:evil.org")
+    assert config("  trust: tofu\n").e2ee.verification_accept_from == ()
+    with pytest.raises(ConfigError, match="verification_accept_from"):
+        config("  verification_accept_from: '@*:x'\n")
+    with pytest.raises(ConfigError, match="trust"):
+        config("  trust: trusting\n")

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,12 +40,18 @@ if TYPE_CHECKING:
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
 
-__all__ = ["TICK_SECONDS", "VerificationService"]
+__all__ = ["TICK_SECONDS", "VerificationService", "accept_from_config"]
 
 log = logging.getLogger("ratchet.verification")
 
 #: How often flows are checked for timeouts (seconds).
 TICK_SECONDS = 5.0
+
+
+def accept_from_config(admins: Iterable[str], patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Who may ask for a verification: the ``admins`` and users matching ``patterns`` (``fnmatch``, case-sensitive)."""
+    allowed, globs = frozenset(admins), tuple(patterns)
+    return lambda user_id: user_id in allowed or any(fnmatchcase(user_id, p) for p in globs)
 
 
 class VerificationService:

@@ -27,7 +27,7 @@ from bot.config import Config
 from bot.e2ee.control import CONTROL_SOCKET  # [verification]
 from bot.e2ee.identity import Identity  # [identity]
 from bot.e2ee.trust import TrustPolicy, install_trust
-from bot.e2ee.verification_service import VerificationService  # [verification]
+from bot.e2ee.verification_service import VerificationService, accept_from_config  # [verification]
 from bot.errors import IdentityError, SessionError, StateError
 from bot.http_listener import HttpListener, ListenerError
 from bot.matrix.client import RatchetClient, backoff_delay
@@ -99,10 +99,13 @@ class Runtime:
         #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
         #: be read (logged: cross-signing and key backup are off for this run).
         self.identity: Identity | None = _open_identity(client, config)
-        #: Interactive (SAS) verification, requests accepted from the admins; the operator confirms through
-        #: data_dir/control.sock (``ratchet verification ...``). bot/e2ee/verification_service.py, issue 18.
+        #: Interactive (SAS) verification, requests accepted from the admins (and e2ee.verification_accept_from); the
+        #: operator confirms through data_dir/control.sock (``ratchet verification ...``). Issue 18.
         self.verifications = VerificationService(
-            client, trust=self.trust, identity=self.identity, accept_from=frozenset(config.admins).__contains__
+            client,
+            trust=self.trust,
+            identity=self.identity,
+            accept_from=accept_from_config(config.admins, config.e2ee.verification_accept_from),
         )
         self.dispatcher = Dispatcher(max_concurrency=config.max_concurrency, timeout=config.handler_timeout)
         self.host = PluginHost(
