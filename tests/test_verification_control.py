@@ -179,3 +179,36 @@ def test_config_verification_accept_from(tmp_path):
         config("  verification_accept_from: '@*:x'\n")
     with pytest.raises(ConfigError, match="trust"):
         config("  trust: trusting\n")
+
+
+async def test_a_verified_identity_change_is_pinned():
+    """Under tofu, a user whose identity changed is untrusted until re-pinned; verifying them pins the new key."""
+    from bot.e2ee.trust import MemoryPinStore
+    from bot.e2ee.verification import Outcome, Verification
+    from bot.e2ee.verification_service import VerificationService
+
+    class Client:
+        user_id, device_id, olm = ALICE, "ADEV", None
+
+    class Trust:
+        def __init__(self) -> None:
+            self.pins = MemoryPinStore({BOB: "oldmaster"})
+
+        def pinned(self, user_id):
+            return self.pins.get(user_id)
+
+        def pin(self, user_id, master):
+            self.pins.set(user_id, master)
+
+        def user_keys(self, user_id):
+            return type("K", (), {"master_public": "newmaster"})()
+
+    trust = Trust()
+    service = VerificationService(Client(), trust=trust)
+    flow = Verification("t", ALICE, "ADEV", BOB, "BDEV", True, 0.0)
+    flow.verified_keys = {"ed25519:BDEV": "bob-device-key"}
+    await service._perform([Outcome("verified", flow)])
+    assert trust.pinned(BOB) == "oldmaster"  # the master key was not part of what was verified
+    flow.verified_keys["ed25519:newmaster"] = "newmaster"
+    await service._perform([Outcome("verified", flow)])
+    assert trust.pinned(BOB) == "newmaster"

@@ -293,6 +293,7 @@ class VerificationService:
                 await self._send(action)
                 continue
             if action.kind == "verified":
+                self._pin(action.verification)
                 await self._sign(action.verification)
             for listener in list(self._listeners):
                 try:
@@ -335,6 +336,16 @@ class VerificationService:
         path = api_path("rooms", room_id, "send", event_type, secrets.token_hex(16))
         answer = await request_json(self.client, "PUT", path, content)
         return answer.get("event_id") if isinstance(answer, dict) else None
+
+    def _pin(self, flow: Verification) -> None:
+        """The verification proved the other user's current master key: pin it (resolving an identity change the
+        trust policy holds under ``tofu``, as ``!identity accept`` would)."""
+        if self.trust is None or flow.other_user == self.client.user_id:
+            return
+        masters = [key for key_id, key in flow.verified_keys.items() if key_id == f"ed25519:{key}"]
+        master = self.master_key(flow.other_user)
+        if master and master in masters and self.trust.pinned(flow.other_user) != master:
+            self.trust.pin(flow.other_user, master)
 
     async def _sign(self, flow: Verification) -> None:
         """Cross-sign what the verification proved: the other user's master key (user-signing key), or a device of
