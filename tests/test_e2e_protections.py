@@ -102,7 +102,9 @@ async def test_flood_is_muted_within_the_burst_and_the_case_holds_no_text(ratche
     burst = 10
     plugins = {
         "report": {"moderation_room": "MOD", "send_to_homeserver": False},
-        "protections": {"moderation_room": "MOD", "flood": {"burst": burst, "rate": 0.5}},
+        "protections": {
+            "moderation_room": "MOD", "flood": {"burst": burst, "rate": 0.5}, "mentions": {"max_mentions": 3},
+        },
     }
     started = time.monotonic()
     mod, mod_room, alice, mallory, (room,) = await _setup(ratchet, plugins=plugins)
@@ -141,6 +143,18 @@ async def test_flood_is_muted_within_the_burst_and_the_case_holds_no_text(ratche
     levels = await _state(alice, room, "m.room.power_levels")
     assert mallory.user_id not in levels["users"]
     await mallory.send(room, "I can talk again")
+
+    # A mention storm (four users in m.mentions, read without the text) is redacted, in a case of its own.
+    storm = await mallory.send(room, "", content={
+        "msgtype": "m.text", "body": f"{FLOOD_TEXT} hey all",
+        "m.mentions": {"user_ids": [alice.user_id, mod.user_id, bot_id, "@someone:localhost"]},
+    })
+    await alice.expect(lambda rid, e: rid == room and getattr(e, "redacts", None) == storm, what="the redaction")
+    storm_case = await mod.expect(
+        lambda rid, e: rid == mod_room and e.sender == bot_id and "protection: mentions" in str(getattr(e, "body", "")),
+        what="the mention-storm case",
+    )
+    assert "4 users mentioned (limit 3)" in storm_case.body and FLOOD_TEXT not in storm_case.body
     print(f"flood test: {len(sent)} of 30 messages accepted; {time.monotonic() - started:.1f}s")
 
 
