@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COMMANDS", "add_parsers", "format_flow", "run"]
+__all__ = ["COMMANDS", "add_parsers", "format_fingerprints", "format_flow", "run"]
 
-COMMANDS = ("verification", "verify-user")
+COMMANDS = ("verification", "verify-user", "fingerprint")
 EXIT_CONFIG = 2
 
 
@@ -53,6 +53,16 @@ def add_parsers(sub: Any) -> None:
     user.add_argument("--room", help="the DM room to verify in")
     user.add_argument("--device", action="append", help="a device of USER (repeatable); to-device only")
     user.add_argument("--json", action="store_true", help="print JSON")
+    fp = sub.add_parser(
+        "fingerprint",
+        help="print the running bot's device and master keys (and a user's, with the safety number)",
+        description="The running bot's device ed25519 key and its account's cross-signing master key, in groups of "
+        "four as Element shows them. With --user, that user's master key too, and the 60-digit safety number of the "
+        "two master keys (Signal's algorithm): read aloud and compared, it proves both hold each other's current key.",
+    )
+    fp.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
+    fp.add_argument("--user", help="also this user's master key and the safety number")
+    fp.add_argument("--json", action="store_true", help="print JSON")
 
 
 def format_flow(flow: dict[str, Any]) -> str:
@@ -79,6 +89,28 @@ def format_flow(flow: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_fingerprints(fp: dict[str, Any]) -> str:
+    """``ratchet fingerprint``'s text."""
+    from bot.crypto.fingerprint import group_digits, key_groups
+
+    def show(key: str | None) -> str:
+        return key_groups(key) if key else "(none)"
+
+    lines = [
+        f"{fp['user_id']}",
+        f"  device {fp['device_id']} ed25519: {show(fp.get('device_ed25519'))}",
+        f"  master key:              {show(fp.get('master_key'))}",
+    ]
+    other = fp.get("other")
+    if other:
+        lines += [f"{other['user_id']}", f"  master key:              {show(other.get('master_key'))}"]
+        if other.get("safety_number"):
+            lines.append(f"safety number: {group_digits(other['safety_number'])}")
+        else:
+            lines.append("safety number: none (both users need cross-signing keys)")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``verification ...`` or ``verify-user``; exit 0, 1 when the bot answered with an error or cannot be
     reached, 2 for a config error."""
@@ -93,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     path = config.data_dir / CONTROL_SOCKET
     try:
+        if args.command == "fingerprint":
+            result = call(path, "fingerprint", user=args.user)
+            print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else format_fingerprints(result))
+            return 0
         if args.command == "verify-user":
             result = call(path, "verification.request", user=args.user, room=args.room, devices=args.device)
         elif args.action == "list":

@@ -13,6 +13,8 @@ The commands are the verification service's operator API (:func:`verification_co
 ``verification.mismatch`` ``id``      they differ: cancel with ``m.mismatched_sas``
 ``verification.cancel``   ``id``      cancel (``m.user``)
 ``verification.request``  ``user``, ``room`` (optional: in-room user verification), ``devices`` (optional)
+``fingerprint``           ``user`` (optional): the bot's device and master keys, the user's master key and the
+                          safety number of the two
 """
 
 from __future__ import annotations
@@ -208,7 +210,12 @@ def verification_commands(service: Any) -> dict[str, Handler]:
         devices = args.get("devices")
         return (await service.request(user, devices if isinstance(devices, list) and devices else None)).describe()
 
+    async def fingerprint(args: dict[str, Any]) -> Any:
+        user = args.get("user")
+        return await service.fingerprints(user if isinstance(user, str) and user else None)
+
     return {
+        "fingerprint": fingerprint,
         "verification.list": list_,
         "verification.show": show,
         "verification.confirm": confirm,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bot.crypto.cross_signing import master_public, signatures_upload_body
+from bot.crypto.fingerprint import safety_number
 from bot.e2ee.control import ControlError, ControlServer, verification_commands
 from bot.e2ee.verification import (
     VERIFICATION_EVENT_TYPES,
@@ -240,6 +241,24 @@ class VerificationService:
             flow, actions = self.machine.request_to_device(user_id, list(devices))
             await self._perform(actions)
         return flow
+
+    async def fingerprints(self, user_id: str | None = None) -> dict[str, Any]:
+        """The bot's device and master keys (and ``user_id``'s master key with the safety number of the two), for
+        comparing out of band (``ratchet fingerprint``)."""
+        own = self.client.user_id
+        result: dict[str, Any] = {
+            "user_id": own,
+            "device_id": self.client.device_id,
+            "device_ed25519": self.device_ed25519(own, self.client.device_id),
+            "master_key": self.master_key(own),
+        }
+        if user_id:
+            await self._refresh_keys(user_id)
+            theirs = self.master_key(user_id)
+            result["other"] = {"user_id": user_id, "master_key": theirs}
+            if theirs and result["master_key"]:
+                result["other"]["safety_number"] = safety_number(result["master_key"], own, theirs, user_id)
+        return result
 
     async def request_in_room(self, room_id: str, user_id: str) -> Verification:
         """Ask ``user_id`` to verify with the bot in ``room_id`` (their DM with the bot): user verification."""

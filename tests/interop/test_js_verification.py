@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bot.crypto.cross_signing import verify_user_signed
+from bot.crypto.fingerprint import group_digits, key_groups, safety_number
 from bot.e2ee.identity import query_own_keys
 from bot.e2ee.verification_service import VerificationService
 from bot.testing.harness import InProcessBot, write_bot_config
@@ -248,6 +249,16 @@ async def test_js_verifies_the_bot_user_in_a_dm(synapse, new_user, tmp_path):
         identity = await _js_verified_identity(peer, bot_user.user_id)
         assert identity["is_cross_signing_verified"] is True, identity
         assert await _alice_signed_by_bot(bot, alice.user_id)
+
+        # Fingerprints for out-of-band comparison: the keys js knows, and the safety number of the two.
+        fp = json.loads((await _ratchet("fingerprint", "-c", str(cfg), "--user", alice.user_id, "--json")).stdout)
+        alice_master = (await peer.user_identity(alice.user_id))["master_key"]
+        assert fp["device_id"] == bot.device_id and fp["master_key"] == identity["master_key"], fp
+        assert fp["other"]["master_key"] == alice_master
+        assert fp["other"]["safety_number"] == safety_number(identity["master_key"], bot_user.user_id, alice_master,
+                                                             alice.user_id)
+        text = (await _ratchet("fingerprint", "-c", str(cfg), "--user", alice.user_id)).stdout
+        assert key_groups(fp["device_ed25519"]) in text and group_digits(fp["other"]["safety_number"]) in text, text
 
 
 async def test_the_bot_requests_user_verification_in_a_dm(synapse, new_user, tmp_path):
