@@ -15,7 +15,7 @@ from typing import Any
 
 __all__ = ["COMMANDS", "add_parsers", "format_fingerprints", "format_flow", "run"]
 
-COMMANDS = ("verification", "verify-user", "fingerprint")
+COMMANDS = ("verification", "verify-user", "fingerprint", "trust-user")
 EXIT_CONFIG = 2
 
 
@@ -63,6 +63,16 @@ def add_parsers(sub: Any) -> None:
     fp.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
     fp.add_argument("--user", help="also this user's master key and the safety number")
     fp.add_argument("--json", action="store_true", help="print JSON")
+    tu = sub.add_parser(
+        "trust-user",
+        help="accept a user's identity on a fingerprint compared out of band",
+        description="If FINGERPRINT (the user's master key, or the safety number 'ratchet fingerprint --user' prints) "
+        "matches the user's current master key, the running bot pins it and signs it with its user-signing key, as "
+        "after an emoji verification. A wrong fingerprint is refused and nothing changes (exit 1).",
+    )
+    tu.add_argument("user", metavar="USER", help="the user id")
+    tu.add_argument("-c", "--config", required=True, type=Path, help="path to the YAML config")
+    tu.add_argument("--fingerprint", required=True, help="the master key or safety number (spaces allowed)")
 
 
 def format_flow(flow: dict[str, Any]) -> str:
@@ -128,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "fingerprint":
             result = call(path, "fingerprint", user=args.user)
             print(json.dumps(result, ensure_ascii=False, indent=2) if args.json else format_fingerprints(result))
+            return 0
+        if args.command == "trust-user":
+            result = call(path, "trust-user", user=args.user, fingerprint=args.fingerprint)
+            signed = " and signed it with the bot's user-signing key" if result.get("signed") else ""
+            print(f"{result['user_id']}: pinned master key {result['master_key']}{signed}")
             return 0
         if args.command == "verify-user":
             result = call(path, "verification.request", user=args.user, room=args.room, devices=args.device)

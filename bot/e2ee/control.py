@@ -15,6 +15,8 @@ The commands are the verification service's operator API (:func:`verification_co
 ``verification.request``  ``user``, ``room`` (optional: in-room user verification), ``devices`` (optional)
 ``fingerprint``           ``user`` (optional): the bot's device and master keys, the user's master key and the
                           safety number of the two
+``trust-user``            ``user``, ``fingerprint``: pin and sign the user's master key if the fingerprint (the key,
+                          or the safety number) matches; refused otherwise
 """
 
 from __future__ import annotations
@@ -214,8 +216,12 @@ def verification_commands(service: Any) -> dict[str, Handler]:
         user = args.get("user")
         return await service.fingerprints(user if isinstance(user, str) and user else None)
 
+    async def trust_user(args: dict[str, Any]) -> Any:
+        return await service.trust_user(need(args, "user"), need(args, "fingerprint"))
+
     return {
         "fingerprint": fingerprint,
+        "trust-user": trust_user,
         "verification.list": list_,
         "verification.show": show,
         "verification.confirm": confirm,

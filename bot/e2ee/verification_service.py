@@ -260,6 +260,40 @@ class VerificationService:
                 result["other"]["safety_number"] = safety_number(result["master_key"], own, theirs, user_id)
         return result
 
+    async def trust_user(self, user_id: str, fingerprint: str) -> dict[str, Any]:
+        """Accept ``user_id``'s identity on an out-of-band fingerprint (``ratchet trust-user``): their master key
+        (any spacing) or the safety number of the bot's and their master keys. On a match the key is pinned and
+        signed with the bot's user-signing key, as after an emoji verification; otherwise :class:`ValueError` and
+        nothing changes."""
+        if user_id == self.client.user_id:
+            raise ValueError("the bot's own account is not trusted by fingerprint")
+        await self._refresh_keys(user_id)
+        master = self.master_key(user_id)
+        if not master:
+            raise ValueError(f"{user_id} has no cross-signing master key")
+        given = "".join(fingerprint.split())
+        own = self.master_key(self.client.user_id)
+        number = safety_number(own, self.client.user_id, master, user_id) if own else None
+        if given not in (master, number):
+            log.warning("trust-user: the fingerprint given for %s does not match their master key %s", user_id, master)
+            raise ValueError(f"the fingerprint does not match {user_id}'s current master key; nothing changed")
+        flow = Verification(
+            flow_id=f"fingerprint:{user_id}",
+            own_user=self.client.user_id,
+            own_device=self.client.device_id,
+            other_user=user_id,
+            other_device=None,
+            we_requested=True,
+            started_at=0.0,
+            state="done",
+            verified_keys={f"ed25519:{master}": master},
+        )
+        self._pin(flow)
+        before = len(self.signed)
+        await self._sign(flow)
+        log.info("trust-user: %s's master key %s accepted on its fingerprint", user_id, master)
+        return {"user_id": user_id, "master_key": master, "signed": len(self.signed) > before}
+
     async def request_in_room(self, room_id: str, user_id: str) -> Verification:
         """Ask ``user_id`` to verify with the bot in ``room_id`` (their DM with the bot): user verification."""
         await self._refresh_keys(user_id)

@@ -348,3 +348,28 @@ async def test_trust_verified_shares_room_keys_only_after_verification(synapse, 
         ping = await peer.send_text(room, "!ping")
         reply = await peer.wait_message(room, sender=bot_user.user_id, reply_to=ping, timeout=WAIT, fail_on_utd=True)
         assert reply["body"].startswith("pong") and reply["encrypted"] is True, reply
+
+
+async def test_trust_user_by_fingerprint(synapse, new_user, tmp_path):
+    """``ratchet trust-user``: a wrong fingerprint is refused and nothing is signed; the safety number the operator
+    compared out of band pins and signs the user's master key (js then counts as verified under trust: verified)."""
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path, alice_is_admin=False)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        await stack.service(bot)
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        await _share_room(peer, bot_user.user_id)
+        alice_master = (await peer.user_identity(alice.user_id))["master_key"]
+        bot_master = (await peer.user_identity(bot_user.user_id))["master_key"]
+
+        wrong = await _ratchet("trust-user", alice.user_id, "-c", str(cfg), "--fingerprint", "12345 " * 12)
+        assert wrong.returncode == 1 and "does not match" in wrong.stderr, wrong
+        assert not await _alice_signed_by_bot(bot, alice.user_id)
+
+        number = group_digits(safety_number(bot_master, bot_user.user_id, alice_master, alice.user_id))
+        right = await _ratchet("trust-user", alice.user_id, "-c", str(cfg), "--fingerprint", number)
+        assert right.returncode == 0, right.stderr
+        assert f"pinned master key {alice_master} and signed it" in right.stdout, right.stdout
+        assert await _alice_signed_by_bot(bot, alice.user_id)
+        assert bot.runtime.trust.pinned(alice.user_id) == alice_master
