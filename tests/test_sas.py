@@ -17,7 +17,7 @@ import vodozemac
 
 from bot.crypto import sas
 from bot.crypto.canonical import b64encode
-from bot.e2ee.verification import FLOW_TIMEOUT, Outcome, Send, VerificationMachine
+from bot.e2ee.verification import FLOW_TIMEOUT, KEEP_FINISHED, Outcome, Send, VerificationMachine
 
 # ------------------------------------------------------------------------------------------------ the maths
 
@@ -464,3 +464,27 @@ def test_in_room_flow():
     # Requests meant for someone else, and a third member's events in the flow, are ignored.
     other = VerificationMachine.room_request_content("BDEV", "@carol:x")
     assert alice.receive_room_event(room, BOB, "m.room.message", other, "$other") == []
+
+
+def test_finished_flows_are_forgotten_after_an_hour():
+    clock = Clock()
+    alice, bob, _ = machines(clock)
+    flow_b, actions = bob.request_to_device(ALICE, ["ADEV"])
+    deliver(actions, {ALICE: alice, BOB: bob}, from_user=BOB)
+    deliver(alice.cancel(flow_b.flow_id), {ALICE: alice, BOB: bob}, from_user=ALICE)
+    clock.t += KEEP_FINISHED - 1
+    alice.tick()
+    assert alice.get(flow_b.flow_id) is not None
+    clock.t += 2
+    assert alice.tick() == [] and alice.get(flow_b.flow_id) is None
+
+
+def test_messages_from_another_device_of_the_other_user_are_ignored():
+    alice, _bob, _ = machines()
+    flow, _ = alice.request_to_device(BOB, ["BDEV", "BDEV2"])
+    ready = {"from_device": "BDEV", "methods": ["m.sas.v1"], "transaction_id": flow.flow_id}
+    alice.receive_to_device(BOB, "m.key.verification.ready", ready)
+    assert flow.state == "started"
+    late = {"from_device": "BDEV2", "methods": ["m.sas.v1"], "transaction_id": flow.flow_id}
+    assert alice.receive_to_device(BOB, "m.key.verification.ready", late) == []
+    assert flow.state == "started"

@@ -64,6 +64,7 @@ from bot.crypto.sas import (
 
 __all__ = [
     "FLOW_TIMEOUT",
+    "KEEP_FINISHED",
     "REQUEST_FUTURE_SKEW",
     "VERIFICATION_EVENT_TYPES",
     "KeyLookup",
@@ -77,6 +78,8 @@ log = logging.getLogger("ratchet.verification")
 
 #: A flow not finished this long after it began (or unused this long) is cancelled with m.timeout (seconds).
 FLOW_TIMEOUT = 600.0
+#: Finished and cancelled flows are kept this long (``ratchet verification list --all``), then forgotten (seconds).
+KEEP_FINISHED = 3600.0
 #: A to-device request stamped further than this in the future is ignored (seconds).
 REQUEST_FUTURE_SKEW = 300.0
 
@@ -340,12 +343,15 @@ class VerificationMachine:
         return self._cancel(flow, code, reason)
 
     def tick(self) -> list[Action]:
-        """Cancel flows that took too long (``m.timeout``); call it every few seconds."""
+        """Cancel flows that took too long (``m.timeout``) and forget finished ones after :data:`KEEP_FINISHED`;
+        call it every few seconds."""
         now = self.now()
         actions: list[Action] = []
         for flow in list(self.flows.values()):
             if flow.active and (now - flow.started_at > FLOW_TIMEOUT or now - flow.updated_at > FLOW_TIMEOUT):
                 actions += self._cancel(flow, "m.timeout")
+            elif not flow.active and now - flow.updated_at > KEEP_FINISHED:
+                del self.flows[flow.flow_id]
         return actions
 
     # -- incoming -------------------------------------------------------------------------------------------------
@@ -476,6 +482,10 @@ class VerificationMachine:
         if not flow.active:
             return []
         device = _str(content.get("from_device"))
+        if device and flow.other_device and device != flow.other_device and event_type != START:
+            # Another device of the same user (in a room, one that did not take the request): not ours to answer.
+            log.info("verification %s: ignoring %s from %s's other device %s", flow.flow_id, event_type, sender, device)
+            return []
         try:
             flow.updated_at = self.now()
             handler = {
@@ -674,6 +684,7 @@ class VerificationMachine:
     def _finish(self, flow: Verification) -> list[Action]:
         """Both MACs are in and ours was confirmed by the operator: send done; verified at their done."""
         flow.done_sent = True
+        flow.updated_at = self.now()
         actions: list[Action] = [self._send(flow, DONE, {})]
         # Element sends done right after its MAC: it may already be here. Otherwise the flow is verified now anyway
         # (both MACs matched); their done only closes it.
@@ -702,6 +713,7 @@ class VerificationMachine:
 
     def _cancel(self, flow: Verification, code: str, reason: str | None = None) -> list[Action]:
         reason = reason or _REASONS.get(code, code)
+        flow.updated_at = self.now()
         flow.state = "cancelled"
         flow.cancel_code = code
         flow.cancel_reason = reason
