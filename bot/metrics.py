@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["LATENCY_BUCKETS", "LoopLagProbe", "Metrics", "PluginMetrics", "StateCollector", "StateFamily"]
+__all__ = ["LATENCY_BUCKETS", "LoopLagProbe", "Metrics", "PluginMetrics", "StateCollector", "StateFamily", "Ticker"]
 
 log = logging.getLogger(__name__)
 
@@ -290,26 +290,26 @@ class StateCollector(Collector):
         return []  # the families depend on what is running; nothing to check at registration
 
 
-class LoopLagProbe:
-    """Measures event-loop lag: wakes every ``interval`` seconds and records how late it woke.
+class Ticker:
+    """A background task that calls :meth:`tick` every ``interval`` seconds until stopped (samplers, probes).
 
-    A handler that blocks the loop (CPU-heavy crypto, blocking I/O) shows up here before anyone notices the bot is
-    slow; the dispatcher's block warning names the culprit.
+    ``start()`` is idempotent; an exception from ``tick`` is logged at DEBUG and the ticking goes on.
     """
 
-    def __init__(self, metrics: Metrics, interval: float = 0.25) -> None:
-        self.metrics = metrics
-        self.interval = interval
-        self.max_lag = 0.0
-        self._task: asyncio.Task[None] | None = None
+    interval: float
+    _task: asyncio.Task[None] | None = None
+
+    def tick(self, late: float) -> None:
+        """One period has passed; ``late`` is how many seconds later than asked the loop woke this task."""
+        raise NotImplementedError
 
     def start(self) -> None:
-        """Start probing in the background (idempotent)."""
+        """Start ticking in the background (idempotent)."""
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="loop lag probe")
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=type(self).__name__)
 
     async def stop(self) -> None:
-        """Stop probing."""
+        """Stop ticking."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -320,8 +320,26 @@ class LoopLagProbe:
         while True:
             before = time.monotonic()
             await asyncio.sleep(self.interval)
-            lag = max(0.0, time.monotonic() - before - self.interval)
-            self.metrics.loop_lag.observe(lag)
-            if lag > self.max_lag:
-                self.max_lag = lag
-                self.metrics.loop_lag_max.set(lag)
+            try:
+                self.tick(max(0.0, time.monotonic() - before - self.interval))
+            except Exception:  # a reading must never end the ticking
+                log.debug("%s failed", type(self).__name__, exc_info=True)
+
+
+class LoopLagProbe(Ticker):
+    """Measures event-loop lag: wakes every ``interval`` seconds and records how late it woke.
+
+    A handler that blocks the loop (CPU-heavy crypto, blocking I/O) shows up here before anyone notices the bot is
+    slow; the dispatcher's block warning names the culprit.
+    """
+
+    def __init__(self, metrics: Metrics, interval: float = 0.25) -> None:
+        self.metrics = metrics
+        self.interval = interval
+        self.max_lag = 0.0
+
+    def tick(self, late: float) -> None:
+        self.metrics.loop_lag.observe(late)
+        if late > self.max_lag:
+            self.max_lag = late
+            self.metrics.loop_lag_max.set(late)

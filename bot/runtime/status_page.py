@@ -45,7 +45,7 @@ from bot import __version__
 from bot.bridge import Bridge
 from bot.http_listener import HttpListener
 from bot.log import add_secret
-from bot.metrics import Metrics
+from bot.metrics import Metrics, Ticker
 from bot.runtime.status_render import (
     BridgeRow,
     ErrorRow,
@@ -83,7 +83,7 @@ MAX_ROOMS = 300
 # -- activity history -------------------------------------------------------------------------------------------
 
 
-class ActivityHistory:
+class ActivityHistory(Ticker):
     """Events per minute and mean handler latency, sampled every ``interval`` seconds over the last ``window``.
 
     Reads only what is counted anyway (``stats.events_routed`` and the handler latency histogram's ``_sum`` and
@@ -99,7 +99,6 @@ class ActivityHistory:
         self.window = window
         self._samples: deque[Sample] = deque(maxlen=max(2, min(3600, int(window / self.interval) + 1)))
         self._last: tuple[float, int, float, float] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def samples(self) -> tuple[Sample, ...]:
         """The samples within the window, oldest first."""
@@ -135,26 +134,13 @@ class ActivityHistory:
         return total, count
 
     def start(self) -> None:
-        """Start sampling in the background (idempotent)."""
+        """Take the baseline sample and start sampling in the background (idempotent)."""
         if self._task is None or self._task.done():
             self.sample()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="status page history")
+        super().start()
 
-    async def stop(self) -> None:
-        """Stop sampling (the history stays readable)."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.sample()
-            except Exception:  # a reading must never end the history
-                log.debug("activity sample failed", exc_info=True)
+    def tick(self, late: float) -> None:
+        self.sample()
 
 
 # -- the snapshot -----------------------------------------------------------------------------------------------
