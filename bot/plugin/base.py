@@ -189,13 +189,20 @@ def command(
     """
 
     def decorate(func: Handler) -> Handler:
-        spec = CommandSpec.from_function(func, name=name or func.__name__, aliases=aliases, help=help)
-        access = Access.ADMIN if admin else Access.ANYONE
+        spec, access = _declared(func, name, aliases, help, admin)
         _attach(func, ("command", spec, access, power_level))
         func.subcommand = _subcommand_decorator(spec.name)  # type: ignore[attr-defined]
         return func
 
     return decorate
+
+
+def _declared(
+    func: Handler, name: str | None, aliases: Sequence[str], help: str | None, admin: bool
+) -> tuple[CommandSpec, Access]:
+    """The parsed signature and access rule of a command or subcommand handler."""
+    spec = CommandSpec.from_function(func, name=name or func.__name__, aliases=aliases, help=help)
+    return spec, Access.ADMIN if admin else Access.ANYONE
 
 
 def _subcommand_decorator(parent: str) -> Callable[..., Callable[[Handler], Handler]]:
@@ -214,8 +221,7 @@ def _subcommand_decorator(parent: str) -> Callable[..., Callable[[Handler], Hand
         """
 
         def decorate(func: Handler) -> Handler:
-            spec = CommandSpec.from_function(func, name=name or func.__name__, aliases=aliases, help=help)
-            access = Access.ADMIN if admin else Access.ANYONE
+            spec, access = _declared(func, name, aliases, help, admin)
             return _attach(func, ("subcommand", parent, spec, access, power_level))
 
         return decorate
