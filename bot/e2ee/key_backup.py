@@ -8,8 +8,11 @@ The pure crypto lives in :mod:`bot.crypto.megolm_backup`; this module talks to t
 * :class:`UploadTracker` remembers, in ``data_dir/key_backup.db``, which sessions are in which backup version, so a
   restart does not upload everything again.
 
-Finding new sessions is cheap: nio keeps inbound sessions in a ``room -> sender key -> session id`` mapping; we keep the
-number of sessions per room seen at the last upload and only look inside rooms whose count changed.
+Finding new sessions is cheap and loads none that are backed up already. With Ratchet's lazy session store
+(:class:`bot.matrix.store.LazyGroupSessionStore`) the first upload after start-up reads the ids of the stored sessions
+(one query, nothing unpickled) and loads only those not in the backup; later ones look only at the sessions added to
+the store since the previous upload. With nio's in-memory store (everything loaded anyway) we keep the number of
+sessions per room seen at the last upload and only look inside rooms whose count changed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,6 +174,8 @@ class KeyBackup:
         #: Set when the server refuses our version (a newer backup replaced it); uploads stop until a restart.
         self.disabled_reason: str | None = None
         self._room_counts: dict[str, int] = {}
+        #: lazy store: its ``added_count`` at the last complete upload (None: not scanned since start-up)
+        self._added_mark: int | None = None
 
     @property
     def keys_backed_up(self) -> int:
@@ -184,8 +189,11 @@ class KeyBackup:
         if olm is not None:
             yield from sessions_by_room(olm)
 
-    def pending(self) -> tuple[list[InboundGroupSession], dict[str, int]]:
-        """Sessions not yet backed up, and the per-room counts to remember once they are."""
+    def pending(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
+        """Sessions not yet backed up, and what to call once they are (remembers how far the store was looked at)."""
+        store = getattr(getattr(self.client, "olm", None), "inbound_group_store", None)
+        if callable(getattr(store, "added_since", None)) and callable(getattr(store, "session_keys", None)):
+            return self._pending_lazy(store)
         new: list[InboundGroupSession] = []
         counts: dict[str, int] = {}
         for room_id, senders in self._store_rooms():
@@ -197,13 +205,35 @@ class KeyBackup:
                 for session_id, session in sessions.items():
                     if (room_id, session_id) not in self.tracker:
                         new.append(session)
-        return new, counts
+        return new, lambda: self._room_counts.update(counts)
+
+    def _pending_lazy(self, store: Any) -> tuple[list[InboundGroupSession], Callable[[], None]]:
+        """The lazy store: never load a session that is backed up already (50,000 of them would be read per sync)."""
+        mark = store.added_count
+        found: dict[tuple[str, str], InboundGroupSession] = {}
+        if self._added_mark is None:  # first upload since start-up: the stored ids, one query, nothing unpickled
+            for room_id, sender_key, session_id in store.session_keys():
+                if (room_id, session_id) in self.tracker or (room_id, session_id) in found:
+                    continue
+                session = store.get(room_id, sender_key, session_id)
+                if session is not None:
+                    found[(room_id, session_id)] = session
+        else:  # later: only what was added to the store since the last upload (in memory already)
+            for session in store.added_since(self._added_mark):
+                key = (session.room_id, session.id)
+                if key not in self.tracker:
+                    found[key] = store.get(session.room_id, session.sender_key, session.id) or session
+
+        def done() -> None:
+            self._added_mark = mark
+
+        return list(found.values()), done
 
     async def upload_new(self) -> int:
         """Upload the inbound sessions that are not in the backup yet; returns how many were uploaded."""
         if self.disabled_reason:
             return 0
-        sessions, counts = self.pending()
+        sessions, done = self.pending()
         uploaded = 0
         for start in range(0, len(sessions), UPLOAD_BATCH):
             batch = sessions[start : start + UPLOAD_BATCH]
@@ -232,7 +262,7 @@ class KeyBackup:
                     raise
             self.tracker.add_many(keys)
             uploaded += len(bodies)
-        self._room_counts.update(counts)
+        done()
         if uploaded:
             log.info("backed up %d room key%s (version %s)", uploaded, "" if uploaded == 1 else "s", self.version)
         return uploaded

@@ -12,6 +12,9 @@ message needs them; :class:`LazySqliteStore` does the same on nio's own database
 * Nothing about the file changes: sessions are written by nio's own ``save_inbound_group_session``, so a store
   written by this class opens with plain nio and vice versa (old libolm pickles are upgraded on first use, as nio
   upgrades them at load).
+* Key backup finds the sessions it has not uploaded yet without loading any: once at start-up from their ids
+  (:meth:`LazyGroupSessionStore.session_keys`, one query), then per sync from the sessions ``add()``-ed since its last
+  upload (:meth:`LazyGroupSessionStore.added_since`).
 * nio asks the store whether a message's sending device is verified for every decrypted event, and ``SqliteStore``
   answers with three queries each time. The answer only changes through the store's own methods, so it is cached
   here and the cache is dropped by every method that writes trust state or device rows.
@@ -60,6 +63,8 @@ class LazyGroupSessionStore(GroupSessionStore):
         self._all_loaded = store is None or store.account_id() is None
         #: how many sessions were read from the database (for tests and the benchmark)
         self.loaded_from_db = 0
+        #: sessions ``add()``-ed since start-up, in order (new room keys: key backup uploads these, see added_since)
+        self._added: list[InboundGroupSession] = []
 
     # -- nio's GroupSessionStore API ---------------------------------------------------------------------------
 
@@ -69,6 +74,7 @@ class LazyGroupSessionStore(GroupSessionStore):
         if session in bucket.values():
             return False
         bucket[session.id] = session
+        self._added.append(session)
         return True
 
     def get(self, room_id: str, sender_key: str, session_id: str) -> InboundGroupSession | None:
@@ -100,6 +106,33 @@ class LazyGroupSessionStore(GroupSessionStore):
         # code that reaches into nio's private dict expects every session in it
         self.load_all()
         return self._loaded
+
+    # -- what key backup needs, without loading sessions ----------------------------------------------------------
+
+    @property
+    def added_count(self) -> int:
+        """How many sessions were ``add()``-ed since start-up: a mark for :meth:`added_since`."""
+        return len(self._added)
+
+    def added_since(self, mark: int) -> list[InboundGroupSession]:
+        """The sessions ``add()``-ed after ``mark`` (an earlier :attr:`added_count`), oldest first."""
+        return self._added[mark:]
+
+    def session_keys(self) -> list[tuple[str, str, str]]:
+        """(room id, sender key, session id) of every session, in memory or in the database, none of them loaded.
+
+        One query of three columns, no unpickling: key backup asks once at start-up which sessions are not backed up.
+        """
+        keys = dict.fromkeys(
+            (room_id, sender_key, session_id)
+            for room_id, senders in self._loaded.items()
+            for sender_key, sessions in senders.items()
+            for session_id in sessions
+        )
+        if not self._all_loaded:
+            assert self._store is not None
+            keys.update(dict.fromkeys(self._store.read_inbound_group_session_keys()))
+        return list(keys)
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -213,6 +246,21 @@ class LazySqliteStore(SqliteStore):
             .tuples()
         ]
         return self._unpickle(row, chains)
+
+    @use_database
+    def read_inbound_group_session_keys(self) -> list[tuple[str, str, str]]:
+        """(room id, sender key, session id) of every session row of this account, in nio's load order."""
+        account = self.account_id()
+        if account is None:
+            return []
+        return list(
+            MegolmInboundSessions.select(
+                MegolmInboundSessions.room_id, MegolmInboundSessions.sender_key, MegolmInboundSessions.session_id
+            )
+            .where(MegolmInboundSessions.account == account)
+            .order_by(SQL("rowid"))
+            .tuples()
+        )
 
     @use_database
     def read_inbound_group_sessions(self, *, room_id: str | None = None) -> list[InboundGroupSession]:
