@@ -9,10 +9,12 @@ from plugins.protections.core import (
     SlidingWindow,
     TokenBucket,
     event_shape,
+    media_or_link,
     mention_counts,
     mention_violation,
+    shape_worth_counting,
 )
-from plugins.protections.policy import PolicySet, glob_matches, server_acl, too_broad
+from plugins.protections.policy import PolicySet, glob_matches, server_acl, spared_servers, too_broad
 
 
 def test_token_bucket_allows_the_burst_then_the_rate():
@@ -197,3 +199,69 @@ async def test_case_registry_routes_by_prefix_and_survives_a_reload():
     assert seen == [("new", "P-ABC123")] and registry.owner("R-ABC123") is None
     registry.unregister("protections")
     assert registry.prefixes() == {}
+
+
+def test_repeats_count_only_shapes_with_a_relation_or_media():
+    text = event_shape("m.room.message", {"msgtype": "m.text", "body": "hi"})
+    assert not shape_worth_counting(text)  # plain text: the flood protection's business
+    reply = event_shape("m.room.message", {"msgtype": "m.text", "body": "a", "m.relates_to": {
+        "rel_type": "m.thread", "event_id": "$root"}})
+    image = event_shape("m.room.message", {"msgtype": "m.image", "body": "x.png",
+                                            "info": {"size": 1234, "mimetype": "image/png"}})
+    sticker = event_shape("m.sticker", {"body": "s", "info": {"size": 99, "mimetype": "image/webp"}})
+    assert shape_worth_counting(reply) and shape_worth_counting(image) and shape_worth_counting(sticker)
+    # The same image posted with another caption is the same shape; another size is not.
+    assert image == event_shape("m.room.message", {"msgtype": "m.image", "body": "other caption",
+                                                    "info": {"size": 1234, "mimetype": "image/png"}})
+    assert image != event_shape("m.room.message", {"msgtype": "m.image", "info": {"size": 1, "mimetype": "image/png"}})
+
+
+@pytest.mark.parametrize(("event_type", "content", "links", "expected"), [
+    ("m.sticker", {}, True, "media"),
+    ("m.room.message", {"msgtype": "m.image", "body": "a.png"}, True, "media"),
+    ("m.room.message", {"msgtype": "m.file", "body": "a.exe"}, False, "media"),
+    ("m.room.message", {"msgtype": "m.text", "body": "buy at https://spam.example now"}, True, "link"),
+    ("m.room.message", {"msgtype": "m.text", "body": "see www.spam-site.example"}, True, "link"),
+    ("m.room.message", {"msgtype": "m.text", "body": "x", "formatted_body": '<a href="x">y</a>'}, True, "link"),
+    ("m.room.message", {"msgtype": "m.text", "body": "buy at https://spam.example now"}, False, None),
+    ("m.room.message", {"msgtype": "m.text", "body": "hello, I am new here"}, True, None),
+    ("m.room.message", {"msgtype": "m.text", "body": 42}, True, None),
+    ("m.room.message", "junk", True, None),
+])
+def test_media_or_link(event_type, content, links, expected):
+    assert media_or_link(event_type, content, links=links) == expected
+
+
+def test_server_acl_never_denies_the_admins_servers_either():
+    content = server_acl(None, ["*.evil.example", "admins*.org", "local*"], ["localhost", "admins.org"])
+    assert content["deny"] == ["*.evil.example"]
+    assert spared_servers(["*.evil.example", "admins*.org"], ["localhost", "admins.org"]) == [
+        ("admins*.org", "admins.org")
+    ]
+
+
+async def test_invite_guards_veto_observe_and_survive_a_broken_guard():
+    from bot.reports.invites import InviteGuards
+
+    guards, seen = InviteGuards(), []
+
+    async def counting(room_id, inviter, allowed):
+        seen.append((room_id, inviter, allowed))
+        return None
+
+    async def broken(room_id, inviter, allowed):
+        raise RuntimeError("bug")
+
+    async def veto(room_id, inviter, allowed):
+        return "spam" if inviter == "@spam:x" else None
+
+    for name, guard in (("a", counting), ("b", broken), ("c", veto)):
+        guards.add_guard(name, guard)
+    assert await guards.refusal("!r:x", "@ok:x", True) is None
+    assert await guards.refusal("!r:x", "@spam:x", False) == "spam (c)"
+    assert seen == [("!r:x", "@ok:x", True), ("!r:x", "@spam:x", False)]  # every guard is asked
+    guards.remove_guard("c", veto)
+    assert await guards.refusal("!r:x", "@spam:x", True) is None
+    guards.remove_guard("a")
+    guards.remove_guard("b")
+    assert len(guards) == 0

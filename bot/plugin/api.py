@@ -17,6 +17,7 @@ from bot.e2ee.identity import local_secrets_key
 from bot.errors import StorageError
 from bot.matrix.actions import MatrixActions
 from bot.reports.cases import CaseRegistry
+from bot.reports.invites import InviteGuards
 from bot.reports.moderation import Moderation
 
 if TYPE_CHECKING:
@@ -63,6 +64,8 @@ class BotAPI(MatrixActions):
         self.moderation = Moderation(client, self, trust)
         #: One list of cases across plugins: which plugin owns which case ids (see :mod:`bot.reports.cases`).
         self.cases = CaseRegistry()
+        #: Plugins' say on invites to the bot before the runtime answers them (see :mod:`bot.reports.invites`).
+        self.invites = InviteGuards()
         #: The bot's HTTP listener (the ``http`` config section) where a plugin that serves HTTP mounts its routes
         #: (:meth:`~bot.http_listener.HttpListener.mount`) instead of opening a port of its own; None when it is off.
         self.http = http

@@ -3,7 +3,7 @@
 ``Runtime.run()`` opens the session (one device forever), loads the configured plugins and syncs until asked to stop.
 Each sync batch goes through the same steps:
 
-1. invites are accepted or rejected by ``invites.accept_from``;
+1. invites are accepted or rejected by ``invites.accept_from`` and the plugins' invite guards (``bot.invites``);
 2. room keys that arrived as to-device messages unlock events that were waiting for them;
 3. each joined room's new events are filtered (history, own messages, catch-up window) and routed to plugins;
    events that cannot be decrypted yet are persisted and their keys requested;
@@ -507,14 +507,21 @@ class Runtime:
             if room_id in self._invites_done:
                 continue
             self._invites_done.add(room_id)
-            if inviter and (inviter in self.config.admins or self.config.invites.allows(inviter)):
+            if inviter and inviter in self.config.admins:
+                refusal = None  # the admins' invites are never vetoed
+            else:
+                allowed = bool(inviter) and self.config.invites.allows(inviter)
+                refusal = await self.api.invites.refusal(room_id, inviter, allowed) if self.api.invites else None
+                if refusal is None and not allowed:
+                    refusal = "not in invites.accept_from"
+            if refusal is None:
                 problem = await self.source.join(room_id)
                 if problem is None:
                     log.info("joined %s on invite from %s", room_id, inviter)
                 else:
                     log.warning("could not join %s: %s", room_id, problem)
             else:
-                log.info("rejected invite to %s from %s (not in invites.accept_from)", room_id, inviter)
+                log.info("rejected invite to %s from %s (%s)", room_id, inviter, refusal)
                 await self.source.leave(room_id)
 
 

@@ -31,9 +31,30 @@ from typing import Any
 from bot import Context, MatrixError, Plugin, Rest, command, every, on_event, on_message
 
 from .cases import Action, ProtectionCase, case_message, new_case_id
-from .core import ACTIONS, Ladder, SlidingWindow, TokenBucket, mention_violation
-from .policy import KINDS, Change, PolicySet, Rule, glob_matches, rule_state_key, server_acl, too_broad
+from .core import (
+    ACTIONS,
+    Ladder,
+    SlidingWindow,
+    TokenBucket,
+    event_shape,
+    media_or_link,
+    mention_violation,
+    shape_worth_counting,
+)
+from .policy import (
+    KINDS,
+    Change,
+    PolicySet,
+    Rule,
+    glob_matches,
+    rule_state_key,
+    server_acl,
+    spared_servers,
+    too_broad,
+)
 
+#: The room field of the cases about invites to the bot (they are in no room yet).
+BOT_INVITES = "invites to the bot"
 _ROOM = re.compile(r"^(![^\s]+|#[^\s:]+:[^\s]+)$")  # room ids have no server part from room version 12
 
 
@@ -126,6 +147,50 @@ class Invites:
 
 
 @dataclass(frozen=True)
+class BotInvites:
+    #: Refuse invites to the bot from one user beyond `max_invites` within `window` seconds (and open a case).
+    enabled: bool = True
+    max_invites: int = 5
+    window: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.max_invites < 1 or self.window <= 0:
+            raise ValueError("bot_invites.max_invites must be at least 1 and bot_invites.window positive")
+
+
+@dataclass(frozen=True)
+class Repeats:
+    #: Check repeated identical events by shape (relation type and target, media size and type; never the text).
+    enabled: bool = True
+    #: Events of one shape by one member within `window` seconds that make a violation.
+    count: int = 5
+    window: float = 60.0
+    actions: list[str] = field(default_factory=lambda: ["redact", "mute"])
+
+    def __post_init__(self) -> None:
+        if self.count < 2 or self.window <= 0:
+            raise ValueError("repeats.count must be at least 2 and repeats.window positive")
+        _check_actions("repeats", self.actions)
+
+
+@dataclass(frozen=True)
+class NewcomerContent:
+    #: A content protection, off unless enabled: reads the msgtype and the text of a new member's first messages to
+    #: see whether they are media or carry links (nothing is stored or logged but the verdict).
+    enabled: bool = False
+    #: How many of a new member's first messages are checked.
+    first_messages: int = 3
+    #: Whether links in the text count (media always do).
+    links: bool = True
+    actions: list[str] = field(default_factory=lambda: ["redact", "kick"])
+
+    def __post_init__(self) -> None:
+        if self.first_messages < 1:
+            raise ValueError("newcomer_content.first_messages must be at least 1")
+        _check_actions("newcomer_content", self.actions)
+
+
+@dataclass(frozen=True)
 class RoomThresholds:
     """One room's own settings: each section given replaces the global one for that room."""
 
@@ -135,6 +200,8 @@ class RoomThresholds:
     join_wave: JoinWave | None = None
     churn: Churn | None = None
     invites: Invites | None = None
+    repeats: Repeats | None = None
+    newcomer_content: NewcomerContent | None = None
 
 
 def _rule_handler(event_type: str):
@@ -171,6 +238,11 @@ class Protections(Plugin):
         join_wave: JoinWave = field(default_factory=JoinWave)
         churn: Churn = field(default_factory=Churn)
         invites: Invites = field(default_factory=Invites)
+        repeats: Repeats = field(default_factory=Repeats)
+        #: Opt-in content protection (reads the first messages of new members): off by default.
+        newcomer_content: NewcomerContent = field(default_factory=NewcomerContent)
+        #: Invite spam to the bot itself (the runtime asks this plugin before answering an invite).
+        bot_invites: BotInvites = field(default_factory=BotInvites)
         #: Per-room settings, by room id.
         rooms_thresholds: dict[str, RoomThresholds] = field(default_factory=dict)
         #: Policy lists (room ids or aliases) whose m.ban rules apply in the protected rooms.
@@ -179,6 +251,8 @@ class Protections(Plugin):
         own_list: str = ""
         #: Seconds between full re-reads of the lists' state (rules are also followed live through sync).
         policy_resync: float = 300.0
+        #: Seconds between retries of policy bans and server ACLs that could not be applied (missing power).
+        policy_retry: float = 60.0
         #: Power level needed for !ban / !unban in the moderation room, and for !case on P- cases.
         moderator_power: int = 50
 
@@ -194,6 +268,8 @@ class Protections(Plugin):
             for room in self.rooms_thresholds:
                 if not room.startswith("!"):
                     raise ValueError(f"rooms_thresholds: {room!r} is not a room id (!...)")
+            if self.policy_retry <= 0 or self.policy_resync <= 0:
+                raise ValueError("policy_retry and policy_resync must be positive")
             if self.cooldown < 0 or self.escalate_after < 0 or self.forget_after <= 0:
                 raise ValueError("cooldown and escalate_after must be >= 0, forget_after positive")
 
@@ -229,12 +305,22 @@ class Protections(Plugin):
         self._unposted = True  # cases may wait for the moderation room too (from an earlier run as well)
         self._policy_lock = asyncio.Lock()
         self._case_lock = asyncio.Lock()
+        self._repeats: dict[str, SlidingWindow] = {}
+        self._newcomers: dict[tuple[str, str], int] = {}  # (room, member) -> first messages still to check
+        self._bot_invites = SlidingWindow(self.config.bot_invites.window)
+        self._unapplied: set[tuple[str, str, str, str, str]] = set()  # policy bans that failed, retried
+        self._acl_unapplied: set[str] = set()  # rooms whose server ACL could not be written, retried
+        self._room_rules_told: set[tuple[str, str]] = set()  # (rule key, room) the moderators were told about
+        self._mod_room_retry_at = 0.0  # an alias that did not resolve is retried with a back-off
+        self._mod_room_backoff = 0.0
         self._actions = self.metrics.counter("actions", "Protection actions by protection and action.",
                                              ["protection", "action"])
         self.bot.cases.register("P-", self.name, self.act_on_case)
+        self.bot.invites.add_guard(self.name, self.check_invite)
 
     async def stop(self) -> None:
         self.bot.cases.unregister(self.name, self.act_on_case)
+        self.bot.invites.remove_guard(self.name, self.check_invite)
 
     # -- settings per room -------------------------------------------------------------------------------------
 
@@ -259,10 +345,16 @@ class Protections(Plugin):
         if not self.config.moderation_room:
             return None
         if self._mod_room is None:
+            now = time.monotonic()
+            if now < self._mod_room_retry_at:
+                return None  # backing off: not one directory lookup per message
             try:
                 self._mod_room = await self.bot.resolve_room(self.config.moderation_room)
             except MatrixError as exc:
-                self.log.warning("cannot resolve the moderation room %s (%s)", self.config.moderation_room, exc)
+                self._mod_room_backoff = min(max(2 * self._mod_room_backoff, 5.0), 300.0)
+                self._mod_room_retry_at = now + self._mod_room_backoff
+                self.log.warning("cannot resolve the moderation room %s (%s); retrying in %.0f s",
+                                 self.config.moderation_room, exc, self._mod_room_backoff)
                 return None
         return self._mod_room
 
@@ -301,13 +393,13 @@ class Protections(Plugin):
 
     @on_event("m.room.message")
     async def message(self, ctx: Context) -> None:
-        await self._message_metadata(ctx)
+        await self._message_metadata(ctx, "m.room.message")
 
     @on_event("m.sticker")
     async def sticker(self, ctx: Context) -> None:
-        await self._message_metadata(ctx)
+        await self._message_metadata(ctx, "m.sticker")
 
-    async def _message_metadata(self, ctx: Context) -> None:
+    async def _message_metadata(self, ctx: Context, event_type: str) -> None:
         room_id, sender = ctx.room_id, ctx.sender
         if not await self._is_protected(room_id) or self._exempt(room_id, sender):
             return
@@ -330,6 +422,39 @@ class Protections(Plugin):
             )
             if why is not None:
                 await self._violation("mentions", room_id, sender, now, ctx.event_id, f"{why} (event {ctx.event_id})")
+        await self._repeats_and_content(ctx, event_type, room_id, sender, now)
+
+    async def _repeats_and_content(self, ctx: Context, event_type: str, room_id: str, sender: str, now: float) -> None:
+        repeats: Repeats = self._setting(room_id, "repeats")
+        if repeats.enabled:
+            shape = event_shape(event_type, ctx.content)
+            if shape_worth_counting(shape):
+                window = self._repeats.get(room_id)
+                if window is None or window.window != repeats.window:
+                    window = self._repeats[room_id] = SlidingWindow(repeats.window)
+                count = window.add((sender, shape), now)
+                if count >= repeats.count:
+                    _t, msgtype, rel_type, target, _k, _m, size, mimetype = shape
+                    what = ", ".join(f"{k} {v}" for k, v in (
+                        ("type", event_type), ("msgtype", msgtype), ("relation", rel_type), ("to", target),
+                        ("size", size), ("mimetype", mimetype)) if v is not None)
+                    await self._violation(
+                        "repeats", room_id, sender, now, ctx.event_id,
+                        f"{count} events of one shape ({what}) within {repeats.window:g} s (event {ctx.event_id})",
+                    )
+        content: NewcomerContent = self._setting(room_id, "newcomer_content")
+        left = self._newcomers.get((room_id, sender)) if content.enabled else None
+        if left:
+            if left <= 1:
+                del self._newcomers[(room_id, sender)]
+            else:
+                self._newcomers[(room_id, sender)] = left - 1
+            kind = media_or_link(event_type, ctx.content, links=content.links)
+            if kind is not None:
+                await self._violation(
+                    "newcomer_content", room_id, sender, now, ctx.event_id,
+                    f"{kind} among a new member's first {content.first_messages} messages (event {ctx.event_id})",
+                )
 
     # -- membership protections ----------------------------------------------------------------------------------
 
@@ -350,6 +475,11 @@ class Protections(Plugin):
             if self._policies.bans_for("user", target):
                 await self._enforce_user(target, rooms=[room_id])
             await self._join_wave(room_id, target, now)
+            content: NewcomerContent = self._setting(room_id, "newcomer_content")
+            if content.enabled and not self._exempt(room_id, target):
+                self._newcomers[(room_id, target)] = content.first_messages
+                if len(self._newcomers) > 10000:  # bounded: the oldest newcomers are forgotten first
+                    del self._newcomers[next(iter(self._newcomers))]
         if membership in ("join", "leave") and was != membership and ctx.sender == target:
             churn: Churn = self._setting(room_id, "churn")
             if churn.enabled and not self._exempt(room_id, target):
@@ -404,6 +534,40 @@ class Protections(Plugin):
                 self.log.warning("join wave in %s: closing the room failed (%s)", room_id, exc)
         self._actions.labels("join_wave", action.action).inc()
         await self._record("join_wave", room_id, room_id, fact, [action])
+
+    # -- invites to the bot ----------------------------------------------------------------------------------------
+
+    async def check_invite(self, room_id: str, inviter: str | None, allowed: bool) -> str | None:
+        """The runtime asks before it answers an invite to the bot (``self.bot.invites``; never for the admins').
+        Refuses rooms a policy list bans, and invite spam: more than ``bot_invites.max_invites`` invites from one user
+        within ``bot_invites.window`` seconds (each refusal updates one case for that user)."""
+        banned = self._policies.bans_for("room", room_id)
+        if banned:
+            rule = banned[0]
+            where = self._list_ids.get(rule.list_id, rule.list_id)
+            self.log.warning("invite to %s from %s refused: room banned by %s", room_id, inviter, where)
+            await self._tell_moderators(
+                f"Refused an invite to {room_id} from {inviter}: the room is banned by rule {rule.state_key!r} of "
+                f"{where} ({rule.reason or 'no reason given'})."
+            )
+            return f"room banned by policy list {where}"
+        invites: BotInvites = self.config.bot_invites
+        if not invites.enabled or not inviter or self._untouchable(inviter):
+            return None
+        count = self._bot_invites.add(inviter, time.time())
+        if count <= invites.max_invites:
+            return None
+        dry = self.config.dry_run
+        self.log.warning("invite spam to the bot: %d invites from %s within %gs", count, inviter, invites.window)
+        self._actions.labels("bot_invites", "refuse" if not dry else "dry_run").inc()
+        action = Action("refuse invite", room_id, ok=True, dry_run=dry, detail="" if dry else "the bot left it")
+        await self._record(
+            "bot_invites", BOT_INVITES, inviter,
+            f"{count} invites to the bot within {invites.window:g} s (limit {invites.max_invites}): {room_id}"
+            + ("" if allowed else " (the inviter is not in invites.accept_from either)"),
+            [action],
+        )
+        return None if dry else f"invite spam: {count} invites within {invites.window:g} s"
 
     # -- the ladder ------------------------------------------------------------------------------------------------
 
@@ -518,7 +682,7 @@ class Protections(Plugin):
         if mod_room is None:
             self._unposted = bool(self.config.moderation_room)
             return mod_event
-        body, markup = case_message(case)
+        body, markup = case_message(case, prefix=self.bot.plugins.prefix)
         try:
             if mod_event:
                 await self.bot.edit(mod_room, mod_event, body, html=markup)
@@ -605,7 +769,7 @@ class Protections(Plugin):
             elif action == "dismiss":
                 case.status = "dismissed"
             elif action == "ban":
-                if case.subject.startswith("!") or self._untouchable(case.subject):
+                if case.subject.startswith("!") or self._untouchable(case.subject) or not case.room_id.startswith("!"):
                     await ctx.reply(f"Case {case_id} has no member the bot may ban.", notice=True)
                     return
                 done = await self._act("ban", case.protection, case.room_id, case.subject, None,
@@ -617,7 +781,7 @@ class Protections(Plugin):
                                                (case.to_json(), case_id))
                     return
                 case.status = "banned" if not done.dry_run else "open"
-            if case.protection in ("flood", "mentions", "churn", "invites"):
+            if case.protection in ("flood", "mentions", "churn", "invites", "repeats", "newcomer_content"):
                 self._ladder(case.room_id, case.protection).reset((case.room_id, case.subject))
             await self.storage.execute(
                 "UPDATE pcase SET status = ?, case_json = ? WHERE case_id = ?", (case.status, case.to_json(), case_id)
@@ -647,11 +811,14 @@ class Protections(Plugin):
                 failed.append(f"{action.action} in {action.room_id}: {exc}")
         return (" Could not undo: " + "; ".join(failed)) if failed else ""
 
-    @on_message(r"^!case\s+(P-[A-Za-z0-9]+)\s+([a-z]+)(?:\s+(.*))?$")
+    @on_message(r"^(.{1,16}?)case\s+(P-[A-Za-z0-9]+)\s+([a-z]+)(?:\s+(.*))?$", re.IGNORECASE)
     async def case_without_report(self, ctx: Context, match: re.Match) -> None:
-        """``!case P-...`` when the report plugin (which owns ``!case``) is not loaded: this handler only sees the
-        message then, since passive handlers do not see messages that run a command."""
-        await self.act_on_case(ctx, match.group(1).upper(), match.group(2), match.group(3))
+        """``!case P-...`` (with the configured command prefix) when the report plugin, which owns ``!case``, is not
+        loaded: this handler only sees the message then, since passive handlers do not see messages that run a
+        command."""
+        if match.group(1) != self.bot.plugins.prefix:
+            return
+        await self.act_on_case(ctx, match.group(2).upper(), match.group(3).lower(), match.group(4))
 
     # -- policy lists ----------------------------------------------------------------------------------------------
 
@@ -703,6 +870,22 @@ class Protections(Plugin):
                 await self._enforce_rule(change.added)
             elif change.added.kind == "server":
                 await self._apply_acls()
+            elif change.added.kind == "room":
+                await self._report_banned_rooms(change.added)
+
+    async def _report_banned_rooms(self, rule: Rule) -> None:
+        """A room ban rule: invites to matching rooms are refused (:meth:`check_invite`); rooms the bot is already
+        in are reported to the moderators (once per rule and room), not left: leaving is the operators' call."""
+        where = self._list_ids.get(rule.list_id, rule.list_id)
+        for room_id in sorted(self.bot.joined_rooms()):
+            told = ((rule.list_id, rule.state_key), room_id)
+            if rule.matches(room_id) and told not in self._room_rules_told:
+                self._room_rules_told.add(told)
+                self.log.warning("policy list %s bans room %s, which the bot is in", where, room_id)
+                await self._tell_moderators(
+                    f"Policy list {where}: rule {rule.state_key!r} bans room {room_id}, which the bot is in "
+                    f"({rule.reason or 'no reason given'}). The bot stays; it refuses new invites to banned rooms."
+                )
 
     async def _enforce_rule(self, rule: Rule) -> None:
         rooms = await self._protected_rooms()
@@ -742,7 +925,37 @@ class Protections(Plugin):
         action = await self._act("ban", "policy", room_id, user_id, None, f"policy list: {rule.reason or rule.entity}")
         if action.ok and not action.dry_run:
             await self.storage.execute("INSERT OR IGNORE INTO policy_ban VALUES (?, ?, ?, ?, ?, NULL)", key)
-        await self._record("policy", room_id, user_id, fact, [action])
+        retried = key in self._unapplied
+        if action.ok:
+            self._unapplied.discard(key)
+        else:
+            self._unapplied.add(key)  # retried every policy_retry seconds, and when the room's power levels change
+            if retried:
+                return  # still failing: the case already says so
+        await self._record("policy", room_id, user_id, fact + (" (retried)" if retried else ""), [action])
+
+    @every("policy_retry")
+    async def retry_policies(self) -> None:
+        """Retry the policy bans and server ACLs that could not be applied (the bot lacked the power then)."""
+        if not (self._unapplied or self._acl_unapplied):
+            return
+        async with self._policy_lock:
+            protected = await self._protected_rooms()
+            for key in sorted(self._unapplied):
+                room_id, user_id, list_id, kind, state_key = key
+                rule = self._policies.rules.get((list_id, kind, state_key))
+                if rule is None or not rule.is_ban or not rule.matches(user_id) or room_id not in protected:
+                    self._unapplied.discard(key)
+                    continue
+                await self._ban_by_rule(rule, room_id, user_id)
+            if self._acl_unapplied:
+                await self._apply_acls()
+
+    @on_event("m.room.power_levels")
+    async def power_levels(self, ctx: Context) -> None:
+        """The bot may have the power now: retry at once what waits for it in this room."""
+        if ctx.room_id in self._acl_unapplied or any(k[0] == ctx.room_id for k in self._unapplied):
+            await self.retry_policies()
 
     async def _lift(self, rule: Rule) -> None:
         if rule.kind == "server":
@@ -776,22 +989,34 @@ class Protections(Plugin):
         """Deny the banned servers in every protected room where the bot may send ``m.room.server_acl``; denials the
         bot added for rules since removed are lifted, the room's own are kept."""
         banned = self._policies.server_bans()
-        own_server = self.bot.user_id.partition(":")[2]
+        kept = sorted({u.partition(":")[2] for u in (self.bot.user_id, *self.bot.admins) if ":" in u})
+        for glob, server in spared_servers(banned, kept):
+            if (glob, server) not in self._room_rules_told:
+                self._room_rules_told.add((glob, server))
+                self.log.warning("server rule %s matches %s, the bot's or an admin's server: not denied", glob, server)
+                await self._tell_moderators(
+                    f"Server rule {glob} matches {server}, the bot's or an admin's server: it is never denied."
+                )
         moderation = self.bot.moderation
         for room_id in sorted(await self._protected_rooms()):
             if not moderation.can_send_state(room_id, "m.room.server_acl"):
-                if banned:
+                if banned and room_id not in self._acl_unapplied:
+                    self._acl_unapplied.add(room_id)
                     await self._tell_moderators(
-                        f"Server bans not applied in {room_id}: the bot may not send m.room.server_acl there."
+                        f"Server bans not applied in {room_id}: the bot may not send m.room.server_acl there "
+                        f"(needs {moderation.state_level(room_id, 'm.room.server_acl')}); retried when it may."
                     )
+                elif not banned:
+                    self._acl_unapplied.discard(room_id)
                 continue
+            self._acl_unapplied.discard(room_id)
             try:
                 current = await moderation.state_event(room_id, "m.room.server_acl", "")
                 ours = {g for (g,) in await self.storage.fetchall(
                     "SELECT glob FROM acl_deny WHERE room_id = ?", (room_id,))}
                 base = dict(current or {})
                 base["deny"] = [d for d in (base.get("deny") or []) if d not in ours or d in banned]
-                content = server_acl(base if current else None, banned, own_server)
+                content = server_acl(base if current else None, banned, kept)
                 if current is not None and content == {**current, **content} and set(content["deny"]) == set(
                         current.get("deny") or []):
                     continue
@@ -810,7 +1035,9 @@ class Protections(Plugin):
                                    [Action("server_acl", room_id, ok=True)])
             except MatrixError as exc:
                 self.log.warning("server ACL in %s failed (%s)", room_id, exc)
-                await self._tell_moderators(f"Server ACL in {room_id} failed: {exc}")
+                if room_id not in self._acl_unapplied:
+                    self._acl_unapplied.add(room_id)
+                    await self._tell_moderators(f"Server ACL in {room_id} failed: {exc}; retried later.")
 
     # -- the operators' own list -----------------------------------------------------------------------------------
 

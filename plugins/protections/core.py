@@ -2,7 +2,8 @@
 (``now``, in seconds, is always passed in), so every rule is tested directly.
 
 Everything here reads metadata only: who sent what kind of event where and when, how many users an event's
-``m.mentions`` names, whether it mentions ``@room``, membership changes. No message body enters this module.
+``m.mentions`` names, whether it mentions ``@room``, membership changes. No message body enters this module, but for
+:func:`media_or_link`, which only the opt-in content protection (``newcomer_content``) calls.
 
 * :class:`TokenBucket`: a rate with a burst, per key (a flood is more than ``burst`` events at once, or a sustained
   rate above ``rate``);
@@ -14,6 +15,7 @@ Everything here reads metadata only: who sent what kind of event where and when,
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
@@ -26,8 +28,10 @@ __all__ = [
     "Step",
     "TokenBucket",
     "event_shape",
+    "media_or_link",
     "mention_counts",
     "mention_violation",
+    "shape_worth_counting",
 ]
 
 #: Every action a ladder may hold, mildest first.
@@ -153,6 +157,36 @@ def event_shape(event_type: str, content: Mapping[str, Any]) -> tuple[Any, ...]:
         info.get("size"),
         info.get("mimetype"),
     )
+
+
+def shape_worth_counting(shape: tuple[Any, ...]) -> bool:
+    """Whether a repeat of ``shape`` says something: it has a relation (a reply thread, an annotation, an edit of the
+    same event) or media (size or mimetype). Plain text messages all share one shape; floods catch those."""
+    _type, _msgtype, rel_type, _target, _key, _mentions, size, mimetype = shape
+    return rel_type is not None or size is not None or mimetype is not None
+
+
+#: Message types that are media.
+MEDIA_MSGTYPES = ("m.image", "m.video", "m.audio", "m.file")
+_LINK = re.compile(r"(?i)\b(?:https?://|www\.[a-z0-9-]+\.|matrix\.to/)|<a\s[^>]*href")
+
+
+def media_or_link(event_type: str, content: Mapping[str, Any], *, links: bool = True) -> str | None:
+    """``"media"`` or ``"link"`` if the event is media (a sticker, an image, a video, audio, a file) or (with
+    ``links``) its text carries a link, else None. This reads the text: only the opt-in content protection calls it,
+    and only the verdict leaves this function."""
+    if event_type == "m.sticker":
+        return "media"
+    if not isinstance(content, Mapping):
+        return None
+    if content.get("msgtype") in MEDIA_MSGTYPES:
+        return "media"
+    if links:
+        for key in ("body", "formatted_body"):
+            text = content.get(key)
+            if isinstance(text, str) and _LINK.search(text):
+                return "link"
+    return None
 
 
 @dataclass(frozen=True)

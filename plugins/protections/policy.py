@@ -26,6 +26,7 @@ __all__ = [
     "glob_matches",
     "kind_of",
     "server_acl",
+    "spared_servers",
     "too_broad",
 ]
 
@@ -198,17 +199,27 @@ def parse_rule(list_id: str, kind: str, state_key: str, content: Mapping[str, An
     return Rule(list_id, kind, state_key, entity, recommendation, reason[:500]), ""
 
 
-def server_acl(current: Mapping[str, Any] | None, banned: Iterable[str], own_server: str) -> dict[str, Any]:
+def server_acl(
+    current: Mapping[str, Any] | None, banned: Iterable[str], own_server: str | Iterable[str]
+) -> dict[str, Any]:
     """The ``m.room.server_acl`` content that denies ``banned`` server globs, keeping the room's allow list and its
-    other denials; the bot's own server is never denied (a rule naming it is dropped)."""
+    other denials; ``own_server`` (the bot's, or several: the bot's and its admins') is never denied (a rule matching
+    one is dropped)."""
+    kept = [own_server] if isinstance(own_server, str) else list(own_server)
     current = current if isinstance(current, Mapping) else {}
     allow = current.get("allow")
     allow = [a for a in allow if isinstance(a, str)] if isinstance(allow, list) else ["*"]
     deny = [d for d in current.get("deny") or [] if isinstance(d, str)] if isinstance(current.get("deny"), list) else []
     for glob in banned:
-        if glob not in deny and not glob_matches(glob, own_server):
+        if glob not in deny and not any(glob_matches(glob, server) for server in kept):
             deny.append(glob)
     return {"allow": allow, "deny": deny, "allow_ip_literals": bool(current.get("allow_ip_literals", True))}
+
+
+def spared_servers(banned: Iterable[str], kept: Iterable[str]) -> list[tuple[str, str]]:
+    """``(glob, server)`` for each banned glob that matches a server never denied (the bot's, its admins')."""
+    kept = list(kept)
+    return [(glob, server) for glob in banned for server in kept if glob_matches(glob, server)]
 
 
 def rule_state_key(entity: str) -> str:
