@@ -270,7 +270,11 @@ async def test_the_bot_requests_user_verification_in_a_dm(synapse, new_user, tmp
         await peer.bootstrap_cross_signing(alice.password)
         room = await _share_room(peer, bot_user.user_id)
 
-        flow = await service.request_in_room(room, alice.user_id)
+        # The operator: ratchet verify-user, through the running bot's control socket.
+        asked = await _ratchet("verify-user", alice.user_id, "--room", room, "-c", str(cfg), "--json")
+        assert asked.returncode == 0, asked.stderr
+        flow = service.get(json.loads(asked.stdout)["id"])
+        assert flow is not None and flow.room_id == room and flow.we_requested
         js = await peer.call("verification_incoming", from_user=bot_user.user_id, timeout_ms=WAIT * 1000)
         assert js["room_id"] == room and js["transaction_id"] == flow.flow_id, js
         await peer.call("verification_accept", vid=js["vid"])
