@@ -212,3 +212,16 @@ async def test_a_verified_identity_change_is_pinned():
     flow.verified_keys["ed25519:newmaster"] = "newmaster"
     await service._perform([Outcome("verified", flow)])
     assert trust.pinned(BOB) == "newmaster"
+
+
+async def test_a_flood_of_verification_messages_is_bounded(caplog):
+    from bot.e2ee import verification_service as vs
+
+    class Client:
+        user_id, device_id, olm = ALICE, "ADEV", None
+
+    service = vs.VerificationService(Client())
+    for i in range(vs.QUEUE_LIMIT + 5):
+        service._enqueue(BOB, "m.key.verification.mac", {"transaction_id": f"t{i}"})
+    assert service._queue.qsize() == vs.QUEUE_LIMIT and service._dropped == 5
+    assert "5 dropped" not in caplog.text  # logged at the 1st, 10th, 100th... drop, not every time

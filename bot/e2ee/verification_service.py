@@ -41,12 +41,15 @@ if TYPE_CHECKING:
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
 
-__all__ = ["TICK_SECONDS", "VerificationService", "accept_from_config"]
+__all__ = ["QUEUE_LIMIT", "TICK_SECONDS", "VerificationService", "accept_from_config"]
 
 log = logging.getLogger("ratchet.verification")
 
 #: How often flows are checked for timeouts (seconds).
 TICK_SECONDS = 5.0
+#: Verification messages waiting to be handled at most; beyond, new ones are dropped (a flood from the network must
+#: not grow memory; a dropped message of a real flow makes it time out).
+QUEUE_LIMIT = 1000
 
 
 def accept_from_config(admins: Iterable[str], patterns: Iterable[str]) -> Callable[[str], bool]:
@@ -80,7 +83,8 @@ class VerificationService:
         )
         #: Signature uploads done after successful verifications: (user id, key id).
         self.signed: list[tuple[str, str]] = []
-        self._queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue(QUEUE_LIMIT)
+        self._dropped = 0
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -137,7 +141,15 @@ class VerificationService:
         self._listeners.append(listener)
 
     def _enqueue(self, sender: str, event_type: str, content: Any) -> None:
-        self._queue.put_nowait((sender, event_type, content))
+        self._put((sender, event_type, content))
+
+    def _put(self, item: tuple[str, str, Any]) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._dropped += 1
+            if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                log.warning("verification messages arrive faster than handled: %d dropped", self._dropped)
 
     def _enqueue_room(self, room_id: str, source: dict[str, Any]) -> None:
         content = source.get("content")
@@ -147,20 +159,23 @@ class VerificationService:
             return
         if source.get("sender") == self.client.user_id:
             return  # our own echo
-        self._queue.put_nowait((room_id, "room", source))
+        self._put((room_id, "room", source))
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_tick = loop.time()
         while True:
             try:
                 item = await asyncio.wait_for(self._queue.get(), TICK_SECONDS)
             except TimeoutError:
                 item = None
             try:
-                if item is None:
+                if item is not None:
+                    await self._incoming(*item)
+                if loop.time() - last_tick >= TICK_SECONDS:
+                    last_tick = loop.time()
                     async with self._lock:
                         await self._perform(self.machine.tick())
-                else:
-                    await self._incoming(*item)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
