@@ -9,7 +9,7 @@ import secrets
 import time
 
 import pytest
-from nio import RoomGetStateEventResponse, RoomPreset, RoomPutAliasResponse
+from nio import RoomGetStateEventResponse, RoomInviteResponse, RoomPreset, RoomPutAliasResponse
 
 from bot.testing.member import MemberError
 
@@ -350,3 +350,92 @@ def _case_id(event):
 
 async def _is(member, room_id, user_id, membership):
     return await _membership(member, room_id, user_id) == membership
+
+
+async def test_churn_invite_spam_stickers_repeats_newcomer_links_and_invites_to_the_bot(ratchet, new_user):
+    """Four public encrypted rooms, one attack each; then invite spam to the bot itself."""
+    plugins = {"protections": {
+        "moderation_room": "MOD",
+        "invites": {"max_invites": 3, "window": 60, "actions": ["kick"]},
+        "churn": {"changes": 5, "window": 60, "actions": ["kick", "ban"]},
+        "rooms_thresholds": {
+            "ROOM0": {"newcomer_content": {"enabled": True, "first_messages": 3, "actions": ["redact", "kick"]}},
+            "ROOM2": {"flood": {"burst": 5, "rate": 0.2, "actions": ["mute"]}},
+        },
+        "repeats": {"count": 4, "window": 60, "actions": ["redact", "mute"]},
+        "bot_invites": {"max_invites": 5, "window": 60},
+    }}
+    started = time.monotonic()
+    mod, mod_room, alice, mallory, (invites_room, churn_room, sticker_room, repeat_room) = await _setup(
+        ratchet, plugins=plugins, rooms=4, public=True
+    )
+    bot_id = ratchet.bot_user.user_id
+
+    def case(protection, needle=""):
+        return lambda rid, e: (rid == mod_room and e.sender == bot_id and "Case P-" in str(getattr(e, "body", ""))
+                               and f"protection: {protection}" in e.body and needle in e.body)
+
+    # A new member's first messages: words pass, a link is redacted (the opt-in content protection).
+    await mallory.send(invites_room, "hello everyone")
+    link = await mallory.send(invites_room, f"{FLOOD_TEXT} https://spam.example/buy")
+    await alice.expect(lambda rid, e: rid == invites_room and getattr(e, "redacts", None) == link, what="redaction")
+    newcomer = await mod.expect(case("newcomer_content", "link among"), what="the newcomer case")
+    assert FLOOD_TEXT not in newcomer.body and "spam.example" not in newcomer.body
+
+    # Invite spam in a room (members may invite there): the fourth invite within the window kicks the inviter.
+    levels = await _state(alice, invites_room, "m.room.power_levels")
+    await alice.client.room_put_state(invites_room, "m.room.power_levels", {**levels, "invite": 0})
+    for user in [new_user("invited") for _ in range(4)]:
+        resp = await mallory.client.room_invite(invites_room, user.user_id)
+        assert isinstance(resp, RoomInviteResponse), resp
+    await _until(lambda: _is(alice, invites_room, mallory.user_id, "leave"), what="mallory kicked for invites")
+    spam = await mod.expect(case("invites", "4 invites"), what="the invite-spam case")
+    assert "kick in" in spam.body
+
+    # Join/leave churn: her join at set-up, then leave, join, leave, join: the fifth change kicks her.
+    for _ in range(2):
+        await mallory.client.room_leave(churn_room)
+        await mallory.client.join(churn_room)
+    await _until(lambda: _is(alice, churn_room, mallory.user_id, "leave"), what="mallory kicked for churn")
+    churned = await mod.expect(case("churn"), what="the churn case")
+    assert "5 joins/leaves within 60 s" in churned.body and "kick in" in churned.body
+
+    # A sticker flood (stickers have their own handler): muted.
+    for i in range(8):
+        try:
+            await mallory.send(sticker_room, "", event_type="m.sticker", content={
+                "body": FLOOD_TEXT, "url": "mxc://localhost/sticker",
+                "info": {"size": 1000 + i, "mimetype": "image/png", "w": 64, "h": 64},
+            })
+        except MemberError:
+            break
+
+    async def muted():
+        levels = await _state(alice, sticker_room, "m.room.power_levels")
+        return levels and levels["users"].get(mallory.user_id, 0) < 0
+
+    await _until(muted, what="mallory muted for stickers")
+    await mod.expect(case("flood", "mute in"), what="the sticker-flood case")
+
+    # Repeated identical events by shape: four replies in one thread within the window; the fourth is redacted.
+    root = await alice.send(repeat_room, "a thread")
+    replies = [await mallory.send(repeat_room, f"{FLOOD_TEXT} {i}", thread_root=root) for i in range(4)]
+    await alice.expect(lambda rid, e: rid == repeat_room and getattr(e, "redacts", None) == replies[-1],
+                       what="the repeat redacted")
+    repeated = await mod.expect(case("repeats", "relation m.thread"), what="the repeats case")
+    assert FLOOD_TEXT not in repeated.body
+    print(f"room attacks: {time.monotonic() - started:.1f}s")
+
+    # Invite spam to the bot itself: five invites pass, the sixth within the window is rejected and reported.
+    spammer = await ratchet.member("spammer")
+    rooms = [await spammer.create_room(invite=[bot_id], encrypted=False, name=f"spam {i}") for i in range(6)]
+    for room in rooms[:5]:
+        await spammer.wait_joined(room, bot_id)
+    bot_case = await mod.expect(case("bot_invites", "6 invites to the bot"), what="the bot-invite case")
+    assert rooms[-1] in bot_case.body and spammer.user_id in bot_case.body
+
+    async def rejected():
+        return await _membership(spammer, rooms[-1], bot_id) == "leave"
+
+    await _until(rejected, what="the sixth invite rejected")
+    print(f"whole test: {time.monotonic() - started:.1f}s")
