@@ -439,3 +439,83 @@ async def test_churn_invite_spam_stickers_repeats_newcomer_links_and_invites_to_
 
     await _until(rejected, what="the sixth invite rejected")
     print(f"whole test: {time.monotonic() - started:.1f}s")
+
+
+async def test_server_rules_become_acls_retried_when_the_bot_gets_the_power_room_rules_and_a_prefix(ratchet):
+    """Server rules as m.room.server_acl where the bot may (never the bot's nor an admin's server); a room where it
+    may not is reported and caught up when its power arrives (bans too); a room ban rule refuses the invite; ``?case``
+    with the command prefix ``?`` and no report plugin."""
+    curator = await ratchet.member("curator")
+    made = await curator.client.room_create(preset=RoomPreset.public_chat, name="server ban list")
+    policy_list = made.room_id
+    await curator.wait_for(lambda: policy_list in curator.client.rooms, 30, "the list")
+    boss = "@boss:admins.example"
+    plugins = {"protections": {"moderation_room": "MOD", "policy_lists": [policy_list], "policy_retry": 600}}
+    mod, mod_room, alice, mallory, (room, powerless) = await _setup(
+        ratchet, plugins=plugins, rooms=2, bot_power=(100, 0), admins=[boss], command_prefix="?"
+    )
+    bot_id = ratchet.bot_user.user_id
+    server = bot_id.split(":", 1)[1]
+    await curator.wait_joined(policy_list, bot_id)
+    started = time.monotonic()
+    for key, entity in (("s-evil", "*.evil.example"), ("s-admins", "admins.example"), ("s-own", server)):
+        await curator.client.room_put_state(
+            policy_list, "m.policy.rule.server", {"entity": entity, "recommendation": "m.ban"}, state_key=key
+        )
+    await curator.client.room_put_state(
+        policy_list, "m.policy.rule.user", {"entity": mallory.user_id, "recommendation": "m.ban"}, state_key="u"
+    )
+
+    async def denies(room_id, expected):
+        acl = await _state(alice, room_id, "m.room.server_acl")
+        return acl is not None and acl.get("deny") == expected
+
+    await _until(lambda: denies(room, ["*.evil.example"]), what="the server ACL")
+    acl = await _state(alice, room, "m.room.server_acl")
+    assert acl["allow"] == ["*"] and server not in acl["deny"] and "admins.example" not in acl["deny"]
+    acl_seconds = time.monotonic() - started
+    await _until(lambda: _is(alice, room, mallory.user_id, "ban"), what="mallory banned where the bot may")
+
+    def said(needle):
+        return lambda rid, e: rid == mod_room and e.sender == bot_id and needle in str(getattr(e, "body", ""))
+
+    await mod.expect(said(f"Server bans not applied in {powerless}"), what="the missing power reported")
+    await mod.expect(said("admins.example, the bot's or an admin's server"), what="the admin's server spared")
+    assert await _state(alice, powerless, "m.room.server_acl") is None
+    assert await _is(alice, powerless, mallory.user_id, "join")
+    failed = await mod.expect(
+        lambda rid, e: said("protection: policy")(rid, e) and powerless in e.body and "ban FAILED" in e.body,
+        what="the failed ban's case",
+    )
+    assert "?case P-" in failed.body  # the usage line names the configured prefix
+
+    # The bot gets the power: what waited is applied without a rule change (on the power levels, not a resync).
+    levels = await _state(alice, powerless, "m.room.power_levels")
+    await alice.client.room_put_state(
+        powerless, "m.room.power_levels", {**levels, "users": {**levels["users"], bot_id: 100}}
+    )
+    await _until(lambda: denies(powerless, ["*.evil.example"]), what="the ACL caught up")
+    await _until(lambda: _is(alice, powerless, mallory.user_id, "ban"), what="the ban caught up")
+
+    # `?case` with the configured prefix (no report plugin loaded).
+    case_id = _case_id(failed)
+    ask = await mod.send(mod_room, f"?case {case_id} status")
+    assert (await mod.expect_reply(mod_room, ask, sender=bot_id)).body == f"Case {case_id}: open."
+
+    # A room ban rule: an invite to that room is refused and the moderators are told.
+    evil = await ratchet.member("evil")
+    banned_room = await evil.create_room(encrypted=False, name="banned room")
+    await curator.client.room_put_state(
+        policy_list, "m.policy.rule.room", {"entity": banned_room, "recommendation": "m.ban", "reason": "raids"},
+        state_key="r",
+    )
+    await asyncio.sleep(2.0)  # the rule reaches the bot through sync (nothing to see until then)
+    await evil.client.room_invite(banned_room, bot_id)
+    await mod.expect(said(f"Refused an invite to {banned_room}"), what="the refused invite reported")
+    await _until(lambda: _is(evil, banned_room, bot_id, "leave"), what="the invite rejected")
+
+    # Removing the server rule lifts the denial in both rooms.
+    await curator.client.room_put_state(policy_list, "m.policy.rule.server", {}, state_key="s-evil")
+    for room_id in (room, powerless):
+        await _until(lambda r=room_id: denies(r, []), what="the denial lifted")
+    print(f"server ACL applied {acl_seconds:.1f}s after the rule; test {time.monotonic() - started:.1f}s")
