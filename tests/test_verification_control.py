@@ -225,3 +225,31 @@ async def test_a_flood_of_verification_messages_is_bounded(caplog):
         service._enqueue(BOB, "m.key.verification.mac", {"transaction_id": f"t{i}"})
     assert service._queue.qsize() == vs.QUEUE_LIMIT and service._dropped == 5
     assert "5 dropped" not in caplog.text  # logged at the 1st, 10th, 100th... drop, not every time
+
+
+async def test_in_room_events_decrypted_late_reach_the_service_once(tmp_path):
+    """An in-room verification event whose room key came after it: the late-key path (SyncSource.decrypt) hands it
+    to the on_room_event callbacks; the service takes each event id once."""
+    from bot.e2ee.verification_service import VerificationService
+    from bot.matrix.client import make_client
+    from bot.matrix.sync import SyncSource
+
+    client = make_client("http://127.0.0.1:1", ALICE, tmp_path, "pickle-key-for-tests", device_id="ADEV")
+    seen: list[tuple[str, str]] = []
+    client.on_room_event({"m.key.verification.start"}, lambda room, source: seen.append((room, source["event_id"])))
+    start = {"type": "m.key.verification.start", "event_id": "$s", "sender": BOB, "content": {}}
+    late = type("Decrypted", (), {"source": start})()
+    client.decrypt_event = lambda event: late  # the key is here now
+    encrypted = {
+        "type": "m.room.encrypted", "event_id": "$s", "sender": BOB, "origin_server_ts": 1,
+        "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x", "sender_key": "k", "session_id": "s",
+                    "device_id": "BDEV"},
+    }
+    assert SyncSource(client).decrypt("!r:x", encrypted) is late
+    assert seen == [("!r:x", "$s")]
+
+    service = VerificationService(client)
+    service._enqueue_room("!r:x", start)
+    service._enqueue_room("!r:x", start)  # seen at its sync, then again when decrypted late
+    assert service._queue.qsize() == 1
+    await client.close()

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -50,6 +51,8 @@ TICK_SECONDS = 5.0
 #: Verification messages waiting to be handled at most; beyond, new ones are dropped (a flood from the network must
 #: not grow memory; a dropped message of a real flow makes it time out).
 QUEUE_LIMIT = 1000
+#: How many room event ids are remembered to hand each event to the machine once.
+SEEN_EVENTS = 2000
 
 
 def accept_from_config(admins: Iterable[str], patterns: Iterable[str]) -> Callable[[str], bool]:
@@ -85,6 +88,7 @@ class VerificationService:
         self.signed: list[tuple[str, str]] = []
         self._queue: asyncio.Queue[tuple[str, str, Any]] = asyncio.Queue(QUEUE_LIMIT)
         self._dropped = 0
+        self._seen_events: OrderedDict[Any, None] = OrderedDict()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -159,6 +163,12 @@ class VerificationService:
             return
         if source.get("sender") == self.client.user_id:
             return  # our own echo
+        event_id = source.get("event_id")
+        if event_id in self._seen_events:
+            return  # seen at its sync already (an event decrypted late is handed over again)
+        self._seen_events[event_id] = None
+        while len(self._seen_events) > SEEN_EVENTS:
+            self._seen_events.popitem(last=False)
         self._put((room_id, "room", source))
 
     async def _run(self) -> None:

@@ -189,6 +189,8 @@ class RatchetClient(AsyncClient):
         self._share_locks: dict[str, asyncio.Lock] = {}
         #: Where rate-limit waits are counted (set by the runtime); None: not counted.
         self.metrics: Metrics | None = None
+        #: The callbacks of :meth:`on_room_event` (also handed events decrypted late, :meth:`late_room_event`).
+        self._room_event_taps: list[tuple[frozenset[str], Callable[[str, dict[str, Any]], None]]] = []
 
     async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
         return backoff_delay(got_timeouts, cap=self.config.max_timeout_retry_wait_time)
@@ -406,6 +408,7 @@ class RatchetClient(AsyncClient):
         events with their plaintext type and content, ``m.relates_to`` included). For machinery that lives beside
         the plugins (in-room verification), not instead of the runtime's handling."""
         wanted = frozenset(types)
+        self._room_event_taps.append((wanted, callback))
 
         async def deliver(room: MatrixRoom, event: Event) -> None:
             source = getattr(event, "source", None)
@@ -413,6 +416,19 @@ class RatchetClient(AsyncClient):
                 callback(room.room_id, source)
 
         self.add_event_callback(deliver, (Event,))
+
+    def late_room_event(self, room_id: str, event: Any) -> None:
+        """An event decrypted after its sync (its room key came late): the :meth:`on_room_event` callbacks see it
+        now. Callbacks must tolerate seeing an event twice."""
+        source = getattr(event, "source", None)
+        if not isinstance(source, dict):
+            return
+        for wanted, callback in self._room_event_taps:
+            if source.get("type") in wanted:
+                try:
+                    callback(room_id, source)
+                except Exception as exc:  # a tap must never break the late-key path
+                    log.warning("room event callback failed on a late event: %s", exc)
 
     # -- requests nio has no method for ------------------------------------------------------------------------
 

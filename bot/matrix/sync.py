@@ -227,10 +227,14 @@ class SyncSource:
             raise ValueError("not an encrypted event")
         event.room_id = room_id
         try:
-            return self.client.decrypt_event(event)
+            decrypted = self.client.decrypt_event(event)
         except (EncryptionError, Exception) as exc:
             log.debug("still cannot decrypt %s: %s", source.get("event_id"), exc)
             return None
+        late = getattr(self.client, "late_room_event", None)
+        if late is not None:
+            late(room_id, decrypted)  # in-room verification events, among others (bot/e2ee/verification_service.py)
+        return decrypted
 
     async def request_key(self, room_id: str, event: Event) -> None:
         """Ask the sender's devices for the key of an undecryptable event (once); failures are logged."""
