@@ -1,7 +1,8 @@
 """Protections: anti-abuse from metadata, shared ban lists, and cases moderators act on (issue 19).
 
 Metadata only: each protection reads the event type, the sender, the server's timestamp, the number of users in
-``m.mentions``, membership changes. Message bodies are never read, stored or logged. The counting is in
+``m.mentions``, membership changes. Message bodies are never read (but by ``newcomer_content``, off unless the
+operator enables it, which keeps only its verdict), stored or logged. The counting is in
 :mod:`.core` and :mod:`.policy` (plain classes, tested without a network); this module is the thin shell that hears
 events, takes the ladder's actions in Matrix and keeps the cases (:mod:`.cases`) in the moderation room.
 
@@ -11,6 +12,10 @@ events, takes the ladder's actions in Matrix and keeps the cases (:mod:`.cases`)
 * ``join_wave``: ``joins`` new members of a room within ``window`` seconds: the room is closed (join rule ``invite``);
 * ``churn``: one member joining and leaving ``changes`` times within ``window`` seconds;
 * ``invites``: one member inviting more than ``max_invites`` users within ``window`` seconds;
+* ``repeats``: one member sending ``count`` events of one shape (relation, media; never the text) within ``window``;
+* ``bot_invites``: more than ``max_invites`` invites to the bot from one user within ``window`` seconds: the runtime
+  rejects them (this plugin is an invite guard, ``self.bot.invites``); invites to rooms a room rule bans too;
+* ``newcomer_content`` (content, off unless enabled): media or links among a new member's first messages;
 * policy lists (``policy_lists``, ``own_list``): ``m.policy.rule.user`` bans applied in every protected room, lifted
   when the rule goes; ``m.policy.rule.server`` bans as ``m.room.server_acl`` where the bot may send it.
 
