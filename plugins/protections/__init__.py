@@ -431,8 +431,9 @@ class Protections(Plugin):
 
     async def _repeats_and_content(self, ctx: Context, event_type: str, room_id: str, sender: str, now: float) -> None:
         repeats: Repeats = self._setting(room_id, "repeats")
-        if repeats.enabled:
-            shape = event_shape(event_type, ctx.content)
+        content_keys = ctx.content
+        if repeats.enabled and ("m.relates_to" in content_keys or "info" in content_keys):
+            shape = event_shape(event_type, ctx.content)  # only events that may have a shape worth counting
             if shape_worth_counting(shape):
                 window = self._repeats.get(room_id)
                 if window is None or window.window != repeats.window:
