@@ -736,6 +736,19 @@ class InvitesConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VerificationConfig:
+    """The ``e2ee.verification`` section (docs/verification.md)."""
+
+    #: Who may ask the bot for an interactive (emoji) verification besides the ``admins`` and the bot's own account:
+    #: glob patterns (``fnmatch``, case-sensitive) of user ids. Others are refused with ``m.key.verification.cancel``.
+    accept_from: tuple[str, ...] = field(default=(), metadata=_key(_list_of(_string(_pattern_check), "strings")))
+    #: Users (exact ids) whose verifications the bot confirms without the operator comparing the emoji. This gives
+    #: up the check against a man in the middle (the homeserver could swap keys unnoticed): use it only for an
+    #: account whose devices you control, on a homeserver you run.
+    auto_confirm: tuple[str, ...] = field(default=(), metadata=_key(_list_of(_string(_user_id_check), "user ids")))
+
+
+@dataclass(frozen=True, kw_only=True)
 class E2EEConfig:
     """The ``e2ee`` section: trust policy, cross-signing, recovery key and key backup."""
 
@@ -756,10 +769,9 @@ class E2EEConfig:
     #: Run commands sent unencrypted into an encrypted room. Off: the server, or anyone with a stolen access token
     #: and no device keys, could put them there; they are ignored (and logged).
     plaintext_commands: bool = field(default=False, metadata=_key(_boolean))
-    #: Who may ask the bot for an interactive (emoji) verification besides the ``admins`` and the bot's own account:
-    #: glob patterns (``fnmatch``, case-sensitive) of user ids. Others are refused (docs/verification.md).
-    verification_accept_from: tuple[str, ...] = field(
-        default=(), metadata=_key(_list_of(_string(_pattern_check), "strings"))
+    #: Interactive (emoji) verification: who may ask, and whose verifications confirm themselves.
+    verification: VerificationConfig = field(
+        default_factory=lambda: VerificationConfig(), metadata=_key(_section(VerificationConfig))
     )
 
 

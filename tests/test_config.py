@@ -13,7 +13,16 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.config import Config, ConfigError, HttpConfig, InvitesConfig, load_config, parse_config
+from bot.config import (
+    Config,
+    ConfigError,
+    E2EEConfig,
+    HttpConfig,
+    InvitesConfig,
+    VerificationConfig,
+    load_config,
+    parse_config,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-Sekr1t-pw-value"
@@ -214,7 +223,8 @@ def test_example_config_loads_and_documents_every_key() -> None:
     assert config.source == str(example)
 
     text = example.read_text()
-    keys = [f.name for cls in (Config, InvitesConfig, HttpConfig) for f in dataclasses.fields(cls) if "ratchet" in f.metadata]
+    sections = (Config, InvitesConfig, HttpConfig, E2EEConfig, VerificationConfig)
+    keys = [f.name for cls in sections for f in dataclasses.fields(cls) if "ratchet" in f.metadata]
     assert "accept_from" in keys and "homeserver" in keys
     for key in keys:
         # Each key appears (set or commented out) with a comment block right above it.

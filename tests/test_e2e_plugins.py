@@ -254,3 +254,22 @@ async def _until(condition, timeout: float) -> None:
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s")
+
+
+async def test_fingerprint_shows_the_keys_the_members_client_sees(ratchet):
+    room = await ratchet.room(plugins={"admin": {}})
+    bot_id, device = room.bot_user_id, ratchet.bot.device_id
+    reply = (await room.ask("!fingerprint")).body
+    # The member's own client knows the bot's device key from the server: the same key, in groups of four.
+    if room.member.client.should_query_keys:
+        await room.member.client.keys_query()
+    seen = room.member.client.device_store[bot_id][device].ed25519
+    grouped = " ".join(seen[i : i + 4] for i in range(0, len(seen), 4))
+    assert f"{bot_id}, device {device}" in reply and f"device key (ed25519): {grouped}" in reply, reply
+    master = ratchet.bot.runtime.identity.status()["master_key"]
+    assert master and " ".join(master[i : i + 4] for i in range(0, len(master), 4)) in reply
+    # A member without cross-signing has no master key, so there is no safety number to compare.
+    about = (await room.ask(f"!fingerprint {room.member.user_id}")).body
+    assert f"{room.member.user_id} master key: (none)" in about and "safety number: (no master key)" in about
+    unknown = (await room.ask("!fingerprint nobody")).body
+    assert "Usage: !fingerprint [who: user]" in unknown, unknown

@@ -170,13 +170,19 @@ def test_config_verification_accept_from(tmp_path):
         )
         return load_config(path)
 
-    cfg = config("  trust: verified\n  verification_accept_from: ['@*:example.org']\n")
-    assert cfg.e2ee.trust == "verified" and cfg.e2ee.verification_accept_from == ("@*:example.org",)
-    allowed = accept_from_config(cfg.admins, cfg.e2ee.verification_accept_from)
+    cfg = config(
+        "  trust: verified\n  verification:\n"
+        "    accept_from: ['@*:example.org']\n    auto_confirm: ['@me:example.org']\n"
+    )
+    assert cfg.e2ee.trust == "verified" and cfg.e2ee.verification.accept_from == ("@*:example.org",)
+    assert cfg.e2ee.verification.auto_confirm == ("@me:example.org",)
+    allowed = accept_from_config(cfg.admins, cfg.e2ee.verification.accept_from)
     assert allowed("@admin:x") and allowed("@alice:example.org") and not allowed("@mallory:evil.org")
-    assert config("  trust: tofu\n").e2ee.verification_accept_from == ()
-    with pytest.raises(ConfigError, match="verification_accept_from"):
-        config("  verification_accept_from: '@*:x'\n")
+    assert config("  trust: tofu\n").e2ee.verification.accept_from == ()
+    with pytest.raises(ConfigError, match=r"e2ee\.verification\.accept_from"):
+        config("  verification:\n    accept_from: '@*:x'\n")
+    with pytest.raises(ConfigError, match=r"e2ee\.verification\.auto_confirm"):
+        config("  verification:\n    auto_confirm: ['not a user']\n")
     with pytest.raises(ConfigError, match="trust"):
         config("  trust: trusting\n")
 

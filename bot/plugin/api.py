@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+from bot.crypto.fingerprint import group_digits, key_groups
 from bot.crypto.ssss import SecretStorageError, decrypt_secret, encrypt_secret
 from bot.e2ee.identity import local_secrets_key
-from bot.errors import StorageError
+from bot.errors import MatrixError, StorageError
 from bot.matrix.actions import MatrixActions
 from bot.reports.cases import CaseRegistry
 from bot.reports.invites import InviteGuards
@@ -23,6 +24,7 @@ from bot.reports.moderation import Moderation
 if TYPE_CHECKING:
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
+    from bot.e2ee.verification_service import VerificationService
     from bot.http_listener import HttpListener
     from bot.matrix.client import RatchetClient
     from bot.plugin.info import PluginDirectory
@@ -47,6 +49,7 @@ class BotAPI(MatrixActions):
         trust: TrustPolicy,
         identity: Identity | None,
         http: HttpListener | None = None,
+        verifications: VerificationService | None = None,
     ) -> None:
         super().__init__(client)
         #: The bot's admins from the config.
@@ -69,6 +72,32 @@ class BotAPI(MatrixActions):
         #: The bot's HTTP listener (the ``http`` config section) where a plugin that serves HTTP mounts its routes
         #: (:meth:`~bot.http_listener.HttpListener.mount`) instead of opening a port of its own; None when it is off.
         self.http = http
+        #: Interactive verification of the running bot (bot/e2ee/verification_service.py); None when not running.
+        self.verifications = verifications
+
+    async def fingerprints(self, user_id: str | None = None) -> list[str]:
+        """The bot's fingerprints as lines to show people (device ed25519 key and account master key in groups of
+        four), and with ``user_id`` that user's master key and the 60-digit safety number of the two master keys
+        (Signal's numeric fingerprint), for comparing out of band. Raises MatrixError if verification is not running.
+        """
+        if self.verifications is None:
+            raise MatrixError("fingerprints are not available: the verification service is not running")
+        found = await self.verifications.fingerprints(user_id)
+
+        def show(key: str | None) -> str:
+            return key_groups(key) if key else "(none)"
+
+        lines = [
+            f"{found['user_id']}, device {found['device_id']}",
+            f"device key (ed25519): {show(found['device_ed25519'])}",
+            f"master key: {show(found['master_key'])}",
+        ]
+        other = found.get("other")
+        if other:
+            lines.append(f"{other['user_id']} master key: {show(other['master_key'])}")
+            number = other.get("safety_number")
+            lines.append(f"safety number: {group_digits(number)}" if number else "safety number: (no master key)")
+        return lines
 
     def is_admin(self, user_id: str) -> bool:
         """True if ``user_id`` is one of the bot's admins from the config."""

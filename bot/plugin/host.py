@@ -32,6 +32,7 @@ from bot.storage.state import StateStore
 if TYPE_CHECKING:
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
+    from bot.e2ee.verification_service import VerificationService
     from bot.http_listener import HttpListener
     from bot.matrix.client import RatchetClient
     from bot.stats import BotStats
@@ -108,6 +109,7 @@ class PluginHost:
         identity: Identity | None,
         metrics: Metrics | None = None,
         http: HttpListener | None = None,
+        verifications: VerificationService | None = None,
     ) -> None:
         self.state = state
         self.storage = storage
@@ -127,6 +129,7 @@ class PluginHost:
             trust=trust,
             identity=identity,
             http=http,
+            verifications=verifications,
         )
         self.plugins: dict[str, LoadedPlugin] = {}
         self.options: dict[str, dict[str, Any]] = {}

@@ -99,13 +99,14 @@ class Runtime:
         #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
         #: be read (logged: cross-signing and key backup are off for this run).
         self.identity: Identity | None = _open_identity(client, config)
-        #: Interactive (SAS) verification, requests accepted from the admins (and e2ee.verification_accept_from); the
+        #: Interactive (SAS) verification, requests accepted from the admins (and e2ee.verification.accept_from); the
         #: operator confirms through data_dir/control.sock (``ratchet verification ...``). Issue 18.
         self.verifications = VerificationService(
             client,
             trust=self.trust,
             identity=self.identity,
-            accept_from=accept_from_config(config.admins, config.e2ee.verification_accept_from),
+            accept_from=accept_from_config(config.admins, config.e2ee.verification.accept_from),
+            auto_confirm=frozenset(config.e2ee.verification.auto_confirm),
         )
         self.dispatcher = Dispatcher(max_concurrency=config.max_concurrency, timeout=config.handler_timeout)
         self.host = PluginHost(
@@ -119,6 +120,7 @@ class Runtime:
             identity=self.identity,
             metrics=self.metrics,
             http=self.http,
+            verifications=self.verifications,
         )
         #: What plugins see as ``self.bot``.
         self.api: BotAPI = self.host.api

@@ -55,6 +55,21 @@ class Admin(Plugin):
         done = {"reload": "reloaded", "enable": "enabled", "disable": "disabled"}[action]
         await ctx.reply(f"✅ {name} {done}.", notice=True)
 
+    @command("fingerprint", help="The bot's fingerprints, and with a user the safety number, to compare out of band")
+    async def fingerprint(self, ctx: Context, who: UserId | None = None) -> None:
+        try:
+            lines = await self.bot.fingerprints(who)
+        except MatrixError as exc:
+            await ctx.reply(f"⚠️ {exc}", notice=True)
+            return
+        text = "\n".join(f"`{line}`" if ":" in line and "," not in line else line for line in lines)
+        if who is not None:
+            text += (
+                f"\n\nIf {who} reads the same safety number in their client (or over the phone), each of you holds "
+                "the other's current master key."
+            )
+        await ctx.reply(text, notice=True, markdown=True, mentions=[who] if who else ())
+
     @command("status", help="Rooms, device, uptime, decryption health", admin=True)
     async def status(self, ctx: Context) -> None:
         stats = self.bot.stats

@@ -60,11 +60,13 @@ async def _share_room(peer: JsPeer, bot_user_id: str) -> str:
     return room
 
 
-async def _setup(synapse, new_user, tmp_path, *, alice_is_admin=True):
+async def _setup(synapse, new_user, tmp_path, *, alice_is_admin=True, auto_confirm_alice=False):
     bot_user, alice = new_user("vbot"), new_user("valice")
+    e2ee: dict = {"cross_signing": True, "recovery_key_file": str(tmp_path / "recovery.key")}
+    if auto_confirm_alice:
+        e2ee["verification"] = {"auto_confirm": [alice.user_id]}
     cfg = write_bot_config(
-        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
-        e2ee={"cross_signing": True, "recovery_key_file": str(tmp_path / "recovery.key")},
+        tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data", e2ee=e2ee,
         admins=[alice.user_id] if alice_is_admin else [],
     )
     return bot_user, alice, cfg
@@ -372,8 +374,34 @@ async def test_trust_user_by_fingerprint(synapse, new_user, tmp_path):
         assert not await _alice_signed_by_bot(bot, alice.user_id)
 
         number = group_digits(safety_number(bot_master, bot_user.user_id, alice_master, alice.user_id))
+        # What `!fingerprint @alice` shows in a room (self.bot.fingerprints) is that number, from the keys js holds.
+        shown = await bot.runtime.api.fingerprints(alice.user_id)
+        assert f"safety number: {number}" in shown, shown
+        assert f"{alice.user_id} master key: {key_groups(alice_master)}" in shown, shown
         right = await _ratchet("trust-user", alice.user_id, "-c", str(cfg), "--fingerprint", number)
         assert right.returncode == 0, right.stderr
         assert f"pinned master key {alice_master} and signed it" in right.stdout, right.stdout
         assert await _alice_signed_by_bot(bot, alice.user_id)
         assert bot.runtime.trust.pinned(alice.user_id) == alice_master
+
+
+async def test_auto_confirm_for_a_named_user_needs_no_operator(synapse, new_user, tmp_path, caplog):
+    """e2ee.verification.auto_confirm: the bot confirms alice's verification itself (and says so at WARNING)."""
+    bot_user, alice, cfg = await _setup(synapse, new_user, tmp_path, auto_confirm_alice=True)
+    async with _Stack(tmp_path / "jspeer-logs") as stack:
+        bot = await stack.bot(cfg)
+        service = await stack.service(bot)
+        peer = await stack.peer(synapse, alice, "alice")
+        await peer.bootstrap_cross_signing(alice.password)
+        await _share_room(peer, bot_user.user_id)
+        request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
+        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
+        await peer.call("verification_start_sas", vid=request["vid"])
+        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        await peer.call("verification_confirm", vid=request["vid"])  # only alice compares; the bot does not wait
+        flow = await service.wait(js["transaction_id"], {"done", "cancelled"})
+        assert flow.state == "done", flow.describe()
+        js = await peer.call("verification_wait", vid=request["vid"], verified=True, timeout_ms=WAIT * 1000)
+        assert js["verify_result"] == {"ok": True}, js
+        assert await _alice_signed_by_bot(bot, alice.user_id)
+        assert "confirmed without comparing the emoji" in caplog.text
