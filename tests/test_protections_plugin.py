@@ -35,6 +35,7 @@ async def _plugin(**config):
     plugin.bot = SimpleNamespace(
         cases=CaseRegistry(), invites=InviteGuards(), user_id="@bot:x", admins=("@admin:x",),
         is_admin=lambda u: u == "@admin:x", resolve_room=resolve_room, joined_rooms=lambda: set(),
+        members=lambda room_id: [],
     )
     await plugin.start()
     recorded, told = [], []
@@ -86,3 +87,47 @@ async def test_an_unresolvable_moderation_room_is_not_looked_up_on_every_message
     plugin._mod_room_retry_at = 0.0  # the back-off has passed
     assert await plugin._moderation_room() is None
     assert len(resolved) == 2 and plugin._mod_room_backoff == 10.0  # and it doubles
+
+
+async def test_a_policy_ban_that_failed_is_retried_periodically_without_a_rule_change():
+    from plugins.protections.cases import Action
+
+    plugin, _, recorded, _ = await _plugin(protected_rooms=["!room:x"])
+    banned = set()
+
+    class Storage:
+        async def fetchone(self, sql, args):
+            return (1,) if "policy_ban" in sql and (args[0], args[1]) in banned else None
+
+        async def execute(self, sql, args=()):
+            if sql.startswith("INSERT OR IGNORE INTO policy_ban"):
+                banned.add((args[0], args[1]))
+
+    plugin.storage = Storage()
+    plugin._protected = {"!room:x"}
+    power = {"ok": False}
+
+    async def act(name, protection, room_id, user_id, event_id, reason=None):
+        if power["ok"]:
+            return Action(name, room_id, ok=True)
+        return Action(name, room_id, ok=False, detail="missing power: ban needs 50")
+
+    plugin._act = act
+    change = plugin._policies.apply("!list:x", {"type": "m.policy.rule.user", "state_key": "r", "content": {
+        "entity": "@mallory:x", "recommendation": "m.ban"}})
+    await plugin._policy_change(change)
+    assert plugin._unapplied and len(recorded) == 1 and recorded[0][4] == [("ban", False)]
+    await plugin.retry_policies()  # still no power: retried, and the case is not updated again
+    assert len(recorded) == 1 and plugin._unapplied
+    power["ok"] = True
+    await plugin.retry_policies()  # the power came (no event needed): applied, the case says it was a retry
+    assert not plugin._unapplied and banned == {("!room:x", "@mallory:x")}
+    assert len(recorded) == 2 and "(retried)" in recorded[1][3]
+    # A rule removed meanwhile is not retried.
+    power["ok"] = False
+    change = plugin._policies.apply("!list:x", {"type": "m.policy.rule.user", "state_key": "r2", "content": {
+        "entity": "@eve:x", "recommendation": "m.ban"}})
+    await plugin._policy_change(change)
+    plugin._policies.apply("!list:x", {"type": "m.policy.rule.user", "state_key": "r2", "content": {}})
+    await plugin.retry_policies()
+    assert not plugin._unapplied
