@@ -131,3 +131,13 @@ async def test_a_policy_ban_that_failed_is_retried_periodically_without_a_rule_c
     plugin._policies.apply("!list:x", {"type": "m.policy.rule.user", "state_key": "r2", "content": {}})
     await plugin.retry_policies()
     assert not plugin._unapplied
+
+
+async def test_a_room_rule_naming_a_room_the_bot_is_in_is_reported_once_and_the_bot_stays():
+    plugin, _, _, told = await _plugin()
+    plugin.bot.joined_rooms = lambda: {"!bad:x", "!fine:x"}
+    for reason in ("raids", "raids again"):  # the rule replaced: still one report for that room
+        change = plugin._policies.apply("!list:x", {"type": "m.policy.rule.room", "state_key": "r", "content": {
+            "entity": "!bad:x", "recommendation": "m.ban", "reason": reason}})
+        await plugin._policy_change(change)
+    assert len(told) == 1 and "bans room !bad:x, which the bot is in" in told[0] and "The bot stays" in told[0]
