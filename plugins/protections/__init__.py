@@ -967,6 +967,8 @@ class Protections(Plugin):
         if rule.kind == "server":
             await self._apply_acls()
             return
+        if rule.kind != "user":
+            return  # room rules ban nothing the plugin must lift (invites to the room are refused while it stands)
         rows = await self.storage.fetchall(
             "SELECT room_id, user_id FROM policy_ban WHERE list_id = ? AND kind = ? AND state_key = ?",
             (rule.list_id, rule.kind, rule.state_key),
