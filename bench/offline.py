@@ -8,11 +8,17 @@ crypto store holding the 100 inbound sessions. Each variant then handles the sam
   plaintext: nothing can do less and still read the messages;
 * ``nio``: bare matrix-nio, as a nio bot does it: ``json.loads``, ``SyncResponse.from_dict``, ``receive_response``
   (decryption, room state, callbacks) with a no-op callback for text messages;
-* ``ratchet``: Ratchet's full pipeline as the sync loop runs it (the client from ``make_client``, so with the fast
-  path and the lazy store; ``Runtime._handle_sync`` filtering, routing, the dispatcher, the exactly-once bookkeeping in
+* ``ratchet``: Ratchet **as shipped** (``e2ee`` defaults: ``trust: tofu``, cross-signing and key backup on), its full
+  pipeline as the sync loop runs it (the client from ``make_client``, so with the fast path and the lazy store;
+  ``Runtime._handle_sync`` filtering, routing, the sender trust check, the dispatcher, the exactly-once bookkeeping in
   ``state.db``) down to a no-op command handler (``bench/plugins/benchnoop``), until every handler has finished and
-  the sync token is committed;
-* ``ratchet-before``: the same pipeline with nio's own validation and store (``bot.matrix.schemas`` uninstalled), i.e.
+  the sync token is committed. The senders have cross-signing identities and cross-signed devices; the trust policy
+  has seen their ``/keys/query`` answer (and pinned them) before the timed pass, as it has in a room after the first
+  message. There is no homeserver here, so cross-signing and key backup do no per-sync work in this scenario (their
+  requests are measured in the others);
+* ``ratchet-peer``: the same with the settings the peers run with (``trust: all``, no cross-signing, no key backup):
+  ``ratchet`` / ``ratchet-peer`` is the cost of the tofu trust check per event;
+* ``ratchet-before``: ``ratchet-peer`` with nio's own validation and store (``bot.matrix.schemas`` uninstalled), i.e.
   what Ratchet cost before issue 8.
 
 Two diagnostic variants split the difference: ``ratchet-fastpath-only`` (the fast path with nio's plain
@@ -49,7 +55,7 @@ from typing import Any
 
 from bench.common import CACHE, PLUGINS, PYTHON, QUICK, log, ratio_summary, run_json, summary
 
-VERSION = "offline-v1"
+VERSION = "offline-v2"  # v2: the senders have cross-signing keys (keys_query.json)
 DATA = CACHE / VERSION
 BOT_USER = "@benchbot:localhost"
 BOT_DEVICE = "BENCHBOTDEV"
@@ -60,7 +66,7 @@ PER_ROOM = 100
 SENDERS_PER_ROOM = 5
 N_SENDERS = 10
 BASE_TS = 1_760_000_000_000
-VARIANTS = ("floor", "nio", "ratchet", "ratchet-before")
+VARIANTS = ("floor", "nio", "ratchet", "ratchet-peer", "ratchet-before")
 #: Diagnostic variants (``python -m bench.offline run NAME``; ``scenario(extra=True)``): where the cost goes.
 EXTRA_VARIANTS = ("ratchet-fastpath-only", "ratchet-proposed", "ratchet-protections")
 
@@ -80,6 +86,9 @@ def generate(data: Path = DATA) -> dict[str, Any]:
     from nio.crypto import InboundGroupSession, OlmDevice
     from nio.store import SqliteStore
 
+    from bot.crypto.canonical import canonical_json
+    from bot.crypto.cross_signing import CrossSigningKeys, CrossSigningSeeds
+
     log(f"offline: generating {N_ROOMS * PER_ROOM} Megolm-encrypted events into {data}")
     tmp = data.with_name(data.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -96,6 +105,7 @@ def generate(data: Path = DATA) -> dict[str, Any]:
 
     senders = []
     devices: dict[str, dict[str, Any]] = {}
+    keys_query: dict[str, Any] = {"device_keys": {}, "master_keys": {}, "self_signing_keys": {}, "failures": {}}
     for i in range(N_SENDERS):
         account = vodozemac.Account()
         user = f"@sender{i:02d}:localhost"
@@ -103,6 +113,20 @@ def generate(data: Path = DATA) -> dict[str, Any]:
         keys = {"ed25519": account.ed25519_key.to_base64(), "curve25519": account.curve25519_key.to_base64()}
         senders.append((user, device, keys))
         devices[user] = {device: OlmDevice(user, device, keys)}
+        # what /keys/query says about the sender: a self-signed device, cross-signed by the sender's identity
+        device_keys: dict[str, Any] = {
+            "user_id": user,
+            "device_id": device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {f"{alg}:{device}": key for alg, key in keys.items()},
+        }
+        own_sig = account.sign(canonical_json(device_keys)).to_base64()
+        cross = CrossSigningKeys.from_seeds(user, CrossSigningSeeds.generate())
+        ssk_sigs = cross.sign_device(device_keys)["signatures"][user]
+        device_keys["signatures"] = {user: {f"ed25519:{device}": own_sig, **ssk_sigs}}
+        keys_query["device_keys"][user] = {device: device_keys}
+        keys_query["master_keys"][user] = cross.master_key()
+        keys_query["self_signing_keys"][user] = cross.self_signing_key()
     client.store.save_device_keys(devices)
 
     warm_rooms: dict[str, Any] = {}
@@ -164,6 +188,7 @@ def generate(data: Path = DATA) -> dict[str, Any]:
     batch = _sync("s1", batch_rooms)
     (tmp / "warm.json").write_text(json.dumps(warm, separators=(",", ":")))
     (tmp / "batch.json").write_text(json.dumps(batch, separators=(",", ":")))
+    (tmp / "keys_query.json").write_text(json.dumps(keys_query))
     meta = {"version": VERSION, "events": n, "rooms": N_ROOMS, "sessions": N_ROOMS * SENDERS_PER_ROOM}
     (tmp / "meta.json").write_text(json.dumps(meta))
     with contextlib.suppress(Exception):
@@ -281,11 +306,14 @@ async def _run_nio(passes: int, work: Path) -> tuple[list[float], dict]:
 class OfflineBot:
     """Ratchet's runtime pieces wired as ``Runtime.run()`` wires them, fed with raw sync JSON instead of the network."""
 
-    def __init__(self, work: Path, *, fast: bool, lazy: bool = True, extra_plugins: str = "") -> None:
+    def __init__(self, work: Path, *, fast: bool, lazy: bool = True, extra_plugins: str = "",
+                 peer_settings: bool = False) -> None:
         self.work = work
         self.fast = fast
         self.lazy = lazy
         self.extra_plugins = extra_plugins
+        #: the e2ee settings the peers run with instead of Ratchet's defaults (see docs/performance.md)
+        self.peer_settings = peer_settings
         self.bot: Any = None
 
     def config_text(self) -> str:
@@ -293,7 +321,7 @@ class OfflineBot:
             f"homeserver: {HOMESERVER}\nuser_id: '{BOT_USER}'\naccess_token: unused-token\n"
             f"data_dir: {self.work / 'data'}\npickle_key: {PICKLE_KEY}\n"
             f"plugins: {{benchnoop: {{}}{self.extra_plugins}}}\nplugin_dirs: ['{PLUGINS}']\nlog_level: WARNING\n"
-            "e2ee: {trust: all, cross_signing: false, key_backup: false}\n"
+            + ("e2ee: {trust: all, cross_signing: false, key_backup: false}\n" if self.peer_settings else "")
         )
 
     async def open(self) -> None:
@@ -333,6 +361,15 @@ class OfflineBot:
         self.bot = bot = Runtime(self.cfg, self.client, SqliteStorage(self.work / f"run-{k}"))
         await bot.manager.start_all()
         assert "benchnoop" in bot.host.plugins and not bot.host.errors, bot.host.errors
+        # the senders' /keys/query answer, as nio's sync loop fetches it for the rooms' members (the trust policy
+        # pins their identities from it); not timed
+        from nio import KeysQueryResponse
+
+        body = json.loads((DATA / "keys_query.json").read_bytes())
+        resp = KeysQueryResponse.from_dict(body)
+        resp.ratchet_body = body
+        await self.client.receive_response(resp)
+        assert not self.client.olm.users_for_key_query & set(body["device_keys"]), "senders still outdated"
 
     async def feed(self, raw: bytes) -> None:
         """What the sync loop does with one response: parse, let nio handle it, route, wait until handled."""
@@ -405,13 +442,13 @@ def _install_proposed_runtime_changes() -> None:
 PROTECTIONS = ", protections: {flood: {burst: 100000}}"
 
 
-async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True,
-                       proposed: bool = False, extra_plugins: str = "") -> tuple[list[float], dict]:
+async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True, proposed: bool = False,
+                       extra_plugins: str = "", peer_settings: bool = False) -> tuple[list[float], dict]:
     from bot.matrix import schemas as fastpath
 
     if proposed:
         _install_proposed_runtime_changes()
-    ob = OfflineBot(work, fast=fast, lazy=lazy, extra_plugins=extra_plugins)
+    ob = OfflineBot(work, fast=fast, lazy=lazy, extra_plugins=extra_plugins, peer_settings=peer_settings)
     await ob.open()
     out = []
     handled = 0
@@ -428,7 +465,9 @@ async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True
         assert handled == N_ROOMS * PER_ROOM and rows == handled, (handled, rows)
         assert ob.bot.state.sync_token == f"s1-{k}", ob.bot.state.sync_token
         out.append(elapsed / handled * 1e6)
-    extra = {"events": handled, "fast_checks": fastpath.stats.fast, "slow_checks": fastpath.stats.slow}
+    extra = {"events": handled, "fast_checks": fastpath.stats.fast, "slow_checks": fastpath.stats.slow,
+             "trust": ob.bot.trust.mode, "sender_trusted": ob.bot.trust.is_device_trusted("@sender00:localhost",
+                                                                                          "SENDER00")}
     await ob.close()
     return out, extra
 
@@ -446,8 +485,10 @@ async def run_variant(variant: str, passes: int, profile: str | None = None) -> 
             values, extra = await _run_nio(passes + 1, work)
         elif variant == "ratchet":
             values, extra = await _run_ratchet(passes + 1, work, fast=True)
+        elif variant == "ratchet-peer":
+            values, extra = await _run_ratchet(passes + 1, work, fast=True, peer_settings=True)
         elif variant == "ratchet-before":
-            values, extra = await _run_ratchet(passes + 1, work, fast=False, lazy=False)
+            values, extra = await _run_ratchet(passes + 1, work, fast=False, lazy=False, peer_settings=True)
         elif variant == "ratchet-fastpath-only":
             values, extra = await _run_ratchet(passes + 1, work, fast=True, lazy=False)
         elif variant == "ratchet-protections":
@@ -491,9 +532,12 @@ def scenario(quick: bool = QUICK) -> dict[str, Any]:
         "ratios": {
             "ratchet/nio": ratio_summary(samples["ratchet"], samples["nio"]),
             "ratchet/floor": ratio_summary(samples["ratchet"], samples["floor"]),
+            "ratchet-peer/nio": ratio_summary(samples["ratchet-peer"], samples["nio"]),
+            "ratchet-peer/floor": ratio_summary(samples["ratchet-peer"], samples["floor"]),
+            "ratchet/ratchet-peer": ratio_summary(samples["ratchet"], samples["ratchet-peer"]),
             "nio/floor": ratio_summary(samples["nio"], samples["floor"]),
             "ratchet-before/nio": ratio_summary(samples["ratchet-before"], samples["nio"]),
-            "ratchet/ratchet-before": ratio_summary(samples["ratchet"], samples["ratchet-before"]),
+            "ratchet-peer/ratchet-before": ratio_summary(samples["ratchet-peer"], samples["ratchet-before"]),
         },
     }
     return result

@@ -26,6 +26,9 @@ import yaml
 from bench.common import BENCH, PLUGINS, ROOT, VENVS, log
 
 BOTS_DIR = BENCH / "bots"
+#: The Ratchet variants, and those of them that run with the peers' e2ee settings instead of the shipped defaults.
+RATCHETS = ("ratchet", "ratchet-peer", "ratchet-before", "ratchet-mc64")
+PEER_SETTINGS = ("ratchet-peer", "ratchet-before")
 
 #: name -> (pip requirements, extra pip steps, why)
 PEER_REQUIREMENTS: dict[str, list[list[str]]] = {
@@ -36,9 +39,10 @@ PEER_REQUIREMENTS: dict[str, list[list[str]]] = {
     "opsdroid": [["opsdroid[connector-matrix-e2e]==0.31.0", "setuptools<81"]],
 }
 LABELS = {
-    "ratchet": "Ratchet",
-    "ratchet-before": "Ratchet before issue 8",
-    "ratchet-mc64": "Ratchet, max_concurrency: 64",
+    "ratchet": "Ratchet (shipped defaults)",
+    "ratchet-peer": "Ratchet, peers' settings (trust: all, no cross-signing, no key backup)",
+    "ratchet-before": "Ratchet before issue 8 (peers' settings)",
+    "ratchet-mc64": "Ratchet, defaults but max_concurrency: 64",
     "nio": "bare nio 0.26",
     "niobot": "nio-bot 1.2.1",
     "smbl": "simplematrixbotlib 2.13.1",
@@ -178,8 +182,11 @@ def ratchet_config(
     password: str,
     data_dir: Path,
     plugins: dict[str, Any],
+    peer_settings: bool = False,
     **extra: Any,
 ) -> Path:
+    """Ratchet's config: its shipped ``e2ee`` defaults (tofu trust, cross-signing, key backup), or with
+    ``peer_settings`` what bare nio and the peers do (every device trusted, no cross-signing, no key backup)."""
     data = {
         "homeserver": homeserver,
         "user_id": user_id,
@@ -190,9 +197,9 @@ def ratchet_config(
         "plugins": plugins,
         "plugin_dirs": [str(PLUGINS)],
         "log_level": "WARNING",
-        # what bare nio and the peers do not do either (see docs/performance.md)
-        "e2ee": {"trust": "all", "cross_signing": False, "key_backup": False},
     }
+    if peer_settings:  # what bare nio and the peers do not do either (see docs/performance.md)
+        data["e2ee"] = {"trust": "all", "cross_signing": False, "key_backup": False}
     data.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -212,8 +219,8 @@ def prepare_bot(
     """Write the bot's config into ``work`` and return how to start it (raises RuntimeError if it cannot)."""
     work.mkdir(parents=True, exist_ok=True)
     store = work / "store"
-    if name in ("ratchet", "ratchet-before", "ratchet-mc64"):
-        extra = {"max_concurrency": 64} if name == "ratchet-mc64" else {}
+    if name in RATCHETS:
+        extra: dict[str, Any] = {"max_concurrency": 64} if name == "ratchet-mc64" else {}
         cfg = ratchet_config(
             work / "config.yaml",
             homeserver=homeserver,
@@ -221,6 +228,7 @@ def prepare_bot(
             password=password,
             data_dir=work / "data",
             plugins={plugin: {}},
+            peer_settings=name in PEER_SETTINGS,
             **extra,
         )
         entry = [str(BOTS_DIR / "ratchet_before.py")] if name == "ratchet-before" else ["-m", "bot"]

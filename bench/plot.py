@@ -44,10 +44,13 @@ def main(src, dst):
     ax = axes[0][0]
     off = r.get("offline") or {}
     if "us_per_event" in off:
-        order = ["floor", "ratchet", "ratchet-before", "nio"]
-        labels = ["vodozemac floor", "Ratchet", "Ratchet before", "bare nio"]
-        bars(ax, labels, [off["us_per_event"][v] for v in order], "1. CPU per encrypted event (offline)",
-             "µs per event (log)", log=True, colors=["#999999", "#2a7ab9", "#9ecae1", "#e6550d"])
+        order = [v for v in ["floor", "ratchet", "ratchet-peer", "ratchet-before", "nio"] if v in off["us_per_event"]]
+        names = {"floor": "vodozemac floor", "ratchet": "Ratchet (defaults)",
+                 "ratchet-peer": "Ratchet (peers'\nsettings)", "ratchet-before": "Ratchet before", "nio": "bare nio"}
+        palette = {"floor": "#999999", "ratchet": "#2a7ab9", "ratchet-peer": "#6baed6", "ratchet-before": "#9ecae1",
+                   "nio": "#e6550d"}
+        bars(ax, [names[v] for v in order], [off["us_per_event"][v] for v in order],
+             "1. CPU per encrypted event (offline)", "µs per event (log)", log=True, colors=[palette[v] for v in order])
     ax = axes[0][1]
     rt = (r.get("roundtrip") or {}).get("summary") or {}
     if rt.get("bots"):
@@ -74,7 +77,8 @@ def main(src, dst):
         labels, stats, colors = [], [], []
         shown = []
         for scale in st["scales"]:
-            for name, color in (("ratchet", "#2a7ab9"), ("nio", "#e6550d"), ("ratchet-before", "#9ecae1")):
+            for name, color in (("ratchet", "#2a7ab9"), ("ratchet-peer", "#6baed6"), ("nio", "#e6550d"),
+                                ("ratchet-before", "#9ecae1")):
                 if not (scale["startup_s"].get(name) or {}).get("n"):
                     continue
                 labels.append(f"{name}\n{scale['rooms']} rooms/{scale['sessions'] // 1000}k sessions")

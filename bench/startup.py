@@ -7,14 +7,19 @@ The set-up, built once and cached in ``bench/.cache/startup-<rooms>r-<sessions>s
 * the bot's data dir as Ratchet keeps it (``credentials.json``, nio's SQLite crypto store, ``state.db`` with the
   sync token of a first run), whose crypto store then gets S inbound Megolm sessions (100 per room by default, from
   50 senders), written directly with nio's SqliteStore models. One of them is the member's session for the first
-  room: the member sends with it (raw ``m.room.encrypted``), so every run can decrypt without a key exchange.
+  room: the member sends with it (raw ``m.room.encrypted``), so every run can decrypt without a key exchange;
+* Ratchet runs with its shipped defaults: its first run creates the account's cross-signing keys and a key backup
+  version, and a second run, after the sessions are written, backs all of them up (as a bot that has been running
+  has), so the data dir is that of a bot restarting in its steady state.
 
 Each run restores that data dir (so every run starts from the same state), the member sends an encrypted
 ``!ping``, and the bot process starts; the figure is the time from the process's start to the moment its handler
 ran (the handler appends the time to ``BENCH_MARK_FILE``), and the process's peak RSS (VmHWM) at that moment. The
 bare-nio bot opens the *same* device, store and sync token (a copy): same keys, same server-side state. Both resume
-with a full-state sync, as after any restart. ``ratchet-before`` is Ratchet without the issue-8 changes
-(``bench/bots/ratchet_before.py``), for the before/after figure.
+with a full-state sync, as after any restart. ``ratchet`` runs with the shipped defaults (tofu trust, cross-signing,
+key backup), ``ratchet-peer`` with the peers' settings (``trust: all``, neither of the others) on the same data dir;
+``ratchet-before`` is the latter without the issue-8 changes (``bench/bots/ratchet_before.py``), for the
+before/after figure. The order of the bots alternates between repetitions.
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ SENDERS = 50
 BOT_PASSWORD = "startbot-password-123"
 MEMBER_PASSWORD = "startmember-password-123"
 BOT_TIMEOUT = 120.0
+BACKUP_TIMEOUT = 1200.0
+BOTS = ("ratchet", "nio", "ratchet-peer", "ratchet-before")
 
 
 def _cache_dir(rooms: int, sessions: int) -> Path:
-    return CACHE / f"startup-v1-{rooms}r-{sessions}s"
+    return CACHE / f"startup-v2-{rooms}r-{sessions}s"  # v2: Ratchet's defaults, every session backed up
 
 
 def _server(base: Path) -> BenchSynapse:
@@ -153,6 +160,9 @@ def build(rooms: int, sessions: int) -> dict[str, Any]:
             (member_account.curve25519_key.to_base64(), member_account.ed25519_key.to_base64(), outbound),
         )
         log(f"startup: wrote {injected} inbound sessions in {time.monotonic() - t1:.1f}s")
+        t2 = time.monotonic()
+        _back_up_everything(tmp / "ratchet", cfg, injected)
+        log(f"startup: Ratchet backed up {injected} sessions in {time.monotonic() - t2:.1f}s")
         shutil.move(str(data), str(tmp / "pristine"))
         shutil.rmtree(tmp / "ratchet", ignore_errors=True)
         meta = {
@@ -172,6 +182,31 @@ def build(rooms: int, sessions: int) -> dict[str, Any]:
     shutil.rmtree(base, ignore_errors=True)
     tmp.rename(base)
     return meta
+
+
+def _back_up_everything(work: Path, cfg: Path, sessions: int) -> None:
+    """Run Ratchet (defaults) until its key backup holds every session of the store, then stop it."""
+    setup = BotSetup("ratchet", [sys.executable, "-m", "bot", "run", "-c", str(cfg)], work)
+    run = setup.start(work / "backup.log")
+    tracker = work / "data" / "key_backup.db"
+    deadline = time.monotonic() + BACKUP_TIMEOUT
+    try:
+        while True:
+            done = 0
+            if tracker.exists():
+                try:
+                    db = sqlite3.connect(tracker)
+                    done = db.execute("SELECT count(*) FROM uploaded").fetchone()[0]
+                    db.close()
+                except sqlite3.Error:
+                    done = 0
+            if done >= sessions:
+                return
+            if not run.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"Ratchet backed up {done} of {sessions} sessions: {run.log_tail()}")
+            time.sleep(1)
+    finally:
+        run.stop()
 
 
 def _upload_device_keys(server: BenchSynapse, member: Any, account: Any) -> None:
@@ -236,11 +271,11 @@ def _prepare_run(name: str, base: Path, work: Path, server: BenchSynapse, meta: 
     work.mkdir(parents=True)
     pristine = base / "pristine"
     user = meta["bot"]["user_id"]
-    if name in ("ratchet", "ratchet-before"):
+    if name in ("ratchet", "ratchet-peer", "ratchet-before"):
         shutil.copytree(pristine, work / "data")
         cfg = ratchet_config(work / "config.yaml", homeserver=server.url, user_id=user, password=BOT_PASSWORD,
-                             data_dir=work / "data", plugins={"benchping": {}})
-        entry = ["-m", "bot"] if name == "ratchet" else [str(BOTS_DIR / "ratchet_before.py")]
+                             data_dir=work / "data", plugins={"benchping": {}}, peer_settings=name != "ratchet")
+        entry = [str(BOTS_DIR / "ratchet_before.py")] if name == "ratchet-before" else ["-m", "bot"]
         return BotSetup(name, [sys.executable, *entry, "run", "-c", str(cfg)], work)
     if name == "nio":
         from nio.store import SqliteStore
@@ -287,15 +322,14 @@ def scenario(quick: bool = QUICK) -> dict[str, Any]:
     for rooms, sessions in scales:
         meta = build(rooms, sessions)
         base = _cache_dir(rooms, sessions)
-        runs: dict[str, list[dict[str, Any]]] = {"ratchet": [], "nio": [], "ratchet-before": []}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in BOTS}
         server = _server(base)
         errors: dict[str, str] = {}
         try:
             _warm_synapse(server, base, meta)
             with tempfile.TemporaryDirectory(prefix="ratchet-bench-start-", dir=CACHE) as tmp:
                 for rep in range(repeats):
-                    order = ("ratchet", "nio") if rep % 2 == 0 else ("nio", "ratchet")
-                    order += ("ratchet-before",)
+                    order = BOTS if rep % 2 == 0 else BOTS[::-1]
                     for name in order:
                         try:
                             res = _one_run(name, base, server, meta, Path(tmp) / name)
@@ -322,6 +356,12 @@ def scenario(quick: bool = QUICK) -> dict[str, Any]:
                                                      [r["startup_s"] for r in runs["nio"]]),
                 "peak RSS ratchet/nio": ratio_summary([r["peak_rss_mb"] for r in runs["ratchet"]],
                                                       [r["peak_rss_mb"] for r in runs["nio"]]),
+                "startup ratchet-peer/nio": ratio_summary([r["startup_s"] for r in runs["ratchet-peer"]],
+                                                          [r["startup_s"] for r in runs["nio"]]),
+                "peak RSS ratchet-peer/nio": ratio_summary([r["peak_rss_mb"] for r in runs["ratchet-peer"]],
+                                                           [r["peak_rss_mb"] for r in runs["nio"]]),
+                "startup ratchet/ratchet-peer": ratio_summary([r["startup_s"] for r in runs["ratchet"]],
+                                                              [r["startup_s"] for r in runs["ratchet-peer"]]),
                 "startup ratchet-before/nio": ratio_summary([r["startup_s"] for r in runs["ratchet-before"]],
                                                             [r["startup_s"] for r in runs["nio"]]),
                 "peak RSS ratchet-before/nio": ratio_summary([r["peak_rss_mb"] for r in runs["ratchet-before"]],
