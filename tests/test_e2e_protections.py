@@ -443,8 +443,8 @@ async def test_churn_invite_spam_stickers_repeats_newcomer_links_and_invites_to_
 
 async def test_server_rules_become_acls_retried_when_the_bot_gets_the_power_room_rules_and_a_prefix(ratchet):
     """Server rules as m.room.server_acl where the bot may (never the bot's nor an admin's server); a room where it
-    may not is reported and caught up when its power arrives (bans too); a room ban rule refuses the invite; ``?case``
-    with the command prefix ``?`` and no report plugin."""
+    may not is reported and caught up when its power arrives (bans too); a room ban rule refuses the invite, and one
+    naming a room the bot is in is reported; ``?case`` with the command prefix ``?`` and no report plugin."""
     curator = await ratchet.member("curator")
     made = await curator.client.room_create(preset=RoomPreset.public_chat, name="server ban list")
     policy_list = made.room_id
@@ -509,7 +509,11 @@ async def test_server_rules_become_acls_retried_when_the_bot_gets_the_power_room
         policy_list, "m.policy.rule.room", {"entity": banned_room, "recommendation": "m.ban", "reason": "raids"},
         state_key="r",
     )
-    await asyncio.sleep(2.0)  # the rule reaches the bot through sync (nothing to see until then)
+    # A second rule naming a room the bot is in: reported (the bot stays); once it is, the first one is in too.
+    await curator.client.room_put_state(
+        policy_list, "m.policy.rule.room", {"entity": room, "recommendation": "m.ban"}, state_key="r-known"
+    )
+    await mod.expect(said(f"bans room {room}, which the bot is in"), what="the room the bot is in reported")
     await evil.client.room_invite(banned_room, bot_id)
     await mod.expect(said(f"Refused an invite to {banned_room}"), what="the refused invite reported")
     await _until(lambda: _is(evil, banned_room, bot_id, "leave"), what="the invite rejected")
