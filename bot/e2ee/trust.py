@@ -263,14 +263,28 @@ class MemoryPinStore:
 
 
 class StatePinStore:
-    """Pins in the runtime's ``state.db`` (mode 0600), key ``trust.pin:<user id>``, value JSON."""
+    """Pins in the runtime's ``state.db`` (mode 0600), key ``trust.pin:<user id>``, value JSON.
+
+    The tofu verdict reads the sender's pin for every decrypted message; pins only change through :meth:`set` (the
+    running bot is the only writer of its state.db), so each user's pin is read from the database once and cached.
+    """
 
     PREFIX = "trust.pin:"
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
+        self._cache: dict[str, str | None] = {}
 
     def get(self, user_id: str) -> str | None:
+        try:
+            return self._cache[user_id]
+        except KeyError:
+            pass
+        value = self._read(user_id)
+        self._cache[user_id] = value
+        return value
+
+    def _read(self, user_id: str) -> str | None:
         raw = self._state.get(self.PREFIX + user_id)
         if not raw:
             return None
@@ -281,7 +295,9 @@ class StatePinStore:
         return value if isinstance(value, str) and value else None
 
     def set(self, user_id: str, master: str) -> None:
+        self._cache.pop(user_id, None)  # a failed write must not leave a pin that is not in the database
         self._state.set(self.PREFIX + user_id, json.dumps({"master": master, "pinned_at": int(time.time())}))
+        self._cache[user_id] = master
 
 
 # ------------------------------------------------------------------------------------------------ the policy
