@@ -104,3 +104,13 @@ async def test_stored_sessions_missing_from_the_backup_are_uploaded_after_a_rest
     assert sorted(uploads) == sorted((s.room_id, s.id) for s in old)
     assert sessions.loaded_from_db == 3  # just those
     assert await backup.upload_new() == 0
+
+
+def test_session_keys_are_read_in_batches_without_loading(tmp_path: Path) -> None:
+    store, sessions = _open(tmp_path / "store")
+    made = [_receive(store, sessions, ROOMS[i % len(ROOMS)]) for i in range(17)]
+    store, sessions = _open(tmp_path / "store")
+    expected = [(s.room_id, s.sender_key, s.id) for s in made]
+    assert list(store.iter_inbound_group_session_keys(batch=5)) == expected  # 4 batches, the last one short
+    assert sorted(sessions.session_keys()) == sorted(expected)
+    assert sessions.in_memory == 0

@@ -118,21 +118,22 @@ class LazyGroupSessionStore(GroupSessionStore):
         """The sessions ``add()``-ed after ``mark`` (an earlier :attr:`added_count`), oldest first."""
         return self._added[mark:]
 
-    def session_keys(self) -> list[tuple[str, str, str]]:
+    def session_keys(self) -> Iterator[tuple[str, str, str]]:
         """(room id, sender key, session id) of every session, in memory or in the database, none of them loaded.
 
-        One query of three columns, no unpickling: key backup asks once at start-up which sessions are not backed up.
+        One query of three columns, no unpickling, streamed (a session in memory and in the database comes twice):
+        key backup asks once at start-up which sessions are not backed up.
         """
-        keys = dict.fromkeys(
+        in_memory = [
             (room_id, sender_key, session_id)
             for room_id, senders in self._loaded.items()
             for sender_key, sessions in senders.items()
             for session_id in sessions
-        )
+        ]
+        yield from in_memory
         if not self._all_loaded:
             assert self._store is not None
-            keys.update(dict.fromkeys(self._store.read_inbound_group_session_keys()))
-        return list(keys)
+            yield from self._store.iter_inbound_group_session_keys()
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -247,18 +248,32 @@ class LazySqliteStore(SqliteStore):
         ]
         return self._unpickle(row, chains)
 
+    def iter_inbound_group_session_keys(self, batch: int = 2000) -> Iterator[tuple[str, str, str]]:
+        """(room id, sender key, session id) of every session row of this account, in nio's load order, read
+        ``batch`` rows at a time (50,000 of them as one list would cost tens of MiB at start-up)."""
+        last = 0
+        while True:
+            rows = self._session_key_rows(last, batch)
+            yield from ((room_id, sender_key, session_id) for _rowid, room_id, sender_key, session_id in rows)
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
     @use_database
-    def read_inbound_group_session_keys(self) -> list[tuple[str, str, str]]:
-        """(room id, sender key, session id) of every session row of this account, in nio's load order."""
+    def _session_key_rows(self, after_rowid: int, limit: int) -> list[tuple[int, str, str, str]]:
         account = self.account_id()
         if account is None:
             return []
         return list(
             MegolmInboundSessions.select(
-                MegolmInboundSessions.room_id, MegolmInboundSessions.sender_key, MegolmInboundSessions.session_id
+                SQL("rowid"),
+                MegolmInboundSessions.room_id,
+                MegolmInboundSessions.sender_key,
+                MegolmInboundSessions.session_id,
             )
-            .where(MegolmInboundSessions.account == account)
+            .where((MegolmInboundSessions.account == account) & (SQL("rowid") > after_rowid))
             .order_by(SQL("rowid"))
+            .limit(limit)
             .tuples()
         )
 
