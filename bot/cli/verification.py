@@ -100,25 +100,10 @@ def format_flow(flow: dict[str, Any]) -> str:
 
 
 def format_fingerprints(fp: dict[str, Any]) -> str:
-    """``ratchet fingerprint``'s text."""
-    from bot.crypto.fingerprint import group_digits, key_groups
+    """``ratchet fingerprint``'s text (the same lines ``!fingerprint`` shows in a room)."""
+    from bot.crypto.fingerprint import fingerprint_lines
 
-    def show(key: str | None) -> str:
-        return key_groups(key) if key else "(none)"
-
-    lines = [
-        f"{fp['user_id']}",
-        f"  device {fp['device_id']} ed25519: {show(fp.get('device_ed25519'))}",
-        f"  master key:              {show(fp.get('master_key'))}",
-    ]
-    other = fp.get("other")
-    if other:
-        lines += [f"{other['user_id']}", f"  master key:              {show(other.get('master_key'))}"]
-        if other.get("safety_number"):
-            lines.append(f"safety number: {group_digits(other['safety_number'])}")
-        else:
-            lines.append("safety number: none (both users need cross-signing keys)")
-    return "\n".join(lines)
+    return "\n".join(fingerprint_lines(fp))
 
 
 def run(args: argparse.Namespace) -> int:

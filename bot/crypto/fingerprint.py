@@ -14,10 +14,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 from bot.crypto.canonical import b64decode
 
-__all__ = ["ITERATIONS", "group_digits", "key_groups", "numeric_half", "safety_number"]
+__all__ = ["ITERATIONS", "fingerprint_lines", "group_digits", "key_groups", "numeric_half", "safety_number"]
 
 #: Signal's iteration count for the numeric fingerprint.
 ITERATIONS = 5200
@@ -51,6 +53,30 @@ def safety_number(key_a: bytes | str, id_a: str | bytes, key_b: bytes | str, id_
 def group_digits(number: str, size: int = 5) -> str:
     """``number`` in space-separated groups of ``size`` digits (Signal shows 12 groups of 5)."""
     return " ".join(number[i : i + size] for i in range(0, len(number), size))
+
+
+def fingerprint_lines(found: Mapping[str, Any]) -> list[str]:
+    """What people compare, one line each, from a fingerprints mapping (``user_id``, ``device_id``,
+    ``device_ed25519``, ``master_key`` and optionally ``other``: ``user_id``, ``master_key``, ``safety_number``):
+    keys in groups of four, the safety number in groups of five. ``ratchet fingerprint`` and ``!fingerprint`` show
+    these lines."""
+
+    def show(key: str | None) -> str:
+        return key_groups(key) if key else "(none)"
+
+    lines = [
+        f"{found['user_id']}, device {found['device_id']}",
+        f"device key (ed25519): {show(found.get('device_ed25519'))}",
+        f"master key: {show(found.get('master_key'))}",
+    ]
+    other = found.get("other")
+    if other:
+        lines.append(f"{other['user_id']} master key: {show(other.get('master_key'))}")
+        number = other.get("safety_number")
+        lines.append(
+            f"safety number: {group_digits(number)}" if number else "safety number: none (both need a master key)"
+        )
+    return lines
 
 
 def _raw(key: bytes | str) -> bytes:

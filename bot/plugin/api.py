@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
-from bot.crypto.fingerprint import group_digits, key_groups
+from bot.crypto.fingerprint import fingerprint_lines
 from bot.crypto.ssss import SecretStorageError, decrypt_secret, encrypt_secret
 from bot.e2ee.identity import local_secrets_key
 from bot.errors import MatrixError, StorageError
@@ -82,22 +82,7 @@ class BotAPI(MatrixActions):
         """
         if self.verifications is None:
             raise MatrixError("fingerprints are not available: the verification service is not running")
-        found = await self.verifications.fingerprints(user_id)
-
-        def show(key: str | None) -> str:
-            return key_groups(key) if key else "(none)"
-
-        lines = [
-            f"{found['user_id']}, device {found['device_id']}",
-            f"device key (ed25519): {show(found['device_ed25519'])}",
-            f"master key: {show(found['master_key'])}",
-        ]
-        other = found.get("other")
-        if other:
-            lines.append(f"{other['user_id']} master key: {show(other['master_key'])}")
-            number = other.get("safety_number")
-            lines.append(f"safety number: {group_digits(number)}" if number else "safety number: (no master key)")
-        return lines
+        return fingerprint_lines(await self.verifications.fingerprints(user_id))
 
     def is_admin(self, user_id: str) -> bool:
         """True if ``user_id`` is one of the bot's admins from the config."""
