@@ -94,6 +94,16 @@ async def _js_verified_identity(peer: JsPeer, user_id: str, timeout: float = 10)
         await asyncio.sleep(0.2)
 
 
+async def _js_asks_for_emoji(peer: JsPeer, bot_user_id: str, device_id: str) -> tuple[str, dict]:
+    """js requests verification of the bot's device, the bot answers ready by itself, js starts SAS: returns js's
+    request id and its state once the emoji are shown."""
+    vid = (await peer.call("verification_request_device", user_id=bot_user_id, device_id=device_id))["vid"]
+    await peer.call("verification_wait", vid=vid, phase="Ready", timeout_ms=WAIT * 1000)
+    await peer.call("verification_start_sas", vid=vid)
+    js = await peer.call("verification_wait", vid=vid, sas=True, timeout_ms=WAIT * 1000)
+    return vid, js
+
+
 async def _alice_signed_by_bot(bot, alice_id: str) -> bool:
     client = bot.runtime.client
     ours = await query_own_keys(client, client.user_id)
@@ -113,10 +123,7 @@ async def test_js_verifies_the_bots_device_to_device(synapse, new_user, tmp_path
         assert before["signed_by_owner"] is True and before["is_verified"] is False, before
 
         # js asks the bot's device; the bot answers ready by itself (alice is allowed), js picks emoji.
-        request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
-        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
-        await peer.call("verification_start_sas", vid=request["vid"])
-        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        vid, js = await _js_asks_for_emoji(peer, bot_user.user_id, bot.device_id)
         flow = await service.wait(js["transaction_id"], {"keys"})
         assert flow.other_user == alice.user_id and flow.other_device == peer.device_id
         # The acid test: both sides show the same seven emoji (and names, as Element shows them) and numbers.
@@ -125,13 +132,13 @@ async def test_js_verifies_the_bots_device_to_device(synapse, new_user, tmp_path
         # Nothing was confirmed on the bot's side by itself.
         assert flow.state == "keys" and not flow.our_mac_sent
 
-        await peer.call("verification_confirm", vid=request["vid"])
+        await peer.call("verification_confirm", vid=vid)
         await service.confirm(flow.flow_id)
         flow = await service.wait(flow.flow_id, {"done", "cancelled"})
         assert flow.state == "done", flow.describe()
-        js = await peer.call("verification_wait", vid=request["vid"], verified=True, timeout_ms=WAIT * 1000)
+        js = await peer.call("verification_wait", vid=vid, verified=True, timeout_ms=WAIT * 1000)
         assert js["verify_result"] == {"ok": True}, js
-        js = await peer.call("verification_wait", vid=request["vid"], phase="Done", timeout_ms=WAIT * 1000)
+        js = await peer.call("verification_wait", vid=vid, phase="Done", timeout_ms=WAIT * 1000)
 
         # js now trusts the bot's device (locally verified). A device verification does not make js sign the bot's
         # identity (Element does that after an in-room user verification).
@@ -183,16 +190,13 @@ async def test_emoji_that_differ_cancel_both_sides_and_nothing_is_signed(synapse
         peer = await stack.peer(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
         await _share_room(peer, bot_user.user_id)
-        request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
-        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
-        await peer.call("verification_start_sas", vid=request["vid"])
-        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        vid, js = await _js_asks_for_emoji(peer, bot_user.user_id, bot.device_id)
         flow = await service.wait(js["transaction_id"], {"keys"})
         # The js user says "they don't match".
-        await peer.call("verification_mismatch", vid=request["vid"])
+        await peer.call("verification_mismatch", vid=vid)
         flow = await service.wait(flow.flow_id, {"cancelled"})
         assert flow.cancel_code == "m.mismatched_sas" and flow.cancelled_by_us is False
-        js = await peer.call("verification_wait", vid=request["vid"], phase="Cancelled", timeout_ms=WAIT * 1000)
+        js = await peer.call("verification_wait", vid=vid, phase="Cancelled", timeout_ms=WAIT * 1000)
         assert js["cancellation_code"] == "m.mismatched_sas"
         assert service.signed == [] and not await _alice_signed_by_bot(bot, alice.user_id)
         assert (await peer.device_status(bot_user.user_id, bot.device_id))["is_verified"] is False
@@ -206,7 +210,8 @@ async def test_a_request_from_a_user_not_allowed_is_refused(synapse, new_user, t
         peer = await stack.peer(synapse, alice, "alice")
         await _share_room(peer, bot_user.user_id)
         request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
-        js = await peer.call("verification_wait", vid=request["vid"], phase="Cancelled", timeout_ms=WAIT * 1000)
+        vid = request["vid"]
+        js = await peer.call("verification_wait", vid=vid, phase="Cancelled", timeout_ms=WAIT * 1000)
         assert js["cancellation_code"] == "m.user" and js["cancelling_user"] == bot_user.user_id, js
         flow = service.get(js["transaction_id"])
         assert flow is not None and flow.state == "cancelled" and flow.cancelled_by_us is True
@@ -225,9 +230,10 @@ async def test_js_verifies_the_bot_user_in_a_dm(synapse, new_user, tmp_path):
         assert (await peer.user_identity(bot_user.user_id))["is_cross_signing_verified"] is False
 
         request = await peer.call("verification_request_dm", user_id=bot_user.user_id, room_id=room)
-        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
-        await peer.call("verification_start_sas", vid=request["vid"])
-        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        vid = request["vid"]
+        await peer.call("verification_wait", vid=vid, phase="Ready", timeout_ms=WAIT * 1000)
+        await peer.call("verification_start_sas", vid=vid)
+        js = await peer.call("verification_wait", vid=vid, sas=True, timeout_ms=WAIT * 1000)
         flow = await service.wait(None, {"keys"})
         assert flow.room_id == room and flow.flow_id == js["transaction_id"], (flow.describe(), js)
         assert _js_emoji(js) == flow.emoji and tuple(js["decimal"]) == flow.decimals, (js, flow.emoji)
@@ -241,12 +247,12 @@ async def test_js_verifies_the_bot_user_in_a_dm(synapse, new_user, tmp_path):
         assert printed == _js_emoji(js), (shown.stdout, js["emoji"])
         assert "numbers: " + " ".join(map(str, js["decimal"])) in shown.stdout, shown.stdout
 
-        await peer.call("verification_confirm", vid=request["vid"])
+        await peer.call("verification_confirm", vid=vid)
         confirmed = await _ratchet("verification", "confirm", flow.flow_id, "-c", str(cfg))
         assert confirmed.returncode == 0, confirmed.stderr
         flow = await service.wait(flow.flow_id, {"done", "cancelled"})
         assert flow.state == "done", flow.describe()
-        js = await peer.call("verification_wait", vid=request["vid"], phase="Done", timeout_ms=WAIT * 1000)
+        js = await peer.call("verification_wait", vid=vid, phase="Done", timeout_ms=WAIT * 1000)
         assert js["verify_result"] == {"ok": True}, js
         identity = await _js_verified_identity(peer, bot_user.user_id)
         assert identity["is_cross_signing_verified"] is True, identity
@@ -302,14 +308,10 @@ async def test_another_session_of_the_bot_account_is_verified_and_cross_signed(s
         element = await stack.peer(synapse, bot_user, "element")
         before = await element.device_status(bot_user.user_id, element.device_id)
         assert before["signed_by_owner"] is False, before
-        request = await element.call("verification_request_device", user_id=bot_user.user_id,
-                                     device_id=bot.device_id)
-        await element.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
-        await element.call("verification_start_sas", vid=request["vid"])
-        js = await element.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        vid, js = await _js_asks_for_emoji(element, bot_user.user_id, bot.device_id)
         flow = await service.wait(js["transaction_id"], {"keys"})
         assert _js_emoji(js) == flow.emoji
-        await element.call("verification_confirm", vid=request["vid"])
+        await element.call("verification_confirm", vid=vid)
         await service.confirm(flow.flow_id)
         flow = await service.wait(flow.flow_id, {"done", "cancelled"})
         assert flow.state == "done", flow.describe()
@@ -341,12 +343,13 @@ async def test_trust_verified_shares_room_keys_only_after_verification(synapse, 
         assert not bot.runtime.trust.user_verified(alice.user_id)
 
         request = await peer.call("verification_request_dm", user_id=bot_user.user_id, room_id=room)
-        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
-        await peer.call("verification_start_sas", vid=request["vid"])
-        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
+        vid = request["vid"]
+        await peer.call("verification_wait", vid=vid, phase="Ready", timeout_ms=WAIT * 1000)
+        await peer.call("verification_start_sas", vid=vid)
+        js = await peer.call("verification_wait", vid=vid, sas=True, timeout_ms=WAIT * 1000)
         flow = await service.wait(None, {"keys"})
         assert _js_emoji(js) == flow.emoji
-        await peer.call("verification_confirm", vid=request["vid"])
+        await peer.call("verification_confirm", vid=vid)
         await service.confirm(flow.flow_id)
         assert (await service.wait(flow.flow_id, {"done", "cancelled"})).state == "done"
         assert bot.runtime.trust.user_verified(alice.user_id)
@@ -394,14 +397,11 @@ async def test_auto_confirm_for_a_named_user_needs_no_operator(synapse, new_user
         peer = await stack.peer(synapse, alice, "alice")
         await peer.bootstrap_cross_signing(alice.password)
         await _share_room(peer, bot_user.user_id)
-        request = await peer.call("verification_request_device", user_id=bot_user.user_id, device_id=bot.device_id)
-        await peer.call("verification_wait", vid=request["vid"], phase="Ready", timeout_ms=WAIT * 1000)
-        await peer.call("verification_start_sas", vid=request["vid"])
-        js = await peer.call("verification_wait", vid=request["vid"], sas=True, timeout_ms=WAIT * 1000)
-        await peer.call("verification_confirm", vid=request["vid"])  # only alice compares; the bot does not wait
+        vid, js = await _js_asks_for_emoji(peer, bot_user.user_id, bot.device_id)
+        await peer.call("verification_confirm", vid=vid)  # only alice compares; the bot does not wait
         flow = await service.wait(js["transaction_id"], {"done", "cancelled"})
         assert flow.state == "done", flow.describe()
-        js = await peer.call("verification_wait", vid=request["vid"], verified=True, timeout_ms=WAIT * 1000)
+        js = await peer.call("verification_wait", vid=vid, verified=True, timeout_ms=WAIT * 1000)
         assert js["verify_result"] == {"ok": True}, js
         assert await _alice_signed_by_bot(bot, alice.user_id)
         assert "confirmed without comparing the emoji" in caplog.text
