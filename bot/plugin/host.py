@@ -26,7 +26,7 @@ from bot.plugin.dispatch import Dispatcher
 from bot.plugin.info import CommandInfo, PluginInfo
 from bot.plugin.loader import import_plugin
 from bot.plugin.options import RoomFilter, find_schema, split_options, validate_options
-from bot.plugin.routing import LoadedPlugin, Router
+from bot.plugin.routing import LoadedPlugin, Router, command_owner
 from bot.storage.state import StateStore
 
 if TYPE_CHECKING:
@@ -143,18 +143,14 @@ class PluginHost:
             dispatcher,
             prefix=self.prefix,
             plaintext_commands=config.e2ee.plaintext_commands,
-            metrics=metrics,
+            metrics=self.metrics,
         )
 
     # -- loading ---------------------------------------------------------------------------------------------
 
     def command_owner(self, name: str) -> tuple[LoadedPlugin, CommandHandler] | None:
         """The plugin and handler answering ``name`` (a command name or alias), if any."""
-        for loaded in self.plugins.values():
-            for cmd in loaded.handlers.commands:
-                if name == cmd.spec.name or name in cmd.spec.aliases:
-                    return loaded, cmd
-        return None
+        return command_owner(self.plugins, name)
 
     async def load(self, name: str, options: dict[str, Any] | None = None) -> LoadedPlugin:
         """Import, configure and start plugin ``name``; raises :class:`PluginLoadError` with the reason.

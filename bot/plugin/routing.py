@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from bot.plugin.api import BotAPI
     from bot.storage.state import StateStore
 
-__all__ = ["LoadedPlugin", "Router"]
+__all__ = ["LoadedPlugin", "Router", "command_owner"]
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class Router:
                     calls.append(self._command_or_subcommand(cmd, invocation.args))
         if h.messages and is_text_message(event) and not _is_edit(event):
             text = strip_reply_fallback(event.body)
-            runs_command = invocation is not None and self._is_command(invocation.name)
+            runs_command = invocation is not None and command_owner(self.plugins, invocation.name) is not None
             for handler in h.messages:
                 if runs_command and not handler.commands:
                     continue
@@ -178,14 +178,6 @@ class Router:
             ):
                 calls.append((f"event handler {handler.func.__name__}", _bind(handler.func)))
         return calls
-
-    def _is_command(self, name: str) -> bool:
-        """Some loaded plugin answers command ``name``."""
-        return any(
-            name == cmd.spec.name or name in cmd.spec.aliases
-            for loaded in self.plugins.values()
-            for cmd in loaded.handlers.commands
-        )
 
     def _command_or_subcommand(
         self, cmd: CommandHandler, args: str
@@ -312,6 +304,17 @@ class Router:
         fut = loaded.track(self.dispatcher.submit((room_id, loaded.name), run, label))
         fut.add_done_callback(finished)
         return fut
+
+
+def command_owner(
+    plugins: Mapping[str, LoadedPlugin], name: str
+) -> tuple[LoadedPlugin, CommandHandler] | None:
+    """The loaded plugin and handler answering command ``name`` (a name or an alias), if any."""
+    for loaded in plugins.values():
+        for cmd in loaded.handlers.commands:
+            if name == cmd.spec.name or name in cmd.spec.aliases:
+                return loaded, cmd
+    return None
 
 
 def _is_edit(event: Event) -> bool:
