@@ -499,15 +499,6 @@ def _changed(old: Snapshot, new: Snapshot) -> set[Path]:
     return {p for p in old.keys() | new.keys() if old.get(p) != new.get(p)}
 
 
-def _drop_bytecode(paths: set[Path]) -> None:
-    """Remove the cached bytecode of changed modules: it is validated by the source's mtime in whole seconds and its
-    size, so an edit within the same second that keeps the size would otherwise import the old code."""
-    for path in paths:
-        if path.suffix == ".py":
-            with contextlib.suppress(OSError, ValueError, NotImplementedError):
-                os.unlink(importlib.util.cache_from_source(str(path)))
-
-
 # -- the loop -------------------------------------------------------------------------------------------------------
 
 
@@ -665,8 +656,7 @@ async def _watch(runtime, plugins: PluginSet, state: DevState, server) -> None:
             if not more:
                 break
             changed |= more
-        before = now
-        _drop_bytecode(changed)
+        before = now  # (a reload drops the plugin's cached bytecode itself: bot/plugin/loader.py)
         if plugins.options_file is not None and plugins.options_file in changed:
             try:
                 options = read_options(plugins)
