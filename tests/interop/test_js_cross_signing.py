@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import olm
 import pytest
 from nio import MegolmEvent, RoomGetEventResponse, RoomMessageText
 
 from bot.crypto.megolm_backup import BackupKey
-from bot.testing.harness import InProcessBot, write_bot_config
-from bot.testing.member import Member
+from bot.testing.harness import write_bot_config
 
-from .jspeer import JsPeer, JsPeerError
+from .jspeer import JsPeerError
+from .stack import InteropStack
 
 # Node and the peer's packages are required by conftest.py (a skip, or a failure under CI=true).
 pytestmark = [pytest.mark.e2e, pytest.mark.interop, pytest.mark.timeout(60)]
@@ -34,29 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.interop, pytest.mark.timeout(60)]
 WAIT = 30
 
 
-class _Stack(contextlib.AsyncExitStack):
-    """Closes js peers, bots and members at the end of a test, whatever happened."""
 
-    def __init__(self, log_dir: Path) -> None:
-        super().__init__()
-        self.log_dir = log_dir
-
-    async def peer(self, synapse, user, name: str) -> JsPeer:
-        peer = JsPeer(self.log_dir, name=name)
-        self.push_async_callback(peer.close)
-        await peer.start()
-        await peer.login(synapse.url, user.user_id, user.password, device_name=f"interop {name}")
-        return peer
-
-    async def bot(self, cfg: Path) -> InProcessBot:
-        bot = InProcessBot(cfg)
-        self.push_async_callback(bot.stop)
-        return await bot.start()
-
-    async def member(self, synapse, user, store: Path) -> Member:
-        member = Member(synapse.url, user.user_id, user.password, store)
-        self.push_async_callback(member.close)
-        return await member.start()
 
 
 def _ed25519_public(seed_b64: str) -> str:
@@ -93,7 +69,7 @@ async def test_only_signed_js_talks_to_cross_signed_bot_not_to_unsigned_bot(syna
         tmp_path / "plain.yaml", server=synapse, user=plain_user, data_dir=tmp_path / "plain",
         e2ee={"cross_signing": False},
     )
-    async with _Stack(tmp_path / "jspeer-logs") as stack:
+    async with InteropStack(tmp_path / "jspeer-logs") as stack:
         signed_bot = await stack.bot(signed_cfg)
         plain_bot = await stack.bot(plain_cfg)
         peer = await stack.peer(synapse, alice, "alice")
@@ -135,7 +111,7 @@ async def test_ratchet_verify_with_a_recovery_key_made_by_js(synapse, new_user, 
         tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
         e2ee={"cross_signing": True, "key_backup": True},
     )
-    async with _Stack(tmp_path / "jspeer-logs") as stack:
+    async with InteropStack(tmp_path / "jspeer-logs") as stack:
         # The operator set the bot account up in Element: cross-signing, secret storage, key backup.
         element = await stack.peer(synapse, bot_user, "element")
         await element.bootstrap_cross_signing(bot_user.password)
@@ -187,7 +163,7 @@ async def test_js_uses_ratchet_recovery_key_secret_storage_and_backup(synapse, n
         tmp_path / "bot.yaml", server=synapse, user=bot_user, data_dir=tmp_path / "data",
         e2ee={"cross_signing": True, "key_backup": True, "recovery_key_file": str(key_file)},
     )
-    async with _Stack(tmp_path / "jspeer-logs") as stack:
+    async with InteropStack(tmp_path / "jspeer-logs") as stack:
         bot = await stack.bot(cfg)
         st = bot.runtime.identity.status()
         master, version = st["master_key"], st["backup_version"]

@@ -8,11 +8,9 @@ with the bot's before anyone confirms, and nothing on the bot's side is confirme
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -23,29 +21,14 @@ from bot.e2ee.verification_service import VerificationService
 from bot.testing.harness import InProcessBot, write_bot_config
 
 from .jspeer import JsPeer, JsPeerError
+from .stack import InteropStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.interop, pytest.mark.timeout(120)]
 
 WAIT = 30
 
 
-class _Stack(contextlib.AsyncExitStack):
-    def __init__(self, log_dir: Path) -> None:
-        super().__init__()
-        self.log_dir = log_dir
-
-    async def peer(self, synapse, user, name: str) -> JsPeer:
-        peer = JsPeer(self.log_dir, name=name)
-        self.push_async_callback(peer.close)
-        await peer.start()
-        await peer.login(synapse.url, user.user_id, user.password, device_name=f"interop {name}")
-        return peer
-
-    async def bot(self, cfg: Path) -> InProcessBot:
-        bot = InProcessBot(cfg)
-        self.push_async_callback(bot.stop)
-        return await bot.start()
-
+class _Stack(InteropStack):
     async def service(self, bot: InProcessBot) -> VerificationService:
         """The running bot's own verification service (requests accepted from the config's admins)."""
         service = bot.runtime.verifications
