@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from nio import InviteEvent, InviteMemberEvent, MemoryDownloadResponse, RoomCreateResponse, UploadResponse
-from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
+from nio.crypto.attachments import encrypt_attachment
 
 from bot.errors import MatrixError
 from bot.matrix.direct import DirectRooms
@@ -71,33 +71,11 @@ class DemoMember(Member):
         await self.wait_for(lambda: resp.room_id in self.client.rooms, 30, "the new room to sync")
         return resp.room_id
 
-    async def send_encrypted_file(self, room_id: str, data: bytes, name: str, mimetype: str) -> str:
-        ciphertext, keys = encrypt_attachment(data)
-        resp, _ = await self.client.upload(
-            lambda *_: ciphertext, content_type="application/octet-stream", filesize=len(ciphertext)
-        )
-        if not isinstance(resp, UploadResponse):
-            raise MemberError(f"upload failed: {resp}")
-        content = {
-            "msgtype": "m.file",
-            "body": name,
-            "filename": name,
-            "info": {"mimetype": mimetype, "size": len(data)},
-            "file": {"url": resp.content_uri, **keys},
-        }
-        return await self.send(room_id, name, content=content)
-
     async def download_raw(self, mxc: str) -> bytes:
         resp = await self.client.download(mxc=mxc)
         if not isinstance(resp, MemoryDownloadResponse):
             raise MemberError(f"download of {mxc} failed: {resp}")
         return resp.body
-
-    async def download_media(self, content: dict[str, Any]) -> bytes:
-        if "file" in content:
-            f = content["file"]
-            return decrypt_attachment(await self.download_raw(f["url"]), f["key"]["k"], f["hashes"]["sha256"], f["iv"])
-        return await self.download_raw(content["url"])
 
     async def from_bot(self, room_id: str, bot_id: str, check, what: str):
         return await self.expect(lambda rid, e: rid == room_id and e.sender == bot_id and check(e.source), 30, what)
@@ -292,7 +270,7 @@ async def test_encrypted_media_both_ways(env: Env):
 
     # A file the member sends, read by the plugin through ctx.download() (the command replies to the file).
     data = os.urandom(5000)
-    file_event = await m.send_encrypted_file(room, data, "blob.bin", "application/octet-stream")
+    file_event = await m.send_file(room, data, name="blob.bin", mimetype="application/octet-stream")
     cmd = await m.send(room, "!echo-file", reply_to=file_event)
     reply = await m.expect_reply(room, cmd, sender=bot_id)
     assert reply.body == f"size={len(data)} sha256={hashlib.sha256(data).hexdigest()}"
