@@ -52,7 +52,7 @@ class RuntimeView(Protocol):
     identity: Any
     ready: asyncio.Event
     http: HttpListener | None
-    _lag_probe: LoopLagProbe
+    lag_probe: LoopLagProbe
 
 
 def install_endpoints(runtime: RuntimeView, *, long_poll: float = 30.0) -> None:
@@ -76,7 +76,7 @@ def install_endpoints(runtime: RuntimeView, *, long_poll: float = 30.0) -> None:
     async def live(request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):
             return web.json_response({"error": "use GET"}, status=405, headers=_ONLY_GET)
-        return web.json_response({"status": "ok", "loop_lag_max_seconds": round(runtime._lag_probe.max_lag, 4)})
+        return web.json_response({"status": "ok", "loop_lag_max_seconds": round(runtime.lag_probe.max_lag, 4)})
 
     async def ready(request: web.Request) -> web.StreamResponse:
         if request.method not in ("GET", "HEAD"):

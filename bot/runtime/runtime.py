@@ -134,7 +134,8 @@ class Runtime:
         self._policy = CatchUpPolicy(config.catch_up, int(config.catch_up_max_age * 1000))
         #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
         self._fatal: Exception | None = None
-        self._lag_probe = LoopLagProbe(self.metrics)
+        #: How late the event loop wakes a sleeping task (the worst is shown by /health/live and the status page).
+        self.lag_probe = LoopLagProbe(self.metrics)
         #: Events and handler latency over the last hour, for the status page's charts (bot/runtime/status_page.py).
         self.activity = ActivityHistory(self.stats, self.metrics)
         install_endpoints(self, long_poll=SYNC_TIMEOUT_MS / 1000)
@@ -179,7 +180,7 @@ class Runtime:
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
-            self._lag_probe.start()
+            self.lag_probe.start()
             self.activity.start()
             await self._start_http()
             if self.identity is not None:
@@ -243,7 +244,7 @@ class Runtime:
             await asyncio.wait(self._background, timeout=1)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.host.unload_all(), max(0.5, deadline + 2 - time.monotonic()))
-        await self._lag_probe.stop()
+        await self.lag_probe.stop()
         await self.activity.stop()
         if self.http is not None:
             await self.http.close()

@@ -226,7 +226,7 @@ def snapshot(runtime: Any, history: ActivityHistory | None = None, *, session: b
                     )
                 )
     http = runtime.config.http
-    lag_probe = getattr(runtime, "_lag_probe", None)
+    lag_probe = getattr(runtime, "lag_probe", None)
     return StatusSnapshot(
         now=time.time(),
         version=__version__,
