@@ -177,6 +177,13 @@ class PostgresCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        # ``runuser`` may be reaped before the postmaster under it is gone: wait until the port is closed.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) != 0:
+                    break
+            time.sleep(0.05)
         # The killed postmaster may linger as an unreaped zombie (a container's init does not reap): its lock files
         # would make the next start think it still runs.
         for lock in [self.data_dir / "postmaster.pid", *self.socket_dir.glob(".s.PGSQL.*.lock")]:
