@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import importlib.util
 import tempfile
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ except ImportError:  # the kit's async fixtures need it; the sync ones work with
     pytest_asyncio = None
 
 from bot.testing.kit import RatchetKit
+from bot.testing.postgres import PostgresCluster
 from bot.testing.proxy import FaultProxy
 from bot.testing.scenario import BotInRoom, register_user
 from bot.testing.synapse import RegisteredUser, SynapseServer
@@ -119,6 +121,23 @@ def synapse(
         yield server
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresCluster]:
+    """A real PostgreSQL server (Debian's ``postgresql`` package) shared by the whole test session, on 127.0.0.1."""
+    require_tool(PostgresCluster.available(), "PostgreSQL is not installed (apt-get install postgresql)")
+    with PostgresCluster(tmp_path_factory.mktemp("postgres")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_dsn(postgres: PostgresCluster) -> str:
+    """A fresh, empty database on the session's PostgreSQL: its ``postgresql://`` URL."""
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:16]}")
 
 
 @pytest.fixture
