@@ -1,15 +1,16 @@
-"""nio's SQLite crypto store, with inbound Megolm sessions loaded on first use.
+"""nio's crypto store, with inbound Megolm sessions loaded on first use (on SQLite here, on PostgreSQL in pg_store).
 
 nio's :class:`~nio.store.SqliteStore` loads every inbound group session (every room key the bot ever received) when
 the client starts: one unpickle and one extra query per session, and all of them stay in memory. A bot in many rooms
 accumulates tens of thousands, so start-up time and memory grow with its age. matrix-rust-sdk loads sessions when a
-message needs them; :class:`LazySqliteStore` does the same on nio's own database file:
+message needs them; :class:`LazyStoreMixin` does the same on nio's own tables, whichever database holds them
+(:class:`LazySqliteStore`: nio's SQLite file; :mod:`bot.matrix.pg_store`: PostgreSQL):
 
-* :meth:`LazySqliteStore.load_inbound_group_sessions` returns a :class:`LazyGroupSessionStore`, which keeps the
-  sessions used so far in memory and reads a missing one from SQLite (one indexed query) the first time ``get()``
+* :meth:`LazyStoreMixin.load_inbound_group_sessions` returns a :class:`LazyGroupSessionStore`, which keeps the
+  sessions used so far in memory and reads a missing one from the database (one indexed query) the first time ``get()``
   asks for it. ``store[room_id]`` loads that room's sessions; iterating the store (key export, a full scan) or
   touching its ``_entries`` loads everything, after which it behaves exactly like nio's ``GroupSessionStore``.
-* Nothing about the file changes: sessions are written by nio's own ``save_inbound_group_session``, so a store
+* Nothing about nio's tables changes: sessions are written by nio's own ``save_inbound_group_session``, so a store
   written by this class opens with plain nio and vice versa (old libolm pickles are upgraded on first use, as nio
   upgrades them at load).
 * Key backup finds the sessions it has not uploaded yet without loading any: once at start-up from their ids
@@ -21,7 +22,10 @@ message needs them; :class:`LazySqliteStore` does the same on nio's own database
 * nio saves the set of encrypted rooms after every sync, in a transaction of its own even when the set is empty;
   rooms already saved are skipped (nio's ``INSERT ... ON CONFLICT IGNORE`` would not change them).
 
-``tests/test_lazy_store.py`` checks decryption, key import, key requests and restarts against plain nio.
+The SQL here is peewee's, on nio's models, and runs on SQLite and PostgreSQL alike; the one thing the engines
+answer differently (the order of a table without an integer key) is :attr:`LazyStoreMixin._session_order`.
+
+``tests/test_lazy_store.py`` checks decryption, key import, key requests and restarts against plain nio, on both.
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ from nio.crypto import GroupSessionStore, InboundGroupSession, OlmDevice, TrustS
 from nio.store import SqliteStore
 from nio.store.database import use_database
 from nio.store.models import Accounts, DeviceKeys, DeviceTrustState, ForwardedChains, MegolmInboundSessions
-from peewee import SQL
+from peewee import SQL, Node
 
-__all__ = ["LazyGroupSessionStore", "LazySqliteStore"]
+__all__ = ["LazyGroupSessionStore", "LazySqliteStore", "LazyStoreMixin"]
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +50,14 @@ _NO_ROW = object()  # the device has no row in the database (nio: "not verified"
 
 
 class LazyGroupSessionStore(GroupSessionStore):
-    """nio's ``GroupSessionStore`` (same methods, same answers) that reads sessions from SQLite on demand.
+    """nio's ``GroupSessionStore`` (same methods, same answers) that reads sessions from the database on demand.
 
     In memory, ``_loaded`` has the layout of nio's ``_entries`` (room id -> sender key -> session id -> session).
     A session that is in memory is authoritative (it may be newer than the database row, exactly as with nio);
     one that is not is looked up in the database.
     """
 
-    def __init__(self, store: LazySqliteStore | None) -> None:
+    def __init__(self, store: LazyStoreMixin | None) -> None:
         # no super().__init__(): nio's _entries is a property here (touching it loads everything)
         self._store = store
         self._loaded: defaultdict[str, defaultdict[str, dict[str, InboundGroupSession]]] = defaultdict(
@@ -165,18 +169,35 @@ class LazyGroupSessionStore(GroupSessionStore):
         self._all_loaded = True
 
 
-@dataclass
-class LazySqliteStore(SqliteStore):
-    """nio's ``SqliteStore`` with lazily loaded inbound group sessions and cached device trust answers."""
+class LazyStoreMixin:
+    """What Ratchet adds to nio's ``SqliteStore`` (whichever database its peewee models are bound to): lazily
+    loaded inbound group sessions, cached device trust answers, encrypted rooms saved once.
+
+    Mix it in before a ``SqliteStore`` subclass (``class S(LazyStoreMixin, SqliteStore)``): it calls nio's methods
+    through ``super()`` and reads nio's tables with peewee queries that SQLite and PostgreSQL both run.
+    """
+
+    # set by nio's MatrixStore (a dataclass): declared for type checkers only
+    user_id: str
+    device_id: str
+    pickle_key: str
+    database: Any
+    models: list
+
+    #: The order nio loads inbound group sessions in, and the key :meth:`iter_inbound_group_session_keys` pages on:
+    #: a unique, indexed expression of ``megolminboundsessions`` (SQLite: its rowid, the insertion order).
+    _session_order: Node = SQL("rowid")
+    #: A value below every :attr:`_session_order` value (where paging starts).
+    _session_order_start: Any = 0
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        super().__post_init__()  # type: ignore[misc]  # nio's MatrixStore opens the database and creates the tables
         self._account_id: int | None = None
         self._trust: dict[tuple[str, str], Any] = {}
         self._saved_rooms: set[str] | None = None
 
     def is_open(self) -> bool:
-        """The database file answers a trivial query (``/health/ready`` asks)."""
+        """The database answers a trivial query (``/health/ready`` asks)."""
         try:
             self.database.execute_sql("SELECT 1").fetchone()
         except Exception:
@@ -251,28 +272,29 @@ class LazySqliteStore(SqliteStore):
     def iter_inbound_group_session_keys(self, batch: int = 2000) -> Iterator[tuple[str, str, str]]:
         """(room id, sender key, session id) of every session row of this account, in nio's load order, read
         ``batch`` rows at a time (50,000 of them as one list would cost tens of MiB at start-up)."""
-        last = 0
+        last = self._session_order_start
         while True:
             rows = self._session_key_rows(last, batch)
-            yield from ((room_id, sender_key, session_id) for _rowid, room_id, sender_key, session_id in rows)
+            yield from ((room_id, sender_key, session_id) for _order, room_id, sender_key, session_id in rows)
             if len(rows) < batch:
                 return
             last = rows[-1][0]
 
     @use_database
-    def _session_key_rows(self, after_rowid: int, limit: int) -> list[tuple[int, str, str, str]]:
+    def _session_key_rows(self, after: Any, limit: int) -> list[tuple[Any, str, str, str]]:
         account = self.account_id()
         if account is None:
             return []
+        order = self._session_order
         return list(
             MegolmInboundSessions.select(
-                SQL("rowid"),
+                order,
                 MegolmInboundSessions.room_id,
                 MegolmInboundSessions.sender_key,
                 MegolmInboundSessions.session_id,
             )
-            .where((MegolmInboundSessions.account == account) & (SQL("rowid") > after_rowid))
-            .order_by(SQL("rowid"))
+            .where((MegolmInboundSessions.account == account) & (order > after))
+            .order_by(order)
             .limit(limit)
             .tuples()
         )
@@ -287,7 +309,7 @@ class LazySqliteStore(SqliteStore):
         if room_id is not None:
             where &= MegolmInboundSessions.room_id == room_id
         rows = list(
-            MegolmInboundSessions.select(*self._COLUMNS).where(where).order_by(SQL("rowid")).tuples()
+            MegolmInboundSessions.select(*self._COLUMNS).where(where).order_by(self._session_order).tuples()
         )
         chains: defaultdict[str, list[str]] = defaultdict(list)
         chain_query = ForwardedChains.select(ForwardedChains.session, ForwardedChains.sender_key)
@@ -418,3 +440,9 @@ class LazySqliteStore(SqliteStore):
         super().save_account(account)
         if self._account_id is None:
             self.account_id()
+
+
+@dataclass
+class LazySqliteStore(LazyStoreMixin, SqliteStore):
+    """nio's ``SqliteStore`` (its file, its format) with lazily loaded inbound group sessions and cached device trust
+    answers."""
