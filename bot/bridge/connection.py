@@ -133,7 +133,12 @@ class RemoteConnection(ABC):
 
 @dataclass(frozen=True)
 class ConnectionStatus:
-    """A snapshot for ``!bridge status``."""
+    """A snapshot for ``!bridge status``.
+
+    ``since`` is when the connection last came up or went down: while it is down, ``connecting`` and ``waiting``
+    alternate with every attempt but ``since`` stays at the moment it was first lost (or first tried), so it measures
+    the whole outage. ``next_attempt`` is when the next attempt starts (a timestamp; None unless ``waiting``).
+    """
 
     network: str
     state: ConnectionState
@@ -144,10 +149,24 @@ class ConnectionStatus:
     attempts: int
     last_error: str | None
     description: str
+    next_attempt: float | None = None
 
-    def line(self) -> str:
-        ago = _ago(time.time() - self.since)
-        text = f"{self.network}: {self.state} ({ago})"
+    def line(self, now: float | None = None) -> str:
+        """One line: ``libera: connected (2h05m), irc.libera.chat:6697 as relay, queue 0`` or, during an outage,
+        ``libera: waiting, down for 12m (5 attempts, next in 40s), ..., last error: ...``."""
+        now = time.time() if now is None else now
+        ago = _ago(now - self.since)
+        if self.state in ("connecting", "waiting"):
+            text = f"{self.network}: {self.state}, down for {ago}"
+            extra = []
+            if self.attempts:
+                extra.append(f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}")
+            if self.state == "waiting" and self.next_attempt is not None:
+                extra.append(f"next in {_ago(self.next_attempt - now)}")
+            if extra:
+                text += f" ({', '.join(extra)})"
+        else:
+            text = f"{self.network}: {self.state} ({ago})"
         if self.description:
             text += f", {self.description}"
         text += f", queue {self.queued}"
@@ -165,6 +184,10 @@ def _ago(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds // 60}m"
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+#: The states of a connection that is not up: an outage goes back and forth between them, one attempt at a time.
+_DOWN: frozenset[str] = frozenset({"connecting", "waiting"})
 
 
 SentCallback = Callable[[RemoteSend, str | None], Awaitable[None]]
@@ -238,7 +261,10 @@ class ConnectionSupervisor:
         self._released = asyncio.Event()
         self._released.set()
         self.state: ConnectionState = "stopped"
+        #: When the connection last came up or went down (see :class:`ConnectionStatus`).
         self.since = time.time()
+        #: When the next connection attempt starts, while ``waiting``.
+        self.next_attempt: float | None = None
         self.last_error: str | None = None
         self.sent = 0
         self.connects = 0
@@ -258,8 +284,11 @@ class ConnectionSupervisor:
 
     def _set_state(self, state: ConnectionState) -> None:
         if state != self.state:
+            if not (state in _DOWN and self.state in _DOWN):  # one outage: the retries do not restart the clock
+                self.since = time.time()
             self.state = state
-            self.since = time.time()
+        if state != "waiting":
+            self.next_attempt = None
         if state == "connected":
             self._connected.set()
         else:
@@ -276,6 +305,7 @@ class ConnectionSupervisor:
             attempts=self.backoff.attempts,
             last_error=self.last_error,
             description=self.connection.describe(),
+            next_attempt=self.next_attempt,
         )
 
     # -- life cycle ----------------------------------------------------------------------------------------------
@@ -432,6 +462,7 @@ class ConnectionSupervisor:
     async def _wait_before_retry(self) -> None:
         delay = self.backoff.next()
         self._set_state("waiting")
+        self.next_attempt = time.time() + delay
         log.info("%s: next connection attempt in %.1fs", self.network, delay)
         await asyncio.sleep(delay)
 

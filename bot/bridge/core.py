@@ -179,6 +179,30 @@ class BridgeConfig:
             raise ValueError("need 0 < reconnect_min_delay <= reconnect_max_delay")
 
 
+@dataclass(eq=False)
+class PendingLink:
+    """A config link whose room does not resolve (or cannot be joined) yet: retried until it does."""
+
+    network: str
+    channel: str
+    #: The room as the config names it (an alias, or a room id).
+    room: str
+    #: Why the last attempt failed.
+    problem: str
+    attempts: int = 0
+    #: When the next attempt starts (a timestamp).
+    next_attempt: float | None = None
+
+    def describe(self, now: float | None = None) -> str:
+        """``retrying (3 attempts, next in 40s): cannot resolve ...``"""
+        now = time.time() if now is None else now
+        parts = [f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"] if self.attempts else []
+        if self.next_attempt is not None:
+            parts.append(f"next in {max(0, int(self.next_attempt - now))}s")
+        detail = f" ({', '.join(parts)})" if parts else ""
+        return f"retrying{detail}: {self.problem}"
+
+
 class Bridge(Plugin):
     """Base class of relay bridges (see the module docstring). Subclass it like a plugin.
 
@@ -233,6 +257,11 @@ class Bridge(Plugin):
         self._outbox_plain_warned = False
         self._handover: asyncio.Task[None] | None = None
         self._stopped = False
+        #: The room (id or alias, as written) of each config link, by (network, channel): what status shows.
+        self._config_rooms: dict[tuple[str, str], str] = {}
+        #: Config links whose room does not resolve (or cannot be joined) yet, retried in the background.
+        self.pending_links: dict[tuple[str, str], PendingLink] = {}
+        self._link_retries: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # ============================================================================================ life cycle
 
@@ -263,6 +292,13 @@ class Bridge(Plugin):
 
     async def stop(self) -> None:
         """Stop every connection and the posting of remote messages. Subclasses call this last."""
+        retries = list(self._link_retries.values())
+        self._link_retries.clear()
+        for task in retries:
+            task.cancel()
+        for task in retries:
+            with contextlib.suppress(BaseException):
+                await task
         if self._handover is not None:
             self._handover.cancel()
             with contextlib.suppress(BaseException):
@@ -491,23 +527,31 @@ class Bridge(Plugin):
         """Make the config's links (remote channel -> room id or alias) the ``config`` portals of ``network``.
 
         Aliases are resolved and the rooms joined if needed; config portals no longer in the config are removed.
-        A link that cannot be resolved is logged and skipped (the others still work).
+        A link whose room cannot be resolved or joined yet (an alias not created yet, a room the bot is not invited
+        to yet, the homeserver unreachable) is logged and retried in the background with the reconnection backoff
+        (``reconnect_min_delay`` .. ``reconnect_max_delay``) until it works; meanwhile a portal stored for that
+        channel before is kept, never dropped because of the failure. Returns the portals made now.
         """
         assert self.matrix is not None
         wanted: dict[str, str] = {}
+        waiting: dict[str, tuple[str, str]] = {}
         for channel, room in links.items():
-            try:
-                room_id = await self.matrix.resolve_room(room)
-            except (ValueError, MatrixError) as exc:
-                self.log.error("%s %s: %s; this link is skipped", network, channel, exc)
-                continue
-            if not await self.matrix.ensure_joined(room_id):
-                self.log.error("%s %s: the bot is not in %s and cannot join it; this link is skipped",
+            key = self.normalize_channel(network, channel)
+            self._config_rooms[(network, key)] = room
+            self._cancel_link_retry((network, key))
+            if not room.startswith(("!", "#")):
+                self.log.error("%s %s: %r is neither a room id (!...) nor an alias (#...); this link is skipped",
                                network, channel, room)
                 continue
-            wanted[self.normalize_channel(network, channel)] = room_id
+            room_id, problem = await self._resolve_link(room)
+            if room_id is None:
+                waiting[key] = (room, problem)
+                continue
+            wanted[key] = room_id
         for portal in self.portals_for_network(network):
-            if portal.origin == "config" and wanted.get(portal.channel) != portal.room_id:
+            if portal.origin != "config" or portal.channel in waiting:  # a link not resolved yet keeps its portal
+                continue
+            if wanted.get(portal.channel) != portal.room_id:
                 await self.remove_portal(portal)
         made = []
         for channel, room_id in wanted.items():
@@ -515,7 +559,70 @@ class Bridge(Plugin):
             if existing is None or existing.room_id != room_id or existing.origin != "config":
                 existing = await self.add_portal(Portal(network, channel, room_id, "config"))
             made.append(existing)
+        for channel, (room, problem) in waiting.items():
+            kept = self.portals.get((network, channel))
+            meanwhile = f"; kept linked to {kept.room_id} meanwhile" if kept is not None else ""
+            self.log.warning("%s %s: %s; retrying in the background%s", network, channel, problem, meanwhile)
+            self._start_link_retry(network, channel, room, problem)
         return made
+
+    async def _resolve_link(self, room: str) -> tuple[str | None, str]:
+        """The room id of a config link's ``room``, the bot joined to it; or None and why not (for now)."""
+        assert self.matrix is not None
+        try:
+            room_id = await self.matrix.resolve_room(room)
+        except (ValueError, MatrixError) as exc:
+            return None, str(exc)
+        if not await self.matrix.ensure_joined(room_id):
+            return None, f"the bot is not in {room} and cannot join it (invite it)"
+        return room_id, ""
+
+    def _start_link_retry(self, network: str, channel: str, room: str, problem: str) -> None:
+        key = (network, channel)
+        self._cancel_link_retry(key)
+        backoff = Backoff(self.config.reconnect_min_delay, self.config.reconnect_max_delay)
+        pending = PendingLink(network, channel, room, problem)
+        self.pending_links[key] = pending
+        self._link_retries[key] = asyncio.create_task(
+            self._retry_link(pending, backoff), name=f"{self.name} link {network} {channel}"
+        )
+
+    def _cancel_link_retry(self, key: tuple[str, str]) -> None:
+        task = self._link_retries.pop(key, None)
+        if task is not None:
+            task.cancel()
+        self.pending_links.pop(key, None)
+
+    async def _retry_link(self, pending: PendingLink, backoff: Backoff) -> None:
+        """Retry a config link until its room resolves and the bot is in it; then make (or update) its portal."""
+        key = (pending.network, pending.channel)
+        while True:
+            delay = backoff.next()
+            pending.attempts = backoff.attempts
+            pending.next_attempt = time.time() + delay
+            await asyncio.sleep(delay)
+            try:
+                room_id, problem = await self._resolve_link(pending.room)
+                if room_id is None:
+                    if problem != pending.problem:
+                        self.log.warning("%s %s: %s; still retrying", pending.network, pending.channel, problem)
+                    pending.problem = problem
+                    continue
+                existing = self.portals.get(key)
+                if existing is None or existing.room_id != room_id or existing.origin != "config":
+                    await self.add_portal(Portal(pending.network, pending.channel, room_id, "config"))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # storage closing under a stop, a hook failing: try again later
+                pending.problem = f"{type(exc).__name__}: {exc}"
+                self.log.warning("%s %s: linking failed: %s", pending.network, pending.channel, pending.problem)
+                continue
+            self.log.info("%s %s: %s resolved; linked to %s after %d attempt%s", pending.network, pending.channel,
+                          pending.room, room_id, pending.attempts, "s" if pending.attempts != 1 else "")
+            if self.pending_links.get(key) is pending:
+                del self.pending_links[key]
+                self._link_retries.pop(key, None)
+            return
 
     # -- hooks a bridge may override ------------------------------------------------------------------------------
 
@@ -979,22 +1086,47 @@ class Bridge(Plugin):
         """Remote messages dropped because their sender went over ``sender_rate_limit``."""
         return self._senders.dropped
 
-    def status_text(self, room_id: str | None = None) -> str:
-        """The text of ``!bridge status``: each connection's state and queue, the portals."""
+    def status_text(self, room_id: str | None = None, *, now: float | None = None) -> str:
+        """The text of ``!bridge status``: per network its connection (state, since when, server and nick as the
+        connection describes itself, queue, last error while down), then its links with each room's alias when it
+        has one (else its id), and the config links still waiting for their room."""
+        now = time.time() if now is None else now
         lines = [f"**{self.name}**"]
+        networks = list(self.supervisors)
+        networks += sorted({p.network for p in self.portals.values()} - set(networks))
+        networks += sorted({n for n, _ in self.pending_links} - set(networks))
         if not self.supervisors:
             lines.append("- no connections")
-        for supervisor in self.supervisors.values():
-            status = supervisor.status()
-            portals = self.portals_for_network(status.network)
-            lines.append(f"- {status.line()}, {len(portals)} portal{'s' if len(portals) != 1 else ''}")
+        for network in networks:
+            supervisor = self.supervisors.get(network)
+            lines.append(f"- {supervisor.status().line(now)}" if supervisor is not None
+                         else f"- {network}: no connection")
+            portals = sorted(self.portals_for_network(network), key=lambda p: p.channel)
+            pending = {c: p for (n, c), p in self.pending_links.items() if n == network}
+            if not portals and not pending:
+                lines.append("  - no links")
+            for portal in portals:
+                here = " (this room)" if portal.room_id == room_id else ""
+                line = f"  - {portal.channel} ↔ {self.portal_room_label(portal)}{here} [{portal.origin}]"
+                waiting = pending.pop(portal.channel, None)
+                if waiting is not None:
+                    line += f"; {waiting.room}: {waiting.describe(now)}"
+                lines.append(line)
+            for channel, waiting in sorted(pending.items()):
+                lines.append(f"  - {channel} ↔ {waiting.room}: not linked yet, {waiting.describe(now)} [config]")
         if self._senders.dropped or self.inbound_refused:
             lines.append(f"- incoming: {self._senders.dropped} dropped (senders over the rate limit), "
                          f"{self.inbound_refused} refused (queue full)")
-        for portal in sorted(self.portals.values(), key=lambda p: p.key):
-            here = " (this room)" if portal.room_id == room_id else ""
-            lines.append(f"  - {portal.describe()} ↔ {portal.room_id}{here} [{portal.origin}]")
         return "\n".join(lines)
+
+    def portal_room_label(self, portal: Portal) -> str:
+        """How ``!bridge status`` names a portal's room: its alias (the config's, else the room's canonical alias)
+        when it has one, else its room id."""
+        configured = self._config_rooms.get(portal.key) if portal.origin == "config" else None
+        if configured and configured.startswith("#"):
+            return configured
+        alias = self.matrix.room_alias(portal.room_id) if self.matrix is not None else None
+        return alias or portal.room_id
 
     async def _link(self, ctx: Context, target: str) -> str:
         try:

@@ -88,6 +88,11 @@ class MatrixSide(ABC):
     async def ensure_joined(self, room_id: str) -> bool:
         """Make sure the bridge's Matrix user is in ``room_id``; False if it cannot join."""
 
+    def room_alias(self, room_id: str) -> str | None:
+        """The room's canonical alias as far as the bridge knows it (for ``!bridge status``); None: unknown or none.
+        Default: None."""
+        return None
+
 
 def _marker(message: RemoteMessage) -> dict[str, str]:
     """What a relayed message carries under :data:`BRIDGE_MARKER`: where it came from and who wrote it."""
@@ -157,6 +162,14 @@ class RelayMatrixSide(MatrixSide):
             return await self.api.resolve_room(room)
         except MatrixError as exc:
             raise ValueError(f"cannot resolve {room}: {exc}") from exc
+
+    def room_alias(self, room_id: str) -> str | None:
+        # The canonical alias from the room state the bot has synced. MatrixActions has no accessor for it yet, so
+        # this reads the client's room the way MatrixActions.members() does; anything unexpected means "unknown".
+        rooms = getattr(getattr(self.api, "_client", None), "rooms", None)
+        room = rooms.get(room_id) if isinstance(rooms, dict) else None
+        alias = getattr(room, "canonical_alias", None)
+        return alias if isinstance(alias, str) and alias else None
 
     async def ensure_joined(self, room_id: str) -> bool:
         if room_id in self.api.joined_rooms():

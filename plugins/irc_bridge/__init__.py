@@ -7,14 +7,24 @@ Configure networks and their channel links; admins can add links at run time wit
         networks:
           libera:
             host: irc.libera.chat
-            port: 6697
+            port: 6697                 # 6697: TLS; a plain-text server (port 6667) needs tls: false
+            tls: true
+            tls_verify: true           # false only for a self-signed certificate you trust
             nick: ratchet-relay
+            username: ratchet          # ident; default: from the nick
+            realname: Ratchet Matrix bridge
+            password: ${IRC_SERVER_PASSWORD}   # server password (PASS), if any
             sasl_username: ratchet-relay
             sasl_password: ${LIBERA_PASSWORD}
+            ping_interval: 120         # seconds of silence before a PING; twice that: reconnect
             channels:
               "#ratchet": "#ratchet:example.org"    # a room id or alias
         relay_joins_parts: false
         private_messages: admin_dm                  # or ignore
+        max_lines: 10                               # 0: no limit
+
+Every option is described in ``docs/bridges.md`` (and, commented, in ``config.example.yaml``). An empty ``networks``
+or ``channels`` is a config error; a room alias that does not exist yet is retried until it does.
 
 In Matrix, IRC messages appear from the bot as ``**nick**: text``; on IRC, Matrix messages appear as
 ``<Display Name> text`` (formatting converted to IRC codes, long messages split into lines). Edits become
@@ -37,38 +47,64 @@ from .formatting import html_to_irc, link_irc_mentions, render_remote_lines, str
 __all__ = ["IrcBridge", "Network"]
 
 
+class _LinkedByCommand(dict):  # type: ignore[type-arg]
+    """The value of ``channels`` when the key is left out: no config links, channels linked with ``!bridge link``.
+    (An explicit ``channels: {}`` is a mistake and refused; ``channels:`` with nothing is null, refused too.)"""
+
+
 @dataclass(frozen=True)
 class Network:
-    """One IRC network the bridge connects to."""
+    """One IRC network the bridge connects to (every option: ``docs/bridges.md#the-irc-bridge``)."""
 
+    #: The server's host name or address.
     host: str
+    #: The server's port: 6697 is the usual TLS port, 6667 the plain-text one.
     port: int = 6697
+    #: Speak TLS to the server. A plain-text server is recognised and named ("server does not speak TLS?").
     tls: bool = True
     #: Check the server's certificate (turn off only for a server with a self-signed one you trust).
     tls_verify: bool = True
+    #: The bridge's nick; taken, it tries ``nick_``, ``nick__``, then ``nick1``, ``nick2``...
     nick: str = "ratchet"
+    #: The user name (ident) sent at registration. Default: the nick's letters and digits, at most 10.
     username: str | None = None
+    #: The "real name" others see in WHOIS.
     realname: str = "Ratchet Matrix bridge"
     #: Server password (PASS), if the server wants one.
     password: str | None = field(default=None, repr=False)
     #: SASL PLAIN account (both or neither).
     sasl_username: str | None = None
     sasl_password: str | None = field(default=None, repr=False)
-    #: IRC channel -> Matrix room id or alias.
-    channels: dict[str, str] = field(default_factory=dict)
+    #: IRC channel -> Matrix room id or alias. Left out: no links from the config, only ``!bridge link`` ones.
+    channels: dict[str, str] = field(default_factory=_LinkedByCommand)
     #: Seconds of silence before the bridge pings the server (twice that without an answer: reconnect).
     ping_interval: float = 120.0
 
     def __post_init__(self) -> None:
-        for channel in self.channels:
+        if not self.host or any(c.isspace() for c in self.host):
+            raise ValueError(f"host: {self.host!r} is not a host name")
+        if not self.channels and not isinstance(self.channels, _LinkedByCommand):
+            raise ValueError(
+                'channels is empty: link at least one channel ("#channel": "#room:example.org"), or leave the '
+                "key out to link channels only with !bridge link"
+            )
+        for channel, room in self.channels.items():
             if not channel or channel[0] not in "#&+!" or " " in channel or "," in channel:
-                raise ValueError(f"{channel!r} is not an IRC channel name (it starts with #)")
+                raise ValueError(f"channels: {channel!r} is not an IRC channel name (it starts with #)")
+            if not room.startswith(("!", "#")) or ":" not in room:
+                raise ValueError(
+                    f"channels.{channel}: {room!r} is neither a room id (!id:server) nor an alias (#name:server)"
+                )
         if bool(self.sasl_username) != bool(self.sasl_password):
             raise ValueError("set both sasl_username and sasl_password, or neither")
         if not self.nick or " " in self.nick:
-            raise ValueError(f"{self.nick!r} is not a valid nick")
+            raise ValueError(f"nick: {self.nick!r} is not a valid nick")
+        if self.username is not None and (not self.username or any(c.isspace() or c == "@" for c in self.username)):
+            raise ValueError(f"username: {self.username!r} is not a valid user name")
         if not 0 < self.port < 65536:
-            raise ValueError(f"port {self.port} is out of range")
+            raise ValueError(f"port: {self.port} is out of range")
+        if not self.ping_interval > 0:
+            raise ValueError("ping_interval must be more than 0 seconds")
 
 
 class IrcBridge(Bridge):
@@ -83,8 +119,16 @@ class IrcBridge(Bridge):
         relay_joins_parts: bool = False
         #: What to do with private messages to the bridge's nick: drop them, or forward them to the bot's admins.
         private_messages: Literal["ignore", "admin_dm"] = "ignore"
-        #: A Matrix message longer than this many IRC lines is cut (its last line says how many were left out).
+        #: A Matrix message longer than this many IRC lines is cut (its last line says how many were left out); 0: no
+        #: limit (a long paste goes out whole, paced by ``rate_limit``).
         max_lines: int = 10
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if not self.networks:
+                raise ValueError("networks is empty: configure at least one IRC network under irc_bridge.networks")
+            if self.max_lines < 0:
+                raise ValueError("max_lines must be 0 (no limit) or more")
 
     config: Config
 
@@ -97,6 +141,9 @@ class IrcBridge(Bridge):
             if net.sasl_username and net.sasl_password:  # SASL PLAIN sends it base64-encoded
                 mask_secret(base64.b64encode(f"\0{net.sasl_username}\0{net.sasl_password}".encode()).decode())
             await self.sync_config_portals(name, net.channels)
+            if not net.channels and not self.portals_for_network(name):
+                self.log.warning("%s: no channel is linked yet; link one with !%s link %s #channel in its room",
+                                 name, self.command_name, name)
             connection = IrcConnection(
                 name,
                 host=net.host,

@@ -5,6 +5,13 @@ arrive (so messages reach Matrix in IRC order). This module adds what a bridge n
 certificate checks), SASL PLAIN through the library's own state machine, nick collisions (433: ``nick_``, ``nick__``,
 then ``nick1``, ``nick2``...), joining the portal channels, keepalive pings, and turning events into
 :class:`~bot.bridge.RemoteMessage` values.
+
+A TLS/plain-text mismatch is named instead of timing out: a plain-text server (ngircd, say) stays silent while it
+waits for a line, so a TLS handshake with it would hang until the server drops the connection. When the handshake has
+not finished after :data:`TLS_PROBE_AFTER` seconds, or fails, one plain-text probe connection (``CAP LS``, then
+``QUIT``) checks whether the port speaks IRC in the clear; if it does, connecting fails at once with
+:class:`TlsMismatchError` ("server does not speak TLS? set tls: false"). The other way round (``tls: false`` against a
+TLS port), a server that closes the connection before saying anything gets the hint to set ``tls: true``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,22 @@ from bot.bridge import RemoteCapabilities, RemoteConnection, RemoteMessage, Remo
 
 from .formatting import irc_line_budget
 
-__all__ = ["IrcConnection", "irc_lower", "next_nick"]
+__all__ = ["IrcConnection", "TlsMismatchError", "irc_lower", "next_nick", "probe_plain_irc"]
 
 log = logging.getLogger("ratchet.plugin.irc_bridge")
 
 #: Nick attempts before registration is given up (the supervisor then retries later).
 MAX_NICK_ATTEMPTS = 12
+#: Seconds a TLS handshake may take before a plain-text probe checks whether the port speaks TLS at all (a TLS server
+#: answers a handshake within a round trip or two; a plain-text IRC server stays silent until it times the client out).
+TLS_PROBE_AFTER = 2.0
+#: Seconds a TLS handshake may take in all.
+TLS_HANDSHAKE_TIMEOUT = 15.0
+#: Seconds the plain-text probe waits for the server's first line.
+PROBE_TIMEOUT = 3.0
+#: The first word of a line from a plain-text IRC server: a prefix, a numeric or one of the commands servers send
+#: unasked (``NOTICE AUTH``, ``PING``, ``ERROR``), or the answer to ``CAP LS``.
+_IRC_LINE = re.compile(rb"^(?::\S+ |NOTICE |PING |ERROR |CAP |\d{3} )")
 #: Control characters that must not reach IRC from Matrix text (CTCP delimiter, NUL, line breaks...), keeping the
 #: formatting codes.
 _UNSAFE = re.compile(r"[\x00\x01\x04-\x08\x0b\x0c\x0e\x10\x12-\x15\x17-\x1c\x7f]")
@@ -54,6 +71,34 @@ def next_nick(base: str, attempt: int, max_len: int = 30) -> str:
 def clean_outgoing(text: str) -> str:
     """Text from Matrix made safe for an IRC line: no CTCP delimiters or other stray control characters."""
     return _UNSAFE.sub("", text)
+
+
+class TlsMismatchError(ConnectionError):
+    """The server answered in plain text where a TLS handshake was expected (``tls: true`` on a plain-text port)."""
+
+
+async def probe_plain_irc(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether ``host:port`` speaks IRC in plain text: connect without TLS, send ``CAP LS 302`` and see whether the
+    first line that comes back looks like IRC (then say ``QUIT``). False on any error or silence."""
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        writer.write(b"CAP LS 302\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout)
+        plain = bool(_IRC_LINE.match(line.lstrip()))
+        if plain:
+            writer.write(b"QUIT :ratchet checking for TLS\r\n")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.drain(), 1)
+        return plain
+    except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+        return False
+    finally:
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
 
 
 class IrcConnection(RemoteConnection):
@@ -106,6 +151,10 @@ class IrcConnection(RemoteConnection):
         self._closed = asyncio.Event()
         self._nick_attempts = 0
         self._last_rx = time.monotonic()
+        #: Lines received since the current connection was opened (a server that closes before any: wrong TLS?).
+        self._rx_lines = 0
+        #: The TLS mismatch was logged in this outage (logged once, not at every retry).
+        self._mismatch_logged = False
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -119,7 +168,9 @@ class IrcConnection(RemoteConnection):
         return irc_lower(sender_id) == irc_lower(self.nick)
 
     def describe(self) -> str:
-        return f"{self.host}:{self.port} as {self.nick}, in {len(self.joined)} channel{'s' * (len(self.joined) != 1)}"
+        tls = " (TLS)" if self.tls else ""
+        joined = len(self.joined)
+        return f"{self.host}:{self.port}{tls} as {self.nick}, in {joined} channel{'s' * (joined != 1)}"
 
     def line_budget(self, channel: str) -> int:
         """Bytes of text one PRIVMSG to ``channel`` may carry (4 spare for a longer nick after a collision)."""
@@ -132,6 +183,7 @@ class IrcConnection(RemoteConnection):
         self._closed = asyncio.Event()
         self._registered = loop.create_future()
         self._nick_attempts = 0
+        self._rx_lines = 0
         self.nick = self.wanted_nick
         self.members.clear()
         self.joined.clear()
@@ -161,7 +213,16 @@ class IrcConnection(RemoteConnection):
         if use_sasl:
             conn.password = self.sasl_password  # read by the SASL machine (not sent as PASS: that went already)
         self._last_rx = time.monotonic()
-        await self._registered  # raises if registration failed; the supervisor's timeout bounds the wait
+        try:
+            await self._registered  # raises if registration failed; the supervisor's timeout bounds the wait
+        except ConnectionError as exc:
+            if not self.tls and self._rx_lines == 0 and str(exc) == "disconnected":
+                raise ConnectionError(
+                    f"{self.host}:{self.port} closed the connection before saying anything "
+                    "(server speaks only TLS? set tls: true)"
+                ) from None
+            raise
+        self._mismatch_logged = False
         for channel in self.channels():
             self.join(channel)
 
@@ -172,15 +233,52 @@ class IrcConnection(RemoteConnection):
             if not self.tls_verify:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-        base = irc_connection.AioFactory(ssl=context) if context is not None else irc_connection.AioFactory()
+        base = irc_connection.AioFactory()
 
         async def connect(protocol: Any, address: tuple[str, int]) -> tuple[Any, Any]:
-            transport, proto = await base(protocol, address)
+            if context is None:
+                transport, proto = await base(protocol, address)
+            else:
+                transport, proto = await self._open_tls(protocol, address, context)
             if send_cap:
                 transport.write(b"CAP LS\r\n")
             return transport, proto
 
         return connect
+
+    async def _open_tls(self, protocol: Any, address: tuple[str, int], context: ssl.SSLContext) -> tuple[Any, Any]:
+        """Open the TLS connection; name a plain-text server instead of waiting for its timeout (module docstring)."""
+        loop = asyncio.get_running_loop()
+        host, port = address
+        attempt = asyncio.ensure_future(loop.create_connection(
+            lambda: protocol, host, port, ssl=context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+        ))
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=TLS_PROBE_AFTER)
+            if not done and await probe_plain_irc(host, port):
+                raise self._mismatch()
+            return await attempt
+        except ssl.SSLCertVerificationError as exc:
+            log.error("%s: the certificate of %s:%s does not check out (%s); if the server has a self-signed "
+                      "certificate you trust, set tls_verify: false", self.network, host, port, exc.verify_message)
+            raise
+        except (ssl.SSLError, ConnectionResetError, EOFError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            if await probe_plain_irc(host, port):
+                raise self._mismatch() from exc
+            raise
+        finally:
+            if not attempt.done():
+                attempt.cancel()
+                with contextlib.suppress(BaseException):
+                    await attempt
+
+    def _mismatch(self) -> TlsMismatchError:
+        hint = "server does not speak TLS? set tls: false (or use its TLS port, often 6697)"
+        if not self._mismatch_logged:
+            self._mismatch_logged = True
+            log.error("%s: TLS handshake with %s:%s failed: the server answers in plain text; %s",
+                      self.network, self.host, self.port, hint)
+        return TlsMismatchError(f"TLS handshake with {self.host}:{self.port} failed: plain-text IRC there; {hint}")
 
     async def run(self) -> None:
         interval = max(1.0, self.ping_interval)
@@ -267,6 +365,7 @@ class IrcConnection(RemoteConnection):
 
     def _on_raw(self, _conn: Any, _event: Event) -> None:
         self._last_rx = time.monotonic()
+        self._rx_lines += 1
 
     def _on_welcome(self, conn: Any, event: Event) -> None:
         self.nick = conn.get_nickname() or (event.target or self.nick)
