@@ -503,6 +503,21 @@ def _min_length(n: int) -> Check:
     return check
 
 
+def _database_check(ctx: _Context, value: str) -> str | None:
+    """A ``postgresql://`` URL (its password is never echoed)."""
+    expected = "must be a postgresql:// URL like postgresql://ratchet:${DB_PASSWORD}@db.example.org/ratchet"
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 -- raises ValueError for a bad port
+    except ValueError:
+        return f"{expected} (the URL does not parse)"
+    if parts.scheme.lower() not in ("postgresql", "postgres"):
+        return f"{expected}; leave the key out to keep SQLite files under data_dir"
+    if not parts.path.strip("/") and "dbname=" not in parts.query:
+        return f"{expected}: name the database"
+    return None
+
+
 def _url_check(ctx: _Context, value: str) -> str | None:
     expected = "must be an http:// or https:// URL like https://matrix.example.org"
     try:
@@ -835,6 +850,12 @@ class Config:
         device_name: display name of the device created at first login. Default ``"Ratchet"``.
         data_dir: where the session, the crypto store and the bot's state live. Default
             ``./data``; relative paths are resolved against the config file's directory.
+        database: a ``postgresql://`` URL: keep everything in that PostgreSQL database instead of SQLite files under
+            ``data_dir`` (the login, the crypto store, the state, plugins' data); two bots need two databases. Two
+            processes with the same database form an active/standby pair. Default none (SQLite). Hidden from ``repr``.
+        database_lease_ttl: seconds the active process's lease lasts without renewal: how long a standby waits
+            before taking over from an active one that froze or lost its network (one that died is replaced at
+            once). Default 10.
         pickle_key: passphrase encrypting the crypto store, at least 16 characters: the
             ``pickle_key`` key, else the ``RATCHET_PICKLE_KEY`` environment variable. Required.
             Hidden from ``repr``.
@@ -864,6 +885,8 @@ class Config:
     access_token: str | None = field(default=None, repr=False, metadata=_key(_string(_non_empty), secret=True))
     device_name: str = field(default="Ratchet", metadata=_key(_string(_non_empty)))
     data_dir: Path = field(default=Path("data"), metadata=_key(_path, raw_default="./data"))
+    database: str | None = field(default=None, repr=False, metadata=_key(_string(_database_check), secret=True))
+    database_lease_ttl: float = field(default=10.0, metadata=_key(_duration(positive=True)))
     pickle_key: str = field(repr=False, metadata=_key(_string(_min_length(16)), env=PICKLE_KEY_ENV, secret=True))
     command_prefix: str = field(default="!", metadata=_key(_string(_prefix_check)))
     admins: tuple[str, ...] = field(default=(), metadata=_key(_list_of(_string(_user_id_check), "user ids")))

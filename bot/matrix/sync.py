@@ -113,10 +113,10 @@ def is_undecrypted(event: Event) -> bool:
 
 
 def is_storage_error(exc: BaseException) -> bool:
-    """A failed write to a SQLite store (state.db, or nio's crypto store through peewee)."""
+    """A failed write to a store (state.db or PostgreSQL, nio's crypto store through peewee)."""
     if isinstance(exc, (sqlite3.Error, StateError)):
         return True
-    return any(cls.__module__ == "peewee" for cls in type(exc).__mro__)
+    return any(cls.__module__ == "peewee" or cls.__module__.startswith("psycopg") for cls in type(exc).__mro__)
 
 
 def describe(obj: object) -> str:

@@ -251,8 +251,8 @@ class Runtime:
         await self.client.close()
         try:
             self.state.close()
-        except sqlite3.Error as exc:
-            log.error("could not close state.db cleanly: %s", exc)
+        except Exception as exc:  # sqlite3 or psycopg
+            log.error("could not close the state store %s cleanly: %s", self.state.path, exc)
         log.info("stopped")
 
     def _spawn(self, coro) -> asyncio.Task[Any]:

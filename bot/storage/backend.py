@@ -1,32 +1,66 @@
 """Where a bot keeps what must survive a restart: the seam between the runtime and its storage engine.
 
 :class:`Storage` is what the runtime, the plugin host and the session ask for: the login, the crypto store's place,
-the runtime state (sync token, handled events, waiting events, trust pins) and each plugin's database (bridges keep
-their portals and message map there). :class:`SqliteStorage` is today's engine and the embedded default: files under
-``data_dir``. A PostgreSQL engine implements the same interface; plugins never see which one runs.
+the runtime state (sync token, handled events, waiting events, trust pins), private documents (the encrypted
+secrets), the key-backup tracker and each plugin's database (bridges keep their portals and message map there).
+:class:`SqliteStorage` is the embedded default: files under ``data_dir``. :class:`~bot.storage.postgres.PostgresStorage`
+(``database: postgresql://...``) implements the same interface in one database, with a lease for an active/standby
+pair; plugins never see which one runs. :func:`open_storage` picks the engine from the config.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from bot.config import Config
 
 from bot.errors import SessionError
 from bot.storage.credentials import Credentials
 from bot.storage.plugin_storage import Migration, PluginStorage, plugin_db_path
+from bot.storage.private_files import LocalFile, PrivateFile
 from bot.storage.state import StateStore
 
-__all__ = ["SqliteStorage", "Storage"]
+__all__ = ["SqliteStorage", "Storage", "open_storage"]
+
+#: The key-backup tracker's file under data_dir.
+BACKUP_TRACKER_FILE = "key_backup.db"
 
 
 class Storage(Protocol):
     """One bot's persistent storage."""
 
+    @property
+    def database_url(self) -> str | None:
+        """The PostgreSQL database, or None for SQLite files."""
+
+    @property
+    def connection_settings(self) -> Mapping[str, str]:
+        """Session settings each database connection must carry (the lease's epoch; empty for SQLite)."""
+
     def prepare(self) -> None:
         """Create what is missing and check it is writable; raises :class:`~bot.errors.SessionError` if not."""
+
+    def acquire(self, stop: threading.Event | None = None, on_wait: Callable[[str], None] | None = None) -> None:
+        """Wait until this process may write (PostgreSQL: holds the lease; a standby waits here). Blocking."""
+
+    def fence(self) -> None:
+        """Protect the tables created since :meth:`prepare` against a process that lost the lease (PostgreSQL)."""
+
+    def release(self) -> None:
+        """Let a standby take over at once (a clean stop). Never raises."""
+
+    def private_file(self, name: str) -> PrivateFile:
+        """A small private document (``secrets.json``)."""
+
+    def open_backup_tracker(self) -> Any:
+        """A sqlite3-style connection whose ``uploaded`` table records which room keys are backed up."""
 
     def load_credentials(self) -> Credentials | None:
         """The saved login, or None before the first one."""
@@ -44,7 +78,7 @@ class Storage(Protocol):
     def crypto_stores(self) -> list[str]:
         """The names of the crypto stores present (to refuse starting over them by accident)."""
 
-    def move_aside(self) -> list[Path]:
+    def move_aside(self) -> list[Any]:
         """Move the login and the crypto stores aside (never deleted), to start as a new device on purpose."""
 
     def open_state(self) -> StateStore:
@@ -62,6 +96,41 @@ class SqliteStorage:
 
     def __repr__(self) -> str:
         return f"SqliteStorage({str(self.data_dir)!r})"
+
+    def __str__(self) -> str:
+        return str(self.data_dir)
+
+    @property
+    def database_url(self) -> None:
+        """None: files under ``data_dir``."""
+        return None
+
+    @property
+    def connection_settings(self) -> Mapping[str, str]:
+        """None needed."""
+        return {}
+
+    def acquire(self, stop: threading.Event | None = None, on_wait: Callable[[str], None] | None = None) -> None:
+        """Nothing to wait for: one process per ``data_dir`` (the control socket refuses a second one)."""
+
+    def fence(self) -> None:
+        """Nothing to fence: SQLite files are not shared between machines."""
+
+    def release(self) -> None:
+        """Nothing to hand over."""
+
+    def private_file(self, name: str) -> LocalFile:
+        """``data_dir/<name>``, mode 0600."""
+        return LocalFile(self.data_dir / name)
+
+    def open_backup_tracker(self) -> sqlite3.Connection:
+        """``data_dir/key_backup.db`` (mode 0600)."""
+        path = self.data_dir / BACKUP_TRACKER_FILE
+        fresh = not path.exists()
+        db = sqlite3.connect(str(path))
+        if fresh:
+            path.chmod(0o600)
+        return db
 
     @property
     def credentials_path(self) -> Path:
@@ -130,3 +199,17 @@ class SqliteStorage:
     async def open_plugin_storage(self, plugin: str, migrations: Sequence[Migration]) -> PluginStorage:
         """``data_dir/plugins/<plugin>.db``."""
         return await PluginStorage.open(plugin_db_path(self.data_dir, plugin), migrations=migrations, plugin=plugin)
+
+
+def open_storage(config: Config) -> Storage:
+    """The storage the config asks for: PostgreSQL when ``database`` is set, else SQLite files under ``data_dir``."""
+    if config.database is not None:
+        from bot.storage.postgres import PostgresStorage
+
+        return PostgresStorage(
+            config.database,
+            pickle_key=config.pickle_key,
+            lease_ttl=config.database_lease_ttl,
+            data_dir=config.data_dir,
+        )
+    return SqliteStorage(config.data_dir)
