@@ -1,10 +1,16 @@
-"""bot.matrix.store.LazySqliteStore behaves like nio's SqliteStore: same sessions found (or not), same decryption,
-key import and export, key requests, restarts on the same file in both directions, same device trust answers."""
+"""The lazy crypto store behaves like nio's own store on the same engine: same sessions found (or not), same
+decryption, key import and export, key requests, restarts on the same store in both directions, same device trust
+answers. Every test runs on SQLite (LazySqliteStore against nio's SqliteStore, files) and on PostgreSQL
+(bot.matrix.pg_store's lazy store against nio's eager code on the same database, a real server)."""
 
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import vodozemac
@@ -13,7 +19,7 @@ from nio.crypto import InboundGroupSession, OlmAccount, OlmDevice
 from nio.crypto.olm_machine import KeyShareError
 from nio.store import SqliteStore
 
-from bot.matrix.store import LazyGroupSessionStore, LazySqliteStore
+from bot.matrix.store import LazyGroupSessionStore, LazySqliteStore, LazyStoreMixin
 
 USER = "@bot:example.org"
 DEVICE = "BOTDEVICE"
@@ -32,9 +38,67 @@ def _senders(n: int = 4) -> list[tuple[str, str, str, vodozemac.Account]]:
 SENDERS = _senders()
 
 
-def _fill(store: SqliteStore, count: int = 24) -> dict[str, tuple[str, str, vodozemac.GroupSession]]:
-    """Save ``count`` inbound sessions (some with forwarding chains); returns session id -> (room, sender key,
-    the outbound session that can encrypt for it)."""
+@dataclass
+class Place:
+    """One crypto store: where nio is told it lives and the two classes that open it."""
+
+    path: Path  # nio's store_path (the SQLite file's folder; ignored on PostgreSQL)
+    plain: type  # nio's own store on this engine: the reference
+    lazy: type  # Ratchet's lazy store on this engine
+
+
+@dataclass
+class Engine:
+    """Makes places on one engine and closes every store and client opened on them after the test."""
+
+    name: str
+    tmp_path: Path
+    request: pytest.FixtureRequest
+    opened: list[Any] = field(default_factory=list)
+
+    def place(self, name: str) -> Place:
+        path = self.tmp_path / name
+        path.mkdir(parents=True, exist_ok=True)
+        if self.name == "sqlite":
+            return Place(path, SqliteStore, LazySqliteStore)
+        from bot.matrix.pg_store import postgres_crypto_store
+
+        url = self.request.getfixturevalue("postgres").create_database(f"t_{uuid.uuid4().hex[:16]}")
+        return Place(path, postgres_crypto_store(url, lazy=False), postgres_crypto_store(url))
+
+    def open(self, cls: type, place: Place) -> SqliteStore:
+        store = cls(USER, DEVICE, str(place.path), KEY)
+        self.opened.append(store)
+        return store
+
+    def client(self, cls: type, place: Place) -> AsyncClient:
+        client = AsyncClient(
+            "http://127.0.0.1:9", USER, device_id=DEVICE, store_path=str(place.path),
+            config=AsyncClientConfig(store=cls, encryption_enabled=True, pickle_key=KEY),
+        )
+        client.restore_login(USER, DEVICE, "token")
+        self.opened.append(client)
+        return client
+
+    def close(self) -> None:
+        for thing in self.opened:
+            store = thing.store if isinstance(thing, AsyncClient) else thing
+            if store is not None:
+                store.database.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    made = Engine(request.param, tmp_path, request)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _fill(*stores: SqliteStore, count: int = 24) -> dict[str, tuple[str, str, vodozemac.GroupSession]]:
+    """Save ``count`` inbound sessions (some with forwarding chains) in each of ``stores``; returns session id ->
+    (room, sender key, the outbound session that can encrypt for it)."""
     made = {}
     for i in range(count):
         room = ROOMS[i % len(ROOMS)]
@@ -44,17 +108,24 @@ def _fill(store: SqliteStore, count: int = 24) -> dict[str, tuple[str, str, vodo
         session = InboundGroupSession(
             outbound.session_key.to_base64(), acc.ed25519_key.to_base64(), curve, room, forwarding_chain=chain
         )
-        store.save_inbound_group_session(session)
+        for store in stores:
+            store.save_inbound_group_session(session)
         made[session.id] = (room, curve, outbound)
     return made
 
 
-def _new_store(cls: type, path: Path) -> SqliteStore:
-    path.mkdir(parents=True, exist_ok=True)
-    store = cls(USER, DEVICE, str(path), KEY)
+def _new_store(engine: Engine, cls: type, place: Place, account: OlmAccount | None = None) -> SqliteStore:
+    store = engine.open(cls, place)
     if store.load_account() is None:
-        store.save_account(OlmAccount())
+        store.save_account(account or OlmAccount())
     return store
+
+
+def _twins(engine: Engine) -> tuple[Place, Place, SqliteStore, SqliteStore]:
+    """Two places with the same account (what copying a store folder gave): for plain nio and the lazy store."""
+    account = OlmAccount()
+    plain, lazy = engine.place("plain"), engine.place("lazy")
+    return plain, lazy, _new_store(engine, plain.plain, plain, account), _new_store(engine, lazy.plain, lazy, account)
 
 
 def _describe(session: InboundGroupSession | None) -> tuple | None:
@@ -69,10 +140,12 @@ def _layout(store) -> dict:
             for room, senders in store._entries.items() if any(senders.values())}
 
 
-def test_lookups_answer_like_nio(tmp_path: Path) -> None:
-    made = _fill(_new_store(SqliteStore, tmp_path))
-    eager = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
-    lazy_store = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY)
+def test_lookups_answer_like_nio(engine: Engine) -> None:
+    place = engine.place("store")
+    made = _fill(_new_store(engine, place.plain, place))
+    eager = engine.open(place.plain, place).load_inbound_group_sessions()
+    lazy_store = engine.open(place.lazy, place)
+    assert isinstance(lazy_store, LazyStoreMixin)
     lazy = lazy_store.load_inbound_group_sessions()
     assert isinstance(lazy, LazyGroupSessionStore)
     assert lazy.in_memory == 0  # nothing read at start-up
@@ -90,10 +163,11 @@ def test_lookups_answer_like_nio(tmp_path: Path) -> None:
     assert lazy.loaded_from_db == len(made)
 
 
-def test_room_access_iteration_and_entries_are_complete(tmp_path: Path) -> None:
-    _fill(_new_store(SqliteStore, tmp_path))
-    eager = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
-    lazy = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+def test_room_access_iteration_and_entries_are_complete(engine: Engine) -> None:
+    place = engine.place("store")
+    _fill(_new_store(engine, place.plain, place))
+    eager = engine.open(place.plain, place).load_inbound_group_sessions()
+    lazy = engine.open(place.lazy, place).load_inbound_group_sessions()
     room = ROOMS[1]
     assert {s: sorted(ids) for s, ids in lazy[room].items()} == {s: sorted(ids) for s, ids in eager[room].items()}
     assert lazy.in_memory == sum(len(ids) for ids in eager[room].values())  # only that room was read
@@ -101,10 +175,11 @@ def test_room_access_iteration_and_entries_are_complete(tmp_path: Path) -> None:
     assert _layout(lazy) == _layout(eager)
 
 
-def test_memory_wins_over_the_database_and_add_follows_nio(tmp_path: Path) -> None:
-    made = _fill(_new_store(SqliteStore, tmp_path), count=6)
-    lazy = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
-    eager = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+def test_memory_wins_over_the_database_and_add_follows_nio(engine: Engine) -> None:
+    place = engine.place("store")
+    made = _fill(_new_store(engine, place.plain, place), count=6)
+    lazy = engine.open(place.lazy, place).load_inbound_group_sessions()
+    eager = engine.open(place.plain, place).load_inbound_group_sessions()
     session_id, (room, sender, _outbound) = next(iter(made.items()))
     loaded = lazy.get(room, sender, session_id)
     assert lazy.add(loaded) is False and eager.add(eager.get(room, sender, session_id)) is False
@@ -119,16 +194,6 @@ def test_memory_wins_over_the_database_and_add_follows_nio(tmp_path: Path) -> No
     assert lazy.get(room, sender, session_id) is None and eager.get(room, sender, session_id) is None
 
 
-def _client(cls: type, path: Path) -> AsyncClient:
-    path.mkdir(parents=True, exist_ok=True)
-    client = AsyncClient(
-        "http://127.0.0.1:9", USER, device_id=DEVICE, store_path=str(path),
-        config=AsyncClientConfig(store=cls, encryption_enabled=True, pickle_key=KEY),
-    )
-    client.restore_login(USER, DEVICE, "token")
-    return client
-
-
 def _megolm_event(room: str, sender_idx: int, outbound: vodozemac.GroupSession, body: str) -> MegolmEvent:
     user, dev, curve, _acc = SENDERS[sender_idx]
     payload = json.dumps({"type": "m.room.message", "content": {"msgtype": "m.text", "body": body}, "room_id": room})
@@ -141,13 +206,11 @@ def _megolm_event(room: str, sender_idx: int, outbound: vodozemac.GroupSession, 
     return event
 
 
-def test_decryption_is_the_same(tmp_path: Path) -> None:
-    made = _fill(_new_store(SqliteStore, tmp_path / "plain"), count=8)
-    import shutil
-
-    shutil.copytree(tmp_path / "plain", tmp_path / "lazy")
-    plain, lazy = _client(SqliteStore, tmp_path / "plain"), _client(LazySqliteStore, tmp_path / "lazy")
-    assert isinstance(lazy.store, LazySqliteStore)
+def test_decryption_is_the_same(engine: Engine) -> None:
+    plain_place, lazy_place, *stores = _twins(engine)
+    made = _fill(*stores, count=8)
+    plain, lazy = engine.client(plain_place.plain, plain_place), engine.client(lazy_place.lazy, lazy_place)
+    assert isinstance(lazy.store, LazyStoreMixin)
     for n, (_sid, (room, sender, outbound)) in enumerate(made.items()):
         idx = next(i for i, s in enumerate(SENDERS) if s[2] == sender)
         event = _megolm_event(room, idx, outbound, f"msg{n}")
@@ -161,19 +224,20 @@ def test_decryption_is_the_same(tmp_path: Path) -> None:
             client.decrypt_event(stranger)
 
 
-async def test_key_export_import_and_restarts(tmp_path: Path) -> None:
-    made = _fill(_new_store(SqliteStore, tmp_path / "source"), count=10)
-    source = _client(LazySqliteStore, tmp_path / "source")
-    export = tmp_path / "keys.txt"
+async def test_key_export_import_and_restarts(engine: Engine) -> None:
+    source_place, target_place = engine.place("source"), engine.place("target")
+    made = _fill(_new_store(engine, source_place.plain, source_place), count=10)
+    source = engine.client(source_place.lazy, source_place)
+    export = engine.tmp_path / "keys.txt"
     await source.export_keys(str(export), "passphrase", count=1000)  # iterates the lazy store (all of it)
-    target = _client(LazySqliteStore, tmp_path / "target")
+    target = engine.client(target_place.lazy, target_place)
     await target.import_keys(str(export), "passphrase")
     for session_id, (room, sender, _outbound) in made.items():
         assert target.olm.inbound_group_store.get(room, sender, session_id) is not None
     await target.close()
     # restart: the lazy store and plain nio both read what the lazy store wrote, and the other way round
-    for cls in (LazySqliteStore, SqliteStore):
-        again = _client(cls, tmp_path / "target")
+    for cls in (target_place.lazy, target_place.plain):
+        again = engine.client(cls, target_place)
         for session_id, (room, sender, outbound) in made.items():
             found = again.olm.inbound_group_store.get(room, sender, session_id)
             assert found is not None and found.id == session_id
@@ -182,17 +246,18 @@ async def test_key_export_import_and_restarts(tmp_path: Path) -> None:
         await again.close()
 
 
-async def test_room_keys_received_at_run_time_survive_restarts(tmp_path: Path) -> None:
-    _new_store(SqliteStore, tmp_path)
-    client = _client(LazySqliteStore, tmp_path)
+async def test_room_keys_received_at_run_time_survive_restarts(engine: Engine) -> None:
+    place = engine.place("store")
+    _new_store(engine, place.plain, place)
+    client = engine.client(place.lazy, place)
     outbound = vodozemac.GroupSession()
     _user, _dev, curve, acc = SENDERS[2]
     client.olm.create_group_session(curve, acc.ed25519_key.to_base64(), ROOMS[2], outbound.session_id,
                                     outbound.session_key.to_base64())
     assert client.olm.inbound_group_store.get(ROOMS[2], curve, outbound.session_id) is not None
     await client.close()
-    for cls in (LazySqliteStore, SqliteStore):
-        again = _client(cls, tmp_path)
+    for cls in (place.lazy, place.plain):
+        again = engine.client(cls, place)
         assert again.decrypt_event(_megolm_event(ROOMS[2], 2, outbound, "late")).body == "late"
         await again.close()
 
@@ -206,12 +271,10 @@ def _key_request(session_id: str, room: str, sender_key: str) -> RoomKeyRequest:
     })
 
 
-def test_key_requests_find_the_same_sessions(tmp_path: Path) -> None:
-    import shutil
-
-    made = _fill(_new_store(SqliteStore, tmp_path / "plain"), count=4)
-    shutil.copytree(tmp_path / "plain", tmp_path / "lazy")
-    plain, lazy = _client(SqliteStore, tmp_path / "plain"), _client(LazySqliteStore, tmp_path / "lazy")
+def test_key_requests_find_the_same_sessions(engine: Engine) -> None:
+    plain_place, lazy_place, *stores = _twins(engine)
+    made = _fill(*stores, count=4)
+    plain, lazy = engine.client(plain_place.plain, plain_place), engine.client(lazy_place.lazy, lazy_place)
     session_id, (room, sender, _outbound) = next(iter(made.items()))
     for sid in (session_id, "missing-session"):
         messages = []
@@ -223,8 +286,9 @@ def test_key_requests_find_the_same_sessions(tmp_path: Path) -> None:
         assert ("No session found" in messages[0]) == (sid == "missing-session")
 
 
-def test_device_trust_answers_follow_every_change(tmp_path: Path) -> None:
-    lazy = _new_store(LazySqliteStore, tmp_path)
+def test_device_trust_answers_follow_every_change(engine: Engine) -> None:
+    place = engine.place("store")
+    lazy = _new_store(engine, place.lazy, place)
     devices = {
         user: {dev: OlmDevice(user, dev, {"ed25519": acc.ed25519_key.to_base64(), "curve25519": curve})}
         for user, dev, curve, acc in SENDERS
@@ -232,7 +296,7 @@ def test_device_trust_answers_follow_every_change(tmp_path: Path) -> None:
     unknown = OlmDevice("@nobody:example.org", "NODEV", {"ed25519": "x", "curve25519": "y"})
 
     def check() -> None:
-        fresh = SqliteStore(USER, DEVICE, str(tmp_path), KEY)
+        fresh = engine.open(place.plain, place)
         for device in [*(d for devs in devices.values() for d in devs.values()), unknown]:
             for method in ("is_device_verified", "is_device_blacklisted", "is_device_ignored"):
                 assert getattr(lazy, method)(device) == getattr(fresh, method)(device), (method, device.id)
@@ -250,11 +314,12 @@ def test_device_trust_answers_follow_every_change(tmp_path: Path) -> None:
         check()
 
 
-def test_libolm_pickles_are_upgraded_on_first_use(tmp_path: Path) -> None:
+def test_libolm_pickles_are_upgraded_on_first_use(engine: Engine) -> None:
     olm = pytest.importorskip("olm")
     from nio.store.models import MegolmInboundSessions
 
-    store = _new_store(SqliteStore, tmp_path)
+    place = engine.place("store")
+    store = _new_store(engine, place.plain, place)
     outbound = olm.OutboundGroupSession()
     legacy = olm.InboundGroupSession(outbound.session_key)
     _user, _dev, curve, acc = SENDERS[0]
@@ -263,21 +328,22 @@ def test_libolm_pickles_are_upgraded_on_first_use(tmp_path: Path) -> None:
             sender_key=curve, account=store._get_account().id, fp_key=acc.ed25519_key.to_base64(),
             room_id=ROOMS[0], session=legacy.pickle(KEY), session_id=legacy.id,
         ).execute()
-    lazy = LazySqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions()
+    lazy = engine.open(place.lazy, place).load_inbound_group_sessions()
     found = lazy.get(ROOMS[0], curve, legacy.id)
     assert found is not None and found.id == legacy.id
     # nio now reads a vodozemac pickle for it (the upgrade was written back)
-    again = SqliteStore(USER, DEVICE, str(tmp_path), KEY).load_inbound_group_sessions().get(ROOMS[0], curve, legacy.id)
+    again = engine.open(place.plain, place).load_inbound_group_sessions().get(ROOMS[0], curve, legacy.id)
     assert again is not None and again.upgrade_pickle is False
 
 
-def test_encrypted_rooms_are_saved_like_nio(tmp_path: Path) -> None:
-    lazy = _new_store(LazySqliteStore, tmp_path)
+def test_encrypted_rooms_are_saved_like_nio(engine: Engine) -> None:
+    place = engine.place("store")
+    lazy = _new_store(engine, place.lazy, place)
     assert lazy.load_encrypted_rooms() == set()
     lazy.save_encrypted_rooms(set())
     lazy.save_encrypted_rooms({ROOMS[0], ROOMS[1]})
     lazy.save_encrypted_rooms({ROOMS[1]})  # already saved: nothing to write
     lazy.delete_encrypted_room(ROOMS[0])
     lazy.save_encrypted_rooms({ROOMS[0], ROOMS[2]})  # saved again after the delete
-    plain = SqliteStore(USER, DEVICE, str(tmp_path), KEY)
+    plain = engine.open(place.plain, place)
     assert plain.load_encrypted_rooms() == set(ROOMS) == lazy.load_encrypted_rooms()
