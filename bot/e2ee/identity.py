@@ -67,9 +67,11 @@ from bot.errors import IdentityError, MatrixRequestError, RecoveryKeyError
 from bot.log import add_secret
 from bot.matrix.requests import api_path, post_with_password_auth, request_json
 from bot.storage.credentials import write_private
+from bot.storage.private_files import LocalFile, PrivateFile
 
 if TYPE_CHECKING:
     from bot.e2ee.key_backup import KeyBackup
+    from bot.storage.backend import Storage
 
 __all__ = [
     "RECOVERY_KEY_SECRET",
@@ -267,14 +269,19 @@ class LocalSecrets:
     versions, key ids) is not secret and stays readable.
     """
 
-    def __init__(self, path: Path, pickle_key: str) -> None:
-        self.path = path
+    def __init__(self, path: Path | PrivateFile, pickle_key: str) -> None:
+        #: Where the secrets are: ``data_dir/secrets.json``, or a row in PostgreSQL (``Storage.private_file``).
+        self.path: PrivateFile = LocalFile(path) if isinstance(path, Path) else path
         self._key = local_secrets_key(pickle_key)
         self.meta: dict[str, Any] = {}
         self._encrypted: dict[str, dict[str, str]] = {}
-        if path.exists():
+        try:
+            text = self.path.read_text()
+        except OSError as exc:
+            raise IdentityError(f"{self.path}: unreadable secrets file ({exc})") from None
+        if text is not None:
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(text)
                 if data.get("format") != _LOCAL_FORMAT:
                     raise ValueError(f"unknown format {data.get('format')!r}")
                 self.meta = dict(data.get("meta") or {})
@@ -307,8 +314,7 @@ class LocalSecrets:
     def save(self) -> None:
         """Write the file atomically with mode 0600."""
         data = {"format": _LOCAL_FORMAT, "meta": self.meta, "secrets": self._encrypted}
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        self.path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     # typed accessors -------------------------------------------------------------------------------------------
 
@@ -415,15 +421,20 @@ class Identity:
         cross_signing: bool = True,
         key_backup: bool = True,
         recovery_key_file: Path | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self.client = client
+        #: Where secrets.json and the key-backup tracker live (None: files under data_dir).
+        self.storage = storage
         self.user_id: str = client.user_id
         self.data_dir = data_dir
         self.password = password
         self.cross_signing = cross_signing
         self.key_backup = key_backup
         self.recovery_key_file = recovery_key_file
-        self.secrets = LocalSecrets(data_dir / SECRETS_FILE, pickle_key)
+        self.secrets = LocalSecrets(
+            storage.private_file(SECRETS_FILE) if storage is not None else data_dir / SECRETS_FILE, pickle_key
+        )
         self.ssss = SecretStorage(client, self.user_id)
         #: Our cross-signing keys, when we hold the account's published ones.
         self.keys: CrossSigningKeys | None = None
@@ -440,8 +451,8 @@ class Identity:
         self._backup_problem: str | None = None
 
     @classmethod
-    def from_config(cls, client: Any, config: Any) -> Identity:
-        """Build from a :class:`bot.config.Config` (its ``e2ee`` section)."""
+    def from_config(cls, client: Any, config: Any, storage: Storage | None = None) -> Identity:
+        """Build from a :class:`bot.config.Config` (its ``e2ee`` section), keeping its secrets in ``storage``."""
         e2ee = config.e2ee
         return cls(
             client,
@@ -451,6 +462,7 @@ class Identity:
             cross_signing=e2ee.cross_signing,
             key_backup=e2ee.key_backup,
             recovery_key_file=e2ee.recovery_key_file,
+            storage=storage,
         )
 
     @property
@@ -732,7 +744,8 @@ class Identity:
             self.secrets.set(BACKUP, key.to_secret())
             self.secrets.meta["backup_version"] = version
             self.secrets.save()
-        self.backup = KeyBackup(self.client, key, version, self.data_dir / TRACK_FILE)
+        track = self.storage.open_backup_tracker if self.storage is not None else self.data_dir / TRACK_FILE
+        self.backup = KeyBackup(self.client, key, version, track)
 
     async def _backup_key_from_ssss(self, current: dict[str, Any]) -> BackupKey | None:
         ssss = self._ssss_key()

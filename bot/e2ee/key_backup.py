@@ -112,22 +112,24 @@ def backup_entry(session: InboundGroupSession, backup_key: BackupKey) -> dict[st
 
 
 class UploadTracker:
-    """Which sessions (room id, session id) are in which backup version: a small SQLite file, kept in memory too."""
+    """Which sessions (room id, session id) are in which backup version: a small table, kept in memory too.
 
-    def __init__(self, path: Path, version: str) -> None:
-        self.path = path
+    ``db`` is the table's place: a path (``data_dir/key_backup.db``, a SQLite file made 0600) or a callable giving a
+    sqlite3-style connection (``Storage.open_backup_tracker``: the same file, or a table in PostgreSQL). The SQL runs
+    on both engines.
+    """
+
+    def __init__(self, db: Path | Callable[[], Any], version: str) -> None:
+        self._open: Callable[[], Any] = db if callable(db) else (lambda: _open_file(Path(db)))
         self.version = version
-        fresh = not path.exists()
-        with contextlib.closing(sqlite3.connect(str(path))) as db:
-            if fresh:
-                path.chmod(0o600)
-            db.execute(
+        with contextlib.closing(self._open()) as conn:
+            conn.execute(
                 "CREATE TABLE IF NOT EXISTS uploaded ("
                 " version TEXT NOT NULL, room_id TEXT NOT NULL, session_id TEXT NOT NULL,"
                 " PRIMARY KEY (version, room_id, session_id))"
             )
-            db.commit()
-            rows = db.execute("SELECT room_id, session_id FROM uploaded WHERE version = ?", (version,)).fetchall()
+            conn.commit()
+            rows = conn.execute("SELECT room_id, session_id FROM uploaded WHERE version = ?", (version,)).fetchall()
         self._done: set[tuple[str, str]] = {(r, s) for r, s in rows}
 
     def __contains__(self, key: tuple[str, str]) -> bool:
@@ -141,13 +143,21 @@ class UploadTracker:
         new = [k for k in dict.fromkeys(keys) if k not in self._done]
         if not new:
             return
-        with contextlib.closing(sqlite3.connect(str(self.path))) as db:
-            db.executemany(
-                "INSERT OR IGNORE INTO uploaded (version, room_id, session_id) VALUES (?, ?, ?)",
+        with contextlib.closing(self._open()) as conn:
+            conn.executemany(
+                "INSERT INTO uploaded (version, room_id, session_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(self.version, r, s) for r, s in new],
             )
-            db.commit()
+            conn.commit()
         self._done.update(new)
+
+
+def _open_file(path: Path) -> sqlite3.Connection:
+    fresh = not path.exists()
+    conn = sqlite3.connect(str(path))
+    if fresh:
+        path.chmod(0o600)
+    return conn
 
 
 # ----------------------------------------------------------------------------------------------- the backup
@@ -166,7 +176,7 @@ class RestoreResult:
 class KeyBackup:
     """One active backup version: uploads new room keys, restores all of them."""
 
-    def __init__(self, client: Any, backup_key: BackupKey, version: str, track_path: Path) -> None:
+    def __init__(self, client: Any, backup_key: BackupKey, version: str, track_path: Path | Callable[[], Any]) -> None:
         self.client = client
         self.backup_key = backup_key
         self.version = version

@@ -53,7 +53,7 @@ from nio import (
 )
 from nio.api import Api
 from nio.responses import EmptyResponse
-from nio.store import SqliteMemoryStore, SqliteStore
+from nio.store import SqliteMemoryStore
 
 from bot.crypto.withheld import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
 from bot.matrix.events import is_state_shaped
@@ -578,16 +578,23 @@ def _repeatable(method: str, path: str, data: Any) -> bool:
 
 
 def make_client(
-    homeserver: str, user_id: str, store_dir: Path, pickle_key: str, device_id: str | None = None
+    homeserver: str,
+    user_id: str,
+    store_dir: Path,
+    pickle_key: str,
+    device_id: str | None = None,
+    *,
+    store: type[Any] | None = None,
 ) -> RatchetClient:
-    """Build a client with E2EE on and nio's SQLite crypto store under ``store_dir``."""
+    """Build a client with E2EE on and nio's SQLite crypto store under ``store_dir``, or the crypto store class
+    ``store`` (PostgreSQL: :func:`bot.matrix.pg_store.postgres_crypto_store`)."""
     from bot.matrix import schemas as fastpath  # issue 8: nio's schema checks, compiled once (same results)
     from bot.matrix.store import LazySqliteStore  # issue 8: room keys read from the store when first needed
 
     fastpath.install()
-    store: type[SqliteStore] = LazySqliteStore  # nio's SqliteStore and file format
+    store_class: type[Any] = store if store is not None else LazySqliteStore  # nio's SqliteStore and file format
     config = AsyncClientConfig(
-        store=store,
+        store=store_class,
         encryption_enabled=True,
         pickle_key=pickle_key,
         store_sync_tokens=False,  # the runtime persists the token itself, after handling

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from nio import AsyncClient, AsyncClientConfig, KeysUploadResponse, LoginResponse, WhoamiError, WhoamiResponse
 
@@ -19,7 +20,7 @@ from bot.matrix.client import RatchetClient, make_client
 from bot.storage.backend import Storage
 from bot.storage.credentials import Credentials
 
-__all__ = ["open_session", "plain_client", "start_new_device", "upload_device_keys"]
+__all__ = ["crypto_store_class", "open_session", "plain_client", "start_new_device", "upload_device_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,9 @@ async def open_session(
                 "data_dir from a backup, or recover the identity with `ratchet verify --recovery-key KEY`; to start "
                 "over as a new device on purpose, move credentials.json away"
             )
-        client = make_client(homeserver, user_id, storage.crypto_path, pickle_key, creds.device_id)
+        client = make_client(
+            homeserver, user_id, storage.crypto_path, pickle_key, creds.device_id, store=crypto_store_class(storage)
+        )
         _restore(client, creds)
         await _ensure_token_valid(client, creds, storage, password, device_name)
         return client
@@ -62,11 +65,12 @@ async def open_session(
     strays = storage.crypto_stores()
     if strays:
         raise SessionError(
-            f"{storage.crypto_path} holds a crypto store ({', '.join(strays)}) but credentials.json is missing; "
-            "restore the credentials file, or move the store away to start as a new device on purpose"
+            f"{storage.crypto_path if storage.database_url is None else storage} holds a crypto store "
+            f"({', '.join(strays)}) but the stored login (credentials.json) is missing; restore it, or move the store "
+            "away to start as a new device on purpose (`ratchet verify`)"
         )
 
-    client = make_client(homeserver, user_id, storage.crypto_path, pickle_key)
+    client = make_client(homeserver, user_id, storage.crypto_path, pickle_key, store=crypto_store_class(storage))
     if password:
         resp = await client.login(password=password, device_name=device_name)
         if not isinstance(resp, LoginResponse):
@@ -126,6 +130,16 @@ async def start_new_device(
         device_name=device_name,
     )
     return client, moved
+
+
+def crypto_store_class(storage: Storage) -> type[Any] | None:
+    """The crypto store for ``storage``: None (nio's SQLite file under ``crypto_path``) or the PostgreSQL store bound
+    to its database and the lease's connection settings."""
+    if storage.database_url is None:
+        return None
+    from bot.matrix.pg_store import postgres_crypto_store
+
+    return postgres_crypto_store(storage.database_url, storage.connection_settings)
 
 
 def _restore(client: RatchetClient, creds: Credentials) -> None:

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import os
 import signal
-import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -44,7 +44,8 @@ from bot.runtime.endpoints import install_endpoints
 from bot.runtime.status_page import ActivityHistory
 from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, own_join_index, select_events
 from bot.stats import BotStats
-from bot.storage.backend import SqliteStorage, Storage
+from bot.storage.backend import Storage, open_storage
+from bot.storage.lease import LeaseLost
 from bot.storage.state import StateStore
 
 __all__ = ["Runtime"]
@@ -98,7 +99,7 @@ class Runtime:
         self.trust: TrustPolicy = install_trust(client, self.state, config.e2ee.trust)
         #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
         #: be read (logged: cross-signing and key backup are off for this run).
-        self.identity: Identity | None = _open_identity(client, config)
+        self.identity: Identity | None = _open_identity(client, config, storage)
         #: Interactive (SAS) verification, requests accepted from the admins (and e2ee.verification.accept_from); the
         #: operator confirms through data_dir/control.sock (``ratchet verification ...``). Issue 18.
         self.verifications = VerificationService(
@@ -134,6 +135,7 @@ class Runtime:
         self._policy = CatchUpPolicy(config.catch_up, int(config.catch_up_max_age * 1000))
         #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
         self._fatal: Exception | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: How late the event loop wakes a sleeping task (the worst is shown by /health/live and the status page).
         self.lag_probe = LoopLagProbe(self.metrics)
         #: Events and handler latency over the last hour, for the status page's charts (bot/runtime/status_page.py).
@@ -147,20 +149,27 @@ class Runtime:
         Raises :class:`~bot.errors.SessionError` with what to do when the identity on disk cannot be used.
         """
         os.umask(0o077)  # everything the bot writes (stores, plugin databases, keys) is private to its user
-        storage = SqliteStorage(config.data_dir)
-        client = await open_session(
-            homeserver=config.homeserver,
-            user_id=config.user_id,
-            storage=storage,
-            pickle_key=config.pickle_key,
-            password=config.password,
-            access_token=config.access_token,
-            device_name=config.device_name,
-        )
+        storage = open_storage(config)
+        await _hold_storage(storage)  # PostgreSQL: a standby waits here until the active one stops or dies
+        try:
+            client = await open_session(
+                homeserver=config.homeserver,
+                user_id=config.user_id,
+                storage=storage,
+                pickle_key=config.pickle_key,
+                password=config.password,
+                access_token=config.access_token,
+                device_name=config.device_name,
+            )
+            storage.fence()  # nio created its tables (first start): fence them too
+        except BaseException:
+            storage.release()
+            raise
         try:
             return cls(config, client, storage)
         except StateError as exc:
             await client.close()
+            storage.release()
             raise SessionError(str(exc)) from exc
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -175,11 +184,13 @@ class Runtime:
         Raises :class:`~bot.errors.SessionError` when storage failed while running.
         """
         loop = asyncio.get_running_loop()
+        self._loop = loop
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
+            self.storage.keep_lease(self._lease_lost)  # PostgreSQL: renew the lease; losing it stops the bot
             self.lag_probe.start()
             self.activity.start()
             await self._start_http()
@@ -191,9 +202,15 @@ class Runtime:
                 await self.client.keys_upload()
             await self._sync_loop()
             if self._fatal is not None:
+                if isinstance(self._fatal, LeaseLost):
+                    raise SessionError(
+                        f"stopped: {self._fatal}. Another process runs the bot now; this one wrote nothing after "
+                        "losing the lease. Start it again to be the standby"
+                    ) from self._fatal
                 raise SessionError(
                     f"stopped: {self._fatal}. Nothing was lost: events not recorded as handled are handled at the "
-                    "next start. Free disk space or fix the permissions of data_dir, then start the bot again"
+                    "next start. Free disk space or fix the permissions of data_dir (or reach the database), then "
+                    "start the bot again"
                 ) from self._fatal
         finally:
             if install_signal_handlers:
@@ -253,6 +270,7 @@ class Runtime:
             self.state.close()
         except Exception as exc:  # sqlite3 or psycopg
             log.error("could not close the state store %s cleanly: %s", self.state.path, exc)
+        self.storage.release()  # PostgreSQL: a standby takes over at once
         log.info("stopped")
 
     def _spawn(self, coro) -> asyncio.Task[Any]:
@@ -367,6 +385,12 @@ class Runtime:
             return  # shutting down: leave the token where it is, the events come again
         with contextlib.suppress(StateError):  # reported by _storage_failed
             self._commit(batch)
+
+    def _lease_lost(self, exc: Exception) -> None:
+        """Called from the lease's thread: another process took over, or the lease could not be renewed."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._storage_failed, exc)
 
     def _storage_failed(self, exc: Exception) -> None:
         """state.db or the crypto store cannot be written: stop cleanly rather than handle what cannot be recorded."""
@@ -537,9 +561,35 @@ def _clear_state(state: list[Event], events: list[Event], event_type: str) -> li
     ]
 
 
-def _open_identity(client: RatchetClient, config: Config) -> Identity | None:
+async def _hold_storage(storage: Storage) -> None:
+    """Wait until this process may write to ``storage`` (PostgreSQL: it holds the lease); SIGTERM or SIGINT while
+    waiting ends the wait with a :class:`~bot.errors.SessionError` ("stopped while on standby")."""
+    if storage.database_url is None:
+        return
+    loop = asyncio.get_running_loop()
+    stop = threading.Event()
+    installed: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (a bot in a test task)
+            pass
     try:
-        return Identity.from_config(client, config)
+        await asyncio.to_thread(storage.acquire, stop)
+    except LeaseLost as exc:
+        raise SessionError("stopped while on standby") from exc
+    except asyncio.CancelledError:
+        stop.set()
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _open_identity(client: RatchetClient, config: Config, storage: Storage | None = None) -> Identity | None:
+    try:
+        return Identity.from_config(client, config, storage)
     except IdentityError as exc:
         log.error("cross-signing and key backup are off for this run: %s", exc)
         return None

@@ -53,6 +53,9 @@ class Storage(Protocol):
     def fence(self) -> None:
         """Protect the tables created since :meth:`prepare` against a process that lost the lease (PostgreSQL)."""
 
+    def keep_lease(self, on_lost: Callable[[Exception], None]) -> None:
+        """Keep the lease while running (PostgreSQL); ``on_lost`` is called from another thread if it is lost."""
+
     def release(self) -> None:
         """Let a standby take over at once (a clean stop). Never raises."""
 
@@ -115,6 +118,9 @@ class SqliteStorage:
 
     def fence(self) -> None:
         """Nothing to fence: SQLite files are not shared between machines."""
+
+    def keep_lease(self, on_lost: Callable[[Exception], None]) -> None:
+        """No lease."""
 
     def release(self) -> None:
         """Nothing to hand over."""
@@ -210,6 +216,7 @@ def open_storage(config: Config) -> Storage:
             config.database,
             pickle_key=config.pickle_key,
             lease_ttl=config.database_lease_ttl,
+            lease_poll=min(1.0, config.database_lease_ttl / 3),
             data_dir=config.data_dir,
         )
     return SqliteStorage(config.data_dir)

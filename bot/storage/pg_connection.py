@@ -211,12 +211,16 @@ class SqlConnection:
         rows = list(seq_of_params)
         named = bool(rows) and isinstance(rows[0], Mapping)
         cursor = self.raw.cursor()
-        cursor.executemany(sqlite_to_psycopg(sql, named=named), rows)
+        with self.raw.transaction():  # one commit for all of them
+            cursor.executemany(sqlite_to_psycopg(sql, named=named), rows)
         return SqlCursor(cursor)
 
     def executescript(self, script: str) -> None:
         """Run a script of statements (psycopg sends it as one simple query; no parameters)."""
         self.raw.execute(script.encode())
+
+    def commit(self) -> None:
+        """Nothing to do: statements commit as they run (autocommit), as sqlite3 code expects after ``commit()``."""
 
     def close(self) -> None:
         """Close the connection."""

@@ -134,6 +134,10 @@ class PostgresStorage:
             for schema in (STATE_SCHEMA, CRYPTO_SCHEMA):
                 fence_schema(conn, schema)
 
+    def keep_lease(self, on_lost: Callable[[Exception], None]) -> None:
+        """Renew the lease on a thread of its own; ``on_lost`` is called from that thread once it is lost."""
+        self.lease.start_renewing(on_lost)
+
     def release(self) -> None:
         """Hand the lease over at a clean stop, close connections. Never raises."""
         if self._conn is not None:
