@@ -535,6 +535,10 @@ class Bridge(Plugin):
         assert self.matrix is not None
         wanted: dict[str, str] = {}
         waiting: dict[str, tuple[str, str]] = {}
+        listed = {self.normalize_channel(network, channel) for channel in links}
+        for key in [k for k in {*self._config_rooms, *self._link_retries} if k[0] == network and k[1] not in listed]:
+            self._cancel_link_retry(key)  # a link gone from the config is not retried any more
+            self._config_rooms.pop(key, None)
         for channel, room in links.items():
             key = self.normalize_channel(network, channel)
             self._config_rooms[(network, key)] = room
