@@ -1,5 +1,6 @@
-"""Issue 6 end to end: the IRC bridge between a real IRC server (miniircd on 127.0.0.1) and an encrypted Matrix room
-on the real Synapse, with a raw IRC client and a Matrix member (its own E2EE device) as the two peers."""
+"""Issue 6 end to end: the IRC bridge between a real IRC server (miniircd on 127.0.0.1; ngircd, a production server,
+for what operators met with one in issue 16) and an encrypted Matrix room on the real Synapse, with a raw IRC client
+and a Matrix member (its own E2EE device) as the two peers."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pytest
 
 from bot.plugin.loader import import_plugin
 from bot.testing.ircd import IrcClient, IrcServer
+from bot.testing.ngircd import NgircdServer
 from bot.testing.tools import require_tool
 
 irc_connection = __import__(import_plugin("irc_bridge").__module__ + ".connection", fromlist=["IrcConnection"])
 
 BRIDGE_NICK = "relay"
 MINIIRCD_MISSING = "miniircd is not installed (pip install -e '.[dev]')"
+NGIRCD_MISSING = "ngircd is not installed (apt-get install ngircd; .ci/run installs it)"
 
 
 @pytest.fixture
@@ -32,18 +35,29 @@ def ircd(tmp_path):
         server.stop()
 
 
-def bridge_options(ircd: IrcServer, channels: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+@pytest.fixture
+def ngircd(tmp_path):
+    """ngircd, a production IRC server; without it the test is skipped, or fails under CI=true."""
+    require_tool(NgircdServer.available(), NGIRCD_MISSING)
+    with NgircdServer(tmp_path / "ngircd") as server:
+        yield server
+
+
+def bridge_options(ircd: IrcServer | NgircdServer, channels: dict[str, str] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """The bridge's options for one network ``local`` on ``ircd``; without ``channels`` the key is left out (links
+    made with ``!bridge link`` only: an empty mapping is a config error)."""
+    local: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": ircd.port,
+        "tls": False,
+        "nick": BRIDGE_NICK,
+        "ping_interval": 30,
+    }
+    if channels:
+        local["channels"] = channels
     options: dict[str, Any] = {
-        "networks": {
-            "local": {
-                "host": "127.0.0.1",
-                "port": ircd.port,
-                "tls": False,
-                "nick": BRIDGE_NICK,
-                "channels": channels or {},
-                "ping_interval": 30,
-            }
-        },
+        "networks": {"local": local},
         "reconnect_min_delay": 0.5,
         "reconnect_max_delay": 2.0,
         "rate_limit": 0,
@@ -714,3 +728,99 @@ async def test_a_paste_cut_by_a_sigterm_is_finished_after_the_restart_without_re
         if proc.proc is not None and proc.proc.poll() is None:
             await proc.stop()
         await carol.close()
+
+
+# ------------------------------------------------------------------------------------------- operators (issue 16)
+# What operators ran into with a production IRC server (ngircd): a TLS/plain-text mismatch, !bridge status, aliases.
+
+
+@pytest.mark.e2e
+async def test_status_with_ngircd_groups_networks_names_aliases_and_a_tls_mismatch(ratchet, ngircd, caplog):
+    """One network right (plain text), one with ``tls: true`` on ngircd's plain-text port: that one fails within
+    seconds with an ERROR naming it, host:port and the hint (ngircd itself would keep the handshake open for 20s);
+    ``!bridge status`` groups both networks with their links (by alias), and its outage clock does not restart with
+    every attempt."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    alice = await ratchet.member("alice")
+    room = await ratchet.room(plugins={"ping": {}}, member=alice, admins=[alice.user_id])
+    server = alice.user_id.split(":", 1)[1]
+    alias = f"#ops-{time.time_ns() % 10**9}:{server}"
+    resp = await alice.client.room_put_alias(alias, room.room_id)
+    assert type(resp).__name__ == "RoomPutAliasResponse", resp
+    options = bridge_options(ngircd, channels={"#ops": alias})
+    options["networks"]["wrongtls"] = {"host": "127.0.0.1", "port": ngircd.port, "tls": True, "nick": "relay2",
+                                       "channels": {"#tls": room.room_id}}
+    await ratchet.stop_bot()
+    await ratchet.start_bot({"irc_bridge": options}, admins=[alice.user_id])
+    bridge = the_bridge(ratchet)
+    wrong = bridge.supervisors["wrongtls"]
+    await until(lambda: "#ops" in bridge.irc["local"].joined, what="the bridge to join #ops on ngircd")
+    await until(lambda: "set tls: false" in (wrong.last_error or ""), timeout=15, what="the TLS mismatch")
+    hint = "server does not speak TLS? set tls: false (or use its TLS port, often 6697)"
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.ERROR and "TLS handshake" in r.getMessage()]
+    assert errors == [
+        f"wrongtls: TLS handshake with 127.0.0.1:{ngircd.port} failed: the server answers in plain text; {hint}"
+    ], errors
+
+    # Relaying works through ngircd on the right network.
+    carol = await IrcClient.connect(ngircd.port, "carol")
+    await carol.join("#ops")
+    await room.send("hello ngircd")
+    await carol.expect(lambda m: m.command == "PRIVMSG" and m.text.endswith("hello ngircd"))
+
+    # The #tls link names its room by id in the config: status shows the room's canonical alias once it has one.
+    resp = await alice.client.room_put_state(room.room_id, "m.room.canonical_alias", {"alias": alias})
+    assert type(resp).__name__ == "RoomPutStateResponse", resp
+    await until(lambda: bridge.matrix.room_alias(room.room_id) == alias, what="the bot to see the canonical alias")
+
+    outage_began, attempts = wrong.since, wrong.backoff.attempts
+    await until(lambda: wrong.backoff.attempts >= attempts + 2, timeout=20, what="two more attempts")
+    assert wrong.since == outage_began  # the outage clock runs from the first failure, not from the last retry
+    status = (await room.ask("!bridge status")).body
+    lines = status.splitlines()
+    at_local = next(i for i, line in enumerate(lines) if line.startswith("- local: connected ("))
+    assert f"127.0.0.1:{ngircd.port} as {BRIDGE_NICK}, in 1 channel, queue 0" in lines[at_local], status
+    assert lines[at_local + 1] == f"  - #ops ↔ {alias} (this room) [config]", status
+    at_wrong = next(i for i, line in enumerate(lines) if line.startswith("- wrongtls: "))
+    assert ", down for " in lines[at_wrong] and " attempts" in lines[at_wrong], status
+    assert f"127.0.0.1:{ngircd.port} (TLS) as relay2" in lines[at_wrong], status
+    assert lines[at_wrong].endswith(
+        f"last error: TlsMismatchError: TLS handshake with 127.0.0.1:{ngircd.port} failed: plain-text IRC there; "
+        f"{hint}"
+    ), status
+    assert lines[at_wrong + 1] == f"  - #tls ↔ {alias} (this room) [config]", status
+    assert room.room_id not in status, status
+    await carol.close()
+
+
+@pytest.mark.e2e
+async def test_a_config_link_whose_alias_does_not_exist_yet_comes_up_when_it_is_created(ratchet, ircd):
+    """The alias of a config link does not exist at start: the link is retried (shown as such by ``!bridge status``)
+    and comes up by itself once the alias is created, without a reload."""
+    alice = await ratchet.member("alice")
+    room = await ratchet.room(plugins={"ping": {}}, member=alice, admins=[alice.user_id])
+    alias = f"#later-{time.time_ns() % 10**9}:{alice.user_id.split(':', 1)[1]}"
+    await ratchet.stop_bot()
+    await ratchet.start_bot({"irc_bridge": bridge_options(ircd, channels={"#later": alias})}, admins=[alice.user_id])
+    bridge = the_bridge(ratchet)
+    await until(lambda: bridge.supervisors["local"].connected, what="the bridge to connect")
+    assert ("local", "#later") in bridge.pending_links and not bridge.portals
+    await until(lambda: bridge.pending_links[("local", "#later")].attempts >= 2, what="a retry")
+    status = bridge.status_text()
+    assert f"  - #later ↔ {alias}: not linked yet, retrying (" in status and "not found" in status, status
+    carol = await IrcClient.connect(ircd.port, "carol")
+    await carol.join("#later")
+
+    resp = await alice.client.room_put_alias(alias, room.room_id)
+    assert type(resp).__name__ == "RoomPutAliasResponse", resp
+    await carol.expect(lambda m: m.command == "JOIN" and m.nick == BRIDGE_NICK and m.target.lower() == "#later")
+    assert bridge.portals[("local", "#later")].room_id == room.room_id and not bridge.pending_links
+    await carol.say("#later", "it exists now")
+    relayed = await room.expect(lambda e: body(e) == "carol: it exists now")
+    assert relayed.decrypted
+    status = (await room.ask("!bridge status")).body
+    assert f"  - #later ↔ {alias} (this room) [config]" in status and room.room_id not in status, status
+    await carol.close()

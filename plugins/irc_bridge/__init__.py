@@ -91,9 +91,11 @@ class Network:
         for channel, room in self.channels.items():
             if not channel or channel[0] not in "#&+!" or " " in channel or "," in channel:
                 raise ValueError(f"channels: {channel!r} is not an IRC channel name (it starts with #)")
-            if not room.startswith(("!", "#")) or ":" not in room:
+            is_id = room.startswith("!") and len(room) > 1  # (room version 12 ids have no ":server")
+            is_alias = room.startswith("#") and ":" in room[2:]
+            if not (is_id or is_alias) or any(c.isspace() for c in room):
                 raise ValueError(
-                    f"channels.{channel}: {room!r} is neither a room id (!id:server) nor an alias (#name:server)"
+                    f"channels.{channel}: {room!r} is neither a room id (!id) nor an alias (#name:server)"
                 )
         if bool(self.sasl_username) != bool(self.sasl_password):
             raise ValueError("set both sasl_username and sasl_password, or neither")
