@@ -65,12 +65,15 @@ def _config(path: Path, plugins: list[str], **extra) -> Path:
         "password": "${BOT_PASSWORD}",
         "pickle_key": "${RATCHET_PICKLE_KEY}",
         "data_dir": "./data",
-        "plugins": {name: {} for name in plugins},
+        "plugins": {name: PLUGIN_OPTIONS.get(name, {}) for name in plugins},
         **extra,
     }
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
+
+#: Options a bundled plugin cannot do without (an IRC bridge without a network is a config error).
+PLUGIN_OPTIONS = {"irc_bridge": {"networks": {"libera": {"host": "irc.libera.chat"}}}}
 
 SECRETS = {"BOT_PASSWORD": "secret-password", "RATCHET_PICKLE_KEY": "a-pickle-key-of-24-chars"}
 
