@@ -373,8 +373,9 @@ def test_a_stopped_server_is_an_error_and_a_restarted_one_is_used_again(tmp_path
         store.save_sync_token("before")
         cluster.stop()
         started = time.monotonic()
-        with pytest.raises(StorageError, match="cannot connect"):
+        with pytest.raises(StorageError, match="cannot connect") as failed:
             store.load_sync_token()
+        assert f"cannot connect to {url}:" in str(failed.value)  # the URL as configured
         with pytest.raises(StorageError, match="cannot connect"):
             store.save_sync_token("while down")
         assert time.monotonic() - started < 15

@@ -67,6 +67,7 @@ from peewee import (
 )
 from playhouse.psycopg3_ext import Psycopg3Database
 
+from bot.errors import StorageError
 from bot.matrix.store import LazyStoreMixin
 from bot.storage.pg_connection import CRYPTO_SCHEMA, connect, redact_url
 
@@ -169,13 +170,17 @@ class CryptoDatabase(Psycopg3Database):
         return f"CryptoDatabase({redact_url(self.url)!r})"
 
     def _connect(self) -> Any:
-        conn = connect(
-            _with_network_defaults(self.url),
-            schema=CRYPTO_SCHEMA,
-            settings=self.settings,
-            autocommit=True,  # peewee runs BEGIN/COMMIT itself
-            application_name="ratchet crypto store",
-        )
+        url = _with_network_defaults(self.url)
+        try:
+            conn = connect(
+                url,
+                schema=CRYPTO_SCHEMA,
+                settings=self.settings,
+                autocommit=True,  # peewee runs BEGIN/COMMIT itself
+                application_name="ratchet crypto store",
+            )
+        except StorageError as exc:  # name the URL the operator configured, not the one with our additions
+            raise StorageError(str(exc).replace(redact_url(url), redact_url(self.url))) from exc.__cause__
         if self._isolation_level is not None:
             conn.isolation_level = self._isolation_level
         return conn
