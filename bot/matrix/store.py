@@ -10,8 +10,9 @@ message needs them; :class:`LazyStoreMixin` does the same on nio's own tables, w
   sessions used so far in memory and reads a missing one from the database (one indexed query) the first time ``get()``
   asks for it. ``store[room_id]`` loads that room's sessions; iterating the store (key export, a full scan) or
   touching its ``_entries`` loads everything, after which it behaves exactly like nio's ``GroupSessionStore``.
-* Nothing about nio's tables changes: sessions are written by nio's own ``save_inbound_group_session``, so a store
-  written by this class opens with plain nio and vice versa (old libolm pickles are upgraded on first use, as nio
+* Nothing about nio's tables changes: sessions are written by nio's own ``save_inbound_group_session`` (on
+  PostgreSQL the same row as one upsert, see :mod:`bot.matrix.pg_store`), so a store written by this class opens with
+  plain nio and vice versa (old libolm pickles are upgraded on first use, as nio
   upgrades them at load).
 * Key backup finds the sessions it has not uploaded yet without loading any: once at start-up from their ids
   (:meth:`LazyGroupSessionStore.session_keys`, one query), then per sync from the sessions ``add()``-ed since its last
