@@ -100,7 +100,7 @@ async def test_a_policy_ban_that_failed_is_retried_periodically_without_a_rule_c
             return (1,) if "policy_ban" in sql and (args[0], args[1]) in banned else None
 
         async def execute(self, sql, args=()):
-            if sql.startswith("INSERT OR IGNORE INTO policy_ban"):
+            if sql.startswith("INSERT INTO policy_ban"):
                 banned.add((args[0], args[1]))
 
     plugin.storage = Storage()

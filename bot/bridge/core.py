@@ -112,8 +112,9 @@ _SCHEMA = (
 )
 
 
-#: The bridges running now, by database file. A reload starts the new version while the old one still runs: the new
-#: one takes over the stored queue only once the old one has stopped (and saved how far it got).
+#: The bridges running now, by storage (its file or schema: ``storage.location``). A reload starts the new version
+#: while the old one still runs: the new one takes over the stored queue only once the old one has stopped (and saved
+#: how far it got).
 _RUNNING: dict[str, list[Bridge]] = {}
 
 
@@ -279,7 +280,7 @@ class Bridge(Plugin):
             "SELECT network, channel, room_id, origin, created_by, created_at FROM ratchet_bridge_portal"
         )
         self.portals = {(r[0], r[1]): Portal(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
-        running = _RUNNING.setdefault(str(self.storage.path), [])
+        running = _RUNNING.setdefault(self.storage.location, [])
         running[:] = [b for b in running if not b._retired()]
         previous = list(running)
         running.append(self)
@@ -306,7 +307,7 @@ class Bridge(Plugin):
         for supervisor in list(self.supervisors.values()):
             await supervisor.stop()
         self._stopped = True
-        running = _RUNNING.get(str(self.storage.path), [])
+        running = _RUNNING.get(self.storage.location, [])
         if self in running:
             running.remove(self)
         if self._inbound_task is not None:
@@ -459,12 +460,12 @@ class Bridge(Plugin):
                         "SELECT 1 FROM ratchet_bridge_outbox WHERE network = ? AND relayed = ?", (network, relayed)
                     ).fetchone():
                         return None
-                    cursor = conn.execute(
+                    row = conn.execute(
                         "INSERT INTO ratchet_bridge_outbox (network, relayed, created_at, sent, items)"
-                        " VALUES (?, ?, ?, 0, ?)",
+                        " VALUES (?, ?, ?, 0, ?) RETURNING id",
                         (network, relayed, now, sealed),
-                    )
-                    return int(cursor.lastrowid or 0)
+                    ).fetchone()
+                    return int(row[0])
 
                 key = await self.storage.transaction(insert)
                 if key is None:
@@ -508,8 +509,9 @@ class Bridge(Plugin):
     async def add_portal(self, portal: Portal) -> Portal:
         """Store a portal (replacing one for the same channel) and tell the subclass (:meth:`on_portal_linked`)."""
         await self.storage.execute(
-            "INSERT OR REPLACE INTO ratchet_bridge_portal (network, channel, room_id, origin, created_by, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ratchet_bridge_portal (network, channel, room_id, origin, created_by, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (network, channel) DO UPDATE SET room_id = excluded.room_id,"
+            " origin = excluded.origin, created_by = excluded.created_by, created_at = excluded.created_at",
             (portal.network, portal.channel, portal.room_id, portal.origin, portal.created_by, portal.created_at),
         )
         self.portals[portal.key] = portal
@@ -1002,8 +1004,11 @@ class Bridge(Plugin):
     async def _remember(self, message: MappedMessage) -> None:
         self.messages.add(message)
         await self.storage.execute(
-            "INSERT OR REPLACE INTO ratchet_bridge_message (event_id, room_id, network, channel, remote_id, sender,"
-            " sender_name, direction, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ratchet_bridge_message (event_id, room_id, network, channel, remote_id, sender,"
+            " sender_name, direction, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO UPDATE"
+            " SET room_id = excluded.room_id, network = excluded.network, channel = excluded.channel,"
+            " remote_id = excluded.remote_id, sender = excluded.sender, sender_name = excluded.sender_name,"
+            " direction = excluded.direction, created_at = excluded.created_at",
             (message.event_id, message.room_id, message.network, message.channel, message.remote_id, message.sender,
              message.sender_name, message.direction, message.at),
         )

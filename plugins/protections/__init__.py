@@ -930,7 +930,9 @@ class Protections(Plugin):
             return
         action = await self._act("ban", "policy", room_id, user_id, None, f"policy list: {rule.reason or rule.entity}")
         if action.ok and not action.dry_run:
-            await self.storage.execute("INSERT OR IGNORE INTO policy_ban VALUES (?, ?, ?, ?, ?, NULL)", key)
+            await self.storage.execute(
+                "INSERT INTO policy_ban VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT DO NOTHING", key
+            )
         retried = key in self._unapplied
         if action.ok:
             self._unapplied.discard(key)
@@ -1038,7 +1040,9 @@ class Protections(Plugin):
                 await self.storage.execute("DELETE FROM acl_deny WHERE room_id = ?", (room_id,))
                 for glob in content["deny"]:
                     if glob in banned:
-                        await self.storage.execute("INSERT OR IGNORE INTO acl_deny VALUES (?, ?)", (room_id, glob))
+                        await self.storage.execute(
+                            "INSERT INTO acl_deny VALUES (?, ?) ON CONFLICT DO NOTHING", (room_id, glob)
+                        )
                 await self._record("policy", room_id, room_id, f"server ACL denies {', '.join(content['deny'])}",
                                    [Action("server_acl", room_id, ok=True)])
             except MatrixError as exc:

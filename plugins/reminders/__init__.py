@@ -60,11 +60,12 @@ class Reminders(Plugin):
         if pending and pending[0] >= self.config.max_per_user:
             await ctx.reply(f"You already have {pending[0]} reminders pending.", notice=True)
             return
+        # RETURNING gives the new row's id on both engines (cursor.lastrowid is SQLite's only).
         row_id = await self.storage.transaction(
             lambda db: db.execute(
-                "INSERT INTO reminder (room_id, user_id, due, text) VALUES (?, ?, ?, ?)",
+                "INSERT INTO reminder (room_id, user_id, due, text) VALUES (?, ?, ?, ?) RETURNING id",
                 (ctx.room_id, ctx.sender, time.time() + seconds, str(text)),
-            ).lastrowid
+            ).fetchone()[0]
         )
         confirmation = await ctx.reply(
             f"⏰ I will remind you in {delay}. React {self.config.cancel_reaction} to cancel.", notice=True

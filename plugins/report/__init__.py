@@ -103,8 +103,12 @@ class Report(Plugin):
         """,
         # Every event the bot posted about a case or a draft, so withdrawal and retention can redact them all
         # (the case message, each of its edits, the evidence file; the DM prompt and its edits). Rows are removed
-        # once the redaction went through; what is left is retried by the sweep.
-        """
+        # once the redaction went through; what is left is retried by the sweep. They are redacted newest first, by
+        # SQLite's implicit rowid; PostgreSQL has none, so its table gets a ``rowid`` identity column (the SQLite
+        # text is the released one, unchanged; the PostgreSQL one is native SQL with the types the portable
+        # subset would give).
+        {
+            "sqlite": """
         CREATE TABLE posted (
             room_id TEXT NOT NULL, event_id TEXT NOT NULL, kind TEXT NOT NULL, owner TEXT NOT NULL,
             PRIMARY KEY (room_id, event_id)
@@ -112,6 +116,16 @@ class Report(Plugin):
         CREATE INDEX posted_owner ON posted (kind, owner);
         ALTER TABLE case_reporter ADD COLUMN homeserver INTEGER NOT NULL DEFAULT 0;
         """,
+            "postgresql": """
+        CREATE TABLE posted (
+            room_id TEXT COLLATE "C" NOT NULL, event_id TEXT COLLATE "C" NOT NULL, kind TEXT COLLATE "C" NOT NULL,
+            owner TEXT COLLATE "C" NOT NULL, rowid BIGINT GENERATED ALWAYS AS IDENTITY,
+            PRIMARY KEY (room_id, event_id)
+        );
+        CREATE INDEX posted_owner ON posted (kind, owner);
+        ALTER TABLE case_reporter ADD COLUMN homeserver BIGINT NOT NULL DEFAULT 0;
+        """,
+        },
     )
 
     async def start(self) -> None:
@@ -269,7 +283,7 @@ class Report(Plugin):
 
     async def _remember(self, room_id: str, event_id: str, kind: str, owner: str) -> None:
         await self.storage.execute(
-            "INSERT OR IGNORE INTO posted (room_id, event_id, kind, owner) VALUES (?, ?, ?, ?)",
+            "INSERT INTO posted (room_id, event_id, kind, owner) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (room_id, event_id, kind, owner),
         )
 
@@ -443,7 +457,7 @@ class Report(Plugin):
                 "UPDATE report_case SET mod_event = ? WHERE case_id = ?", (mod_event, case.case_id)
             )
         await self.storage.execute(
-            "INSERT OR IGNORE INTO case_reporter (case_id, reporter, reason, created) VALUES (?, ?, ?, ?)",
+            "INSERT INTO case_reporter (case_id, reporter, reason, created) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (case.case_id, draft.reporter, draft.reason, time.time()),
         )
         if self.config.send_to_homeserver and draft.homeserver_consent:
@@ -601,7 +615,9 @@ class Report(Plugin):
             return
         if action == "ban":
             await self.storage.execute(
-                "INSERT OR REPLACE INTO pending_ban (case_id, moderator, reason, expires) VALUES (?, ?, ?, ?)",
+                "INSERT INTO pending_ban (case_id, moderator, reason, expires) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (case_id) DO UPDATE SET moderator = excluded.moderator, reason = excluded.reason, "
+                "expires = excluded.expires",
                 (case_id, ctx.sender, reason, time.time() + BAN_CONFIRM_SECONDS),
             )
             await ctx.reply(
