@@ -14,7 +14,7 @@ from typing import Any
 
 from nio import AsyncClient, AsyncClientConfig, KeysUploadResponse, LoginResponse, WhoamiError, WhoamiResponse
 
-from bot.errors import SessionError
+from bot.errors import SessionError, StorageError
 from bot.log import add_secret
 from bot.matrix.client import RatchetClient, make_client
 from bot.storage.backend import Storage
@@ -145,7 +145,12 @@ def crypto_store_class(storage: Storage) -> type[Any] | None:
 def _restore(client: RatchetClient, creds: Credentials) -> None:
     try:
         client.restore_login(creds.user_id, creds.device_id, creds.access_token)
+    except StorageError as exc:  # the database server cannot be reached
+        raise SessionError(f"cannot open the crypto store for device {creds.device_id}: {exc}") from exc
     except Exception as exc:  # vodozemac/peewee raise assorted errors for a wrong key or a damaged file
+        if any(cls.__module__.startswith(("psycopg", "peewee")) and "Operational" in cls.__name__
+               for cls in type(exc).__mro__):
+            raise SessionError(f"cannot open the crypto store for device {creds.device_id}: {exc}") from exc
         raise SessionError(
             f"cannot open the crypto store for device {creds.device_id}: {exc.__class__.__name__}. "
             "Is pickle_key the one this store was created with?"

@@ -109,7 +109,9 @@ def connect(
     try:
         with conn.transaction() if not autocommit else _nullcontext():
             if schema is not None:
-                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                # only when missing: a role without CREATE on the database can use schemas made for it
+                if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
+                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                 conn.execute(f'SET search_path TO "{schema}"')
             for name, value in (settings or {}).items():
                 conn.execute("SELECT set_config(%s, %s, false)", (name, value))
