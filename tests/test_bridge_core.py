@@ -499,13 +499,30 @@ class _BreakingConnection(FakeConnection):
         return await super().send(item)
 
 
-async def _open_bridge(path, connection: FakeConnection):
+@pytest.fixture(params=["sqlite", "postgresql"])
+def kept_place(request, tmp_path):
+    """Where the bridge "kept" stores its data: a SQLite file, or a fresh PostgreSQL database (its schema)."""
+    if request.param == "sqlite":
+        return tmp_path / "plugins" / "kept.db"
+    return request.getfixturevalue("postgres_dsn")
+
+
+async def _open_storage(place):
+    if isinstance(place, str):
+        from bot.storage.pg_plugin_storage import PostgresPluginStorage
+
+        return await PostgresPluginStorage.open(place, plugin="kept")
+    from bot.storage.plugin_storage import PluginStorage
+
+    return await PluginStorage.open(place, plugin="kept")
+
+
+async def _open_bridge(place, connection: FakeConnection):
     import logging
     from types import SimpleNamespace
 
     from bot.bridge import Bridge
     from bot.plugin.api import BotAPI
-    from bot.storage.plugin_storage import PluginStorage
 
     class Kept(Bridge):
         pass
@@ -513,7 +530,7 @@ async def _open_bridge(path, connection: FakeConnection):
     bridge = Kept()
     bridge.name = "kept"
     bridge.config = BridgeConfig(rate_limit=0, reconnect_min_delay=0.01, reconnect_max_delay=0.02)
-    bridge.storage = await PluginStorage.open(path, plugin="kept")
+    bridge.storage = await _open_storage(place)
     client = SimpleNamespace(config=SimpleNamespace(pickle_key="a-pickle-key-for-the-test"), user_id="@bot:x")
     bridge.bot = BotAPI(client, admins=(), plugins=None, stats=None, trust=None, identity=None)  # type: ignore[arg-type]
     bridge.log = logging.getLogger("test.kept")
@@ -521,8 +538,8 @@ async def _open_bridge(path, connection: FakeConnection):
     return bridge, bridge.add_connection(connection)
 
 
-async def test_the_outgoing_queue_is_kept_encrypted_and_resent_once_in_order_after_a_restart(tmp_path):
-    path = tmp_path / "plugins" / "kept.db"
+async def test_the_outgoing_queue_is_kept_encrypted_and_resent_once_in_order_after_a_restart(kept_place):
+    path = kept_place
     conn = _BreakingConnection()
     conn.break_on = "paste line 3"
     bridge, sup = await _open_bridge(path, conn)
@@ -533,9 +550,13 @@ async def test_the_outgoing_queue_is_kept_encrypted_and_resent_once_in_order_aft
     await bridge.queue_remote(sup, [RemoteSend("#c", "confidential afterthought")])
     assert conn.sent == ["paste line 1", "paste line 2"] and len(sup.queue) == 2
     await bridge.stop()
+    if isinstance(path, str):  # PostgreSQL: what the database holds
+        rows = await bridge.storage.fetchall("SELECT network, relayed, items FROM ratchet_bridge_outbox")
+        on_disk = repr(rows).encode()
     await bridge.storage.close()
 
-    on_disk = b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
+    if not isinstance(path, str):
+        on_disk = b"".join(p.read_bytes() for p in path.parent.iterdir() if p.name.startswith(path.name))
     assert b"paste line" not in on_disk and b"confidential" not in on_disk and b"#c" not in on_disk
     assert b"ciphertext" in on_disk  # the rows are there, encrypted
 
@@ -551,8 +572,8 @@ async def test_the_outgoing_queue_is_kept_encrypted_and_resent_once_in_order_aft
     await bridge.storage.close()
 
 
-async def test_a_replayed_handler_does_not_queue_a_message_again(tmp_path):
-    path = tmp_path / "plugins" / "kept.db"
+async def test_a_replayed_handler_does_not_queue_a_message_again(kept_place):
+    path = kept_place
     conn = FakeConnection()
     bridge, sup = await _open_bridge(path, conn)
     message = [RemoteSend("#c", "only once", event_id="$e1"), RemoteSend("#c", "really", event_id="$e1")]
@@ -569,8 +590,8 @@ async def test_a_replayed_handler_does_not_queue_a_message_again(tmp_path):
     await bridge.storage.close()
 
 
-async def test_a_reloaded_bridge_takes_over_the_queue_only_when_the_old_version_stopped(tmp_path):
-    path = tmp_path / "plugins" / "kept.db"
+async def test_a_reloaded_bridge_takes_over_the_queue_only_when_the_old_version_stopped(kept_place):
+    path = kept_place
     old_conn = _BreakingConnection()
     old_conn.up = False
     old_conn.break_on = "old 2"
@@ -592,8 +613,8 @@ async def test_a_reloaded_bridge_takes_over_the_queue_only_when_the_old_version_
     await new.storage.close()
 
 
-async def test_a_kept_message_older_than_the_retention_is_dropped_and_a_cut_one_says_so(tmp_path, caplog):
-    path = tmp_path / "plugins" / "kept.db"
+async def test_a_kept_message_older_than_the_retention_is_dropped_and_a_cut_one_says_so(kept_place, caplog):
+    path = kept_place
     conn = _BreakingConnection()
     conn.break_on = "old b"
     bridge, sup = await _open_bridge(path, conn)
@@ -612,6 +633,29 @@ async def test_a_kept_message_older_than_the_retention_is_dropped_and_a_cut_one_
     assert again.sent == ["<Ann> […] (2 more lines not sent)"]  # the cut one says so; neither is sent
     assert "2 queued outgoing messages older than 30 days were dropped unsent" in caplog.text
     assert await bridge.storage.fetchall("SELECT * FROM ratchet_bridge_outbox") == []
+    await bridge.stop()
+    await bridge.storage.close()
+
+
+async def test_portals_and_the_message_map_are_stored_replaced_and_read_back(kept_place):
+    from bot.bridge.model import Portal
+
+    bridge, _ = await _open_bridge(kept_place, FakeConnection())
+    await bridge.add_portal(Portal("net", "#c", "!old:x", created_by="@a:x", created_at=1.0))
+    await bridge.add_portal(Portal("net", "#c", "!new:x", origin="config", created_at=2.0))  # replaces it
+    await bridge.add_portal(Portal("net", "#d", "!d:x", created_at=3.0))
+    await bridge.remove_portal(bridge.portals[("net", "#d")])
+    await bridge._remember(MappedMessage("!new:x", "$e", "net", "#c", None, "@a:x", "Ann", "out", "hi", 10.0))
+    await bridge._remember(MappedMessage("!new:x", "$e", "net", "#c", "r1", "@a:x", "Ann", "out", "hi", 11.0))
+    await bridge.stop()
+    await bridge.storage.close()
+
+    bridge, _ = await _open_bridge(kept_place, FakeConnection())  # portals load from storage; the map is empty
+    assert list(bridge.portals.values()) == [Portal("net", "#c", "!new:x", "config", None, 2.0)]
+    stored = MappedMessage("!new:x", "$e", "net", "#c", "r1", "@a:x", "Ann", "out", None, 11.0)
+    assert await bridge._lookup_event("$e") == stored
+    assert await bridge._lookup_remote(bridge.portals[("net", "#c")], "r1") == stored
+    assert await bridge.storage.fetchone("SELECT count(*) FROM ratchet_bridge_message") == (1,)
     await bridge.stop()
     await bridge.storage.close()
 
