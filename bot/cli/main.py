@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bot import __version__
+from bot.cli import db as db_cli
 from bot.cli import verification as verification_cli
 from bot.errors import ConfigError, ScaffoldError, SessionError
 
@@ -148,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="INFO", help="the bot's log level"
     )
     verification_cli.add_parsers(sub)  # ratchet verification ..., ratchet verify-user (bot/cli/verification.py)
+    db_cli.add_parsers(sub)  # ratchet db migrate (bot/cli/db.py)
     return parser
 
 
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command in ("recovery-key", "verify", "cross-signing"):
         return _identity_command(args)
+    if args.command == "db":
+        return db_cli.run(args, _load(args.config))
     return EXIT_CONFIG
 
 
