@@ -33,6 +33,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -236,8 +237,13 @@ def _bot_running(data_dir: Path) -> bool:
 
 
 def _sqlite_version(path: Path) -> int:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+    with closing(_read_only(path)) as conn:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    """``path`` opened read only (the source is never written)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
 def _inspect_source(config: Config, data_dir: Path, skip: Sequence[str]) -> _Source:
@@ -248,6 +254,16 @@ def _inspect_source(config: Config, data_dir: Path, skip: Sequence[str]) -> _Sou
         raise MigrateError(
             f"the bot is running on {data_dir} (its control socket {data_dir / CONTROL_SOCKET} answers): stop it "
             "first; a running bot keeps writing keys and state the copy would miss"
+        )
+    found = {p.stem: p for p in sorted((data_dir / "plugins").glob("*.db"))}
+    unknown = sorted(set(found) - set(config.plugins) - set(skip))
+    if unknown:
+        listed = ", ".join(f"{name} ({found[name]})" for name in unknown)
+        raise MigrateError(
+            f"plugin databases in {data_dir / 'plugins'} whose plugins are not in the config: {listed}. Add the "
+            f"plugins to the config (their migrations make the tables on PostgreSQL), or leave the data behind with "
+            f"{' '.join(f'--skip-plugin {name}' for name in unknown)}",
+            EXIT_CONFIG,
         )
     sqlite = SqliteStorage(data_dir)
     try:
@@ -274,16 +290,6 @@ def _inspect_source(config: Config, data_dir: Path, skip: Sequence[str]) -> _Sou
     secrets_path = data_dir / SECRETS_FILE
     secrets = secrets_path.read_text() if secrets_path.exists() else None
 
-    found = {p.stem: p for p in sorted((data_dir / "plugins").glob("*.db"))}
-    unknown = sorted(set(found) - set(config.plugins) - set(skip))
-    if unknown:
-        listed = ", ".join(f"{name} ({found[name]})" for name in unknown)
-        raise MigrateError(
-            f"plugin databases in {data_dir / 'plugins'} whose plugins are not in the config: {listed}. Add the "
-            f"plugins to the config (their migrations make the tables on PostgreSQL), or leave the data behind with "
-            f"{' '.join(f'--skip-plugin {name}' for name in unknown)}",
-            EXIT_CONFIG,
-        )
     migrations: dict[str, Sequence[Migration]] = {}
     plugins: dict[str, Path] = {}
     for name in config.plugins:
@@ -481,7 +487,7 @@ def _plan_plugin(name: str, path: Path, schema_tables: dict[str, list[str]], par
     database, parents before children; MigrateError if the plugin's migrations made no such table or column on
     PostgreSQL."""
     plan: _Plan = []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+    with closing(_read_only(path)) as conn:
         for table in _sqlite_tables(conn):
             target = _match(table, list(schema_tables))
             if target is None:
@@ -623,7 +629,7 @@ def _copy_everything(
                 with target.transaction():
                     for _table, target_table, _columns, _into in reversed(plan):
                         target.execute(f'DELETE FROM "{schema}"."{target_table}"')
-                with sqlite3.connect(f"file:{source.plugins[name]}?mode=ro", uri=True) as conn:
+                with closing(_read_only(source.plugins[name])) as conn:
                     for table, target_table, columns, target_columns in plan:
                         order = "rowid" if _has_rowid(conn, table) else ", ".join(f'"{c}"' for c in columns)
                         copies.append(
@@ -631,13 +637,6 @@ def _copy_everything(
                                        progress)
                         )
                 _reset_sequences(target, schema)
-            # plugins in the config without a database here: their (empty) tables are verified too
-            for name in source.migrations:
-                if name not in source.plugins:
-                    schema = plugin_schema(name)
-                    for table in _target_columns(target, schema):
-                        if table != _VERSION_TABLE:
-                            copies.append(TableCopy(f"{schema}.{table}", 0))
     finally:
         progress.finish()
 
@@ -663,7 +662,7 @@ def _copy_state(
 ) -> list[TableCopy]:
     """Copy the runtime state's tables from ``path`` (absent file or table: nothing to copy, 0 rows)."""
     copies = []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True) if path.exists() else None
+    conn = _read_only(path) if path.exists() else None
     try:
         present = set(_sqlite_tables(conn)) if conn is not None else set()
         for table, columns, order in tables:
@@ -714,6 +713,9 @@ def _summary(
                   "device)\n")
     if source.skipped:
         out.write(f"not copied (--skip-plugin): {', '.join(source.skipped)}\n")
+    empty = [name for name in source.migrations if name not in source.plugins]
+    if empty:
+        out.write(f"no database in {data_dir / 'plugins'} (schema made, nothing to copy): {', '.join(empty)}\n")
     rows = sum(c.source for c in copies)
     verified = sum(1 for c in copies if c.verified)
     out.write(
