@@ -14,9 +14,11 @@ import asyncio
 import io
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -143,8 +145,8 @@ async def test_a_sqlite_bot_migrated_to_postgresql_is_the_same_device_and_loses_
 # ============================================================================================ a larger store
 
 
-def _sqlite_deployment(data_dir: Path) -> dict[str, object]:
-    """A stopped SQLite deployment made by Ratchet's own code: login, crypto store with SESSIONS Megolm sessions,
+def _sqlite_deployment(data_dir: Path, sessions: int = SESSIONS) -> dict[str, object]:
+    """A stopped SQLite deployment made by Ratchet's own code: login, crypto store with ``sessions`` Megolm sessions,
     state, key-backup tracker, secrets and the reminders plugin's database. Returns what to look for afterwards."""
     data_dir.mkdir(mode=0o700)
     (data_dir / "crypto").mkdir(mode=0o700)
@@ -155,7 +157,7 @@ def _sqlite_deployment(data_dir: Path) -> dict[str, object]:
     curve, ed = sender.curve25519_key.to_base64(), sender.ed25519_key.to_base64()
     outbound = {}
     with store.database.atomic():
-        for i in range(SESSIONS):
+        for i in range(sessions):
             group = vodozemac.GroupSession()
             chain = [curve] if i % 50 == 0 else None
             session = InboundGroupSession(group.session_key.to_base64(), ed, curve, f"!room{i % 9}:x", chain)
@@ -341,3 +343,39 @@ def test_check_config_and_plugin_refusal_need_no_database(tmp_path, capsys):
     Credentials("https://example.org", USER, DEVICE, "t").save(data_dir / "credentials.json")
     assert main(["db", "migrate", "-c", str(config), "--to", "mysql://x"]) == 2
     assert "postgresql://" in capsys.readouterr().err
+
+
+def test_a_migration_that_fails_midway_leaves_the_target_unusable_and_force_runs_it_again(tmp_path, postgres_dsn):
+    """A value SQLite accepted but PostgreSQL's column type does not (a plugin's REAL column holding text) stops the
+    copy after the crypto store: the error names the table and says what to do, the target keeps what was copied but
+    no login (a bot refuses to start on it), a plain re-run is refused, and --force completes it once the row is
+    fixed."""
+    data_dir = tmp_path / "data"
+    _sqlite_deployment(data_dir, sessions=20)
+    plugin_db = plugin_db_path(data_dir, "reminders")
+    with closing(sqlite3.connect(plugin_db)) as conn, conn:
+        conn.execute("UPDATE reminder SET due = 'tomorrow' WHERE id = 20")
+    config = load_config(_config(tmp_path, data_dir))
+
+    with pytest.raises(MigrateError) as failed:
+        migrate(config, data_dir, postgres_dsn, out=io.StringIO(), err=io.StringIO())
+    message = str(failed.value)
+    assert failed.value.code == 1
+    assert "tomorrow" in message and "left as it is" in message and "--force" in message
+
+    storage = PostgresStorage(postgres_dsn, pickle_key=PICKLE_KEY)
+    storage.acquire()
+    try:
+        assert storage.load_credentials() is None
+        assert storage.crypto_stores() == [f"{USER} {DEVICE}"]  # the session refuses this: a store without a login
+    finally:
+        storage.release()
+    with pytest.raises(MigrateError) as refused:
+        migrate(config, data_dir, postgres_dsn, out=io.StringIO(), err=io.StringIO())
+    assert refused.value.code == 2 and "is not empty: ratchet.handled (3), ratchet.kv (3)" in str(refused.value)
+
+    with closing(sqlite3.connect(plugin_db)) as conn, conn:
+        conn.execute("UPDATE reminder SET due = 1700000000 WHERE id = 20")
+    copies = migrate(config, data_dir, postgres_dsn, force=True, out=io.StringIO(), err=io.StringIO())
+    assert all(c.verified for c in copies)
+    assert {c.table: c.target for c in copies}["ratchet_plugin_reminders.reminder"] == 30

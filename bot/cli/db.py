@@ -402,8 +402,16 @@ def _copy_rows(
     select = ", ".join(f'"{c}"' for c in columns)
     into = ", ".join(f'"{c}"' for c in target_columns)
     cursor = source.execute(f'SELECT {select} FROM "{source_table}" ORDER BY {order}')
-    with target.transaction(), target.cursor().copy(f'COPY "{schema}"."{target_table}" ({into}) FROM STDIN') as out:
-        _write_rows(out, cursor, copy, progress)
+    try:
+        with target.transaction(), target.cursor().copy(
+            f'COPY "{schema}"."{target_table}" ({into}) FROM STDIN'
+        ) as out:
+            _write_rows(out, cursor, copy, progress)
+    except (sqlite3.Error, StorageError):
+        raise
+    except Exception as exc:  # psycopg's errors: a value SQLite accepted that the column's type refuses
+        reason = " ".join(str(exc).split())
+        raise StorageError(f"copying table {source_table} to {name} failed ({type(exc).__name__}: {reason})") from exc
     progress(name, copy.copied, total)
     return copy
 
