@@ -36,17 +36,10 @@ from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from bot.config import Config
 from bot.e2ee.control import CONTROL_SOCKET
 from bot.errors import PluginLoadError, SessionError, StorageError
-from bot.matrix.store_copy import (
-    TableCopy,
-    copy_crypto_store,
-    count_crypto_tables,
-    inspect_sqlite_crypto_store,
-)
 from bot.storage.backend import BACKUP_TRACKER_FILE, SqliteStorage
 from bot.storage.credentials import Credentials
 from bot.storage.pg_connection import (
@@ -59,6 +52,10 @@ from bot.storage.pg_connection import (
     redact_url,
 )
 from bot.storage.plugin_storage import Migration, plugin_db_path
+
+if TYPE_CHECKING:  # nio's models are imported when a migration runs, not by every ratchet command
+    from bot.config import Config
+    from bot.matrix.store_copy import TableCopy
 
 __all__ = ["MigrateError", "ProgressLine", "add_parsers", "migrate", "run"]
 
@@ -282,6 +279,8 @@ def _inspect_source(config: Config, data_dir: Path, skip: Sequence[str]) -> _Sou
             EXIT_CONFIG,
         )
     crypto_file = sqlite.crypto_store_file(creds.user_id, creds.device_id)
+    from bot.matrix.store_copy import inspect_sqlite_crypto_store
+
     try:
         inspect_sqlite_crypto_store(crypto_file, creds.user_id, creds.device_id, config.pickle_key)
     except StorageError as exc:
@@ -395,6 +394,8 @@ def _copy_rows(
 ) -> TableCopy:
     """COPY every row of ``source_table`` into ``schema.target_table`` (text format: PostgreSQL parses each value
     as its column's type, as SQLite's loose typing needs), in one transaction."""
+    from bot.matrix.store_copy import TableCopy
+
     name = f"{schema}.{target_table}"
     total = source.execute(f'SELECT count(*) FROM "{source_table}"').fetchone()[0]
     copy = TableCopy(name, total)
@@ -607,6 +608,8 @@ def _copy_everything(
     storage: Any, url: str, settings: dict[str, str], source: _Source, contents: dict[str, int], err: TextIO
 ) -> list[TableCopy]:
     """The copy itself, in an order that keeps a half-copied target unusable: the login last."""
+    from bot.matrix.store_copy import copy_crypto_store
+
     if contents:
         _empty_target(url, settings)
     progress = ProgressLine(err)
@@ -669,6 +672,8 @@ def _copy_state(
     path: Path, tables: Sequence[tuple[str, tuple[str, ...], str]], target: Any, progress: ProgressLine
 ) -> list[TableCopy]:
     """Copy the runtime state's tables from ``path`` (absent file or table: nothing to copy, 0 rows)."""
+    from bot.matrix.store_copy import TableCopy
+
     copies = []
     conn = _read_only(path) if path.exists() else None
     try:
@@ -686,6 +691,8 @@ def _copy_state(
 
 def _verify(url: str, storage: Any, source: _Source, copies: list[TableCopy]) -> None:
     """Count every table in the target; read the login and the secrets back."""
+    from bot.matrix.store_copy import count_crypto_tables
+
     crypto = count_crypto_tables(url)
     with connect(url, application_name="ratchet db migrate") as conn:
         for copy in copies:
