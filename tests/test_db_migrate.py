@@ -379,3 +379,17 @@ def test_a_migration_that_fails_midway_leaves_the_target_unusable_and_force_runs
     copies = migrate(config, data_dir, postgres_dsn, force=True, out=io.StringIO(), err=io.StringIO())
     assert all(c.verified for c in copies)
     assert {c.table: c.target for c in copies}["ratchet_plugin_reminders.reminder"] == 30
+
+
+def test_a_pickle_key_that_does_not_open_the_crypto_store_is_refused_before_anything_is_written(
+    tmp_path, postgres_dsn
+):
+    data_dir = tmp_path / "data"
+    _sqlite_deployment(data_dir, sessions=1)
+    config = load_config(_config(tmp_path, data_dir, pickle_key="not-the-key-the-bot-ran-with"))
+    with pytest.raises(MigrateError) as refused:
+        migrate(config, data_dir, postgres_dsn, out=io.StringIO(), err=io.StringIO())
+    assert refused.value.code == 2
+    assert "cannot be unpickled with this pickle_key" in str(refused.value)
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ratchet%'").fetchone()[0] == 0

@@ -17,7 +17,6 @@ readable with the pickle key (a wrong key would make a store the bot cannot open
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,18 +193,21 @@ def copy_crypto_store(
     source = _open_source(path)
     target = CryptoDatabase(url, settings)
     copies: list[TableCopy] = []
+    step = f"creating the tables of {CRYPTO_SCHEMA}"
     try:
         # Bound to the target for writing (peewee builds inserts for the bound database); reads name the source.
         with target.bind_ctx(CRYPTO_MODELS):
             target.create_tables(CRYPTO_MODELS)  # what nio's store does when it opens (IF NOT EXISTS)
             for model in CRYPTO_MODELS:
+                step = f"copying {_qualified(model)}"
                 copies.append(_copy_table(model, source, target, progress, batch))
+            step = f"setting the sequences of {CRYPTO_SCHEMA}"
             _reset_sequences(target)
     except StorageError:
         raise
-    except (sqlite3.Error, Exception) as exc:  # peewee's and psycopg's errors
-        where = copies[-1].table if copies and copies[-1].copied < copies[-1].source else "the crypto store"
-        raise StorageError(f"copying {where} failed: {type(exc).__name__}: {str(exc).strip()}") from exc
+    except Exception as exc:  # peewee's, sqlite3's and psycopg's errors
+        reason = " ".join(str(exc).split())
+        raise StorageError(f"{step} failed ({type(exc).__name__}: {reason})") from exc
     finally:
         source.close()
         target.close()
