@@ -11,7 +11,7 @@ import pytest
 
 from bot.reports.evidence import verify_bundle
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_engines]
 
 
 async def _ratchet(*args: str) -> subprocess.CompletedProcess[str]:

@@ -30,10 +30,10 @@ from bot.e2ee.identity import (
     LocalSecrets,
     recover_cross_signing_keys,
 )
-from bot.e2ee.key_backup import TRACK_FILE, KeyBackup, RestoreResult
-from bot.errors import RecoveryError, SessionError
+from bot.e2ee.key_backup import KeyBackup, RestoreResult
+from bot.errors import RecoveryError, SessionError, StorageError
 from bot.matrix.session import open_session, plain_client, start_new_device, upload_device_keys
-from bot.storage.backend import SqliteStorage
+from bot.storage.backend import Storage, open_storage
 from bot.storage.credentials import Credentials
 
 __all__ = [
@@ -112,9 +112,24 @@ class ResetReport:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _local_store_state(config: Any) -> tuple[Credentials | None, bool]:
+def _held_storage(config: Any) -> Storage:
+    """The bot's storage, ready to write: on PostgreSQL this process takes the lease, so a bot running elsewhere
+    on the same database is refused (stop it first); call ``release()`` when done."""
+    storage = open_storage(config)
+    if storage.database_url is None:
+        return storage
+    try:
+        storage.prepare()
+        taken = storage.lease.try_acquire()  # type: ignore[attr-defined]
+    except (SessionError, StorageError) as err:
+        raise RecoveryError(str(err)) from None
+    if not taken:
+        raise RecoveryError(f"the bot is running on {storage} (it holds the database lease): stop it first")
+    return storage
+
+
+def _local_store_state(storage: Storage) -> tuple[Credentials | None, bool]:
     """``(credentials or None, whether their crypto store exists)``."""
-    storage = SqliteStorage(config.data_dir)
     try:
         creds = storage.load_credentials()
     except SessionError as err:
@@ -163,11 +178,11 @@ async def _check_reachable(homeserver: str) -> None:
         raise RecoveryError(f"cannot reach the homeserver at {homeserver} ({exc.__class__.__name__}: {exc})") from None
 
 
-def _session_kwargs(config: Any) -> dict[str, Any]:
+def _session_kwargs(config: Any, storage: Storage) -> dict[str, Any]:
     return {
         "homeserver": config.homeserver,
         "user_id": config.user_id,
-        "storage": SqliteStorage(config.data_dir),
+        "storage": storage,
         "pickle_key": config.pickle_key,
         "password": config.password,
         "device_name": config.device_name,
@@ -178,19 +193,28 @@ def _session_kwargs(config: Any) -> dict[str, Any]:
 
 
 def read_local_recovery_key(config: Any) -> str | None:
-    """The recovery key kept (encrypted) in data_dir, or None; raises :class:`RecoveryError` if unreadable."""
-    path = config.data_dir / SECRETS_FILE
-    if not path.exists():
-        return None
+    """The recovery key kept (encrypted) in data_dir or the database, or None; raises :class:`RecoveryError` if
+    unreadable."""
     try:
-        return LocalSecrets(path, config.pickle_key).recovery_key()
-    except IdentityError as err:
+        secrets = LocalSecrets(open_storage(config).private_file(SECRETS_FILE), config.pickle_key)
+        if secrets.path.read_text() is None:
+            return None
+        return secrets.recovery_key()
+    except (SessionError, StorageError, IdentityError) as err:
         raise RecoveryError(str(err)) from None
 
 
 async def verify_with_recovery_key(config: Any, recovery_key: str) -> VerifyReport:
     """``ratchet verify``: cross-sign this bot's device (a new one if the store was lost) and restore the backup."""
-    creds, store_exists = _local_store_state(config)
+    storage = _held_storage(config)
+    try:
+        return await _verify_with_recovery_key(config, recovery_key, storage)
+    finally:
+        storage.release()
+
+
+async def _verify_with_recovery_key(config: Any, recovery_key: str, storage: Storage) -> VerifyReport:
+    creds, store_exists = _local_store_state(storage)
     await _check_reachable(config.homeserver)
     moved: list[Path] = []
     new_device = False
@@ -201,20 +225,20 @@ async def verify_with_recovery_key(config: Any, recovery_key: str) -> VerifyRepo
                                     f"{config.user_id}")
             await _precheck_with_old_token(config, creds, recovery_key)
             log.warning("the crypto store of device %s is gone: logging in as a new device", creds.device_id)
-            client, moved = await start_new_device(**_session_kwargs(config))
+            client, moved = await start_new_device(**_session_kwargs(config, storage))
             new_device = True
         else:
             new_device = creds is None
-            client = await open_session(**_session_kwargs(config), access_token=config.access_token)
+            client = await open_session(**_session_kwargs(config, storage), access_token=config.access_token)
     except SessionError as err:
         raise RecoveryError(str(err)) from None
     try:
         await _upload_device_keys(client)
-        identity = Identity.from_config(client, config)
+        identity = Identity.from_config(client, config, storage)
         result = await identity.verify_with_recovery_key(recovery_key)
         restore = None
         if result.backup_key is not None and result.backup_version is not None:
-            backup = KeyBackup(client, result.backup_key, result.backup_version, config.data_dir / TRACK_FILE)
+            backup = KeyBackup(client, result.backup_key, result.backup_version, storage.open_backup_tracker)
             restore = await backup.restore()
         return VerifyReport(
             user_id=config.user_id,
@@ -235,14 +259,22 @@ async def verify_with_recovery_key(config: Any, recovery_key: str) -> VerifyRepo
 
 async def reset_cross_signing(config: Any) -> ResetReport:
     """``ratchet cross-signing reset``: new keys, new secret storage key and recovery key, device re-signed."""
+    storage = _held_storage(config)
+    try:
+        return await _reset_cross_signing(config, storage)
+    finally:
+        storage.release()
+
+
+async def _reset_cross_signing(config: Any, storage: Storage) -> ResetReport:
     await _check_reachable(config.homeserver)
     try:
-        client = await open_session(**_session_kwargs(config), access_token=config.access_token)
+        client = await open_session(**_session_kwargs(config, storage), access_token=config.access_token)
     except SessionError as err:
         raise RecoveryError(str(err)) from None
     try:
         await _upload_device_keys(client)
-        identity = Identity.from_config(client, config)
+        identity = Identity.from_config(client, config, storage)
         await identity.reset()
         status = identity.status()
         return ResetReport(

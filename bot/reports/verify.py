@@ -28,7 +28,7 @@ import aiohttp
 
 from bot.crypto.cross_signing import verify_device_signed, verify_self_signing_key
 from bot.reports.evidence import verify_bundle
-from bot.storage.backend import SqliteStorage
+from bot.storage.backend import open_storage
 
 __all__ = ["EXIT_NOT_VERIFIED", "EXIT_SIGNER_UNKNOWN", "EXIT_VERIFIED", "verify_report"]
 
@@ -105,9 +105,10 @@ async def verify_report(path: Path, config_path: Path | None, key: str | None = 
         from bot.config import load_config
 
         config = load_config(config_path)
-        creds = SqliteStorage(config.data_dir).load_credentials()
+        storage = open_storage(config)
+        creds = storage.load_credentials()
         if creds is None:
-            print(f"FAILED: no login stored in {config.data_dir} (start the bot once first)")
+            print(f"FAILED: no login stored in {storage} (start the bot once first)")
             print(f"{path}: NOT VERIFIED")
             return EXIT_NOT_VERIFIED
         bot_user, bot_device = config.user_id, creds.device_id

@@ -85,6 +85,7 @@ class PostgresStorage:
         self._key = _credentials_key(pickle_key)
         self.lease = Lease(url, ttl=lease_ttl, poll=lease_poll)
         self._conn: Any = None
+        self._fenced = False
         self._prepared = False
 
     def __repr__(self) -> str:
@@ -111,6 +112,11 @@ class PostgresStorage:
         :class:`~bot.errors.SessionError` naming the URL without its password."""
         if self._prepared:
             return
+        if self.data_dir is not None:  # only the local control socket lives there
+            try:
+                self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise SessionError(f"data_dir {self.data_dir} is not usable: {exc.strerror or exc}") from exc
         try:
             with connect(self.url) as conn:
                 install_lease_schema(conn)
@@ -149,9 +155,15 @@ class PostgresStorage:
         self.lease.release()
 
     def _connection(self) -> Any:
-        """The fenced connection for the login and private files (opened once the lease is held)."""
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.url, schema=STATE_SCHEMA, settings=self.connection_settings)
+        """The connection for the login and private files: with the lease's epoch once it is held (before that,
+        reads work and the fence refuses writes: a tool reading the login while the bot runs elsewhere)."""
+        if self._conn is not None and not self._conn.closed:
+            if self.lease.epoch is None or self._fenced:
+                return self._conn
+            self._conn.close()
+        self._fenced = self.lease.epoch is not None
+        settings = self.connection_settings if self._fenced else None
+        self._conn = connect(self.url, schema=STATE_SCHEMA, settings=settings)
         return self._conn
 
     # -- the login ---------------------------------------------------------------------------------------------

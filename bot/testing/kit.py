@@ -361,8 +361,17 @@ class TestRoom:
 class RatchetKit:
     """Creates users, the bot and rooms for one test, and cleans them up afterwards."""
 
-    def __init__(self, synapse: SynapseServer, new_user: Callable[..., RegisteredUser], tmp_path: Path) -> None:
+    def __init__(
+        self,
+        synapse: SynapseServer,
+        new_user: Callable[..., RegisteredUser],
+        tmp_path: Path,
+        *,
+        engine_config: dict[str, Any] | None = None,
+    ) -> None:
         self.synapse = synapse
+        #: Config keys of the storage engine (``{"database": ...}`` for PostgreSQL; empty: SQLite files).
+        self.engine_config = dict(engine_config or {})
         self._new_user = new_user
         self.tmp_path = tmp_path
         self.bot: InProcessBot | None = None
@@ -394,7 +403,7 @@ class RatchetKit:
             plugins=plugins,
             plugin_dirs=[str(d) for d in plugin_dirs],
             pickle_key=self._pickle_key,
-            **config,
+            **{**self.engine_config, **config},
         )
         bot = InProcessBot(path)
         try:

@@ -90,6 +90,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end test against a real Synapse")
+    config.addinivalue_line(
+        "markers",
+        "both_engines: run the test once with SQLite storage and once with PostgreSQL (bots made by the ratchet "
+        "and bot_in_room fixtures get a fresh database each)",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_engines`` run once per storage engine (``[sqlite]`` and ``[postgresql]``)."""
+    if metafunc.definition.get_closest_marker("both_engines") and "storage_engine" in metafunc.fixturenames:
+        metafunc.parametrize("storage_engine", ["sqlite", "postgresql"], indirect=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -138,6 +149,17 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresClust
 def postgres_dsn(postgres: PostgresCluster) -> str:
     """A fresh, empty database on the session's PostgreSQL: its ``postgresql://`` URL."""
     return postgres.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture
+def storage_engine(request: pytest.FixtureRequest) -> Callable[[], dict[str, Any]]:
+    """Config keys choosing a bot's storage engine: a factory giving ``{}`` (SQLite files, the default) or, for
+    tests marked ``both_engines`` in their ``[postgresql]`` run, ``{"database": <a fresh database>}`` per call."""
+    engine = getattr(request, "param", "sqlite")
+    if engine == "sqlite":
+        return dict
+    cluster: PostgresCluster = request.getfixturevalue("postgres")
+    return lambda: {"database": cluster.create_database(f"t_{uuid.uuid4().hex[:16]}")}
 
 
 @pytest.fixture
@@ -194,9 +216,11 @@ def _async_fixture(func):
 
 
 @_async_fixture
-async def ratchet(synapse: SynapseServer, new_user: NewUser, tmp_path: Path):
+async def ratchet(
+    synapse: SynapseServer, new_user: NewUser, tmp_path: Path, storage_engine: Callable[[], dict[str, Any]]
+):
     """A :class:`~bot.testing.kit.RatchetKit` for one test: bot, members and rooms, cleaned up afterwards."""
-    kit = RatchetKit(synapse, new_user, tmp_path)
+    kit = RatchetKit(synapse, new_user, tmp_path, engine_config=storage_engine())
     try:
         yield kit
     finally:
@@ -204,7 +228,7 @@ async def ratchet(synapse: SynapseServer, new_user: NewUser, tmp_path: Path):
 
 
 @_async_fixture
-async def bot_in_room(tmp_path: Path):
+async def bot_in_room(tmp_path: Path, storage_engine: Callable[[], dict[str, Any]]):
     """Factory ``await bot_in_room(synapse, **kwargs)`` of opened :class:`~bot.testing.scenario.BotInRoom`.
 
     ``member``, ``start`` and ``room`` go to :meth:`~bot.testing.scenario.BotInRoom.open`, the rest to the
@@ -217,6 +241,8 @@ async def bot_in_room(tmp_path: Path):
         synapse: SynapseServer, *, member: bool = True, start: bool = True, room: bool = True, **kwargs: Any
     ) -> BotInRoom:
         folder = tmp_path if not made else tmp_path / f"bot{len(made) + 1}"
+        for key, value in storage_engine().items():
+            kwargs.setdefault(key, value)
         scenario = BotInRoom(synapse, folder, **kwargs)
         made.append(scenario)
         return await scenario.open(member=member, start=start, room=room)

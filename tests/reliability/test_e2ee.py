@@ -12,7 +12,7 @@ from bot.testing.member import Member
 
 from .support import assert_exactly_once_in_order, wait_handled_then_sentinels
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.both_engines]
 
 #: Fault 7: members x messages each, every message under a new Megolm session (one to-device room key each).
 SENDERS = 3
