@@ -29,7 +29,7 @@ from bot.plugin.commands import CommandSpec
 if TYPE_CHECKING:
     from bot.metrics import PluginMetrics
     from bot.plugin.api import BotAPI
-    from bot.storage.plugin_storage import PluginStorage
+    from bot.storage.plugin_storage import BasePluginStorage
 
 __all__ = [
     "Access",
@@ -350,8 +350,8 @@ class Plugin:
     * ``name``: the plugin's name (its key under ``plugins:`` in the config);
     * ``config``: its options: an instance of the plugin's nested ``Config`` dataclass if it declares one
       (validated, defaults applied), else a read-only mapping;
-    * ``storage``: its own SQLite database (:class:`~bot.storage.plugin_storage.PluginStorage`: key-value API, SQL,
-      migrations);
+    * ``storage``: its own database (:class:`~bot.storage.plugin_storage.BasePluginStorage`: key-value API, SQL,
+      migrations), a SQLite file or a PostgreSQL schema depending on the bot's ``database``;
     * ``bot``: the :class:`~bot.plugin.api.BotAPI` facade (send messages, find DMs, who am I, the plugin manager);
     * ``log``: a logger named ``ratchet.plugin.<name>``;
     * ``metrics``: its own Prometheus metrics (:class:`~bot.metrics.PluginMetrics`), served at ``/metrics`` as
@@ -366,7 +366,7 @@ class Plugin:
 
     name: str
     config: Any
-    storage: PluginStorage
+    storage: BasePluginStorage
     bot: BotAPI
     log: logging.Logger
     metrics: PluginMetrics

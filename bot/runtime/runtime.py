@@ -45,7 +45,7 @@ from bot.runtime.status_page import ActivityHistory
 from bot.runtime.timeline import CatchUpPolicy, TokenCommitter, own_join_index, select_events
 from bot.stats import BotStats
 from bot.storage.backend import Storage, open_storage
-from bot.storage.lease import LeaseLost
+from bot.storage.lease import LeaseLost, is_fenced
 from bot.storage.state import StateStore
 
 __all__ = ["Runtime"]
@@ -202,7 +202,7 @@ class Runtime:
                 await self.client.keys_upload()
             await self._sync_loop()
             if self._fatal is not None:
-                if isinstance(self._fatal, LeaseLost):
+                if is_fenced(self._fatal):
                     raise SessionError(
                         f"stopped: {self._fatal}. Another process runs the bot now; this one wrote nothing after "
                         "losing the lease. Start it again to be the standby"

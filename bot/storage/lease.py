@@ -33,7 +33,15 @@ from typing import Any
 from bot.errors import StorageError
 from bot.storage.pg_connection import STATE_SCHEMA, connect, redact_url
 
-__all__ = ["EPOCH_SETTING", "FENCE_SQLSTATE", "Lease", "LeaseLost", "fence_schema", "install_lease_schema"]
+__all__ = [
+    "EPOCH_SETTING",
+    "FENCE_SQLSTATE",
+    "Lease",
+    "LeaseLost",
+    "fence_schema",
+    "install_lease_schema",
+    "is_fenced",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +82,15 @@ $fence$;
 
 class LeaseLost(StorageError):
     """This process no longer holds the lease: another one took over, or it could not be renewed in time."""
+
+
+def is_fenced(exc: BaseException | None) -> bool:
+    """True if ``exc`` (or what caused it) is the fence refusing a write, or the lease being lost."""
+    while exc is not None:
+        if isinstance(exc, LeaseLost) or getattr(exc, "sqlstate", None) == FENCE_SQLSTATE:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def install_lease_schema(conn: Any) -> None:

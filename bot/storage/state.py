@@ -104,7 +104,9 @@ class StateStore:
         try:
             return self._db.execute(sql, args)
         except self._errors as exc:
-            error = StateError(f"cannot {what} {self.path}: {str(exc).strip()}")
+            diag = getattr(exc, "diag", None)
+            detail = (getattr(diag, "message_primary", None) or str(exc)).strip()
+            error = StateError(f"cannot {what} {self.path}: {detail}")
             if self.write_error is None:
                 self.write_error = error
                 if self.on_write_error is not None:

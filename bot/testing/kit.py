@@ -28,7 +28,7 @@ from typing import Any
 
 from nio import Event, MegolmEvent
 
-from bot.storage.plugin_storage import PluginStorage
+from bot.storage.plugin_storage import BasePluginStorage
 from bot.testing.harness import InProcessBot, write_bot_config
 from bot.testing.member import Member
 from bot.testing.synapse import RegisteredUser, SynapseServer
@@ -421,7 +421,7 @@ class RatchetKit:
         self.bot = bot
         return self.bot
 
-    def storage(self, plugin: str) -> PluginStorage:
+    def storage(self, plugin: str) -> BasePluginStorage:
         """The running bot's storage of ``plugin``, to read (or prepare) what the plugin keeps while it runs:
         ``await ratchet.storage("karma").get("carol")``, ``await ....fetchone("SELECT ...")``.
 
