@@ -593,6 +593,18 @@ def _then(convert: Converter, fn: Callable[[Any], Any]) -> Converter:
     return wrapped
 
 
+def _at_least(convert: Converter, minimum: float, unit: str = "s") -> Converter:
+    """``convert``, then a check that the number is at least ``minimum``."""
+
+    def wrapped(ctx: _Context, node: Node, path: str) -> Any:
+        value = convert(ctx, node, path)
+        if value < minimum:
+            raise ctx.bad(path, node, f"must be at least {minimum:g}{unit} (got {value:g}{unit})")
+        return value
+
+    return wrapped
+
+
 def _boolean(ctx: _Context, node: Node, path: str) -> bool:
     value = _scalar(ctx, node, path)
     if not isinstance(value, bool):
@@ -855,7 +867,7 @@ class Config:
             processes with the same database form an active/standby pair. Default none (SQLite). Hidden from ``repr``.
         database_lease_ttl: seconds the active process's lease lasts without renewal: how long a standby waits
             before taking over from an active one that froze or lost its network (one that died is replaced at
-            once). Default 10.
+            once). At least 3. Default 10.
         pickle_key: passphrase encrypting the crypto store, at least 16 characters: the
             ``pickle_key`` key, else the ``RATCHET_PICKLE_KEY`` environment variable. Required.
             Hidden from ``repr``.
@@ -886,7 +898,7 @@ class Config:
     device_name: str = field(default="Ratchet", metadata=_key(_string(_non_empty)))
     data_dir: Path = field(default=Path("data"), metadata=_key(_path, raw_default="./data"))
     database: str | None = field(default=None, repr=False, metadata=_key(_string(_database_check), secret=True))
-    database_lease_ttl: float = field(default=10.0, metadata=_key(_duration(positive=True)))
+    database_lease_ttl: float = field(default=10.0, metadata=_key(_at_least(_duration(positive=True), 3)))
     pickle_key: str = field(repr=False, metadata=_key(_string(_min_length(16)), env=PICKLE_KEY_ENV, secret=True))
     command_prefix: str = field(default="!", metadata=_key(_string(_prefix_check)))
     admins: tuple[str, ...] = field(default=(), metadata=_key(_list_of(_string(_user_id_check), "user ids")))
