@@ -46,7 +46,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from nio.crypto import InboundGroupSession, OlmDevice
 from nio.store import SqliteStore
@@ -67,7 +66,6 @@ from peewee import (
 )
 from playhouse.psycopg3_ext import Psycopg3Database
 
-from bot.errors import StorageError
 from bot.matrix.store import LazyStoreMixin
 from bot.storage.pg_connection import CRYPTO_SCHEMA, connect, redact_url
 
@@ -83,24 +81,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: libpq parameters added to the URL unless it has them: a dead peer or a cut network is an error, not a hang.
-_NETWORK_DEFAULTS = {
-    "keepalives": "1",
-    "keepalives_idle": "30",
-    "keepalives_interval": "10",
-    "keepalives_count": "3",
-    "tcp_user_timeout": "30000",
-}
-
 _UNIQUE = re.compile(r"^\s*UNIQUE\s*\(([^)]*)\)\s*$", re.IGNORECASE)
-
-
-def _with_network_defaults(url: str) -> str:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    present = {name for name, _ in query}
-    query += [(name, value) for name, value in _NETWORK_DEFAULTS.items() if name not in present]
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
 # -- REPLACE -> INSERT ... ON CONFLICT DO UPDATE -----------------------------------------------------------------
@@ -170,17 +151,13 @@ class CryptoDatabase(Psycopg3Database):
         return f"CryptoDatabase({redact_url(self.url)!r})"
 
     def _connect(self) -> Any:
-        url = _with_network_defaults(self.url)
-        try:
-            conn = connect(
-                url,
-                schema=CRYPTO_SCHEMA,
-                settings=self.settings,
-                autocommit=True,  # peewee runs BEGIN/COMMIT itself
-                application_name="ratchet crypto store",
-            )
-        except StorageError as exc:  # name the URL the operator configured, not the one with our additions
-            raise StorageError(str(exc).replace(redact_url(url), redact_url(self.url))) from exc.__cause__
+        conn = connect(  # with keepalives and a TCP user timeout (pg_connection.NETWORK_DEFAULTS)
+            self.url,
+            schema=CRYPTO_SCHEMA,
+            settings=self.settings,
+            autocommit=True,  # peewee runs BEGIN/COMMIT itself
+            application_name="ratchet crypto store",
+        )
         if self._isolation_level is not None:
             conn.isolation_level = self._isolation_level
         return conn

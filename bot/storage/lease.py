@@ -177,7 +177,7 @@ class Lease:
     def try_acquire(self) -> bool:
         """One attempt: True if this process holds the lease now."""
         if self._conn is None:
-            self._conn = connect(self.url, application_name=f"ratchet lease {self.holder}")
+            self._conn = self._connect()
             install_lease_schema(self._conn)
         conn = self._conn
         if not self._has_lock:
@@ -240,6 +240,11 @@ class Lease:
             if (stop.wait(self.poll) if stop is not None else time.sleep(self.poll)) and stop is not None:
                 raise LeaseLost("stopped while waiting for the lease")
 
+    def _connect(self) -> Any:
+        # a renewal stuck on a cut network fails within half the lease, while the lease can still be counted lost
+        timeout = str(max(1000, int(self.ttl * 500)))
+        return connect(self.url, application_name=f"ratchet lease {self.holder}", network={"tcp_user_timeout": timeout})
+
     def _reset_connection(self) -> None:
         if self._conn is not None:
             try:
@@ -256,7 +261,7 @@ class Lease:
         if self.epoch is None:
             raise LeaseLost("the lease is not held")
         if self._conn is None:
-            self._conn = connect(self.url, application_name=f"ratchet lease {self.holder}")
+            self._conn = self._connect()
         if not self._has_lock:
             self._has_lock = bool(
                 self._conn.execute("SELECT pg_try_advisory_lock(%s)", (_ADVISORY_KEY,)).fetchone()[0]
@@ -307,7 +312,7 @@ class Lease:
         if self.epoch is not None and self._lost is None:
             try:
                 if self._conn is None:
-                    self._conn = connect(self.url, application_name=f"ratchet lease {self.holder}")
+                    self._conn = self._connect()
                 self._conn.execute(
                     f"UPDATE {STATE_SCHEMA}.lease SET expires_at = acquired_at "
                     "WHERE name = 'active' AND epoch = %s",

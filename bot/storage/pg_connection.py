@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from bot.errors import StorageError
 
@@ -40,6 +40,7 @@ __all__ = [
     "plugin_schema",
     "redact_url",
     "sqlite_to_psycopg",
+    "with_network_defaults",
 ]
 
 #: Runtime state, private files and the lease.
@@ -50,6 +51,26 @@ CRYPTO_SCHEMA = "ratchet_crypto"
 PLUGIN_SCHEMA_PREFIX = "ratchet_plugin_"
 
 _PLUGIN_NAME = re.compile(r"^[a-z0-9_]{1,40}$")
+
+
+#: libpq parameters added to the URL unless it has them: a dead peer or a cut network is an error, not a hang.
+NETWORK_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
+def with_network_defaults(url: str, overrides: Mapping[str, str] | None = None) -> str:
+    """``url`` with :data:`NETWORK_DEFAULTS` (updated by ``overrides``) for each parameter it does not set itself."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {name for name, _ in query}
+    wanted = {**NETWORK_DEFAULTS, **(overrides or {})}
+    query += [(name, value) for name, value in wanted.items() if name not in present]
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
 
 
 def is_postgres_url(value: str) -> bool:
@@ -94,16 +115,23 @@ def connect(
     settings: Mapping[str, str] | None = None,
     autocommit: bool = True,
     application_name: str = "ratchet",
+    network: Mapping[str, str] | None = None,
 ) -> psycopg.Connection:
     """A new connection to ``url``; ``schema`` (created if missing) becomes the ``search_path``.
 
     ``settings`` are session settings applied at once (``SET name = value``), e.g. the lease epoch that fences writes
-    (see :mod:`bot.storage.lease`). A server that cannot be reached is a :class:`~bot.errors.StorageError` naming
-    the URL without its password.
+    (see :mod:`bot.storage.lease`). TCP keepalives and a user timeout are set (:func:`with_network_defaults`,
+    ``network`` overriding them) unless the URL sets them. A server that cannot be reached is a
+    :class:`~bot.errors.StorageError` naming the URL without its password.
     """
     psycopg = _driver()
     try:
-        conn = psycopg.connect(url, autocommit=autocommit, application_name=application_name, connect_timeout=10)
+        conn = psycopg.connect(
+            with_network_defaults(url, network),
+            autocommit=autocommit,
+            application_name=application_name,
+            connect_timeout=10,
+        )
     except psycopg.Error as exc:
         raise StorageError(f"cannot connect to {redact_url(url)}: {str(exc).strip()}") from exc
     try:
