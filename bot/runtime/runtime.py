@@ -9,6 +9,10 @@ Each sync batch goes through the same steps:
    events that cannot be decrypted yet are persisted and their keys requested;
 4. the batch's sync token is persisted once its events, and those of every earlier batch, are handled.
 
+In appservice mode (an ``appservice`` config section, docs/appservice.md) there is no sync loop: a transaction pump
+(``Runtime._transaction_pump``) takes the homeserver's transactions from bot/appservice and runs each through steps
+1 and 3; instead of step 4, the transaction's id is recorded and the homeserver answered once its events are handled.
+
 SIGINT/SIGTERM stop the loop, give running handlers a few seconds, save state and exit within 10 seconds.
 """
 
@@ -23,6 +27,7 @@ import threading
 import time
 from typing import Any
 
+from bot.appservice import Appservice  # [appservice]
 from bot.config import Config
 from bot.e2ee.control import CONTROL_SOCKET  # [verification]
 from bot.e2ee.identity import Identity  # [identity]
@@ -62,6 +67,8 @@ BACKFILL_MARGIN_MS = 60_000
 SHUTDOWN_GRACE = 6.0
 #: Seconds between attempts to bind the HTTP listener when its port was taken.
 HTTP_RETRY = 30.0
+#: Seconds past the shutdown grace after which a process that lost its lease and could not stop exits hard.
+LEASE_LOSS_EXIT_MARGIN = 5.0
 #: How often an event whose sender's device keys cannot be fetched yet is retried before it is given up.
 SENDER_CHECK_ATTEMPTS = 12
 
@@ -76,17 +83,27 @@ class Runtime:
     first. :meth:`run` starts the plugins, syncs until asked to stop and shuts down.
     """
 
-    def __init__(self, config: Config, client: RatchetClient, storage: Storage) -> None:
-        """Raises :class:`~bot.errors.StateError` if the runtime state cannot be opened."""
+    def __init__(
+        self, config: Config, client: RatchetClient, storage: Storage, *, appservice: Appservice | None = None
+    ) -> None:
+        """Raises :class:`~bot.errors.StateError` if the runtime state cannot be opened.
+
+        With ``appservice`` (appservice mode, docs/appservice.md) events come from its transactions instead of
+        ``/sync`` and the bot has no device (no cross-signing identity).
+        """
         self.config = config
         self.client = client
-        #: How events come in: this account's /sync.
-        self.source: EventSource = SyncSource(client)
         #: Where everything that survives a restart lives (SQLite files under data_dir by default).
         self.storage = storage
         #: Sync token, handled-event records, waiting events, trust pins.
         self.state: StateStore = storage.open_state()
         self.state.on_write_error = self._storage_failed
+        #: Appservice mode: transactions, ghosts (bot/appservice); None in relay mode (one account's /sync).
+        self.appservice = appservice
+        #: How events come in: this account's /sync, or the appservice's transactions.
+        self.source: EventSource = (
+            SyncSource(client) if appservice is None else appservice.bind(self.state, self._invite_allowed)
+        )
         self.stats = BotStats()
         #: Prometheus metrics (served at ``/metrics`` when the ``http`` listener is on).
         self.metrics = Metrics()
@@ -99,7 +116,7 @@ class Runtime:
         self.trust: TrustPolicy = install_trust(client, self.state, config.e2ee.trust)
         #: Cross-signing, secret storage and key backup (bot/e2ee/identity.py); None when its local secrets cannot
         #: be read (logged: cross-signing and key backup are off for this run).
-        self.identity: Identity | None = _open_identity(client, config, storage)
+        self.identity: Identity | None = _open_identity(client, config, storage) if appservice is None else None
         #: Interactive (SAS) verification, requests accepted from the admins (and e2ee.verification.accept_from); the
         #: operator confirms through data_dir/control.sock (``ratchet verification ...``). Issue 18.
         self.verifications = VerificationService(
@@ -122,6 +139,7 @@ class Runtime:
             metrics=self.metrics,
             http=self.http,
             verifications=self.verifications,
+            appservice=appservice,
         )
         #: What plugins see as ``self.bot``.
         self.api: BotAPI = self.host.api
@@ -136,6 +154,8 @@ class Runtime:
         #: The storage failure that stopped the bot, if any (run() raises it as a SessionError).
         self._fatal: Exception | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: ``ratchet run``'s own runtime exits the process if it cannot stop after losing the lease (see _lease_lost).
+        self._exit_hard_on_lease_loss = False
         #: How late the event loop wakes a sleeping task (the worst is shown by /health/live and the status page).
         self.lag_probe = LoopLagProbe(self.metrics)
         #: Events and handler latency over the last hour, for the status page's charts (bot/runtime/status_page.py).
@@ -151,6 +171,8 @@ class Runtime:
         os.umask(0o077)  # everything the bot writes (stores, plugin databases, keys) is private to its user
         storage = open_storage(config)
         await _hold_storage(storage)  # PostgreSQL: a standby waits here until the active one stops or dies
+        if config.appservice is not None:
+            return await cls._open_appservice(config, storage)
         try:
             client = await open_session(
                 homeserver=config.homeserver,
@@ -172,6 +194,22 @@ class Runtime:
             storage.release()
             raise SessionError(str(exc)) from exc
 
+    @classmethod
+    async def _open_appservice(cls, config: Config, storage: Storage) -> Runtime:
+        """Appservice mode: the bot acts with the as_token (no login, no device); events come from transactions."""
+        try:
+            storage.prepare()
+            appservice = await Appservice.open(config)
+        except BaseException:
+            storage.release()
+            raise
+        try:
+            return cls(config, appservice.client, storage, appservice=appservice)
+        except StateError as exc:
+            await appservice.client.close()
+            storage.release()
+            raise SessionError(str(exc)) from exc
+
     # -- lifecycle -------------------------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -185,6 +223,7 @@ class Runtime:
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
+        self._exit_hard_on_lease_loss = install_signal_handlers  # the process is this bot's
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.request_stop)
@@ -200,7 +239,10 @@ class Runtime:
             self._spawn(self.verifications.serve(self.config.data_dir / CONTROL_SOCKET))  # [verification]
             if self.client.should_upload_keys:
                 await self.client.keys_upload()
-            await self._sync_loop()
+            if self.appservice is None:
+                await self._sync_loop()
+            else:
+                await self._transaction_pump(self.appservice)
             if self._fatal is not None:
                 if is_fenced(self._fatal):
                     raise SessionError(
@@ -338,7 +380,76 @@ class Runtime:
         finally:
             stop_wait.cancel()
 
+    # -- appservice mode: transactions instead of the sync loop ---------------------------------------------------
+
+    async def _transaction_pump(self, appservice: Appservice) -> None:
+        """Handle the appservice's transactions one by one (the homeserver sends them so) until stopped.
+
+        Each goes through the same steps as a sync batch (invites, routing, handled records); its id is recorded and
+        the homeserver answered 200 only once every handler job of it has ended. Cut short by shutdown, it is answered
+        503 and comes again: what was handled is skipped then, the rest runs with the same transaction ids.
+        """
+        source = appservice.source
+        assert source is not None and source is self.source
+        await appservice.start()
+        stop_wait = asyncio.ensure_future(self._stop.wait())
+        try:
+            await self._retry_pending(None)
+            self.ready.set()
+            log.info("synced; appservice mode, handling transactions as %s", source.own_user_id)
+            while not self._stop.is_set():
+                fetch = asyncio.ensure_future(source.fetch(None, timeout_ms=SYNC_TIMEOUT_MS))
+                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not fetch.done():
+                    fetch.cancel()
+                    with contextlib.suppress(BaseException):
+                        await fetch
+                    break
+                try:
+                    batch = fetch.result()
+                except SyncFailed as exc:
+                    self.stats.sync_errors += 1
+                    self.metrics.sync_failed()
+                    log.warning("could not read a transaction (%s); answered 503, the homeserver sends it again", exc)
+                    continue
+                self.metrics.sync_succeeded(0.0)  # the event source is alive (quiet times bring no transactions)
+                if not batch.token:
+                    continue
+                self.stats.rooms = source.room_count()
+                try:
+                    futures = await self._route_batch(batch, initial=False, resumed=False)
+                except StateError:
+                    source.reject(batch.token, "storage failed")
+                    break
+                outcomes = await asyncio.gather(*futures)
+                if any(o.status == "cancelled" for o in outcomes) or self._fatal is not None:
+                    source.reject(batch.token, "the bot is stopping")
+                    continue
+                try:
+                    source.acknowledge(batch.token)
+                except StateError:
+                    break  # reported by _storage_failed
+        finally:
+            stop_wait.cancel()
+            await appservice.close()
+
+    def _invite_allowed(self, inviter: str) -> bool:
+        """The invite policy for ghosts' invites: the admins and ``invites.accept_from``."""
+        return inviter in self.config.admins or self.config.invites.allows(inviter)
+
     async def _handle_sync(self, batch: SyncBatch, *, initial: bool, resumed: bool) -> None:
+        now_ms = int(time.time() * 1000)  # when the batch came (kept with its token)
+        futures = await self._route_batch(batch, initial=initial, resumed=resumed)
+        step = self._committer.begin((batch.token, now_ms))
+        if futures:
+            self._spawn(self._commit_when_done(step, futures))
+        else:
+            self._commit(step)
+
+    async def _route_batch(
+        self, batch: SyncBatch, *, initial: bool, resumed: bool
+    ) -> list[asyncio.Future[JobOutcome]]:
+        """Answer the batch's invites and route its events; returns the handler jobs started."""
         await self._handle_invites(batch)
         futures: list[asyncio.Future[JobOutcome]] = []
         if batch.room_keys:
@@ -367,11 +478,7 @@ class Runtime:
             )
             for event in events:
                 futures += await self._deliver(room.room_id, event)
-        step = self._committer.begin((batch.token, now_ms))
-        if futures:
-            self._spawn(self._commit_when_done(step, futures))
-        else:
-            self._commit(step)
+        return futures
 
     def _note_creators(self, room_id: str, state: list[Event], events: list[Event]) -> None:
         """Room v12 creators, only from the real ``m.room.create`` (in the clear, empty state key)."""
@@ -387,10 +494,18 @@ class Runtime:
             self._commit(batch)
 
     def _lease_lost(self, exc: Exception) -> None:
-        """Called from the lease's thread: another process took over, or the lease could not be renewed."""
+        """Called from the lease's thread: another process took over, or the lease could not be renewed.
+
+        The bot stops as after any storage failure. A process whose event loop is stuck (waiting on a database that
+        stopped answering) cannot stop itself: when this runtime is the process's own (``ratchet run``), it exits
+        hard after the shutdown grace. Its writes are refused by the fence either way."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._storage_failed, exc)
+        if self._exit_hard_on_lease_loss:
+            timer = threading.Timer(SHUTDOWN_GRACE + LEASE_LOSS_EXIT_MARGIN, _exit_after_lease_loss)
+            timer.daemon = True
+            timer.start()
 
     def _storage_failed(self, exc: Exception) -> None:
         """state.db or the crypto store cannot be written: stop cleanly rather than handle what cannot be recorded."""
@@ -559,6 +674,13 @@ def _clear_state(state: list[Event], events: list[Event], event_type: str) -> li
         for event in (*state, *events)
         if event_type_of(event) == event_type and is_state_shaped(event) and not getattr(event, "decrypted", False)
     ]
+
+
+def _exit_after_lease_loss() -> None:
+    log.critical("lost the database lease and could not stop within %.0f s (is the database answering?): exiting",
+                 SHUTDOWN_GRACE + LEASE_LOSS_EXIT_MARGIN)
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _hold_storage(storage: Storage) -> None:

@@ -242,8 +242,13 @@ class Lease:
 
     def _connect(self) -> Any:
         # a renewal stuck on a cut network fails within half the lease, while the lease can still be counted lost
-        timeout = str(max(1000, int(self.ttl * 500)))
-        return connect(self.url, application_name=f"ratchet lease {self.holder}", network={"tcp_user_timeout": timeout})
+        timeout = max(1000, int(self.ttl * 500))
+        return connect(
+            self.url,
+            application_name=f"ratchet lease {self.holder}",
+            network={"tcp_user_timeout": str(timeout)},
+            connect_timeout=max(2, round(timeout / 1000)),
+        )
 
     def _reset_connection(self) -> None:
         if self._conn is not None:
@@ -277,24 +282,39 @@ class Lease:
 
     def start_renewing(self, on_lost: Callable[[LeaseLost], None]) -> None:
         """Renew every ``ttl / 3`` seconds on a thread of its own; ``on_lost`` is called (from that thread) once the
-        lease is lost: taken over, expired, or not renewable for ``ttl`` seconds."""
+        lease is lost: taken over, expired, or not renewed for ``ttl`` seconds.
+
+        Each renewal runs on a short-lived thread of its own and the lease thread only watches the clock: a database
+        that accepts bytes but never answers (a frozen server, a proxy gone silent) blocks a renewal forever without
+        any socket error, and the lease must still be counted lost when it expires."""
         if self._thread is not None:
             return
+        failed: list[LeaseLost] = []
+
+        def attempt() -> None:
+            try:
+                self.renew()
+            except LeaseLost as exc:
+                failed.append(exc)
+            except Exception as exc:  # the connection: retried at the next tick, until the lease would expire
+                self._reset_connection()
+                log.warning("lease: renewal failed (%s: %s); retrying", type(exc).__name__, str(exc).strip())
 
         def run() -> None:
             interval = self.ttl / 3
+            current: threading.Thread | None = None
             while not self._stop.wait(interval):
-                try:
-                    self.renew()
-                except LeaseLost as exc:
-                    self._lose(exc, on_lost)
+                if failed:
+                    self._lose(failed[0], on_lost)
                     return
-                except Exception as exc:  # the connection: retry until the lease would have expired
-                    self._reset_connection()
-                    if time.monotonic() - self._renewed_at >= self.ttl:
-                        self._lose(LeaseLost(f"could not renew the lease for {self.ttl:g} s: {exc}"), on_lost)
-                        return
-                    log.warning("lease: renewal failed (%s: %s); retrying", type(exc).__name__, str(exc).strip())
+                if time.monotonic() - self._renewed_at >= self.ttl:
+                    self._lose(LeaseLost(f"could not renew the lease for {self.ttl:g} s (the database does not "
+                                         "answer)"), on_lost)
+                    return
+                if current is not None and current.is_alive():
+                    continue  # the last renewal is still waiting for the database
+                current = threading.Thread(target=attempt, name="ratchet-lease-renewal", daemon=True)
+                current.start()
 
         self._thread = threading.Thread(target=run, name="ratchet-lease", daemon=True)
         self._thread.start()
@@ -320,4 +340,5 @@ class Lease:
                 )
             except Exception as exc:
                 log.warning("could not release the lease (a standby takes over when it expires): %s", exc)
-        self._reset_connection()
+        if self._lost is None:  # after a loss a renewal may still hang on the connection: leave it to the exit
+            self._reset_connection()

@@ -116,6 +116,7 @@ def connect(
     autocommit: bool = True,
     application_name: str = "ratchet",
     network: Mapping[str, str] | None = None,
+    connect_timeout: int = 10,
 ) -> psycopg.Connection:
     """A new connection to ``url``; ``schema`` (created if missing) becomes the ``search_path``.
 
@@ -130,7 +131,7 @@ def connect(
             with_network_defaults(url, network),
             autocommit=autocommit,
             application_name=application_name,
-            connect_timeout=10,
+            connect_timeout=connect_timeout,
         )
     except psycopg.Error as exc:
         raise StorageError(f"cannot connect to {redact_url(url)}: {str(exc).strip()}") from exc

@@ -11,12 +11,14 @@ import asyncio
 import signal
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import yaml
 
 from bot.testing.harness import BotProcess
+from bot.testing.tcp_proxy import TcpProxy
 
 from .test_replay import _history, _relates_to
 
@@ -29,10 +31,11 @@ PER_ROOM = 100
 LEASE_TTL = 3
 
 
-def _standby(t, tmp_path: Path, name: str) -> BotProcess:
+def _standby(t, tmp_path: Path, name: str, **changes: object) -> BotProcess:
     """A second process with the same config and database, on its own (empty) data_dir: another machine."""
     config = yaml.safe_load(t.config_path.read_text())
     config["data_dir"] = str(tmp_path / f"data-{name}")
+    config.update(changes)
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return BotProcess(path, tmp_path / f"{name}.log")
@@ -173,4 +176,54 @@ async def test_a_frozen_active_that_wakes_up_after_the_takeover_writes_nothing(
         if active.proc is not None and active.proc.poll() is None:
             active.proc.send_signal(signal.SIGCONT)
         standby.kill()
+    _assert_exactly_once_in_order(await _answers(member, [room], bot), {room: sent})
+
+
+async def test_an_active_cut_off_from_the_database_is_replaced_and_stops(
+    synapse, tmp_path, test_plugins_dir, bot_in_room, postgres, postgres_dsn
+):
+    """A partition between the active bot and PostgreSQL (the bot still reaches Synapse): the standby takes over when
+    the lease expires, the cut-off one stops by itself, members see every message answered once."""
+    proxy = await TcpProxy("127.0.0.1", postgres.port).start()
+    parts = urlsplit(postgres_dsn)
+    netloc = f"{parts.username}@127.0.0.1:{proxy.port}"
+    through_proxy = urlunsplit(parts._replace(netloc=netloc, query="tcp_user_timeout=2000"))
+    try:
+        t = await bot_in_room(
+            synapse,
+            plugins={"acker": {}},
+            plugin_dirs=[test_plugins_dir],
+            database=through_proxy,
+            database_lease_ttl=LEASE_TTL,
+        )
+        active, member, bot, room = t.proc, t.member, t.bot_user.user_id, t.room
+        standby = _standby(t, tmp_path, "standby", database=postgres_dsn).start()
+        sent: list[str] = []
+        try:
+            await standby.wait_for_log("holds the lease; waiting", timeout=60)
+            sent.append(await member.send(room, "ack before"))
+            await member.expect_reply(room, sent[-1], sender=bot, timeout=30)
+
+            proxy.cut()
+            cut = time.monotonic()
+            await standby.wait_for_log("took over the lease", timeout=LEASE_TTL + 30)
+            print(f"\ncut network: standby took the lease {time.monotonic() - cut:.2f} s after the cut")
+            await standby.wait_for_log("synced;", timeout=60)
+            for i in range(5):
+                sent.append(await member.send(room, f"ack during the cut {i}"))
+            await member.expect_reply(room, sent[-1], sender=bot, timeout=60)
+
+            deadline = time.monotonic() + 60
+            while active.proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            assert active.proc.poll() == 1, "the cut-off active did not stop"
+            print(f"cut network: the cut-off active stopped {time.monotonic() - cut:.2f} s after the cut")
+            after = await member.send(room, "ack after")
+            sent.append(after)
+            await member.expect_reply(room, after, sender=bot, timeout=30)
+            assert await standby.stop() == 0
+        finally:
+            standby.kill()
+    finally:
+        await proxy.close()
     _assert_exactly_once_in_order(await _answers(member, [room], bot), {room: sent})
