@@ -47,6 +47,7 @@ from bot.errors import ConfigError
 
 __all__ = [
     "PICKLE_KEY_ENV",
+    "AppserviceConfig",
     "Config",
     "ConfigError",
     "E2EEConfig",
@@ -426,7 +427,8 @@ def _build_section(ctx: _Context, cls: type, node: MappingNode, path: str) -> An
                 )
             raise ctx.error(message, key=full, node=key_nodes.get(name))
 
-    for group in getattr(cls, "_require_one_of", ()):
+    instead = any(values.get(name) is not None for name in getattr(cls, "_instead_of_required", ()))
+    for group in () if instead else getattr(cls, "_require_one_of", ()):
         if all(values.get(name) is None for name in group):
             names = " or ".join(f"'{_join(path, name)}'" for name in group)
             raise ctx.error(f"missing required key: set {names}", key=_join(path, group[0]))
@@ -848,6 +850,69 @@ class HttpConfig:
         return self.status_token
 
 
+_LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
+
+
+def _localpart_check(ctx: _Context, value: str) -> str | None:
+    if _LOCALPART.fullmatch(value):
+        return None
+    return f"expected a user id localpart (lowercase a-z, 0-9 and ._=-/+), got {ctx.show(value)}"
+
+
+def _ghost_prefix_check(ctx: _Context, value: str) -> str | None:
+    problem = _localpart_check(ctx, value)
+    if problem:
+        return problem.replace("a user id localpart", "the start of a user id localpart, like irc_,")
+    return None
+
+
+def _appservice_id_check(ctx: _Context, value: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9._~-]+", value):
+        return None
+    return f"expected a short id of letters, digits and . _ ~ - (it appears in URLs), got {ctx.show(value)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AppserviceConfig:
+    """The ``appservice`` section: run as an application service (docs/appservice.md) instead of a logged-in bot.
+
+    With it, ``ratchet run`` takes events from the homeserver's transactions instead of ``/sync``, the bot is the
+    appservice's ``sender_localpart`` user and acts with ``as_token``, and ghosts (``ghost_prefix``...) act through
+    the same token. ``ratchet appservice registration -c CONFIG`` writes the registration file for the homeserver.
+    """
+
+    #: The registration's id, unique on the homeserver (Synapse's ping endpoint names it).
+    id: str = field(metadata=_key(_string(_appservice_id_check)))
+    #: Where the homeserver reaches the appservice; default ``http://{host}:{port}``.
+    url: str | None = field(default=None, metadata=_key(_then(_string(_url_check), lambda s: s.rstrip("/"))))
+    #: Address the appservice listens on for the homeserver's requests. Keep it on loopback or a private network.
+    host: str = field(default="127.0.0.1", metadata=_key(_string(_non_empty)))
+    #: TCP port the appservice listens on.
+    port: int = field(metadata=_key(_port))
+    #: The bridge bot's localpart; default (and it must be) ``user_id``'s localpart.
+    sender_localpart: str | None = field(default=None, metadata=_key(_string(_localpart_check)))
+    #: Ghost users are ``@{ghost_prefix}{name}:{server}`` (the registration claims them exclusively). Default none:
+    #: no ghosts.
+    ghost_prefix: str | None = field(default=None, metadata=_key(_string(_ghost_prefix_check)))
+    #: Room aliases ``#{alias_prefix}...:{server}`` the appservice claims; default none.
+    alias_prefix: str | None = field(default=None, metadata=_key(_string(_ghost_prefix_check)))
+    #: The token the appservice authenticates with at the homeserver (use ``${VAR}``); with ``hs_token``, or neither:
+    #: then ``ratchet appservice registration`` generates both into ``tokens_file``.
+    as_token: str | None = field(default=None, repr=False, metadata=_key(_string(_min_length(32)), secret=True))
+    #: The token the homeserver authenticates with at the appservice (use ``${VAR}``).
+    hs_token: str | None = field(default=None, repr=False, metadata=_key(_string(_min_length(32)), secret=True))
+    #: Where generated tokens are kept (mode 0600); default ``data_dir/appservice-tokens.json``.
+    tokens_file: Path | None = field(default=None, metadata=_key(_path))
+    #: Let the homeserver rate-limit the appservice's users (false for bridges).
+    rate_limited: bool = field(default=False, metadata=_key(_boolean))
+    #: Ask for ephemeral events (receipts, typing) and, for the E2EE work, the MSC2409/3202/4190 extensions.
+    receive_ephemeral: bool = field(default=True, metadata=_key(_boolean))
+
+    def tokens_path(self, data_dir: Path) -> Path:
+        """Where generated tokens live: ``tokens_file``, else ``data_dir/appservice-tokens.json``."""
+        return self.tokens_file if self.tokens_file is not None else data_dir / "appservice-tokens.json"
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     """The bot's configuration; ``config.example.yaml`` documents every key.
@@ -885,6 +950,8 @@ class Config:
         log_level: DEBUG, INFO, WARNING or ERROR. Default INFO.
         log_format: ``text`` or ``json``. Default ``text``.
         http: the optional HTTP listener (:class:`HttpConfig`): metrics, health, status page. Default off.
+        appservice: run as an application service (:class:`AppserviceConfig`, docs/appservice.md) instead of a
+            logged-in account; then ``password``/``access_token`` are not needed. Default off (relay mode).
         source: the file the configuration was read from; not part of equality.
         plugin_lines: the line of each plugin's key and of each key and list item inside its options, by path
             (``("reminders",)``, ``("reminders", "check_interval")``, ``("webhooks", "hooks", "ci", "secret")``,
@@ -919,11 +986,14 @@ class Config:
         metadata=_key(_then(_string(_choice("text", "json", upper=False)), str.lower)),
     )
     http: HttpConfig | None = field(default=None, metadata=_key(_section(HttpConfig)))
+    appservice: AppserviceConfig | None = field(default=None, metadata=_key(_section(AppserviceConfig)))
     source: str | None = field(default=None, compare=False)
     plugin_lines: Mapping[tuple[str | int, ...], int] = field(default_factory=dict, compare=False, repr=False)
 
     #: Groups of keys of which at least one must be set.
     _require_one_of: ClassVar[tuple[tuple[str, ...], ...]] = (("password", "access_token"),)
+    #: Sections that stand in for the ``_require_one_of`` keys (an appservice acts with its as_token).
+    _instead_of_required: ClassVar[tuple[str, ...]] = ("appservice",)
 
     def plugin_line(self, plugin: str, *parts: str | int) -> int | None:
         """The line of plugin option ``parts`` of ``plugin`` in the config file; for an option that is not in the
@@ -975,6 +1045,35 @@ def _syntax_error(source: str, exc: yaml.YAMLError, text: str) -> ConfigError:
     return ConfigError("YAML syntax error", file=source)
 
 
+def _check_appservice(ctx: _Context, config: Config) -> None:
+    """What the ``appservice`` section's keys cannot check alone: the tokens come in pairs, the sender is the bot."""
+    section = config.appservice
+    if section is None:
+        return
+    if (section.as_token is None) != (section.hs_token is None):
+        missing = "appservice.hs_token" if section.hs_token is None else "appservice.as_token"
+        raise ctx.error(
+            "set both appservice.as_token and appservice.hs_token, or neither (then `ratchet appservice "
+            "registration` generates them into appservice.tokens_file)",
+            key=missing,
+        )
+    if section.as_token is not None and section.as_token == section.hs_token:
+        raise ctx.error("appservice.as_token and appservice.hs_token must differ", key="appservice.hs_token")
+    localpart = config.user_id[1:].split(":", 1)[0]
+    if section.sender_localpart is not None and section.sender_localpart != localpart:
+        raise ctx.error(
+            f"appservice.sender_localpart is {section.sender_localpart!r} but user_id's localpart is {localpart!r}; "
+            "the bot is the appservice's sender: make them the same (or leave sender_localpart out)",
+            key="appservice.sender_localpart",
+        )
+    if section.ghost_prefix is not None and localpart.startswith(section.ghost_prefix):
+        raise ctx.error(
+            f"the bot's own localpart {localpart!r} starts with appservice.ghost_prefix {section.ghost_prefix!r}: "
+            "the bot would be one of its own ghosts; choose another prefix",
+            key="appservice.ghost_prefix",
+        )
+
+
 def parse_config(
     text: str,
     *,
@@ -1009,6 +1108,7 @@ def parse_config(
             message = f"the top level must be a mapping of keys to values, got {got}"
             raise ctx.error(message, key=None, node=root)
         config = _build_section(ctx, Config, root, "")
+        _check_appservice(ctx, config)
     except RecursionError:
         raise ConfigError("the document is nested too deeply", file=source) from None
     return dataclasses.replace(config, source=source, plugin_lines=ctx.lines)

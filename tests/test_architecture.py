@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bot.storage",),
     ("bot.matrix",),
     ("bot.e2ee",),
+    ("bot.appservice",),  # appservice mode: registration, transactions, ghosts (under the plugin API, for bridges)
     ("bot.reports",),
     ("bot.plugin", "bot"),  # bot/__init__.py re-exports the plugin API
     ("bot.bridge",),

@@ -10,6 +10,7 @@ Everything a bridge needs is exported here (``from bot.bridge import Bridge, ...
 submodules are internal.
 """
 
+from bot.appservice.ghosts import Ghost
 from bot.bridge.connection import ConnectionSupervisor, InboundRefused, RemoteConnection
 from bot.bridge.core import Bridge, BridgeConfig
 from bot.bridge.matrix import MatrixSide, RelayMatrixSide
@@ -22,6 +23,7 @@ __all__ = [
     "Bridge",
     "BridgeConfig",
     "ConnectionSupervisor",
+    "Ghost",
     "InboundRefused",
     "MatrixMessage",
     "MatrixSide",

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bot import __version__
+from bot.cli import appservice as appservice_cli
 from bot.cli import db as db_cli
 from bot.cli import verification as verification_cli
 from bot.errors import ConfigError, ScaffoldError, SessionError
@@ -150,6 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     verification_cli.add_parsers(sub)  # ratchet verification ..., ratchet verify-user (bot/cli/verification.py)
     db_cli.add_parsers(sub)  # ratchet db migrate (bot/cli/db.py)
+    appservice_cli.add_parsers(sub)  # ratchet appservice registration (bot/cli/appservice.py)
     return parser
 
 
@@ -225,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return _identity_command(args)
     if args.command == "db":
         return db_cli.run(args, _load(args.config))
+    if args.command == "appservice":
+        return appservice_cli.run(args, _load(args.config))
     return EXIT_CONFIG
 
 

@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 
     from bot.metrics import Metrics
 
-__all__ = ["KeySharePolicy", "RatchetClient", "make_client"]
+__all__ = ["KeySharePolicy", "RatchetClient", "make_appservice_client", "make_client"]
 
 log = logging.getLogger(__name__)
 
@@ -606,3 +606,24 @@ def make_client(
     return RatchetClient(
         homeserver, user_id, device_id=device_id or "", store_path=str(store_dir), config=config
     )
+
+
+def make_appservice_client(homeserver: str, user_id: str, as_token: str) -> RatchetClient:
+    """A client for an appservice's bot (``user_id``, the registration's sender) acting with ``as_token``: no device
+    and no encryption (yet), no login; the same retries as :func:`make_client`. Ghosts act through it too, with
+    ``?user_id=`` (bot/appservice/ghosts.py)."""
+    from bot.matrix import schemas as fastpath
+
+    fastpath.install()
+    config = AsyncClientConfig(
+        encryption_enabled=False,
+        store_sync_tokens=False,
+        max_limit_exceeded=None,
+        max_timeouts=None,
+        max_timeout_retry_wait_time=BACKOFF_CAP,
+        request_timeout=60,
+    )
+    client = RatchetClient(homeserver, user_id, device_id="", config=config)
+    client.access_token = as_token
+    client.user_id = user_id
+    return client

@@ -38,6 +38,7 @@ __all__ = [
     "SyncBatch",
     "SyncFailed",
     "SyncSource",
+    "batch_from_body",
     "describe",
     "is_storage_error",
     "is_undecrypted",
@@ -101,6 +102,19 @@ class SyncBatch:
             invites.append(Invite(room_id, inviter))
         keys = {e.session_id for e in resp.to_device_events if isinstance(e, RoomKeyEvent)}
         return cls(resp.next_batch, rooms, invites, keys)
+
+
+async def batch_from_body(client: RatchetClient, body: dict[str, Any]) -> SyncBatch:
+    """The batch of a ``/sync``-shaped body that came another way (an appservice transaction, bot/appservice):
+    parsed by nio and handled by the client (room state, memberships, invites) exactly as a ``/sync`` answer is.
+
+    Raises :class:`SyncFailed` if nio cannot parse it.
+    """
+    resp = SyncResponse.from_dict(body)
+    if not isinstance(resp, SyncResponse):
+        raise SyncFailed(describe(resp))
+    await client.receive_response(resp)
+    return SyncBatch.from_response(resp, client.user_id)
 
 
 class SyncFailed(Exception):

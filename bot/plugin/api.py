@@ -22,6 +22,7 @@ from bot.reports.invites import InviteGuards
 from bot.reports.moderation import Moderation
 
 if TYPE_CHECKING:
+    from bot.appservice import Appservice, Ghost
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
     from bot.e2ee.verification_service import VerificationService
@@ -50,6 +51,7 @@ class BotAPI(MatrixActions):
         identity: Identity | None,
         http: HttpListener | None = None,
         verifications: VerificationService | None = None,
+        appservice: Appservice | None = None,
     ) -> None:
         super().__init__(client)
         #: The bot's admins from the config.
@@ -74,6 +76,17 @@ class BotAPI(MatrixActions):
         self.http = http
         #: Interactive verification of the running bot (bot/e2ee/verification_service.py); None when not running.
         self.verifications = verifications
+        #: Appservice mode (docs/appservice.md): ghosts and the homeserver's user/alias queries; None in relay mode.
+        self.appservice = appservice
+
+    def ghost(self, name: str) -> Ghost:
+        """The appservice's ghost ``name`` (``"alice"``, ``"irc_alice"`` or ``"@irc_alice:example.org"``), to act as
+        it: ``await ghost.set_display_name(...)``, ``await ghost.send_text(room_id, text, reply_to=...)``, ``join``,
+        ``leave``, ``set_avatar_url``. Raises MatrixError in relay mode, ValueError for a name outside the namespace.
+        """
+        if self.appservice is None:
+            raise MatrixError("ghosts need appservice mode: the config has no appservice section (docs/appservice.md)")
+        return self.appservice.ghost(name)
 
     async def fingerprints(self, user_id: str | None = None) -> list[str]:
         """The bot's fingerprints as lines to show people (device ed25519 key and account master key in groups of

@@ -30,6 +30,7 @@ from bot.plugin.routing import LoadedPlugin, Router, command_owner
 from bot.storage.state import StateStore
 
 if TYPE_CHECKING:
+    from bot.appservice import Appservice
     from bot.e2ee.identity import Identity
     from bot.e2ee.trust import TrustPolicy
     from bot.e2ee.verification_service import VerificationService
@@ -110,6 +111,7 @@ class PluginHost:
         metrics: Metrics | None = None,
         http: HttpListener | None = None,
         verifications: VerificationService | None = None,
+        appservice: Appservice | None = None,
     ) -> None:
         self.state = state
         self.storage = storage
@@ -130,6 +132,7 @@ class PluginHost:
             identity=identity,
             http=http,
             verifications=verifications,
+            appservice=appservice,
         )
         self.plugins: dict[str, LoadedPlugin] = {}
         self.options: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,231 @@
+"""The transaction-fed event source: appservice transactions become the runtime's :class:`~bot.matrix.sync.SyncBatch`
+es, so the same runtime (routing, plugins, handled records, exactly-once) runs without a ``/sync`` loop.
+
+The HTTP side (:mod:`bot.appservice.server`) hands each authenticated, parsed transaction to :meth:`submit`, which
+waits until the runtime has handled it. The runtime's transaction pump takes them one by one from :meth:`fetch`
+(the homeserver sends an appservice's transactions one at a time, in order) and, once every event's handling has
+ended, calls :meth:`acknowledge` (the id is persisted in ``state.db``, then the homeserver gets its 200) or
+:meth:`reject` (the runtime is stopping: 503, the homeserver sends the transaction again later).
+
+Exactly once, across restarts: a transaction id is recorded only after its events are handled, so a crash or kill
+before that means the homeserver sends it again; its events that a plugin already handled are skipped by the
+per-plugin handled records, and those handled halfway re-send with the same transaction ids (the homeserver returns
+the first event). A transaction id already recorded is answered 200 at once. The same id arriving again while it is
+being handled (the homeserver timed out and retried) waits for the first delivery's outcome instead of running twice.
+
+For each transaction, before its events reach nio: invites of ghosts are answered (:meth:`Ghosts.on_invite`), and a
+room the bot joined (or has not seen in this process) gets its current state fetched, since nothing before the
+appservice's interest in the room was pushed. Events sent by the ghosts themselves update the room model but are not
+handed to plugins (a bridge does not see its own ghosts' messages come back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.appservice.ghosts import Ghosts
+from bot.appservice.transactions import (
+    SeenTransactions,
+    Transaction,
+    ghost_invites,
+    own_joins,
+    rooms_of,
+    sync_body,
+)
+from bot.errors import MatrixRequestError, StateError
+from bot.matrix.client import RatchetClient
+from bot.matrix.events import Event
+from bot.matrix.requests import api_path, request_json
+from bot.matrix.sync import SyncBatch, SyncFailed, batch_from_body, describe
+from bot.storage.state import StateStore
+
+__all__ = ["TransactionSource"]
+
+log = logging.getLogger("ratchet.appservice")
+
+#: The ``state.db`` key holding the ids of the latest handled transactions.
+SEEN_KEY = "appservice.transactions"
+
+
+@dataclass
+class _Delivery:
+    """A transaction waiting for, or in, the runtime; ``done`` resolves True (handled) or False (try again)."""
+
+    txn: Transaction
+    done: asyncio.Future[bool]
+
+
+class TransactionSource:
+    """An :class:`~bot.matrix.sync.EventSource` fed by appservice transactions instead of ``/sync``."""
+
+    def __init__(
+        self,
+        client: RatchetClient,
+        state: StateStore,
+        ghosts: Ghosts,
+        *,
+        invite_allowed: Callable[[str], bool],
+    ) -> None:
+        self.client = client
+        self.state = state
+        self.ghosts = ghosts
+        self._invite_allowed = invite_allowed
+        #: Handled transaction ids (persisted under :data:`SEEN_KEY`).
+        self.seen = SeenTransactions.load(state.get(SEEN_KEY))
+        self._queue: asyncio.Queue[_Delivery] = asyncio.Queue()
+        self._inflight: dict[str, _Delivery] = {}
+        self._state_loaded: set[str] = set()
+        self._closed = False
+
+    # -- the HTTP side ----------------------------------------------------------------------------------------
+
+    async def submit(self, txn: Transaction) -> bool:
+        """Hand ``txn`` to the runtime and wait for the outcome: True once handled (or handled before), False if it
+        must be sent again (the runtime is stopping, or storage failed)."""
+        if txn.txn_id in self.seen:
+            log.info("transaction %s was handled already; answering 200", txn.txn_id)
+            return True
+        delivery = self._inflight.get(txn.txn_id)
+        if delivery is None:
+            if self._closed:
+                return False
+            loop = asyncio.get_running_loop()
+            delivery = _Delivery(txn, loop.create_future())
+            self._inflight[txn.txn_id] = delivery
+            delivery.done.add_done_callback(lambda _: self._inflight.pop(txn.txn_id, None))
+            self._queue.put_nowait(delivery)
+        else:
+            log.info("transaction %s came again while being handled; waiting for the first delivery", txn.txn_id)
+        return await asyncio.shield(delivery.done)  # the homeserver hanging up does not cancel the handling
+
+    def close(self) -> None:
+        """Stop taking transactions: those waiting or running are answered "try again" (503)."""
+        self._closed = True
+        for delivery in list(self._inflight.values()):
+            if not delivery.done.done():
+                delivery.done.set_result(False)
+
+    # -- the runtime side ---------------------------------------------------------------------------------------
+
+    @property
+    def own_user_id(self) -> str:
+        """The bridge bot's user id (the registration's sender)."""
+        return self.client.user_id
+
+    def room_count(self) -> int:
+        """How many rooms the appservice has seen events of in this process."""
+        return len(self.client.rooms)
+
+    async def fetch(self, since: str | None, *, timeout_ms: int, full_state: bool | None = None) -> SyncBatch:
+        """The next transaction as a batch whose ``token`` is the transaction id; an empty batch (token ``""``) if
+        none came within ``timeout_ms``. ``since`` and ``full_state`` mean nothing here.
+
+        Raises :class:`~bot.matrix.sync.SyncFailed` when nio cannot parse it (the transaction is answered 500).
+        """
+        try:
+            delivery = await asyncio.wait_for(self._queue.get(), timeout_ms / 1000)
+        except TimeoutError:
+            return SyncBatch("", [])
+        if delivery.done.done():  # answered meanwhile (the source was closed)
+            return SyncBatch("", [])
+        txn = delivery.txn
+        try:
+            return await self._batch(txn)
+        except Exception as exc:
+            if not delivery.done.done():
+                delivery.done.set_result(False)
+            if isinstance(exc, SyncFailed):
+                raise
+            raise SyncFailed(f"transaction {txn.txn_id}: {describe(exc)}") from exc
+
+    async def _batch(self, txn: Transaction) -> SyncBatch:
+        own = self.own_user_id
+        for invite in ghost_invites(txn.events, self.ghosts.is_ghost):
+            allowed = invite.inviter == own or self._invite_allowed(invite.inviter)
+            await self.ghosts.on_invite(invite.room_id, invite.user_id, invite.inviter, allowed)
+        joined_now = own_joins(txn.events, own)
+        states: dict[str, list[dict[str, Any]]] = {}
+        for room_id in rooms_of(txn.events):
+            if room_id in joined_now or room_id not in self._state_loaded:
+                fetched = await self._room_state(room_id)
+                if fetched is not None:
+                    states[room_id] = fetched
+        body = sync_body(
+            txn.events, own_user_id=own, next_batch=f"as-{txn.txn_id}-{uuid.uuid4().hex[:8]}", state=states,
+            to_device=txn.to_device,
+        )
+        batch = await batch_from_body(self.client, body)
+        for room in batch.rooms:
+            room.events = [e for e in room.events if not self.ghosts.is_ghost(getattr(e, "sender", ""))]
+        batch.token = txn.txn_id
+        return batch
+
+    async def _room_state(self, room_id: str) -> list[dict[str, Any]] | None:
+        """The room's current state as the bot sees it; None if the bot cannot see it (not in the room)."""
+        try:
+            answer = await request_json(self.client, "GET", api_path("rooms", room_id, "state"))
+        except MatrixRequestError as err:
+            if err.status in (403, 404):
+                self._state_loaded.add(room_id)  # not the bot's room (a ghost's): its join will load it
+                return None
+            raise
+        self._state_loaded.add(room_id)
+        if not isinstance(answer, list):
+            return None
+        return [dict(e, room_id=room_id) for e in answer if isinstance(e, dict)]
+
+    def acknowledge(self, token: str) -> None:
+        """Every event of transaction ``token`` is handled: record its id, then answer the homeserver 200.
+
+        Raises :class:`~bot.errors.StateError` if the id cannot be recorded (the transaction is answered 500 and comes
+        again; its events are skipped then by their handled records).
+        """
+        delivery = self._inflight.get(token)
+        self.seen.add(token)
+        try:
+            self.state.set(SEEN_KEY, self.seen.dump())
+        except StateError:
+            if delivery is not None and not delivery.done.done():
+                delivery.done.set_result(False)
+            raise
+        if delivery is not None and not delivery.done.done():
+            delivery.done.set_result(True)
+
+    def reject(self, token: str, reason: str) -> None:
+        """Transaction ``token`` was not handled completely: answer "try again" (503)."""
+        delivery = self._inflight.get(token)
+        if delivery is not None and not delivery.done.done():
+            log.warning("transaction %s not completely handled (%s); the homeserver will send it again", token, reason)
+            delivery.done.set_result(False)
+
+    # -- the rest of the EventSource protocol ------------------------------------------------------------------
+
+    async def backfill(self, room_id: str, prev_batch: str, stop_ms: int, max_pages: int) -> list[Event]:
+        """Nothing: transactions have no gaps (the homeserver keeps what it could not deliver)."""
+        return []
+
+    def decrypt(self, room_id: str, source: dict[str, Any]) -> Event | None:
+        """Nothing decrypts yet in appservice mode (the E2EE work comes next)."""
+        return None
+
+    async def request_key(self, room_id: str, event: Event) -> None:
+        """No key requests yet in appservice mode."""
+
+    async def join(self, room_id: str) -> str | None:
+        """The bot joins ``room_id``; None on success, else why it failed."""
+        resp = await self.client.join(room_id)
+        return None if hasattr(resp, "room_id") else describe(resp)
+
+    async def leave(self, room_id: str) -> None:
+        """The bot leaves (or declines the invite to) ``room_id``."""
+        with contextlib.suppress(Exception):
+            await self.client.room_leave(room_id)
+
+    async def maintain_keys(self) -> None:
+        """No device keys yet in appservice mode."""
