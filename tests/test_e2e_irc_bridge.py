@@ -87,6 +87,7 @@ def is_edit_of(event, event_id: str) -> bool:
     return rel.get("rel_type") == "m.replace" and rel.get("event_id") == event_id
 
 
+@pytest.mark.both_engines  # the bridge's portals, message map and queue on SQLite and PostgreSQL
 @pytest.mark.e2e
 async def test_irc_and_encrypted_room_talk_with_names_edits_replies_and_no_echo(ratchet, ircd):
     alice = await ratchet.member("alice")
@@ -189,6 +190,7 @@ async def test_irc_and_encrypted_room_talk_with_names_edits_replies_and_no_echo(
     await squatter.close()
 
 
+@pytest.mark.both_engines  # the bridge's portals, message map and queue on SQLite and PostgreSQL
 @pytest.mark.e2e
 async def test_irc_server_restart_reconnects_and_delivers_queued_messages_once_in_order(ratchet, ircd):
     dora = await ratchet.member("dora")
@@ -616,6 +618,7 @@ def _kept_messages(db_path) -> int | None:
         conn.close()
 
 
+@pytest.mark.both_engines  # the bridge's portals, message map and queue on SQLite and PostgreSQL
 @pytest.mark.e2e
 @pytest.mark.parametrize("how", ["sigterm", "kill -9"])
 async def test_queued_messages_survive_a_sigterm_and_reach_irc_once_in_order(ratchet, ircd, tmp_path, how):

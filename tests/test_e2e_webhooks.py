@@ -207,6 +207,7 @@ async def _raw_request(port: int, head: str, body: bytes = b"") -> tuple[int, di
     return int(status_line.split(" ", 2)[1]), json.loads(payload or b"{}"), headers
 
 
+@pytest.mark.both_engines  # the bridge's portals, message map and queue on SQLite and PostgreSQL
 @pytest.mark.e2e
 async def test_webhooks_post_encrypted_messages_and_refuse_bad_requests(ratchet):
     member = await ratchet.member("ops")
@@ -315,6 +316,7 @@ async def test_webhooks_post_encrypted_messages_and_refuse_bad_requests(ratchet)
 URL_TOKEN = "AbCdEf0123456789xyzTOKEN"
 
 
+@pytest.mark.both_engines  # the bridge's portals, message map and queue on SQLite and PostgreSQL
 @pytest.mark.e2e
 async def test_outbound_hook_posts_room_messages_with_retries_and_no_loop(ratchet, caplog):
     caplog.set_level(logging.INFO)
