@@ -3,7 +3,8 @@ appservice's token with ``?user_id=`` (identity assertion).
 
 ``ghosts.get("alice")`` (or ``"irc_alice"``, or the full user id) gives a :class:`Ghost`. Ghosts are registered on
 first use (``POST /register`` with ``m.login.application_service`` and ``inhibit_login``: an ``M_USER_IN_USE`` answer
-means it exists already), join a room before their first message there, and set their display name and avatar only
+means it exists already), join a room before their first message there (invited by the bot where the room is
+invite-only), and set their display name and avatar only
 when they differ from what the homeserver has (read once per ghost, then cached). Messages go out with transaction ids
 derived from the handling in progress and the ghost (:mod:`bot.matrix.idempotency`), so a handler replayed after a
 crash or a retried appservice transaction does not post twice. Invites of ghosts are answered by the transaction
@@ -150,8 +151,21 @@ class Ghost:
         return room_id
 
     async def ensure_joined(self, room_id: str) -> None:
-        """Join ``room_id`` unless this process saw the ghost join it already."""
-        if room_id not in self._joined:
+        """Join ``room_id`` unless this process saw the ghost join it already; in a room the ghost may not join by
+        itself (invite-only), the bot invites it first (as mautrix's intents do)."""
+        if room_id in self._joined:
+            return
+        try:
+            await self.join(room_id)
+        except MatrixRequestError as err:
+            if err.status != 403:
+                raise
+            try:
+                invite = {"user_id": self.user_id}
+                await self._ghosts.request(None, "POST", api_path("rooms", room_id, "invite"), invite)
+            except MatrixRequestError as invite_err:
+                if invite_err.status != 403 or "already in the room" not in str(invite_err.body):
+                    raise err from invite_err
             await self.join(room_id)
 
     async def leave(self, room_id: str, reason: str | None = None) -> None:
