@@ -228,11 +228,16 @@ async def _media(client: Any, work: Path, item: Any, actions_cls: Any, items: li
             break
     assert room in client.rooms, "the new room did not sync"
     path = work / "attachment.bin"
-    with open(path, "wb") as fh:  # incompressible, written in pieces (not 100 MB of os.urandom in memory at once)
-        for _ in range(MEDIA_BYTES // (1 << 20)):
-            fh.write(os.urandom(1 << 20))
-        fh.write(os.urandom(MEDIA_BYTES % (1 << 20)))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    def write() -> str:  # incompressible, written in pieces (not 100 MB of os.urandom in memory at once)
+        digest = hashlib.sha256()
+        with open(path, "wb") as fh:
+            for size in [1 << 20] * (MEDIA_BYTES // (1 << 20)) + [MEDIA_BYTES % (1 << 20)]:
+                piece = os.urandom(size)
+                digest.update(piece)
+                fh.write(piece)
+        return digest.hexdigest()
+
+    digest = await asyncio.to_thread(write)
     actions = actions_cls(client)
     sent: dict[str, Any] = {}
     original_send = actions.send
@@ -350,7 +355,7 @@ def gil_check() -> dict[str, Any]:
         alone = time.perf_counter() - t0
         done = threading.Event()
 
-        def worker(fn=fn) -> None:
+        def worker(fn=fn, done=done) -> None:
             fn()
             done.set()
 
@@ -396,7 +401,7 @@ def scenario(quick: bool = QUICK, variants: tuple[str, ...] | None = None) -> di
     errors: dict[str, str] = {}
     gil = run_json([PYTHON, "-m", "bench.looplag", "gil"], timeout=600)
     with tempfile.TemporaryDirectory(prefix="ratchet-bench-looplag-hs-", dir=CACHE) as tmp:
-        server, meta, _ = _server_copy(Path(tmp))
+        server, _, _ = _server_copy(Path(tmp))
         try:
             for rep in range(repeats):
                 order = variants if rep % 2 == 0 else variants[::-1]

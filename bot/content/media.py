@@ -7,20 +7,31 @@ received event is read lives here and is unit-tested without a network:
 * :func:`encrypted_file` turns nio's attachment keys into the spec's ``EncryptedFile`` object (``v2``);
 * :func:`media_content` builds the ``m.room.message`` content: ``url`` for unencrypted rooms, ``file`` for encrypted
   ones, ``info`` with ``mimetype``/``size`` (and ``w``/``h`` for images), replies and threads like text messages;
-* :func:`media_source` finds what to download in a received event's content.
+* :func:`media_source` finds what to download in a received event's content;
+* :class:`AttachmentEncryptor` encrypts an attachment piece by piece (AES-256-CTR, SHA-256 of the ciphertext), so a
+  100 MB file is never in memory twice and each piece can be encrypted in a worker thread.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import mimetypes
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from Crypto.Cipher import AES
+from Crypto.Hash import SHA256
+from Crypto.Util import Counter
 
 from bot.content.text import relates_to
 
 __all__ = [
+    "ATTACHMENT_CHUNK",
     "MEDIA_MSGTYPES",
+    "AttachmentEncryptor",
     "MediaSource",
     "encrypted_file",
     "guess_mimetype",
@@ -53,6 +64,52 @@ def msgtype_for(mimetype: str) -> str:
     if base.startswith("video/"):
         return "m.video"
     return "m.file"
+
+
+#: The size of the pieces an attachment is read and encrypted in.
+ATTACHMENT_CHUNK = 1 << 20
+
+
+def _b64(data: bytes, *, urlsafe: bool = False) -> str:
+    encoded = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
+    return encoded.decode("ascii").rstrip("=")
+
+
+class AttachmentEncryptor:
+    """An attachment's encryption, one piece at a time, in the format of nio's ``encrypt_attachment``.
+
+    A random 256-bit key and 64-bit IV (or the given ones), AES-CTR with a 64-bit counter from 0 after the IV, and the
+    SHA-256 of the ciphertext: for the same key and IV the ciphertext and :meth:`keys` are byte for byte what
+    ``nio.crypto.attachments.encrypt_attachment`` returns for the whole file. Both pycryptodome calls release the GIL,
+    so :meth:`update` can run in a worker thread without holding up the event loop.
+    """
+
+    def __init__(self, key: bytes | None = None, iv: bytes | None = None) -> None:
+        self.key = os.urandom(32) if key is None else key
+        self.iv = os.urandom(8) if iv is None else iv
+        if len(self.key) != 32 or len(self.iv) != 8:
+            raise ValueError("an attachment key is 32 bytes and its IV 8")
+        self._cipher = AES.new(self.key, AES.MODE_CTR, counter=Counter.new(64, prefix=self.iv, initial_value=0))
+        self._sha256 = SHA256.new()
+        self.size = 0
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> bytes:
+        """The ciphertext of the next ``chunk`` of the file."""
+        encrypted = self._cipher.encrypt(chunk)
+        self._sha256.update(encrypted)
+        self.size += len(encrypted)
+        return encrypted
+
+    def keys(self) -> dict[str, Any]:
+        """What :func:`encrypted_file` needs (``key``, ``iv``, ``hashes``), once every piece went through
+        :meth:`update`."""
+        return {
+            "v": "v2",
+            "key": {"kty": "oct", "alg": "A256CTR", "ext": True, "k": _b64(self.key, urlsafe=True),
+                    "key_ops": ["encrypt", "decrypt"]},
+            "iv": _b64(self.iv + b"\x00" * 8),
+            "hashes": {"sha256": _b64(self._sha256.digest())},
+        }
 
 
 def encrypted_file(url: str, keys: dict[str, Any]) -> dict[str, Any]:
@@ -149,14 +206,15 @@ def media_source(content: dict[str, Any]) -> MediaSource | None:
     return None
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` of an image if Pillow is installed and can read it, else None (Pillow is optional)."""
+def image_size(data: bytes | Path) -> tuple[int, int] | None:
+    """``(width, height)`` of an image (its bytes, or a file, of which only the header is read) if Pillow is
+    installed and can read it, else None (Pillow is optional)."""
     try:
         from PIL import Image
     except ImportError:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(data if isinstance(data, Path) else io.BytesIO(data)) as img:
             width, height = img.size
     except Exception:
         return None

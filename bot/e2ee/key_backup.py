@@ -17,11 +17,15 @@ sessions per room seen at the last upload and only look inside rooms whose count
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
+import re
 import sqlite3
+import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,8 @@ log = logging.getLogger("ratchet.key_backup")
 TRACK_FILE = "key_backup.db"
 #: Sessions per ``PUT /room_keys/keys`` request.
 UPLOAD_BATCH = 200
+#: The first upload after start-up lets the event loop run every this many stored sessions it looks at.
+SCAN_SLICE = 1000
 #: A restore logs its progress every this many keys.
 RESTORE_PROGRESS_EVERY = 500
 
@@ -129,8 +135,28 @@ class UploadTracker:
                 " PRIMARY KEY (version, room_id, session_id))"
             )
             conn.commit()
-            rows = conn.execute("SELECT room_id, session_id FROM uploaded WHERE version = ?", (version,)).fetchall()
-        self._done: set[tuple[str, str]] = {(r, s) for r, s in rows}
+        #: read when first needed: :meth:`ready` reads it in a worker thread (50,000 rows take ~100 ms)
+        self._loaded: set[tuple[str, str]] | None = None
+
+    def _read(self) -> set[tuple[str, str]]:
+        with contextlib.closing(self._open()) as conn:
+            rows = conn.execute(
+                "SELECT room_id, session_id FROM uploaded WHERE version = ?", (self.version,)
+            ).fetchall()
+        return {(r, s) for r, s in rows}
+
+    @property
+    def _done(self) -> set[tuple[str, str]]:
+        if self._loaded is None:
+            self._loaded = self._read()
+        return self._loaded
+
+    async def ready(self) -> None:
+        """Read the table in a worker thread unless it is read already (so the event loop does not wait on it)."""
+        if self._loaded is None:
+            done = await asyncio.to_thread(self._read)
+            if self._loaded is None:
+                self._loaded = done
 
     def __contains__(self, key: tuple[str, str]) -> bool:
         return key in self._done
@@ -140,7 +166,8 @@ class UploadTracker:
 
     def add_many(self, keys: Iterable[tuple[str, str]]) -> None:
         """Record sessions as backed up in this version."""
-        new = [k for k in dict.fromkeys(keys) if k not in self._done]
+        done = self._done
+        new = [k for k in dict.fromkeys(keys) if k not in done]
         if not new:
             return
         with contextlib.closing(self._open()) as conn:
@@ -149,7 +176,7 @@ class UploadTracker:
                 [(self.version, r, s) for r, s in new],
             )
             conn.commit()
-        self._done.update(new)
+        done.update(new)
 
 
 def _open_file(path: Path) -> sqlite3.Connection:
@@ -219,10 +246,38 @@ class KeyBackup:
 
     def _pending_lazy(self, store: Any) -> tuple[list[InboundGroupSession], Callable[[], None]]:
         """The lazy store: never load a session that is backed up already (50,000 of them would be read per sync)."""
+        steps = self._pending_lazy_steps(store)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    async def _pending_async(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
+        """:meth:`pending`, letting the event loop run every :data:`SCAN_SLICE` stored sessions looked at."""
+        store = getattr(getattr(self.client, "olm", None), "inbound_group_store", None)
+        if not (callable(getattr(store, "added_since", None)) and callable(getattr(store, "session_keys", None))):
+            return self.pending()
+        steps = self._pending_lazy_steps(store)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+            await asyncio.sleep(0)
+
+    def _pending_lazy_steps(
+        self, store: Any
+    ) -> Generator[None, None, tuple[list[InboundGroupSession], Callable[[], None]]]:
+        """:meth:`_pending_lazy` as a generator that pauses every :data:`SCAN_SLICE` sessions looked at."""
         mark = store.added_count
         found: dict[tuple[str, str], InboundGroupSession] = {}
         if self._added_mark is None:  # first upload since start-up: the stored ids, one query, nothing unpickled
+            looked = 0
             for room_id, sender_key, session_id in store.session_keys():
+                looked += 1
+                if looked % SCAN_SLICE == 0:
+                    yield
                 if (room_id, session_id) in self.tracker or (room_id, session_id) in found:
                     continue
                 session = store.get(room_id, sender_key, session_id)
@@ -243,7 +298,8 @@ class KeyBackup:
         """Upload the inbound sessions that are not in the backup yet; returns how many were uploaded."""
         if self.disabled_reason:
             return 0
-        sessions, done = self.pending()
+        await self.tracker.ready()
+        sessions, done = await self._pending_async()
         uploaded = 0
         for start in range(0, len(sessions), UPLOAD_BATCH):
             batch = sessions[start : start + UPLOAD_BATCH]
@@ -280,40 +336,194 @@ class KeyBackup:
     # -- restore -----------------------------------------------------------------------------------------------
 
     async def restore(self, *, progress_every: int = RESTORE_PROGRESS_EVERY) -> RestoreResult:
-        """Download every key of this version and import the new ones into nio's store (and memory)."""
+        """Download every key of this version and import the new ones into nio's store (and memory).
+
+        The event loop never waits long (issue 20): the answer (40 MB for 50,000 keys) is parsed, and every key
+        decrypted and turned into a session, in a worker thread, :data:`RESTORE_BATCH` keys at a time (one batch is
+        prepared while the previous one is stored); the store writes stay on the loop (nio's store is not shared
+        between threads), in one transaction per slice of at most :data:`RESTORE_SLICE_SECONDS`, with the loop free
+        between slices. Keys are stored in the answer's order, with the same checks, counts and log lines as one pass
+        would give.
+        """
         olm = self.client.olm
         if olm is None:
             raise KeyBackupError("the client has no crypto store loaded")
         own_key = olm.account.identity_keys["curve25519"]  # restored sessions count as forwarded by the bot itself
-        resp = await request_json(self.client, "GET", _keys_path(self.version))
-        rooms = resp.get("rooms") if isinstance(resp, dict) else None
-        if not isinstance(rooms, dict):
+        body = await request_json(self.client, "GET", _keys_path(self.version), raw=True)
+        entries = await asyncio.to_thread(backup_entries, body)
+        del body
+        if entries is None:
             raise KeyBackupError("the homeserver's key backup answer has no 'rooms'")
-        total = sum(len((r or {}).get("sessions") or {}) for r in rooms.values() if isinstance(r, dict))
+        total = len(entries)
         log.info("restoring %d room keys from key backup version %s", total, self.version)
         imported = failed = seen = 0
         restored: list[tuple[str, str]] = []
-        for room_id, room in rooms.items():
-            sessions = room.get("sessions") if isinstance(room, dict) else None
-            if not isinstance(sessions, dict):
-                continue
-            for session_id, entry in sessions.items():
-                seen += 1
+        backup_key = self.backup_key
+
+        def prepare(start: int) -> list[tuple[str, str, InboundGroupSession | Exception]]:
+            out: list[tuple[str, str, InboundGroupSession | Exception]] = []
+            for room_id, session_id, entry in entries[start : start + RESTORE_BATCH]:
                 try:
-                    data = self.backup_key.decrypt_session((entry or {}).get("session_data") or {})
-                    session = import_session(room_id, session_id, data, via=own_key)
+                    data = backup_key.decrypt_session((entry or {}).get("session_data") or {})
+                    out.append((room_id, session_id, import_session(room_id, session_id, data, via=own_key)))
                 except (BackupError, KeyBackupError) as exc:
-                    failed += 1
-                    log.debug("skipping backed-up session %s: %s", session_id, exc)
-                    continue
-                if store_session(olm, room_id, session):
-                    imported += 1
-                restored.append((room_id, session_id))
-                if progress_every and seen % progress_every == 0:
-                    log.info("key backup restore: %d of %d keys processed", seen, total)
-        self.tracker.add_many(restored)
+                    out.append((room_id, session_id, exc))
+                except Exception as exc:  # as the one-pass restore did: anything else ends the restore
+                    out.append((room_id, session_id, _Abort(exc)))
+            return out
+
+        transaction = _store_transaction(olm)
+        next_batch = asyncio.ensure_future(asyncio.to_thread(prepare, 0)) if total else None
+        for start in range(0, total, RESTORE_BATCH):
+            assert next_batch is not None
+            batch = await next_batch
+            following = start + RESTORE_BATCH
+            next_batch = asyncio.ensure_future(asyncio.to_thread(prepare, following)) if following < total else None
+            i = 0
+            try:
+                while i < len(batch):
+                    deadline = time.monotonic() + RESTORE_SLICE_SECONDS
+                    abort: _Abort | None = None
+                    with transaction():  # committed before an abort is raised: what was stored stays stored
+                        while i < len(batch):
+                            room_id, session_id, session = batch[i]
+                            i += 1
+                            seen += 1
+                            if isinstance(session, _Abort):
+                                abort = session
+                                break
+                            if isinstance(session, Exception):
+                                failed += 1
+                                log.debug("skipping backed-up session %s: %s", session_id, session)
+                            else:
+                                if store_session(olm, room_id, session):
+                                    imported += 1
+                                restored.append((room_id, session_id))
+                            if progress_every and seen % progress_every == 0:
+                                log.info("key backup restore: %d of %d keys processed", seen, total)
+                            if time.monotonic() >= deadline:
+                                break
+                    if abort is not None:
+                        raise abort.exc
+                    await asyncio.sleep(0)
+            except BaseException:
+                if next_batch is not None:
+                    next_batch.cancel()
+                raise
+        await asyncio.to_thread(self.tracker.add_many, restored)
         if failed:
             log.warning("%d of %d backed-up keys could not be decrypted with this backup key", failed, total)
         log.info("key backup restore done: %d new keys imported of %d", imported, total)
         return RestoreResult(self.version, total, imported, failed)
 
+
+#: Keys decrypted per worker-thread call during a restore.
+RESTORE_BATCH = 1000
+#: A restore stores sessions in transactions of at most this long, letting the event loop run in between.
+RESTORE_SLICE_SECONDS = 0.005
+
+
+@dataclass(frozen=True)
+class _Abort:
+    """An unexpected error while preparing a key: re-raised on the loop when the restore reaches that key."""
+
+    exc: BaseException
+
+
+def _store_transaction(olm: Any) -> Callable[[], Any]:
+    """One database transaction around many session writes (nio commits each statement on its own otherwise)."""
+    database = getattr(getattr(olm, "store", None), "database", None)
+    atomic = getattr(database, "atomic", None)
+    if callable(atomic):
+        return atomic
+    return contextlib.nullcontext
+
+
+def backup_entries(body: bytes | str) -> list[tuple[str, str, Any]] | None:
+    """``(room id, session id, KeyBackupData)`` of every key in a ``GET /room_keys/keys`` answer, in its order; None
+    if the answer is not a JSON object with a ``rooms`` object.
+
+    The same result as walking ``json.loads(body)["rooms"]`` (for an answer without duplicate keys; with them, the
+    entries of every copy are kept, a later one winning per key), but parsed one key at a time: a single
+    ``json.loads`` of a 40 MB answer holds the GIL for its whole duration (measured: 160 ms), so the event loop
+    would stall even with the parse in a worker thread.
+    """
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+    except UnicodeDecodeError:
+        return None
+    found: dict[tuple[str, str], Any] = {}
+    state = {"rooms": False}
+
+    def on_session(room_id: str) -> Callable[[str, int], int]:
+        def member(session_id: str, i: int) -> int:
+            value, end = _DECODER.raw_decode(text, i)
+            found[(room_id, session_id)] = value
+            return end
+
+        return member
+
+    def on_room(room_id: str, i: int) -> int:
+        if text[i] != "{":
+            return _skip(text, i)
+
+        def member(key: str, j: int) -> int:
+            if key == "sessions" and text[j] == "{":
+                return _walk_object(text, j, on_session(room_id))
+            return _skip(text, j)
+
+        return _walk_object(text, i, member)
+
+    def top(key: str, i: int) -> int:
+        if key == "rooms" and text[i] == "{":
+            state["rooms"] = True
+            return _walk_object(text, i, on_room)
+        if key == "rooms":
+            state["rooms"] = False
+        return _skip(text, i)
+
+    try:
+        i = _ws(text, 0)
+        if i >= len(text) or text[i] != "{":
+            return None
+        end = _ws(text, _walk_object(text, i, top))
+        if end != len(text):
+            return None
+    except (ValueError, IndexError):
+        return None
+    if not state["rooms"]:
+        return None
+    return [(room_id, session_id, entry) for (room_id, session_id), entry in found.items()]
+
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _ws(text: str, i: int) -> int:
+    return _WS.match(text, i).end()  # type: ignore[union-attr]
+
+
+def _skip(text: str, i: int) -> int:
+    return _DECODER.raw_decode(text, i)[1]
+
+
+def _walk_object(text: str, i: int, member: Callable[[str, int], int]) -> int:
+    """Walk the JSON object at ``text[i]`` (``{``): ``member(key, start of value)`` returns the end of the value.
+    Returns the index after the closing ``}``; raises ValueError on malformed JSON."""
+    i = _ws(text, i + 1)
+    if text[i] == "}":
+        return i + 1
+    while True:
+        if text[i] != '"':
+            raise ValueError(f"expected a key at {i}")
+        key, i = _DECODER.raw_decode(text, i)
+        i = _ws(text, i)
+        if text[i] != ":":
+            raise ValueError(f"expected ':' at {i}")
+        i = _ws(text, member(key, _ws(text, i + 1)))
+        if text[i] == "}":
+            return i + 1
+        if text[i] != ",":
+            raise ValueError(f"expected ',' or '}}' at {i}")
+        i = _ws(text, i + 1)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -36,7 +38,7 @@ from nio import (
     RoomSendResponse,
     UploadResponse,
 )
-from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
+from nio.crypto.attachments import decrypt_attachment
 
 from bot.content import media
 from bot.content import text as build
@@ -234,16 +236,23 @@ class MatrixActions:
 
         ``msgtype`` defaults by MIME type (guessed from the name): ``m.image``, ``m.audio``, ``m.video`` or
         ``m.file``. Raises :class:`MatrixError` (``M_TOO_LARGE``) for files over the server's upload limit.
+
+        A file over 1 MiB is streamed: read, encrypted and hashed a piece at a time in a worker thread while it is
+        uploaded, so it is never whole in memory and the event loop never waits on it.
         """
         file_path = Path(path)
         name = name or file_path.name
         stat = await aiofiles.os.stat(file_path)
         await self._check_size(stat.st_size, name)
-        async with aiofiles.open(file_path, "rb") as fh:
-            data = await fh.read()
-        return await self.send_bytes(
-            room_id, data, name=name, mimetype=mimetype, reply_to=reply_to, thread_root=thread_root, msgtype=msgtype
-        )
+        if stat.st_size <= _THREAD_CRYPTO_BYTES:
+            async with aiofiles.open(file_path, "rb") as fh:
+                data = await fh.read()
+            return await self.send_bytes(
+                room_id, data, name=name, mimetype=mimetype, reply_to=reply_to, thread_root=thread_root,
+                msgtype=msgtype,
+            )
+        return await self._send_media(room_id, file_path, stat.st_size, name=name, mimetype=mimetype,
+                                      reply_to=reply_to, thread_root=thread_root, msgtype=msgtype)
 
     async def send_image(
         self,
@@ -272,22 +281,40 @@ class MatrixActions:
         msgtype: str | None = None,
     ) -> str:
         """Like :meth:`send_file` for data in memory, sent as a file called ``name``."""
+        return await self._send_media(room_id, data, len(data), name=name, mimetype=mimetype, reply_to=reply_to,
+                                      thread_root=thread_root, msgtype=msgtype)
+
+    async def _send_media(
+        self,
+        room_id: str,
+        source: bytes | Path,
+        size: int,
+        *,
+        name: str,
+        mimetype: str | None,
+        reply_to: str | None,
+        thread_root: str | None,
+        msgtype: str | None,
+    ) -> str:
         if room_id not in self._client.rooms:
             raise MatrixError(f"cannot send a file to {room_id}: the bot is not in that room (or has not synced it)")
-        await self._check_size(len(data), name)
+        await self._check_size(size, name)
         mimetype = mimetype or media.guess_mimetype(name)
         msgtype = msgtype or media.msgtype_for(mimetype)
-        size = media.image_size(data) if msgtype in ("m.image", "m.video") else None
-        url, file = await self._upload(data, mimetype, name, encrypt=self.room_encrypted(room_id))
+        dims = None
+        if msgtype in ("m.image", "m.video"):
+            dims = (media.image_size(source) if size <= _THREAD_CRYPTO_BYTES
+                    else await asyncio.to_thread(media.image_size, source))
+        url, file = await self._upload(source, size, mimetype, name, encrypt=self.room_encrypted(room_id))
         content = media.media_content(
             name=name,
             mimetype=mimetype,
-            size=len(data),
+            size=size,
             url=url if file is None else None,
             file=file,
             msgtype=msgtype,
-            width=size[0] if size else None,
-            height=size[1] if size else None,
+            width=dims[0] if dims else None,
+            height=dims[1] if dims else None,
             reply_to=reply_to,
             thread_root=thread_root,
         )
@@ -300,23 +327,40 @@ class MatrixActions:
                 f"{name} is {size} bytes, more than the homeserver accepts ({limit} bytes)", "M_TOO_LARGE"
             )
 
-    async def _upload(self, data: bytes, mimetype: str, name: str, *, encrypt: bool) -> tuple[str, dict | None]:
-        """Upload ``data`` (encrypted first if asked); returns the mxc URI and the ``EncryptedFile`` or None."""
-        keys = None
+    async def _upload(
+        self, source: bytes | Path, size: int, mimetype: str, name: str, *, encrypt: bool
+    ) -> tuple[str, dict | None]:
+        """Upload ``source`` (bytes, or a file streamed from disk), encrypted first if asked; returns the mxc URI and
+        the ``EncryptedFile`` or None.
+
+        Encryption is :class:`~bot.content.media.AttachmentEncryptor` (nio's format), a piece of
+        :data:`~bot.content.media.ATTACHMENT_CHUNK` bytes at a time, in a worker thread for anything over 1 MiB. If
+        the upload is retried, the stream starts over with the same key and IV (the same ciphertext).
+        """
         if encrypt:
-            if len(data) > _THREAD_CRYPTO_BYTES:
-                payload, keys = await asyncio.to_thread(encrypt_attachment, data)
-            else:
-                payload, keys = encrypt_attachment(data)
+            key, iv = os.urandom(32), os.urandom(8)
+            used: list[media.AttachmentEncryptor] = []
+
+            def provider(*_: Any) -> AsyncIterator[bytes]:
+                encryptor = media.AttachmentEncryptor(key, iv)
+                used.append(encryptor)
+                return _encrypted_stream(source, encryptor, threaded=size > _THREAD_CRYPTO_BYTES)
+
+            data_provider: Any = provider
             content_type, filename = "application/octet-stream", None  # the server learns neither type nor name
         else:
-            payload, content_type, filename = data, mimetype, name
-        resp, _ = await self._client.upload(
-            lambda *_: payload, content_type=content_type, filename=filename, filesize=len(payload)
-        )
+            data_provider = lambda *_: source  # noqa: E731 - nio reads a Path itself, a piece at a time
+            content_type, filename = mimetype, name
+        resp, _ = await self._client.upload(data_provider, content_type=content_type, filename=filename,
+                                            filesize=size)
         if not isinstance(resp, UploadResponse):
             raise _failed(f"uploading {name}", resp)
-        return resp.content_uri, (media.encrypted_file(resp.content_uri, keys) if keys is not None else None)
+        if not encrypt:
+            return resp.content_uri, None
+        encryptor = used[-1]
+        if encryptor.size != size:
+            raise MatrixError(f"{name} changed while it was uploaded ({encryptor.size} bytes read, {size} expected)")
+        return resp.content_uri, media.encrypted_file(resp.content_uri, encryptor.keys())
 
     async def download(self, event: Event | dict[str, Any], *, max_bytes: int | None = None) -> bytes:
         """The bytes of a media event's file (``m.file``/``m.image``/...), decrypted and verified if encrypted.
@@ -373,7 +417,9 @@ class MatrixActions:
                     if size > limit:
                         raise too_large(f"more than {limit}")
                     chunks.append(chunk)
-                body = b"".join(chunks)
+                # joining 100 MB takes tens of ms: in a thread (bytes.join lets go of the GIL for large results)
+                body = b"".join(chunks) if size <= _THREAD_CRYPTO_BYTES else await asyncio.to_thread(b"".join, chunks)
+                del chunks  # not three copies of the file at once (pieces, body, plaintext)
             except aiohttp.ClientError as exc:
                 resp.close()
                 raise MatrixError(f"downloading {source.mxc} failed: {exc}") from exc
@@ -478,6 +524,33 @@ class MatrixActions:
             event_type=source.get("type"),
             content=source.get("content"),
         )
+
+
+async def _encrypted_stream(
+    source: bytes | Path, encryptor: media.AttachmentEncryptor, *, threaded: bool
+) -> AsyncIterator[bytes]:
+    """The ciphertext of ``source``, a piece at a time (read and encrypted in a worker thread if ``threaded``)."""
+    chunk = media.ATTACHMENT_CHUNK
+    if not isinstance(source, Path):
+        view = memoryview(source)
+        for start in range(0, len(view), chunk):
+            piece = view[start : start + chunk]
+            yield await asyncio.to_thread(encryptor.update, piece) if threaded else encryptor.update(piece)
+        return
+
+    def next_piece(fh: Any) -> bytes:
+        data = fh.read(chunk)
+        return encryptor.update(data) if data else b""
+
+    fh = await asyncio.to_thread(open, source, "rb")
+    try:
+        while True:
+            encrypted = await asyncio.to_thread(next_piece, fh) if threaded else next_piece(fh)
+            if not encrypted:
+                return
+            yield encrypted
+    finally:
+        fh.close()
 
 
 def _localpart(user_id: str) -> str:

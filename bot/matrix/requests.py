@@ -40,12 +40,14 @@ def api_path(*parts: str) -> str:
     return _V3 + "".join("/" + urllib.parse.quote(p, safe="") for p in parts)
 
 
-async def request_json(client: Any, method: str, path: str, body: Any = None) -> Any:
-    """Send a JSON request with the client's access token; return the decoded JSON answer.
+async def request_json(client: Any, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
+    """Send a JSON request with the client's access token; return the decoded JSON answer (with ``raw``: the
+    undecoded bytes of a 2xx answer, for callers that parse a large answer off the event loop).
 
     429 answers are retried after ``retry_after_ms`` (or the ``Retry-After`` header), transport errors and 5xx answers
     with jittered backoff; any other non-2xx answer raises :class:`MatrixRequestError`.
     """
+    want_raw = raw
     headers = {"Content-Type": "application/json"}
     if getattr(client, "access_token", None):
         headers["Authorization"] = f"Bearer {client.access_token}"
@@ -66,6 +68,8 @@ async def request_json(client: Any, method: str, path: str, body: Any = None) ->
                 raise MatrixRequestError(method, path, 0, f"{exc.__class__.__name__}: {exc}") from exc
             await asyncio.sleep(backoff_delay(transient))
             continue
+        if want_raw and 200 <= status < 300:
+            return raw
         try:
             answer = json.loads(raw) if raw else {}
         except ValueError:
