@@ -30,6 +30,7 @@ AS_ID = "ratchet-test"
 
 PLUGIN = '''
 """Test bridge for the appservice e2e tests."""
+import asyncio
 import os
 import signal
 
@@ -52,6 +53,15 @@ class Asbridge(Plugin):
         ghost = self.bot.ghost(match.group(1))
         await ghost.set_display_name(match.group(1).title() + " (IRC)")
         await ghost.send_text(ctx.room_id, match.group(2), reply_to=ctx.event_id)
+
+    @on_message(r"^slow ")
+    async def slow(self, ctx: Context, match) -> None:
+        # Slow only the first time (while the marker exists): the bridge is stopped meanwhile.
+        marker = self.config["slow_marker"]
+        if os.path.exists(marker):
+            os.unlink(marker)
+            await asyncio.sleep(60)
+        await self._record(ctx)
 
     @on_message(r"^crash ")
     async def crash(self, ctx: Context, match) -> None:
@@ -80,6 +90,7 @@ class Env:
         self.base = base
         self.counts = base / "counts.tsv"
         self.crash_marker = base / "crash-once"
+        self.slow_marker = base / "slow-once"
         self.config = base / "bridge.yaml"
         self.registration = base / "registration.yaml"
         self.server: SynapseServer
@@ -101,7 +112,11 @@ class Env:
             "plugin_dirs": [str(plugins)],
             "plugins": {
                 "ping": {},
-                "asbridge": {"path": str(self.counts), "crash_marker": str(self.crash_marker)},
+                "asbridge": {
+                    "path": str(self.counts),
+                    "crash_marker": str(self.crash_marker),
+                    "slow_marker": str(self.slow_marker),
+                },
             },
             "appservice": {"id": AS_ID, "port": self.as_port, "ghost_prefix": "irc_"},
         }
@@ -278,6 +293,29 @@ async def test_kill_9_mid_transaction_is_retried_and_nothing_is_posted_twice(env
         ghosts = [e for e in env.member.messages(env.room, "@irc_bob:localhost") if e.body == "crash ghost"]
         assert len(replies) == 1 and len(ghosts) == 1  # ...but posted once: same transaction ids
         assert env.synapse_retries() > retries  # the killed transaction came again
+    finally:
+        assert await bot.stop() == 0
+
+
+async def test_stopped_mid_transaction_answers_503_and_the_retry_handles_it_once(env):
+    env.slow_marker.write_text("1")
+    bot = env.bot()
+    await bot.run_ready()
+    retries = env.synapse_retries()
+    slow = await env.member.send(env.room, "slow one")
+    await _until(lambda: not env.slow_marker.exists(), 30, "the slow handler to start")
+    started = asyncio.get_running_loop().time()
+    assert await bot.stop() == 0  # SIGTERM: the handler is cut short after the grace, the transaction gets a 503
+    assert asyncio.get_running_loop().time() - started < 10
+    assert "transaction" in bot.log_text() and "not completely handled (the bot is stopping)" in bot.log_text()
+    assert not any(line[0] == slow for line in env.lines())
+    assert "received code=503" in env.server.log_path.read_text()  # Synapse saw the 503 and keeps the transaction
+    await bot.run_ready()
+    try:
+        await _until(lambda: any(line[0] == slow for line in env.lines()), 30, "the retried transaction")
+        await asyncio.sleep(1.0)
+        assert [line[0] for line in env.lines()].count(slow) == 1
+        assert env.synapse_retries() > retries
     finally:
         assert await bot.stop() == 0
 

@@ -421,7 +421,13 @@ class Runtime:
                 except StateError:
                     source.reject(batch.token, "storage failed")
                     break
-                outcomes = await asyncio.gather(*futures)
+                handled = asyncio.ensure_future(asyncio.gather(*futures))
+                handled.add_done_callback(lambda f: f.cancelled() or f.exception())
+                await asyncio.wait({handled, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not handled.done():  # stopping: the handlers get their grace in _shutdown, the transaction a 503
+                    source.reject(batch.token, "the bot is stopping")
+                    break
+                outcomes = handled.result()
                 if any(o.status == "cancelled" for o in outcomes) or self._fatal is not None:
                     source.reject(batch.token, "the bot is stopping")
                     continue
