@@ -14,6 +14,11 @@ hooks; the core does the rest:
 * **remote -> Matrix**: connections :meth:`~bot.bridge.connection.RemoteConnection.deliver` messages; they are posted
   one at a time, in order, through the :class:`~bot.bridge.matrix.MatrixSide` (the relay: as the bot, with the remote
   sender's name), with mentions turned into pills and remote replies/edits/redactions mapped to Matrix events;
+* **ghost mode** (the bot runs as an appservice with a ``ghost_prefix``, and ``ghosts`` is on): each remote user posts
+  as their own ghost (:class:`~bot.bridge.matrix.GhostMatrixSide`, :mod:`bot.bridge.ghosts`); remote joins, parts,
+  quits, kicks, bans and renames become the ghost's memberships and display name; a Matrix reply to a ghost reaches
+  the remote side addressed to the ghost's current name (``ghost_reply_template``); a Matrix kick or ban of a ghost
+  is handed to :meth:`Bridge.on_ghost_removed`;
 * **no echoes, no loops**: the bot's own Matrix messages never reach plugins; messages other bridges posted carry a
   marker and are not relayed; the connection's :meth:`~bot.bridge.connection.RemoteConnection.is_own` drops the
   bridge's own remote messages;
@@ -38,7 +43,8 @@ from uuid import uuid4
 
 from bot.bridge.connection import SENDER_GONE, ConnectionSupervisor, InboundRefused, Outgoing, RemoteConnection
 from bot.bridge.flow import Backoff, SenderLimiter, TokenBucket
-from bot.bridge.matrix import MatrixSide, RelayFormat, RelayMatrixSide
+from bot.bridge.ghosts import GhostIdentity, GhostNames, escape_localpart, ghost_display_name, membership_action
+from bot.bridge.matrix import GhostMatrixSide, MatrixSide, RelayFormat, RelayMatrixSide
 from bot.bridge.messages import MappedMessage, MessageMap
 from bot.bridge.model import (
     BRIDGE_MARKER,
@@ -109,6 +115,13 @@ _SCHEMA = (
         items TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS ratchet_bridge_outbox_relayed ON ratchet_bridge_outbox (network, relayed)",
+    # Ghost mode: which remote user (folded name) has which ghost, kept across restarts (a renamed user keeps theirs).
+    """CREATE TABLE IF NOT EXISTS ratchet_bridge_ghost (
+        network TEXT NOT NULL,
+        name TEXT NOT NULL,
+        localpart TEXT NOT NULL,
+        PRIMARY KEY (network, name)
+    )""",
 )
 
 
@@ -161,11 +174,26 @@ class BridgeConfig:
     reconnect_max_delay: float = 120.0
     #: How long the message map's ids are kept in storage (days).
     retention_days: float = 30.0
+    #: Ghost mode: when the bot runs as an appservice with a ``ghost_prefix``, remote users post as their own ghosts
+    #: (false: relay as the bot even then).
+    ghosts: bool = True
+    #: Ghost mode: a ghost's display name (``{name}``: the remote name; ``"{name} (IRC)"``...).
+    ghost_display_template: str = "{name}"
+    #: Ghost mode: a Matrix reply to a ghost's message, on networks without replies (``{nick}``: the ghost's current
+    #: remote name).
+    ghost_reply_template: str = "{nick}: {text}"
+    #: Ghost mode: at most this many ghosts join (or leave) a room when a channel's member list arrives (IRC NAMES);
+    #: the others join when they speak or join (no flood of joins on the homeserver).
+    ghost_sync_limit: int = 50
 
     def __post_init__(self) -> None:
         for name in ("matrix_template", "matrix_action_template", "remote_template", "remote_action_template"):
             check_template(getattr(self, name), ("name", "text"))
         check_template(self.reply_template, ("text", "nick", "quote"), required=("text",))
+        check_template(self.ghost_display_template, ("name",), required=("name",))
+        check_template(self.ghost_reply_template, ("text", "nick"), required=("text",))
+        if self.ghost_sync_limit < 0:
+            raise ValueError("ghost_sync_limit must be 0 or more")
         if self.queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         if self.rate_burst < 1:
@@ -263,6 +291,9 @@ class Bridge(Plugin):
         #: Config links whose room does not resolve (or cannot be joined) yet, retried in the background.
         self.pending_links: dict[tuple[str, str], PendingLink] = {}
         self._link_retries: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: Ghost mode: remote user -> ghost, per network.
+        self.ghost_names: dict[str, GhostNames] = {}
+        self._ghosts_unsaved: list[tuple[str, str, str]] = []
 
     # ============================================================================================ life cycle
 
@@ -280,6 +311,11 @@ class Bridge(Plugin):
             "SELECT network, channel, room_id, origin, created_by, created_at FROM ratchet_bridge_portal"
         )
         self.portals = {(r[0], r[1]): Portal(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows}
+        if self.matrix.ghosts:
+            for network, name, localpart in await self.storage.fetchall(
+                "SELECT network, name, localpart FROM ratchet_bridge_ghost"
+            ):
+                self._ghost_names(network).load([(name, localpart)])
         running = _RUNNING.setdefault(self.storage.location, [])
         running[:] = [b for b in running if not b._retired()]
         previous = list(running)
@@ -320,10 +356,172 @@ class Bridge(Plugin):
                 fut.set_result(None)
 
     def make_matrix_side(self) -> MatrixSide:
-        """The :class:`~bot.bridge.matrix.MatrixSide` to post with (the relay; an appservice mode would swap it)."""
-        return RelayMatrixSide(
-            self.bot, RelayFormat(self.config.matrix_template, self.config.matrix_action_template)
-        )
+        """The :class:`~bot.bridge.matrix.MatrixSide` to post with: ghosts (:class:`GhostMatrixSide`) when
+        :meth:`ghost_mode` says so, else the relay."""
+        relay_format = RelayFormat(self.config.matrix_template, self.config.matrix_action_template)
+        if self.ghost_mode():
+            self.log.info("ghost mode: remote users post as the appservice's ghosts")
+            return GhostMatrixSide(self.bot, self.ghost_identity, relay_format)
+        return RelayMatrixSide(self.bot, relay_format)
+
+    def ghost_mode(self) -> bool:
+        """True when remote users become ghosts: the ``ghosts`` option is on and the bot runs as an appservice with
+        a ``ghost_prefix`` (docs/appservice.md). Otherwise the bridge relays as the bot."""
+        appservice = getattr(self.bot, "appservice", None)
+        namespaces = getattr(appservice, "namespaces", None)
+        return bool(self.config.ghosts and getattr(namespaces, "ghost_prefix", None))
+
+    # ============================================================================================ ghosts
+
+    def sender_key(self, network: str, sender_id: str) -> str:
+        """The identity of a remote name, for telling users apart (IRC: case-insensitive). Default: casefolded."""
+        return sender_id.casefold()
+
+    def ghost_localpart(self, network: str, name: str) -> str:
+        """The localpart (after the appservice's ``ghost_prefix``) of the ghost for the remote user ``name``
+        (folded by :meth:`sender_key`). Default: the name escaped (:func:`~bot.bridge.ghosts.escape_localpart`)."""
+        return escape_localpart(name)
+
+    def ghost_identity(self, message: RemoteMessage) -> GhostIdentity | None:
+        """Which ghost posts ``message`` in ghost mode (None: the bot posts it, as the relay does). Default: the
+        remote sender's ghost, with the display name from ``ghost_display_template``; anonymous messages and those
+        without a sender are posted by the bot. A bridge overrides it for ghosts of its own (a webhook per hook)."""
+        if message.anonymous or not message.sender_id:
+            return None
+        localpart, new = self._ghost_names(message.network).ghost_for(message.sender_id)
+        if new:
+            self._ghosts_unsaved.append((message.network, self.sender_key(message.network, message.sender_id),
+                                         localpart))
+        return GhostIdentity(localpart, ghost_display_name(self.config.ghost_display_template, message.sender_name))
+
+    def _ghost_names(self, network: str) -> GhostNames:
+        names = self.ghost_names.get(network)
+        if names is None:
+            names = self.ghost_names[network] = GhostNames(
+                derive=lambda folded: self.ghost_localpart(network, folded),
+                key=lambda name: self.sender_key(network, name),
+            )
+        return names
+
+    async def _ghost_assign(self, network: str, name: str) -> str:
+        """The localpart of ``name``'s ghost, stored when new."""
+        localpart, new = self._ghost_names(network).ghost_for(name)
+        if new:
+            self._ghosts_unsaved.append((network, self.sender_key(network, name), localpart))
+        await self._ghost_save()
+        return localpart
+
+    async def _ghost_save(self) -> None:
+        """Store the ghosts given out since the last call."""
+        rows, self._ghosts_unsaved = self._ghosts_unsaved, []
+        if rows:
+            await self.storage.executemany(
+                "INSERT INTO ratchet_bridge_ghost (network, name, localpart) VALUES (?, ?, ?) ON CONFLICT"
+                " (network, name) DO UPDATE SET localpart = excluded.localpart",
+                rows,
+            )
+
+    async def _ghost_forget(self, network: str, name: str) -> None:
+        if self._ghost_names(network).forget(name) is not None:
+            await self.storage.execute("DELETE FROM ratchet_bridge_ghost WHERE network = ? AND name = ?",
+                                       (network, self.sender_key(network, name)))
+
+    async def _ghost_membership(self, portal: Portal, message: RemoteMessage) -> str | None:
+        """A remote membership change in ghost mode: the sender's ghost joins, leaves, is kicked or banned, or is
+        renamed; a channel's member list joins (and removes) ghosts, at most ``ghost_sync_limit`` at a time."""
+        side = self.matrix
+        assert isinstance(side, GhostMatrixSide)
+        network, room_id = portal.network, portal.room_id
+        action = membership_action(message.kind, ban=bool(message.extra.get("ban")))
+        reason = message.extra.get("reason") if isinstance(message.extra.get("reason"), str) else None
+        try:
+            if action == "sync":
+                members = message.extra.get("members")
+                await self._ghost_sync(portal, [m for m in members or () if isinstance(m, str)])
+                return None
+            if action == "rename":
+                new = message.extra.get("new_name")
+                if not isinstance(new, str) or not new:
+                    return None
+                localpart = self._ghost_names(network).rename(message.sender_id, new)
+                if localpart is None:
+                    return None
+                await self.storage.execute("DELETE FROM ratchet_bridge_ghost WHERE network = ? AND name = ?",
+                                           (network, self.sender_key(network, message.sender_id)))
+                await self.storage.execute(
+                    "INSERT INTO ratchet_bridge_ghost (network, name, localpart) VALUES (?, ?, ?) ON CONFLICT"
+                    " (network, name) DO UPDATE SET localpart = excluded.localpart",
+                    (network, self.sender_key(network, new), localpart),
+                )
+                display = ghost_display_name(self.config.ghost_display_template, new)
+                await side.ready_ghost(GhostIdentity(localpart, display))
+                self.log.info("%s: %s is now %s; their ghost %s is renamed", network, message.sender_id, new,
+                              localpart)
+                return None
+            if action == "join":
+                await self._ghost_assign(network, message.sender_id)
+                identity = self.ghost_identity(message)
+                if identity is not None:
+                    await side.ghost_join(room_id, identity)
+                return None
+            localpart = self._ghost_names(network).lookup(message.sender_id)
+            if localpart is None:
+                return None  # never had a ghost: nothing to remove
+            if action == "leave":
+                await side.ghost_leave(room_id, localpart, reason)
+                if message.kind == "quit" and message.extra.get("last", True):
+                    await self._ghost_forget(network, message.sender_id)
+            elif action in ("kick", "ban"):
+                by = message.extra.get("by") or "someone"
+                verb = "banned" if action == "ban" else "kicked"
+                text = f"{verb} on {network} by {by}" + (f": {reason}" if reason else "")
+                await side.ghost_kick(room_id, localpart, text, ban=action == "ban")
+        except MatrixError as exc:
+            self.log.warning("%s %s: the ghost of %s could not %s: %s", network, portal.channel, message.sender_id,
+                             action, exc)
+        return None
+
+    async def _ghost_sync(self, portal: Portal, members: list[str]) -> None:
+        """A channel's member list (IRC NAMES): ghosts of members not in the room join, and ghosts of this network
+        in the room that are no longer in the channel leave; at most ``ghost_sync_limit`` changes."""
+        side = self.matrix
+        assert isinstance(side, GhostMatrixSide)
+        network, room_id = portal.network, portal.room_id
+        limit, changes, skipped = self.config.ghost_sync_limit, 0, 0
+        present: set[str] = set()
+        for name in members:
+            localpart = self._ghost_names(network).lookup(name)
+            if localpart is not None:
+                present.add(localpart)
+            if changes >= limit:
+                skipped += 1
+                continue
+            localpart = await self._ghost_assign(network, name)
+            present.add(localpart)
+            if side.is_member(room_id, side.ghost_user_id(localpart)):
+                continue
+            identity = GhostIdentity(localpart, ghost_display_name(self.config.ghost_display_template, name))
+            if await side.ghost_join(room_id, identity):
+                changes += 1
+        if len(self.portals_for_room(room_id)) == 1:  # a room with one channel: its ghosts are that channel's
+            names = self._ghost_names(network)
+            for user_id in list(side.members(room_id)):
+                localpart = side.ghost_localpart_of(user_id)
+                if localpart is None or localpart in present or names.holder(localpart) is None:
+                    continue
+                if changes >= limit:
+                    skipped += 1
+                    continue
+                if await side.ghost_leave(room_id, localpart, f"not in {portal.channel} any more"):
+                    changes += 1
+        if skipped:
+            self.log.info("%s %s: %d member changes left for later (ghost_sync_limit %d): those ghosts join when "
+                          "their users speak or join", network, portal.channel, skipped, limit)
+
+    async def on_ghost_removed(self, portal: Portal, sender_id: str, by: str, reason: str | None,
+                               *, ban: bool) -> None:
+        """A Matrix member kicked (``ban``: banned) the ghost of the remote user ``sender_id`` from ``portal``'s room.
+        Default: nothing; a bridge maps it where it can (IRC: KICK, or a notice when the bridge is not an operator)."""
 
     def add_connection(
         self,
@@ -737,6 +935,8 @@ class Bridge(Plugin):
         targets = self._outgoing_supervisors(ctx.room_id)
         if not targets or self.matrix is None:
             return
+        if self.matrix.is_bridge_user(ctx.sender):
+            return  # one of our ghosts (the runtime does not hand their events to plugins either)
         name = self.matrix.display_name(ctx.room_id, ctx.sender)
         message = matrix_message_from_event(ctx.room_id, ctx.event.source, name)
         if message is None:
@@ -773,6 +973,10 @@ class Bridge(Plugin):
                 original = await self._lookup_event(message.reply_to)
                 if caps.replies and original is not None and original.remote_id is not None:
                     reply_remote = original.remote_id
+                elif self.matrix is not None and self.matrix.ghosts and original is not None \
+                        and original.direction == "in" and original.network == portal.network:
+                    nick = await self._ghost_current_name(message.room_id, original)
+                    text, html = self.config.ghost_reply_template.format(nick=nick, text=text), None
                 else:
                     nick, quoted = await self._describe_event(message.room_id, message.reply_to, original)
                     if nick is not None:
@@ -794,6 +998,8 @@ class Bridge(Plugin):
         targets = self._outgoing_supervisors(ctx.room_id)
         relates = ctx.content.get("m.relates_to")
         if not targets or self.matrix is None or not isinstance(relates, dict) or BRIDGE_MARKER in ctx.content:
+            return
+        if self.matrix.is_bridge_user(ctx.sender):
             return
         key, target = relates.get("key"), relates.get("event_id")
         if not isinstance(key, str) or not isinstance(target, str):
@@ -834,6 +1040,39 @@ class Bridge(Plugin):
             original.channel, "", event_id=ctx.event_id, room_id=ctx.room_id, sender=ctx.sender,
             payload={"redacts": original.remote_id},
         )])
+
+    async def _ghost_current_name(self, room_id: str, original: MappedMessage) -> str:
+        """The remote name the author of ``original`` (a remote message a ghost posted) has now: its ghost is read
+        from the event's sender and looked up (a renamed user keeps their ghost); else the name it was posted under."""
+        assert isinstance(self.matrix, GhostMatrixSide)
+        try:
+            event = await self.bot.fetch_event(room_id, original.event_id)
+        except MatrixError:
+            return original.sender_name
+        localpart = self.matrix.ghost_localpart_of(getattr(event, "sender", "") or "")
+        current = self._ghost_names(original.network).holder(localpart) if localpart else None
+        return current or original.sender_name
+
+    @on_event("m.room.member")
+    async def _bridge_matrix_member(self, ctx: Context) -> None:
+        """A Matrix member kicked or banned one of our ghosts: tell the bridge (:meth:`on_ghost_removed`)."""
+        side = self.matrix
+        if not isinstance(side, GhostMatrixSide) or not self.portals_for_room(ctx.room_id):
+            return
+        target = ctx.event.source.get("state_key")
+        membership = ctx.content.get("membership")
+        if not isinstance(target, str) or membership not in ("leave", "ban") or side.is_bridge_user(ctx.sender):
+            return
+        localpart = side.ghost_localpart_of(target)
+        if localpart is None:
+            return
+        self.bot.ghost(localpart).note_left(ctx.room_id)
+        reason = ctx.content.get("reason") if isinstance(ctx.content.get("reason"), str) else None
+        by = sanitize_name(side.display_name(ctx.room_id, ctx.sender))
+        for portal in self.portals_for_room(ctx.room_id):
+            sender_id = self._ghost_names(portal.network).holder(localpart)
+            if sender_id is not None:
+                await self.on_ghost_removed(portal, sender_id, by, reason, ban=membership == "ban")
 
     async def _sent(self, item: RemoteSend, remote_id: str | None) -> None:
         if remote_id is None or not item.first or item.event_id is None:
@@ -925,6 +1164,20 @@ class Bridge(Plugin):
         portal = self.portals.get((message.network, self.normalize_channel(message.network, message.channel)))
         if portal is None:
             return await self.on_unlinked_message(message)
+        if self.matrix.ghosts:
+            if membership_action(message.kind) is not None:
+                return await self._ghost_membership(portal, message)
+            try:
+                return await self._handle_in_portal(portal, message)
+            finally:
+                await self._ghost_save()
+        if message.kind == "members":
+            return None  # a member list means nothing to the relay
+        return await self._handle_in_portal(portal, message)
+
+    async def _handle_in_portal(self, portal: Portal, message: RemoteMessage) -> str | None:
+        assert self.matrix is not None
+        supervisor = self.supervisors.get(message.network)
         room_id = portal.room_id
         if message.redacts is not None:
             target = await self._lookup_remote(portal, message.redacts)
@@ -992,7 +1245,7 @@ class Bridge(Plugin):
                 with send_scope(key):
                     return await call()
             except MatrixError as exc:
-                if attempt == MATRIX_ATTEMPTS:
+                if attempt == MATRIX_ATTEMPTS or exc.errcode == "M_FORBIDDEN":  # (a banned ghost, say: final)
                     raise
                 self.log.warning("posting into Matrix failed (%s); retrying in %.0fs", exc, delay)
                 await asyncio.sleep(delay)

@@ -1,18 +1,19 @@
 """The Matrix side of a bridge: how remote messages are posted into Matrix, and what the bridge reads about rooms.
 
-:class:`MatrixSide` is the seam between the bridge core and Matrix. Today's implementation is
-:class:`RelayMatrixSide`: everything is posted by the bot itself (so it works in encrypted rooms, where the bot's
-device encrypts), and the remote sender is named in the message (``**bob**: hello``).
+:class:`MatrixSide` is the seam between the bridge core and Matrix. Two implementations:
 
-Appservice mode (to come, not built): an ``AppserviceMatrixSide`` would implement the same interface with a
-registration (``as_token``) and one *ghost* user per remote user (``@irc_bob:example.org``, created on first use
-through ``POST /register`` with ``type: m.login.application_service``, display name set from the nick). ``post()``
-would send as the ghost (``?user_id=`` on the send request, after inviting and joining the ghost to the portal room)
-without a name prefix; ``edit``/``redact``/``react`` likewise as the ghost, so they look native. Puppeting a Matrix
-user's own remote account would happen on the remote side (a connection per user) and needs nothing from this
-interface. Encrypted rooms need a ghost-capable crypto setup (MSC3202/MSC2409 device lists and to-device events for
-appservices, as mautrix does); until then the relay keeps encrypted rooms working. The bridge core never assumes
-which implementation it has: it only calls the methods below.
+* :class:`RelayMatrixSide` (relay mode, the default): everything is posted by the bot itself (so it works in
+  encrypted rooms, where the bot's device encrypts), and the remote sender is named in the message
+  (``**bob**: hello``).
+* :class:`GhostMatrixSide` (ghost mode, when the bot runs as an appservice with a ``ghost_prefix``): each remote user
+  is a ghost (``@irc_bob:example.org``, registered on first use, display name from the remote name) that posts,
+  edits and reacts as itself without a name prefix, joins and leaves the portal room as the remote user joins and
+  leaves the channel, and is kicked (or banned) by the bot when the remote side kicks (bans) them, where the bot has
+  the power (else the ghost leaves, saying why). Messages that stand for nobody (a flood warning, an anonymous
+  webhook) are still posted by the bot.
+
+Puppeting a Matrix user's own remote account would happen on the remote side (a connection per user) and needs nothing
+from this interface. The bridge core never assumes which implementation it has: it only calls the methods below.
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from bot.bridge.ghosts import GhostIdentity
 from bot.bridge.model import BRIDGE_MARKER, RemoteMessage
 from bot.bridge.relay_text import check_template, render_matrix_relay
 from bot.content.markdown import sanitize_html
 from bot.content.text import edit_content, text_content
-from bot.errors import MatrixError
+from bot.errors import MatrixError, MatrixRequestError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from bot.appservice import Ghost
     from bot.plugin.api import BotAPI
 
-__all__ = ["MatrixSide", "RelayFormat", "RelayMatrixSide"]
+__all__ = ["GhostMatrixSide", "MatrixSide", "RelayFormat", "RelayMatrixSide"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,16 @@ class MatrixSide(ABC):
         """The room's canonical alias as far as the bridge knows it (for ``!bridge status``); None: unknown or none.
         Default: None."""
         return None
+
+    @property
+    def ghosts(self) -> bool:
+        """True in ghost mode (remote users are ghosts: :class:`GhostMatrixSide`). Default: False."""
+        return False
+
+    def is_bridge_user(self, user_id: str) -> bool:
+        """True for a Matrix user the bridge posts as (the bot; in ghost mode also every ghost): their events are
+        never relayed to the remote side."""
+        return user_id == self.user_id
 
 
 def _marker(message: RemoteMessage) -> dict[str, str]:
@@ -180,3 +195,153 @@ class RelayMatrixSide(MatrixSide):
             log.warning("cannot join %s for a portal: %s", room_id, exc)
             return False
         return True
+
+
+class GhostMatrixSide(RelayMatrixSide):
+    """Ghost mode: each remote user posts as their own ghost (see the module docstring).
+
+    ``identity`` says which ghost posts a remote message (None: the bot posts it, as the relay does); the bridge's
+    :meth:`~bot.bridge.Bridge.ghost_identity`.
+    """
+
+    def __init__(
+        self,
+        api: BotAPI,
+        identity: Callable[[RemoteMessage], GhostIdentity | None],
+        relay_format: RelayFormat | None = None,
+    ) -> None:
+        super().__init__(api, relay_format)
+        self.identity = identity
+
+    @property
+    def ghosts(self) -> bool:
+        return True
+
+    def is_bridge_user(self, user_id: str) -> bool:
+        appservice = self.api.appservice
+        return user_id == self.user_id or (appservice is not None and appservice.ghosts.is_ghost(user_id))
+
+    def ghost_localpart_of(self, user_id: str) -> str | None:
+        """The localpart (after the ``ghost_prefix``) of a ghost's user id; None for anyone else."""
+        appservice = self.api.appservice
+        if appservice is None or not appservice.ghosts.is_ghost(user_id):
+            return None
+        prefix = appservice.namespaces.ghost_prefix or ""
+        return user_id[1:].split(":", 1)[0][len(prefix):]
+
+    def ghost_user_id(self, localpart: str) -> str:
+        """The Matrix user id of the ghost ``localpart`` (nothing is sent)."""
+        return self.api.ghost(localpart).user_id
+
+    async def ready_ghost(self, identity: GhostIdentity) -> Ghost:
+        """The ghost of ``identity``, registered, with its display name and avatar set (only sent when they
+        differ from what the homeserver has)."""
+        ghost = self.api.ghost(identity.localpart)
+        await _as_matrix_error(ghost.set_display_name(identity.display_name))
+        if identity.avatar_url:
+            await _as_matrix_error(ghost.set_avatar_url(identity.avatar_url))
+        return ghost
+
+    def ghost_content(
+        self, message: RemoteMessage, identity: GhostIdentity, *, reply_to: str | None = None
+    ) -> dict[str, Any]:
+        """The content a ghost posts for ``message``: the text as is (no ``**name**:`` prefix unless
+        ``identity.relay_name``), with the bridge marker."""
+        if identity.relay_name:
+            return self.content_for(message, reply_to=reply_to)
+        notice = message.msgtype == "m.notice" or message.kind not in ("message", "action")
+        html = sanitize_html(message.html) if message.html is not None else None
+        content = text_content(
+            message.text, html=html, notice=notice, reply_to=reply_to, mentions=list(message.mentions) or None
+        )
+        if message.kind == "action" and not notice:
+            content["msgtype"] = "m.emote"
+        content[BRIDGE_MARKER] = _marker(message)
+        return content
+
+    async def post(self, room_id: str, message: RemoteMessage, *, reply_to: str | None = None) -> str:
+        identity = self.identity(message)
+        if identity is None:
+            return await super().post(room_id, message, reply_to=reply_to)
+        ghost = await self.ready_ghost(identity)
+        content = self.ghost_content(message, identity, reply_to=reply_to)
+        return await _as_matrix_error(ghost.send_message(room_id, content))
+
+    async def edit(self, room_id: str, event_id: str, message: RemoteMessage) -> str:
+        identity = self.identity(message)
+        if identity is None:
+            return await super().edit(room_id, event_id, message)
+        ghost = await self.ready_ghost(identity)
+        new = self.ghost_content(message, identity)
+        content = edit_content(
+            event_id, new["body"], html=new.get("formatted_body"), notice=new["msgtype"] == "m.notice"
+        )
+        content[BRIDGE_MARKER] = new[BRIDGE_MARKER]
+        content["m.new_content"][BRIDGE_MARKER] = new[BRIDGE_MARKER]
+        return await _as_matrix_error(ghost.send_message(room_id, content))
+
+    async def react(self, room_id: str, event_id: str, key: str, message: RemoteMessage) -> str:
+        identity = self.identity(message)
+        if identity is None:
+            return await super().react(room_id, event_id, key, message)
+        ghost = await self.ready_ghost(identity)
+        content = {"m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key},
+                   BRIDGE_MARKER: _marker(message)}
+        return await _as_matrix_error(ghost.send_message(room_id, content, "m.reaction"))
+
+    # -- memberships -------------------------------------------------------------------------------------------
+
+    def is_member(self, room_id: str, user_id: str) -> bool:
+        """True if ``user_id`` is joined to ``room_id`` as far as the bot has seen."""
+        return user_id in self.api.members(room_id)
+
+    async def ghost_join(self, room_id: str, identity: GhostIdentity) -> bool:
+        """The ghost of ``identity`` joins ``room_id`` (invited by the bot in an invite-only room); False if it was
+        there already."""
+        ghost = await self.ready_ghost(identity)
+        if self.is_member(room_id, ghost.user_id):
+            return False
+        await _as_matrix_error(ghost.ensure_joined(room_id))
+        return True
+
+    async def ghost_leave(self, room_id: str, localpart: str, reason: str | None = None) -> bool:
+        """The ghost ``localpart`` leaves ``room_id`` (with ``reason``); False if it was not there."""
+        ghost = self.api.ghost(localpart)
+        if not self.is_member(room_id, ghost.user_id):
+            ghost.note_left(room_id)
+            return False
+        await _as_matrix_error(ghost.leave(room_id, reason))
+        return True
+
+    async def ghost_kick(self, room_id: str, localpart: str, reason: str, *, ban: bool = False) -> str:
+        """The bot kicks (or bans) the ghost ``localpart`` from ``room_id``; where it lacks the power, the ghost
+        leaves with ``reason`` instead. Returns what happened: ``"kicked"``, ``"banned"``, ``"left"`` or ``""``
+        (it was not there)."""
+        ghost = self.api.ghost(localpart)
+        if not ban and not self.is_member(room_id, ghost.user_id):
+            ghost.note_left(room_id)
+            return ""
+        try:
+            if ban:
+                await self.api.ban(room_id, ghost.user_id, reason)
+            else:
+                await self.api.kick(room_id, ghost.user_id, reason)
+            ghost.note_left(room_id)
+            return "banned" if ban else "kicked"
+        except MatrixError as exc:
+            log.info("cannot %s %s in %s (%s); it leaves instead", "ban" if ban else "kick", ghost.user_id,
+                     room_id, exc)
+        if not self.is_member(room_id, ghost.user_id):
+            ghost.note_left(room_id)
+            return ""
+        await _as_matrix_error(ghost.leave(room_id, reason))
+        return "left"
+
+
+async def _as_matrix_error(call: Awaitable[Any]) -> Any:
+    """Await ``call``, turning the appservice's request errors into :class:`~bot.errors.MatrixError` (what the
+    bridge core retries and reports)."""
+    try:
+        return await call
+    except MatrixRequestError as err:
+        raise MatrixError(str(err), err.errcode) from err

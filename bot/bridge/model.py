@@ -27,7 +27,7 @@ __all__ = [
 #: carries it, so two bridges (or two bots) in the same room cannot loop a message back and forth.
 BRIDGE_MARKER = "io.ratchet.bridge"
 
-RemoteKind = Literal["message", "action", "notice", "join", "part", "quit", "nick", "kick", "topic"]
+RemoteKind = Literal["message", "action", "notice", "join", "part", "quit", "nick", "kick", "topic", "members"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,10 @@ class RemoteMessage:
     """Something that happened on the remote side of a portal, to show in Matrix.
 
     ``kind`` is a message, an action (``/me``), a notice, or a membership change (join, part, quit, nick, kick) or
-    topic shown as a notice. ``text`` is plain text; ``html`` is Matrix HTML if the bridge converted formatting.
+    topic shown as a notice by the relay; in ghost mode membership changes move the sender's ghost instead (``extra``:
+    ``reason``, ``by`` and ``ban`` for a kick, ``new_name`` for a nick change, ``last`` on the last channel of a
+    quit), and ``members`` (``extra["members"]``: the channel's names, IRC NAMES) joins their ghosts.
+    ``text`` is plain text; ``html`` is Matrix HTML if the bridge converted formatting.
     ``reply_to``/``edit_of``/``redacts``/``reacts_to`` name other remote messages by remote id (on networks with
     ids); ``reaction`` is the key of a reaction.
     """

@@ -30,16 +30,35 @@ In Matrix, IRC messages appear from the bot as ``**nick**: text``; on IRC, Matri
 ``<Display Name> text`` (formatting converted to IRC codes, long messages split into lines). Edits become
 ``s/old/new/`` or ``* corrected: ...``, replies quote the original, files become ``sent a file: name (size)``. An IRC
 user's ``s/old/new/`` edits their last message in Matrix.
+
+When the bot runs as an appservice (docs/appservice.md), each IRC user is a ghost instead (``@irc_alice:server``, the
+nick as display name, ``ghost_localpart``): it posts their messages, joins and leaves the room as they join, part and
+quit, is renamed when they change nick (the same Matrix user, a new display name), and is kicked or banned by the bot
+when they are on IRC (where the bot has the power in the room). A Matrix kick or ban of a ghost becomes a KICK (and a
+``+b nick!*@*``) on IRC when the bridge is a channel operator, else a notice in the room says it could not. A Matrix
+reply to a ghost's message reaches IRC addressed to that nick (``<alice> bob: sure``). Matrix users are still relayed
+by the bridge's own IRC connection.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bot import mask_secret
-from bot.bridge import Bridge, BridgeConfig, MatrixMessage, Portal, RemoteMessage, RemoteSend, sanitize_name
+from bot.bridge import (
+    Bridge,
+    BridgeConfig,
+    MatrixMessage,
+    Portal,
+    RemoteMessage,
+    RemoteSend,
+    check_template,
+    escape_localpart,
+    sanitize_name,
+)
 
 from .connection import IrcConnection, clean_outgoing, irc_lower
 from .formatting import html_to_irc, link_irc_mentions, render_remote_lines, strip_irc_formatting
@@ -124,6 +143,9 @@ class IrcBridge(Bridge):
         #: A Matrix message longer than this many IRC lines is cut (its last line says how many were left out); 0: no
         #: limit (a long paste goes out whole, paced by ``rate_limit``).
         max_lines: int = 10
+        #: Ghost mode: the ghost's localpart after the appservice's ``ghost_prefix``: ``{nick}`` (the nick, folded to
+        #: lower case and escaped) and ``{network}``; with several networks it must contain ``{network}``.
+        ghost_localpart: str = "{nick}"
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -131,6 +153,14 @@ class IrcBridge(Bridge):
                 raise ValueError("networks is empty: configure at least one IRC network under irc_bridge.networks")
             if self.max_lines < 0:
                 raise ValueError("max_lines must be 0 (no limit) or more")
+            check_template(self.ghost_localpart, ("nick", "network"), required=("nick",))
+            literal = self.ghost_localpart.format(nick="x", network="x")
+            if not re.fullmatch(r"[a-z0-9._=/-]+", literal):
+                raise ValueError(f"ghost_localpart: {self.ghost_localpart!r} makes invalid localparts (lower-case "
+                                 "letters, digits and ._=-/ only)")
+            if len(self.networks) > 1 and "{network}" not in self.ghost_localpart:
+                raise ValueError("ghost_localpart must contain {network} with several networks (the same nick on two "
+                                 "networks is two people), e.g. '{network}_{nick}'")
 
     config: Config
 
@@ -161,6 +191,7 @@ class IrcBridge(Bridge):
                 ping_interval=net.ping_interval,
                 channels=lambda name=name: [p.channel for p in self.portals_for_network(name)],
                 relay_membership=self.config.relay_joins_parts,
+                ghost_members=self.matrix is not None and self.matrix.ghosts,
             )
             self.irc[name] = connection
             self.add_connection(connection)
@@ -184,6 +215,37 @@ class IrcBridge(Bridge):
         connection = getattr(self, "irc", {}).get(portal.network)
         if connection is not None:
             connection.part(portal.channel)
+
+    # -- ghosts ----------------------------------------------------------------------------------------------------
+
+    def sender_key(self, network: str, sender_id: str) -> str:
+        return irc_lower(sender_id)
+
+    def ghost_localpart(self, network: str, name: str) -> str:
+        return self.config.ghost_localpart.format(nick=escape_localpart(name, irc_lower),
+                                                  network=escape_localpart(network))
+
+    async def on_ghost_removed(self, portal: Portal, sender_id: str, by: str, reason: str | None,
+                               *, ban: bool) -> None:
+        """A Matrix member kicked or banned an IRC user's ghost: KICK (and ``+b nick!*@*``) them on IRC when the
+        bridge is a channel operator there, else say in the room that it could not."""
+        connection = getattr(self, "irc", {}).get(portal.network)
+        if connection is None:
+            return
+        verb = "banned" if ban else "kicked"
+        if connection.is_op(portal.channel) and connection.connected:
+            if ban:
+                connection.ban(portal.channel, f"{sender_id}!*@*")
+            connection.kick(portal.channel, sender_id, f"{verb} on Matrix by {by}" + (f": {reason}" if reason else ""))
+            self.log.info("%s %s: %s %s on Matrix by %s; done on IRC too", portal.network, portal.channel, sender_id,
+                          verb, by)
+            return
+        why = "not connected" if not connection.connected else f"not an operator in {portal.channel}"
+        self.log.info("%s %s: %s %s on Matrix by %s; the bridge is %s, so not on IRC", portal.network,
+                      portal.channel, sender_id, verb, by, why)
+        await self.bot.send_text(
+            portal.room_id, f"⚠️ {sender_id} was {verb} here but not on IRC: the bridge is {why}.", notice=True
+        )
 
     # -- Matrix -> IRC -----------------------------------------------------------------------------------------------
 

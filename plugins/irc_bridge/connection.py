@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import logging
 import re
 import ssl
@@ -27,6 +28,7 @@ from typing import Any
 
 from irc import client_aio
 from irc import connection as irc_connection
+from irc import modes as irc_modes
 from irc.client import Event, NickMask, is_channel
 from jaraco.stream import buffer
 
@@ -123,6 +125,7 @@ class IrcConnection(RemoteConnection):
         ping_interval: float = 120.0,
         channels: Callable[[], list[str]] = list,
         relay_membership: bool = False,
+        ghost_members: bool = False,
     ) -> None:
         super().__init__(network)
         self.host = host
@@ -138,7 +141,15 @@ class IrcConnection(RemoteConnection):
         self.ping_interval = ping_interval
         self.channels = channels
         self.relay_membership = relay_membership
+        #: Ghost mode: deliver every membership change (with ``extra``), each channel's NAMES and bans.
+        self.ghost_members = ghost_members
         self.nick = nick
+        #: Nick (folded) -> ``nick!user@host`` as last seen (JOIN, messages), for matching ban masks.
+        self.masks: dict[str, str] = {}
+        #: Channels (folded) where the bridge is a channel operator (or half-op: it may kick).
+        self.ops: set[str] = set()
+        #: NAMES being received: channel (folded) -> nicks as the server spells them.
+        self._names: dict[str, list[str]] = {}
         #: Our own ``user``/``host`` as others see them (learnt from our JOIN), for the line budget.
         self.own_user: str | None = None
         self.own_host: str | None = None
@@ -187,6 +198,8 @@ class IrcConnection(RemoteConnection):
         self.nick = self.wanted_nick
         self.members.clear()
         self.joined.clear()
+        self.ops.clear()
+        self._names.clear()
         reactor = client_aio.AioReactor(loop=loop)
         conn = reactor.server()
         conn.buffer_class = buffer.LenientDecodingLineBuffer  # UTF-8, falling back to Latin-1 per line
@@ -333,6 +346,24 @@ class IrcConnection(RemoteConnection):
         if self._conn is not None and self.connected:
             self._conn.part(channel, reason)
 
+    def is_op(self, channel: str) -> bool:
+        """True if the bridge may kick and ban in ``channel`` (it is an operator or half-operator there)."""
+        return irc_lower(channel) in self.ops
+
+    def kick(self, channel: str, nick: str, reason: str = "") -> bool:
+        """``KICK channel nick :reason``; False when not connected."""
+        if self._conn is None or not self.connected:
+            return False
+        self._conn.kick(channel, nick, clean_outgoing(reason)[:200])
+        return True
+
+    def ban(self, channel: str, mask: str) -> bool:
+        """``MODE channel +b mask``; False when not connected."""
+        if self._conn is None or not self.connected:
+            return False
+        self._conn.mode(channel, f"+b {mask}")
+        return True
+
     # -- events --------------------------------------------------------------------------------------------------------
 
     def _handlers(self) -> dict[str, Callable[[Any, Event], Any]]:
@@ -348,6 +379,8 @@ class IrcConnection(RemoteConnection):
             "error": self._on_error,
             "disconnect": self._on_disconnect,
             "namreply": self._on_names,
+            "endofnames": self._on_end_of_names,
+            "mode": self._on_mode,
             "join": self._on_join,
             "part": self._on_part,
             "kick": self._on_kick,
@@ -409,8 +442,60 @@ class IrcConnection(RemoteConnection):
         if len(event.arguments) < 3:
             return
         channel = irc_lower(event.arguments[1])
-        names = {irc_lower(n.lstrip("~&@%+")) for n in event.arguments[2].split()}
+        raw = event.arguments[2].split()
+        names = {irc_lower(n.lstrip("~&@%+")) for n in raw}
         self.members.setdefault(channel, set()).update(names)
+        for entry in raw:
+            nick = entry.lstrip("~&@%+")
+            if self.is_own(nick):
+                if entry[: len(entry) - len(nick)].strip("+"):  # ~ & @ %: may kick
+                    self.ops.add(channel)
+            else:
+                self._names.setdefault(channel, []).append(nick)
+
+    def _on_end_of_names(self, _conn: Any, event: Event) -> None:
+        # arguments: [channel, "End of NAMES list"]
+        channel = event.arguments[0] if event.arguments else ""
+        names = self._names.pop(irc_lower(channel), [])
+        if self.ghost_members and channel:
+            self.deliver(RemoteMessage(self.network, channel, "", "", kind="members", anonymous=True,
+                                       extra={"members": names}))
+
+    def _on_mode(self, _conn: Any, event: Event) -> None:
+        channel = event.target
+        if not is_channel(channel):
+            return
+        try:
+            changes = irc_modes.parse_channel_modes(" ".join(event.arguments))
+        except Exception:  # a mode string the library cannot read: nothing we act on
+            return
+        by = NickMask(event.source).nick
+        for sign, mode, param in changes:
+            if mode in "oqah" and param and self.is_own(param):
+                (self.ops.add if sign == "+" else self.ops.discard)(irc_lower(channel))
+            elif mode == "b" and sign == "+" and param and self.ghost_members:
+                for nick in self._banned(channel, param):
+                    self.deliver(RemoteMessage(
+                        self.network, channel, nick, nick, f"{nick} was banned from {channel} by {by}", kind="kick",
+                        msgtype="m.notice", extra={"ban": True, "by": by, "reason": f"ban {param}"},
+                    ))
+
+    def _banned(self, channel: str, mask: str) -> list[str]:
+        """The members of ``channel`` whose ``nick!user@host`` (as far as known) matches the ban ``mask``."""
+        pattern = irc_lower(mask)
+        found = []
+        for folded in sorted(self.members.get(irc_lower(channel), ())):
+            if self.is_own(folded):
+                continue
+            full = self.masks.get(folded)
+            if full is None:
+                # user@host unknown (seen in NAMES only): only a mask that matches any user@host counts
+                matches = all(fnmatch.fnmatchcase(f"{folded}!{probe}", pattern) for probe in ("x@x", "y@y"))
+            else:
+                matches = fnmatch.fnmatchcase(irc_lower(full), pattern)
+            if matches:
+                found.append(NickMask(full).nick if full else folded)
+        return found
 
     def _on_join(self, _conn: Any, event: Event) -> None:
         source = NickMask(event.source)
@@ -421,7 +506,8 @@ class IrcConnection(RemoteConnection):
             self.members.setdefault(irc_lower(channel), set()).add(irc_lower(source.nick))
             return
         self.members.setdefault(irc_lower(channel), set()).add(irc_lower(source.nick))
-        if self.relay_membership:
+        self.masks[irc_lower(source.nick)] = str(event.source)
+        if self.relay_membership or self.ghost_members:
             self._member_event(channel, source.nick, "join", f"{source.nick} joined {channel}")
 
     def _on_part(self, _conn: Any, event: Event) -> None:
@@ -430,36 +516,45 @@ class IrcConnection(RemoteConnection):
         if self.is_own(source.nick):
             self.joined.discard(irc_lower(channel))
             self.members.pop(irc_lower(channel), None)
+            self.ops.discard(irc_lower(channel))
             return
         self.members.get(irc_lower(channel), set()).discard(irc_lower(source.nick))
         self.sender_gone(source.nick, channel)
-        if self.relay_membership:
-            reason = f" ({event.arguments[0]})" if event.arguments and event.arguments[0] else ""
-            self._member_event(channel, source.nick, "part", f"{source.nick} left {channel}{reason}")
+        if self.relay_membership or self.ghost_members:
+            said = event.arguments[0] if event.arguments and event.arguments[0] else ""
+            reason = f" ({said})" if said else ""
+            self._member_event(channel, source.nick, "part", f"{source.nick} left {channel}{reason}",
+                               reason=said or f"left {channel}")
 
     def _on_kick(self, _conn: Any, event: Event) -> None:
         channel, kicked = event.target, event.arguments[0] if event.arguments else ""
         if self.is_own(kicked):
             self.joined.discard(irc_lower(channel))
+            self.ops.discard(irc_lower(channel))
             log.warning("%s: kicked from %s; rejoining", self.network, channel)
             self.join(channel)
             return
         self.members.get(irc_lower(channel), set()).discard(irc_lower(kicked))
         self.sender_gone(kicked, channel)
-        if self.relay_membership:
+        if self.relay_membership or self.ghost_members:
             by = NickMask(event.source).nick
-            self._member_event(channel, kicked, "kick", f"{kicked} was kicked from {channel} by {by}")
+            said = event.arguments[1] if len(event.arguments) > 1 else ""
+            self._member_event(channel, kicked, "kick", f"{kicked} was kicked from {channel} by {by}",
+                               by=by, reason=said if said and irc_lower(said) != irc_lower(by) else "")
 
     def _on_quit(self, _conn: Any, event: Event) -> None:
         nick = NickMask(event.source).nick
         folded = irc_lower(nick)
         reason = f" ({event.arguments[0]})" if event.arguments and event.arguments[0] else ""
         self.sender_gone(nick)  # in every channel: whoever takes the nick next must not edit their messages
-        for channel, names in self.members.items():
-            if folded in names:
-                names.discard(folded)
-                if self.relay_membership:
-                    self._member_event(channel, nick, "quit", f"{nick} quit{reason}")
+        self.masks.pop(folded, None)
+        gone = [channel for channel, names in self.members.items() if folded in names]
+        for i, channel in enumerate(gone):
+            self.members[channel].discard(folded)
+            if self.relay_membership or self.ghost_members:
+                said = event.arguments[0] if event.arguments and event.arguments[0] else ""
+                self._member_event(channel, nick, "quit", f"{nick} quit{reason}", reason=said or "quit",
+                                   last=i == len(gone) - 1)
 
     def _on_nick(self, _conn: Any, event: Event) -> None:
         old, new = NickMask(event.source).nick, event.target
@@ -467,15 +562,19 @@ class IrcConnection(RemoteConnection):
             self.nick = new
             return
         self.sender_gone(old)  # the old nick is free for anyone now
+        mask = self.masks.pop(irc_lower(old), None)
+        if mask is not None:
+            self.masks[irc_lower(new)] = new + mask[len(NickMask(mask).nick):]
         for channel, names in self.members.items():
             if irc_lower(old) in names:
                 names.discard(irc_lower(old))
                 names.add(irc_lower(new))
-                if self.relay_membership:
-                    self._member_event(channel, old, "nick", f"{old} is now known as {new}")
+                if self.relay_membership or self.ghost_members:
+                    self._member_event(channel, old, "nick", f"{old} is now known as {new}", new_name=new)
 
-    def _member_event(self, channel: str, nick: str, kind: Any, text: str) -> None:
-        self.deliver(RemoteMessage(self.network, channel, nick, nick, text, kind=kind, msgtype="m.notice"))
+    def _member_event(self, channel: str, nick: str, kind: Any, text: str, **extra: Any) -> None:
+        self.deliver(RemoteMessage(self.network, channel, nick, nick, text, kind=kind, msgtype="m.notice",
+                                   extra=extra))
 
     def _message(self, event: Event, kind: Any, *, msgtype: Any = "m.text") -> None:
         source = NickMask(event.source)
@@ -484,6 +583,7 @@ class IrcConnection(RemoteConnection):
         text = event.arguments[0] if event.arguments else ""
         target = event.target
         private = not is_channel(target)
+        self.masks[irc_lower(source.nick)] = str(event.source)
         self.deliver(
             RemoteMessage(
                 self.network,

@@ -25,16 +25,21 @@ retried with backoff while the URL fails::
 When the bot's own HTTP listener is on (the ``http`` config section, for metrics and health checks), the inbound
 endpoint is served there, under ``path_prefix``, and ``host``/``port`` are not used: one server, one port.
 
+In appservice mode (docs/appservice.md) a hook with ``ghost: <name>`` posts as that ghost (``@{ghost_prefix}<name>``,
+display name ``display_name`` or the name, avatar ``avatar: mxc://...``), its text as is; hooks without one are posted
+by the bot as in relay mode.
+
 This plugin is the worked example of ``docs/bridges.md``: a bridge on :class:`bot.bridge.Bridge`, with its HTTP side.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from bot import mask_secret
-from bot.bridge import Bridge, BridgeConfig, MatrixMessage, Portal, RemoteSend
+from bot.bridge import Bridge, BridgeConfig, GhostIdentity, MatrixMessage, Portal, RemoteMessage, RemoteSend
 
 from .connection import HookServer, OutboundHook
 from .templates import redact_url, url_secrets
@@ -63,8 +68,17 @@ class Hook:
     max_age: float = 300.0
     #: Signed hooks: refuse requests without a signed ``X-Ratchet-Timestamp`` (GitHub, Gitea and Forgejo send none).
     require_timestamp: bool = False
+    #: Appservice mode: post as this ghost (the localpart after the appservice's ``ghost_prefix``: lower-case letters,
+    #: digits and ``._=-/``), named ``display_name`` (else this name); ignored in relay mode.
+    ghost: str | None = None
+    #: Appservice mode: the ghost's avatar, an ``mxc://`` URL.
+    avatar: str | None = None
 
     def __post_init__(self) -> None:
+        if self.ghost is not None and not re.fullmatch(r"[a-z0-9._=/-]+", self.ghost):
+            raise ValueError(f"ghost: {self.ghost!r} is not a localpart (lower-case letters, digits and ._=-/ only)")
+        if self.avatar is not None and not self.avatar.startswith("mxc://"):
+            raise ValueError("avatar must be an mxc:// URL (upload the image to the homeserver first)")
         if len(self.secret) < 16:
             raise ValueError("a hook's secret must be at least 16 characters")
         if self.max_age <= 0:
@@ -156,6 +170,15 @@ class Webhooks(Bridge):
                 OutboundHook(network, url=out.url, secret=out.secret, timeout=out.timeout),
                 max_attempts=out.max_attempts,
             )
+
+    def ghost_identity(self, message: RemoteMessage) -> GhostIdentity | None:
+        """Ghost mode: a hook with ``ghost`` posts as that ghost (keeping the ``**sender**:`` prefix when its payload
+        names someone); other hooks' messages are posted by the bot, as in relay mode."""
+        hook = self.config.hooks.get(message.channel) if message.network == INBOUND else None
+        if hook is None or hook.ghost is None:
+            return None
+        return GhostIdentity(hook.ghost, hook.display_name or hook.ghost, hook.avatar,
+                             relay_name=bool(message.extra.get("named")))
 
     def parse_remote_channel(self, text: str) -> tuple[str, str]:
         """``!webhooks link <hook>``: the name of an inbound hook."""

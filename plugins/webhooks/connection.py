@@ -253,6 +253,7 @@ class HookServer(RemoteConnection):
             html=rendered.html,
             anonymous=rendered.sender is None and not hook.display_name,
             msgtype=rendered.msgtype or hook.msgtype,
+            extra={"named": rendered.sender is not None},
         )
         future = self.deliver(message)
         try:
