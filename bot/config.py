@@ -905,8 +905,12 @@ class AppserviceConfig:
     tokens_file: Path | None = field(default=None, metadata=_key(_path))
     #: Let the homeserver rate-limit the appservice's users (false for bridges).
     rate_limited: bool = field(default=False, metadata=_key(_boolean))
-    #: Ask for ephemeral events (receipts, typing) and, for the E2EE work, the MSC2409/3202/4190 extensions.
+    #: Ask for ephemeral events (receipts, typing) and, for encryption, the MSC2409/3202/4190 extensions.
     receive_ephemeral: bool = field(default=True, metadata=_key(_boolean))
+    #: End-to-end encryption: the bot gets a device of its own (MSC4190) fed by the transactions' to-device events,
+    #: device lists and key counts (needs ``receive_ephemeral`` and the homeserver's experimental MSC2409/MSC3202
+    #: features, docs/appservice.md "Encryption"). Default true.
+    encryption: bool = field(default=True, metadata=_key(_boolean))
 
     def tokens_path(self, data_dir: Path) -> Path:
         """Where generated tokens live: ``tokens_file``, else ``data_dir/appservice-tokens.json``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import urllib.parse
 from typing import Any
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 #: Ghost objects kept (each holds a few small caches); beyond it the least recently used is dropped and re-read.
 MAX_CACHED = 10_000
 
+#: Seconds an unencrypted room is trusted to stay so before a device-less bot checks it again.
+CLEAR_RECHECK = 60.0
+
 _UNSET = object()
 
 
@@ -42,6 +46,8 @@ class Ghosts:
         self._client = client
         self.namespaces = namespaces
         self._ghosts: dict[str, Ghost] = {}
+        #: Rooms seen unencrypted (room id -> when), for a bot without a device.
+        self._clear_rooms: dict[str, float] = {}
 
     def get(self, name: str) -> Ghost:
         """The ghost ``name``: a full user id, a localpart with the prefix, or the part after the prefix.
@@ -64,6 +70,45 @@ class Ghosts:
         if user_id is not None:
             path += ("&" if "?" in path else "?") + urllib.parse.urlencode({"user_id": user_id})
         return await request_json(self._client, method, path, body)
+
+    async def seal(
+        self, user_id: str, room_id: str, event_type: str, content: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """The event a ghost sends into ``room_id``: encrypted by the bridge bot's device if the room is encrypted
+        (docs/appservice.md, "Encryption"), else as it is.
+
+        Raises :class:`~bot.errors.MatrixError` rather than post in the clear into an encrypted room the bot cannot
+        encrypt for (the bot is not in it, or has no device).
+        """
+        client = self._client
+        if getattr(client, "olm", None) is not None:
+            await client.ensure_room(room_id)
+            room = client.rooms.get(room_id)
+            if room is not None:
+                if not room.encrypted:
+                    return event_type, content
+                return await client.encrypt_for_room(room_id, event_type, content)
+        if await self._room_encrypted(user_id, room_id):
+            raise MatrixError(
+                f"{room_id} is encrypted and the bridge bot cannot encrypt for it (it is not in the room, or "
+                "appservice.encryption is off): not sending in the clear"
+            )
+        return event_type, content
+
+    async def _room_encrypted(self, user_id: str, room_id: str) -> bool:
+        """Whether ``room_id`` has ``m.room.encryption`` state, as ``user_id`` (a member) sees it (an unencrypted
+        room is asked again after :data:`CLEAR_RECHECK` seconds: encryption may be switched on, never off)."""
+        checked = self._clear_rooms.get(room_id)
+        if checked is not None and time.monotonic() - checked < CLEAR_RECHECK:
+            return False
+        try:
+            await self.request(user_id, "GET", api_path("rooms", room_id, "state", "m.room.encryption", ""))
+        except MatrixRequestError as err:
+            if err.status == 404:
+                self._clear_rooms[room_id] = time.monotonic()
+                return False
+            raise
+        return True
 
     async def on_invite(self, room_id: str, user_id: str, inviter: str, allowed: bool) -> None:
         """A ghost was invited: it joins if ``allowed`` (the source decides by the invite policy), else declines.
@@ -190,6 +235,7 @@ class Ghost:
         """
         await self.ensure_joined(room_id)
         tid = txn_id or _ghost_txn_id(next_txn_id(), self.user_id)
+        event_type, content = await self._ghosts.seal(self.user_id, room_id, event_type, content)
         answer = await self._request("PUT", api_path("rooms", room_id, "send", event_type, tid), content)
         event_id = answer.get("event_id") if isinstance(answer, dict) else None
         if not isinstance(event_id, str):

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bot.appservice.device import open_bot_device
 from bot.appservice.ghosts import Ghost, Ghosts
 from bot.appservice.registration import AppserviceTokens, Namespaces, resolve_tokens
 from bot.appservice.server import MAX_TRANSACTION, AppserviceServer, Query
@@ -21,6 +22,7 @@ from bot.http_listener import HttpListener, ListenerError
 from bot.log import add_secret
 from bot.matrix.client import RatchetClient, make_appservice_client
 from bot.matrix.requests import request_json
+from bot.storage.backend import Storage
 from bot.storage.state import StateStore
 
 __all__ = ["Appservice"]
@@ -44,9 +46,15 @@ class Appservice:
         self.server: AppserviceServer | None = None
         self._ping_task: asyncio.Task[None] | None = None
 
+    @property
+    def encrypted(self) -> bool:
+        """True when the bot has a device and encrypts (``appservice.encryption``)."""
+        return self.client.olm is not None
+
     @classmethod
-    async def open(cls, config: Config) -> Appservice:
-        """Read the tokens and check the as_token with the homeserver (``/account/whoami`` must name the bot).
+    async def open(cls, config: Config, storage: Storage | None = None) -> Appservice:
+        """Read the tokens and check the as_token with the homeserver (``/account/whoami`` must name the bot); with
+        ``appservice.encryption`` (and ``storage``), open the bot's device (bot/appservice/device.py).
 
         Raises :class:`~bot.errors.SessionError` saying what to do when the tokens are missing or not registered.
         """
@@ -83,11 +91,20 @@ class Appservice:
                 "sender_localpart must be the bot's localpart"
             )
         log.info("appservice %s: acting as %s with the as_token", config.appservice.id, user_id)
+        section = config.appservice
+        if storage is not None and section.encryption and section.receive_ephemeral:
+            await client.close()
+            client = await open_bot_device(config, storage, tokens.as_token)
+        elif section.encryption:
+            log.warning("appservice %s: no encryption (receive_ephemeral is off): use unencrypted rooms", section.id)
         return cls(config, tokens, client)
 
     def bind(self, state: StateStore, invite_allowed: Callable[[str], bool]) -> TransactionSource:
         """Create the transaction source on the runtime's ``state`` and the server; returns the source."""
         self.source = TransactionSource(self.client, state, self.ghosts, invite_allowed=invite_allowed)
+        self.client.room_loader = self.source.ensure_room
+        if self.encrypted:
+            self.client.deviceless_user = self.ghosts.is_ghost  # their joins need no new Megolm session
         listener = HttpListener(self.section.host, self.section.port, max_body=MAX_TRANSACTION)
         self.server = AppserviceServer(listener, self._tokens.hs_token, self.source)
         return self.source

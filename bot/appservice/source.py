@@ -31,18 +31,21 @@ from typing import Any
 
 from bot.appservice.ghosts import Ghosts
 from bot.appservice.transactions import (
+    DeviceExtensions,
     SeenTransactions,
     Transaction,
+    device_extensions,
     ghost_invites,
     own_joins,
     rooms_of,
     sync_body,
+    to_device_for,
 )
 from bot.errors import MatrixRequestError, StateError
 from bot.matrix.client import RatchetClient
 from bot.matrix.events import Event
 from bot.matrix.requests import api_path, request_json
-from bot.matrix.sync import SyncBatch, SyncFailed, batch_from_body, describe
+from bot.matrix.sync import SyncBatch, SyncFailed, SyncSource, batch_from_body, describe
 from bot.storage.state import StateStore
 
 __all__ = ["TransactionSource"]
@@ -82,6 +85,8 @@ class TransactionSource:
         self._inflight: dict[str, _Delivery] = {}
         self._state_loaded: set[str] = set()
         self._closed = False
+        #: Decryption, key requests and key upkeep work as for ``/sync`` (the same nio machine, fed differently).
+        self._keys = SyncSource(client)
 
     # -- the HTTP side ----------------------------------------------------------------------------------------
 
@@ -156,15 +161,46 @@ class TransactionSource:
                 fetched = await self._room_state(room_id)
                 if fetched is not None:
                     states[room_id] = fetched
+        device_id = self.client.appservice_device_id
+        if device_id is not None:  # encryption: what the transaction carries for the bot's device
+            to_device = to_device_for(txn.to_device, own, device_id)
+            device = device_extensions(txn.extensions, own, device_id)
+        else:
+            to_device, device = [], None
         body = sync_body(
             txn.events, own_user_id=own, next_batch=f"as-{txn.txn_id}-{uuid.uuid4().hex[:8]}", state=states,
-            to_device=txn.to_device,
+            to_device=to_device, device=device,
         )
         batch = await batch_from_body(self.client, body)
+        if device is not None:
+            self._note_key_counts(body, device)
         for room in batch.rooms:
             room.events = [e for e in room.events if not self.ghosts.is_ghost(getattr(e, "sender", ""))]
         batch.token = txn.txn_id
         return batch
+
+    def _note_key_counts(self, body: dict[str, Any], device: DeviceExtensions) -> None:
+        """The bot device's one-time-key count (zero included: nio ignores a zero) and fallback key state, so that
+        :meth:`maintain_keys` uploads more keys when they run low and a used fallback key is replaced."""
+        olm = self.client.olm
+        if olm is None:
+            return
+        if device.one_time_key_counts is not None:
+            olm.uploaded_key_count = device.one_time_key_counts.get("signed_curve25519", 0)
+        self.client.fallback.observe_sync(body)
+
+    async def ensure_room(self, room_id: str) -> None:
+        """Load a room the bot has not seen in this process (its state through nio, as if synced): sending into it
+        then knows its encryption and members. Rooms the bot cannot see stay unknown."""
+        if room_id not in self.client.rooms:
+            await self._load_room(room_id)
+
+    async def _load_room(self, room_id: str) -> None:
+        state = await self._room_state(room_id)
+        if not state:
+            return
+        body = sync_body([], own_user_id=self.own_user_id, next_batch="as-load", state={room_id: state})
+        await batch_from_body(self.client, body)
 
     async def _room_state(self, room_id: str) -> list[dict[str, Any]] | None:
         """The room's current state as the bot sees it; None if the bot cannot see it (not in the room)."""
@@ -211,16 +247,25 @@ class TransactionSource:
         return []
 
     def decrypt(self, room_id: str, source: dict[str, Any]) -> Event | None:
-        """Nothing decrypts yet in appservice mode (the E2EE work comes next)."""
-        return None
+        """A waiting event decrypted now (its room key came in a later transaction), or None; as for ``/sync``.
+
+        Raises ValueError if ``source`` is not an encrypted event at all.
+        """
+        return self._keys.decrypt(room_id, source)
 
     async def request_key(self, room_id: str, event: Event) -> None:
-        """No key requests yet in appservice mode."""
+        """Ask the sender's devices for the key of an undecryptable event (from the bot's device; once)."""
+        if self.client.olm is not None:
+            await self._keys.request_key(room_id, event)
 
     async def join(self, room_id: str) -> str | None:
-        """The bot joins ``room_id``; None on success, else why it failed."""
+        """The bot joins ``room_id``; None on success, else why it failed. The room's state is loaded at once (its
+        encryption above all: the bot's first message there may go out before the transaction with its join)."""
         resp = await self.client.join(room_id)
-        return None if hasattr(resp, "room_id") else describe(resp)
+        if not hasattr(resp, "room_id"):
+            return describe(resp)
+        await self._load_room(room_id)
+        return None
 
     async def leave(self, room_id: str) -> None:
         """The bot leaves (or declines the invite to) ``room_id``."""
@@ -228,4 +273,8 @@ class TransactionSource:
             await self.client.room_leave(room_id)
 
     async def maintain_keys(self) -> None:
-        """No device keys yet in appservice mode."""
+        """After each transaction, as after each sync: upload one-time keys when the transactions' counts say they
+        run low (and a new fallback key), query the keys of users whose devices changed, claim keys for missing Olm
+        sessions and send queued to-device messages. Failures are logged."""
+        if self.client.olm is not None:
+            await self._keys.maintain_keys()

@@ -11,7 +11,10 @@ functions and classes tested without a network (tests/test_appservice_transactio
 * :class:`SeenTransactions`: the ids already handled (bounded, in order), persisted by the source after a
   transaction's events are handled, so a repeated id is answered 200 without effect, also after a restart;
 * :func:`sync_body`: the transaction's events as a ``/sync`` response body (joined rooms' timelines and state, the
-  bot's invites, rooms the bot left), so nio's parsing and room model and the runtime's routing work unchanged.
+  bot's invites, rooms the bot left), so nio's parsing and room model and the runtime's routing work unchanged;
+* :func:`device_extensions` / :func:`to_device_for`: what the transaction carries for one device (the bridge bot's):
+  its to-device messages (MSC2409), its one-time-key counts and unused fallback key types (MSC3202, both spellings
+  Synapse sends) and the users whose device lists changed or who left every shared room.
 """
 
 from __future__ import annotations
@@ -24,16 +27,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "DeviceExtensions",
     "GhostInvite",
     "SeenTransactions",
     "Transaction",
     "TransactionError",
     "check_auth",
+    "device_extensions",
     "ghost_invites",
     "own_joins",
     "parse_transaction",
     "rooms_of",
     "sync_body",
+    "to_device_for",
 ]
 
 #: Transaction ids remembered as handled (the homeserver sends them in order, one at a time, so only the latest few
@@ -228,13 +234,15 @@ def sync_body(
     next_batch: str,
     state: Mapping[str, list[dict[str, Any]]] | None = None,
     to_device: list[dict[str, Any]] | None = None,
+    device: DeviceExtensions | None = None,
 ) -> dict[str, Any]:
     """A ``/sync`` response body with these events: what nio parses and the runtime routes, as for ``/sync``.
 
     Each room's events become its timeline (in order); ``state`` (room id -> state events, e.g. fetched when the bot
     joined) its state. An invite of the bot goes to ``rooms.invite`` (with the invite as its invite state) and not
     into a timeline; a room whose last membership change of the bot here is a leave, kick or ban goes to
-    ``rooms.leave``. Events without a string ``room_id`` are left out.
+    ``rooms.leave``. Events without a string ``room_id`` are left out. ``to_device`` (the bot device's messages) and
+    ``device`` (its key counts, the device list changes) go where ``/sync`` puts them.
     """
     state = state or {}
     timelines: dict[str, list[dict[str, Any]]] = {}
@@ -269,7 +277,7 @@ def sync_body(
         for room_id, found in invites.items()
         if last_own.get(room_id) == "invite"
     }
-    return {
+    body: dict[str, Any] = {
         "next_batch": next_batch,
         "rooms": {"join": join, "invite": invite, "leave": leave},
         "to_device": {"events": list(to_device or [])},
@@ -278,3 +286,90 @@ def sync_body(
         "device_lists": {"changed": [], "left": []},
         "device_one_time_keys_count": {},
     }
+    if device is not None:
+        body["device_lists"] = {"changed": list(device.changed), "left": list(device.left)}
+        if device.one_time_key_counts is not None:
+            body["device_one_time_keys_count"] = dict(device.one_time_key_counts)
+        if device.unused_fallback_key_types is not None:
+            body["device_unused_fallback_key_types"] = list(device.unused_fallback_key_types)
+    return body
+
+
+# -- encryption: what a transaction carries for one device (MSC2409, MSC3202) ------------------------------------
+
+#: Where the one-time-key counts are (``{user_id: {device_id: {algorithm: count}}}``): the stable name first, then
+#: the two unstable spellings Synapse sends (both, with the same value).
+_OTK_COUNT_KEYS = (
+    "device_one_time_keys_count",
+    "org.matrix.msc3202.device_one_time_keys_count",
+    "org.matrix.msc3202.device_one_time_key_counts",
+)
+#: Unused fallback key types (``{user_id: {device_id: [algorithm, ...]}}``).
+_FALLBACK_KEYS = ("device_unused_fallback_key_types", "org.matrix.msc3202.device_unused_fallback_key_types")
+#: Device list changes (``{"changed": [user_id...], "left": [user_id...]}``).
+_DEVICE_LIST_KEYS = ("device_lists", "org.matrix.msc3202.device_lists")
+
+
+@dataclass
+class DeviceExtensions:
+    """What one transaction says about one device's keys and the device lists it tracks.
+
+    ``one_time_key_counts`` (algorithm -> count on the server) and ``unused_fallback_key_types`` are None when the
+    transaction does not mention the device (the homeserver only reports the users a transaction concerns):
+    nothing is known then, which is not the same as zero.
+    """
+
+    one_time_key_counts: dict[str, int] | None = None
+    unused_fallback_key_types: list[str] | None = None
+    #: Users whose devices changed (their keys are queried again before the next room key goes out).
+    changed: list[str] = field(default_factory=list)
+    #: Users who no longer share an encrypted room with the appservice's users.
+    left: list[str] = field(default_factory=list)
+
+
+def _first(extensions: Mapping[str, Any], keys: Iterable[str]) -> Any:
+    for key in keys:
+        if key in extensions:
+            return extensions[key]
+    return None
+
+
+def _user_ids(value: Any) -> list[str]:
+    return [u for u in value if isinstance(u, str)] if isinstance(value, list) else []
+
+
+def device_extensions(extensions: Mapping[str, Any], user_id: str, device_id: str) -> DeviceExtensions:
+    """The MSC3202 fields of a transaction (``Transaction.extensions``) for ``user_id``'s ``device_id``.
+
+    Malformed parts are ignored (a homeserver bug must not stop the bridge); counts that are not non-negative
+    integers are left out.
+    """
+    found = DeviceExtensions()
+    counts = _first(extensions, _OTK_COUNT_KEYS)
+    mine = counts.get(user_id, {}).get(device_id) if isinstance(counts, dict) and isinstance(
+        counts.get(user_id), dict) else None
+    if isinstance(mine, dict):
+        found.one_time_key_counts = {
+            alg: n for alg, n in mine.items()
+            if isinstance(alg, str) and isinstance(n, int) and not isinstance(n, bool) and n >= 0
+        }
+    fallback = _first(extensions, _FALLBACK_KEYS)
+    types = fallback.get(user_id, {}).get(device_id) if isinstance(fallback, dict) and isinstance(
+        fallback.get(user_id), dict) else None
+    if isinstance(types, list):
+        found.unused_fallback_key_types = [t for t in types if isinstance(t, str)]
+    lists = _first(extensions, _DEVICE_LIST_KEYS)
+    if isinstance(lists, dict):
+        found.changed = _user_ids(lists.get("changed"))
+        found.left = _user_ids(lists.get("left"))
+    return found
+
+
+def to_device_for(messages: Iterable[Mapping[str, Any]], user_id: str, device_id: str) -> list[dict[str, Any]]:
+    """The to-device messages addressed to ``user_id``'s ``device_id`` (MSC2409 adds ``to_user_id`` and
+    ``to_device_id`` to each), without those two fields: what ``/sync`` would give that device."""
+    found = []
+    for message in messages:
+        if message.get("to_user_id") == user_id and message.get("to_device_id") == device_id:
+            found.append({k: v for k, v in message.items() if k not in ("to_user_id", "to_device_id")})
+    return found

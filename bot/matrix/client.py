@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -191,6 +192,14 @@ class RatchetClient(AsyncClient):
         self.metrics: Metrics | None = None
         #: The callbacks of :meth:`on_room_event` (also handed events decrypted late, :meth:`late_room_event`).
         self._room_event_taps: list[tuple[frozenset[str], Callable[[str, dict[str, Any]], None]]] = []
+        #: Appservice mode: the bot's device, named on every request that does not assert another user (Synapse's
+        #: ``?device_id=``: the as_token alone has no device, and ``/keys/upload`` needs one). None otherwise.
+        self.appservice_device_id: str | None = None
+        #: Appservice mode: loads a room the client has not seen yet (no ``/sync`` brought it: nothing was pushed
+        #: since the start), so that sending into it knows whether it is encrypted and who is in it.
+        self.room_loader: Callable[[str], Awaitable[None]] | None = None
+        #: Users whose membership changes need no new Megolm session (an appservice's ghosts without devices).
+        self.deviceless_user: Callable[[str], bool] | None = None
 
     async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
         return backoff_delay(got_timeouts, cap=self.config.max_timeout_retry_wait_time)
@@ -210,6 +219,8 @@ class RatchetClient(AsyncClient):
         answer would drop a reply or a room-key share. Repeating is safe for GET, for PUTs (they carry a transaction
         id: the server applies them once) and for the idempotent key endpoints; other requests are not repeated.
         """
+        if self.appservice_device_id is not None:
+            path = _with_device(path, self.user_id, self.appservice_device_id)
         attempt = 0
         metrics = self.metrics
         while True:
@@ -276,7 +287,9 @@ class RatchetClient(AsyncClient):
         if isinstance(event, (UnknownBadEvent, BadEvent)) or not is_state_shaped(event):
             return decrypted
         if isinstance(event, RoomMemberEvent):
-            if room.handle_membership(event):
+            if room.handle_membership(event) and not (
+                self.deviceless_user is not None and self.deviceless_user(event.state_key)
+            ):
                 self._invalidate_session_for_member_event(room_id)
         else:
             room.handle_event(event)
@@ -441,6 +454,18 @@ class RatchetClient(AsyncClient):
         The room's Megolm session is shared first, as ``room_send`` would do. ``tx_id`` is the transaction id (random
         if not given).
         """
+        enc_type, enc_content = await self.encrypt_for_room(room_id, event_type, content)
+        # Not room_send: it would encrypt the m.room.encrypted payload a second time (it only spares m.reaction).
+        method, path, data = Api.room_send(self.access_token, room_id, enc_type, enc_content, tx_id or uuid4())
+        return await self._send(RoomSendResponse, method, path, data, (room_id,))
+
+    async def encrypt_for_room(
+        self, room_id: str, event_type: str, content: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """``(m.room.encrypted, encrypted content)`` of an event for ``room_id``, with this device's Megolm session
+        (shared first with the devices the trust policy accepts, as ``room_send`` does). Appservice ghosts' messages
+        are encrypted so too (bot/appservice/ghosts.py)."""
+        await self.ensure_room(room_id)
         room = self.rooms.get(room_id)
         if room is not None and not room.members_synced:
             await self.joined_members(room_id)
@@ -453,10 +478,18 @@ class RatchetClient(AsyncClient):
                 await sharing.wait()  # another send is sharing the session right now
             else:
                 await self.share_group_session(room_id, ignore_unverified_devices=True)
-        enc_type, enc_content = self.encrypt(room_id, event_type, content)
-        # Not room_send: it would encrypt the m.room.encrypted payload a second time (it only spares m.reaction).
-        method, path, data = Api.room_send(self.access_token, room_id, enc_type, enc_content, tx_id or uuid4())
-        return await self._send(RoomSendResponse, method, path, data, (room_id,))
+        return self.encrypt(room_id, event_type, content)
+
+    async def ensure_room(self, room_id: str) -> None:
+        """Appservice mode: load ``room_id`` through :attr:`room_loader` if the client has not seen it yet."""
+        if room_id not in self.rooms and self.room_loader is not None:
+            await self.room_loader(room_id)
+
+    async def room_send(self, room_id: str, *args: Any, **kwargs: Any):  # type: ignore[override]
+        """nio's ``room_send``, after loading a room an appservice has not seen since its start (nio needs to know
+        whether it is encrypted)."""
+        await self.ensure_room(room_id)
+        return await super().room_send(room_id, *args, **kwargs)
 
     async def set_account_data(self, event_type: str, content: dict[str, Any]) -> Response:
         """``PUT /user/{userId}/account_data/{type}`` (nio 0.26 only writes room account data)."""
@@ -567,6 +600,21 @@ RETRY_5XX = 4
 _REPEATABLE_POSTS = ("/keys/query", "/keys/claim", "/keys/upload")
 
 
+def _with_device(path: str, user_id: str, device_id: str) -> str:
+    """``path`` with ``user_id=`` and ``device_id=`` added, unless it asserts a user already (a ghost's request names
+    no device of the bot) or names a device.
+
+    The bot's own user id is named too: Synapse 1.163 fails a ``device_id=`` without ``user_id=`` with a 500 (it looks
+    the device up with the registration's sender as a ``UserID`` object, which its database layer cannot bind).
+    """
+    query = path.partition("?")[2]
+    names = {part.partition("=")[0] for part in query.split("&") if part}
+    if "user_id" in names or "device_id" in names:
+        return path
+    extra = urllib.parse.urlencode({"user_id": user_id, "device_id": device_id})
+    return f"{path}{'&' if query else '?'}{extra}"
+
+
 def _repeatable(method: str, path: str, data: Any) -> bool:
     if data is not None and not isinstance(data, str | bytes):
         return False  # a streamed body (an upload) cannot be sent twice
@@ -608,22 +656,38 @@ def make_client(
     )
 
 
-def make_appservice_client(homeserver: str, user_id: str, as_token: str) -> RatchetClient:
-    """A client for an appservice's bot (``user_id``, the registration's sender) acting with ``as_token``: no device
-    and no encryption (yet), no login; the same retries as :func:`make_client`. Ghosts act through it too, with
-    ``?user_id=`` (bot/appservice/ghosts.py)."""
+def make_appservice_client(
+    homeserver: str,
+    user_id: str,
+    as_token: str,
+    *,
+    store_dir: Path | None = None,
+    pickle_key: str | None = None,
+    store: type[Any] | None = None,
+) -> RatchetClient:
+    """A client for an appservice's bot (``user_id``, the registration's sender) acting with ``as_token``, without
+    login; the same retries as :func:`make_client`. Ghosts act through it too, with ``?user_id=``
+    (bot/appservice/ghosts.py).
+
+    With ``store_dir`` and ``pickle_key``, E2EE is on as in :func:`make_client` (the crypto store class ``store``, or
+    nio's SQLite file): bot/appservice/device.py then creates the bot's device (MSC4190) and loads its store. Without,
+    the client has no device and no encryption.
+    """
     from bot.matrix import schemas as fastpath
 
     fastpath.install()
-    config = AsyncClientConfig(
-        encryption_enabled=False,
-        store_sync_tokens=False,
-        max_limit_exceeded=None,
-        max_timeouts=None,
-        max_timeout_retry_wait_time=BACKOFF_CAP,
-        request_timeout=60,
-    )
-    client = RatchetClient(homeserver, user_id, device_id="", config=config)
+    if store_dir is not None and pickle_key is not None:
+        client = make_client(homeserver, user_id, store_dir, pickle_key, store=store)
+    else:
+        config = AsyncClientConfig(
+            encryption_enabled=False,
+            store_sync_tokens=False,
+            max_limit_exceeded=None,
+            max_timeouts=None,
+            max_timeout_retry_wait_time=BACKOFF_CAP,
+            request_timeout=60,
+        )
+        client = RatchetClient(homeserver, user_id, device_id="", config=config)
     client.access_token = as_token
     client.user_id = user_id
     return client

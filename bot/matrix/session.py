@@ -20,7 +20,14 @@ from bot.matrix.client import RatchetClient, make_client
 from bot.storage.backend import Storage
 from bot.storage.credentials import Credentials
 
-__all__ = ["crypto_store_class", "open_session", "plain_client", "start_new_device", "upload_device_keys"]
+__all__ = [
+    "crypto_store_class",
+    "open_session",
+    "plain_client",
+    "restore_device",
+    "start_new_device",
+    "upload_device_keys",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +147,12 @@ def crypto_store_class(storage: Storage) -> type[Any] | None:
     from bot.matrix.pg_store import postgres_crypto_store
 
     return postgres_crypto_store(storage.database_url, storage.connection_settings)
+
+
+def restore_device(client: RatchetClient, creds: Credentials) -> None:
+    """Load the crypto store of ``creds``' device into ``client`` (an appservice's bot device,
+    bot/appservice/device.py); raises :class:`~bot.errors.SessionError` saying why it cannot be opened."""
+    _restore(client, creds)
 
 
 def _restore(client: RatchetClient, creds: Credentials) -> None:

@@ -196,10 +196,12 @@ class Runtime:
 
     @classmethod
     async def _open_appservice(cls, config: Config, storage: Storage) -> Runtime:
-        """Appservice mode: the bot acts with the as_token (no login, no device); events come from transactions."""
+        """Appservice mode: the bot acts with the as_token (no login); its device (MSC4190, with
+        ``appservice.encryption``) is fed by the transactions, which bring the events instead of ``/sync``."""
         try:
             storage.prepare()
-            appservice = await Appservice.open(config)
+            appservice = await Appservice.open(config, storage)
+            storage.fence()  # nio created its tables (first start): fence them too
         except BaseException:
             storage.release()
             raise
@@ -435,6 +437,9 @@ class Runtime:
                     source.acknowledge(batch.token)
                 except StateError:
                     break  # reported by _storage_failed
+                if appservice.encrypted:  # as after a sync: withheld notes, one-time keys, key queries and claims
+                    await self._crypto_after_sync()
+                    await source.maintain_keys()
         finally:
             stop_wait.cancel()
             await appservice.close()

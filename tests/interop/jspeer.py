@@ -265,6 +265,13 @@ class JsPeer:
             fail_on_utd=fail_on_utd or None,
         )
 
+    async def event_info(self, room_id: str, event_id: str, *, timeout: float = 30) -> dict[str, Any]:
+        """What this client shows for one event once its decryption was attempted: ``{event_id, sender, type,
+        encrypted, body, decryption_failure, shield_colour, shield_reason, sender_curve25519, claimed_ed25519}``;
+        ``shield_colour`` is the name of a js-sdk ``EventShieldColour`` (``NONE``, ``GREY``, ``RED``) and
+        ``shield_reason`` of an ``EventShieldReason`` (e.g. ``MISMATCHED_SENDER``, ``UNSIGNED_DEVICE``) or None."""
+        return await self.call("event_info", room_id=room_id, event_id=event_id, timeout_ms=int(timeout * 1000))
+
     async def device_status(
         self, user_id: str, device_id: str, *, wait: float = 10, expect_signed: bool | None = None
     ) -> dict[str, Any]:

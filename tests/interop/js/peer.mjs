@@ -479,6 +479,39 @@ const commands = {
         }
     },
 
+    async event_info({ room_id, event_id, timeout_ms = 30000 }) {
+        // What the client shows for one event: decrypted or not, and the shield (getEncryptionInfoForEvent), as
+        // names of the js-sdk enums (EventShieldColour, EventShieldReason).
+        const c = requireClient();
+        const crypto = requireCrypto();
+        need(room_id, "room_id");
+        need(event_id, "event_id");
+        const ev = await waitFor(
+            () => {
+                const e = c.getRoom(room_id)?.findEventById(event_id);
+                return e && !e.isBeingDecrypted() && !e.shouldAttemptDecryption?.() ? e : null;
+            },
+            timeout_ms,
+            `event ${event_id} (decryption attempted)`,
+        );
+        const info = ev.isEncrypted() && !ev.isDecryptionFailure() ? await crypto.getEncryptionInfoForEvent(ev) : null;
+        return {
+            event_id,
+            sender: ev.getSender(),
+            type: ev.getType(),
+            encrypted: ev.isEncrypted(),
+            body: ev.isDecryptionFailure() ? null : ev.getContent()?.body ?? null,
+            decryption_failure: ev.isDecryptionFailure() ? ev.decryptionFailureReason ?? "UNKNOWN" : null,
+            shield_colour: info ? cryptoApi.EventShieldColour[info.shieldColour] ?? String(info.shieldColour) : null,
+            shield_reason:
+                info && info.shieldReason !== null
+                    ? cryptoApi.EventShieldReason[info.shieldReason] ?? String(info.shieldReason)
+                    : null,
+            sender_curve25519: ev.getSenderKey?.() ?? null,
+            claimed_ed25519: ev.getClaimedEd25519Key?.() ?? null,
+        };
+    },
+
     async device_status({ user_id, device_id, wait_ms = 10000, expect_signed }) {
         return await deviceStatus(need(user_id, "user_id"), need(device_id, "device_id"), {
             waitMs: wait_ms,
