@@ -130,10 +130,12 @@ def _irc_config(**extra):
 
 
 def test_irc_ghost_localpart_config():
-    assert _irc_config().ghost_localpart == "{nick}"
+    assert _irc_config().ghost_localpart is None  # "{nick}", or "{network}_{nick}" with several networks
     assert _irc_config(ghost_localpart="{network}_{nick}").ghost_localpart == "{network}_{nick}"
+    oftc = {"oftc": irc_plugin.Network(host="irc.oftc.net")}
+    assert _irc_config(more=oftc).ghost_localpart is None  # relay mode with several networks: fine
     with pytest.raises(ValueError, match="must contain \\{network\\}"):
-        _irc_config(more={"oftc": irc_plugin.Network(host="irc.oftc.net")})
+        _irc_config(more=oftc, ghost_localpart="{nick}")
     with pytest.raises(ValueError, match="invalid localparts"):
         _irc_config(ghost_localpart="IRC {nick}")
     with pytest.raises(ValueError, match="unknown field"):
@@ -142,9 +144,13 @@ def test_irc_ghost_localpart_config():
 
 def test_irc_bridge_derives_ghosts_from_folded_nicks():
     bridge = irc_plugin.IrcBridge.__new__(irc_plugin.IrcBridge)
-    bridge.config = _irc_config(ghost_localpart="{network}.{nick}")
+    bridge.config = _irc_config()
     key = bridge.sender_key("libera", "Alice[m]")
     assert key == "alice{m}"
+    assert bridge.ghost_localpart("libera", key) == "alice=7bm=7d"
+    bridge.config = _irc_config(more={"oftc": irc_plugin.Network(host="irc.oftc.net")})
+    assert bridge.ghost_localpart("libera", key) == "libera_alice=7bm=7d"
+    bridge.config = _irc_config(ghost_localpart="{network}.{nick}")
     assert bridge.ghost_localpart("libera", key) == "libera.alice=7bm=7d"
 
 

@@ -144,8 +144,9 @@ class IrcBridge(Bridge):
         #: limit (a long paste goes out whole, paced by ``rate_limit``).
         max_lines: int = 10
         #: Ghost mode: the ghost's localpart after the appservice's ``ghost_prefix``: ``{nick}`` (the nick, folded to
-        #: lower case and escaped) and ``{network}``; with several networks it must contain ``{network}``.
-        ghost_localpart: str = "{nick}"
+        #: lower case and escaped) and ``{network}``; with several networks it must contain ``{network}``. Default:
+        #: ``{nick}`` with one network, ``{network}_{nick}`` with several.
+        ghost_localpart: str | None = None
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -153,6 +154,8 @@ class IrcBridge(Bridge):
                 raise ValueError("networks is empty: configure at least one IRC network under irc_bridge.networks")
             if self.max_lines < 0:
                 raise ValueError("max_lines must be 0 (no limit) or more")
+            if self.ghost_localpart is None:
+                return
             check_template(self.ghost_localpart, ("nick", "network"), required=("nick",))
             literal = self.ghost_localpart.format(nick="x", network="x")
             if not re.fullmatch(r"[a-z0-9._=/-]+", literal):
@@ -222,8 +225,8 @@ class IrcBridge(Bridge):
         return irc_lower(sender_id)
 
     def ghost_localpart(self, network: str, name: str) -> str:
-        return self.config.ghost_localpart.format(nick=escape_localpart(name, irc_lower),
-                                                  network=escape_localpart(network))
+        template = self.config.ghost_localpart or ("{nick}" if len(self.config.networks) == 1 else "{network}_{nick}")
+        return template.format(nick=escape_localpart(name, irc_lower), network=escape_localpart(network))
 
     async def on_ghost_removed(self, portal: Portal, sender_id: str, by: str, reason: str | None,
                                *, ban: bool) -> None:
