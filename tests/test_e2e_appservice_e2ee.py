@@ -199,3 +199,102 @@ async def test_js_peer_decrypts_a_ghost_message_and_shows_its_shield(env, tmp_pa
         assert (bot_info["shield_colour"], bot_info["shield_reason"]) == ("NONE", None)
     finally:
         await peer.close()
+
+
+async def test_js_peer_excluding_insecure_devices_decrypts_the_bot_but_refuses_ghosts(env, tmp_path):
+    """Element's "exclude insecure devices" (MSC4153): the bot's device is cross-signed by its owner, so the peer
+    decrypts the bot's messages. The ghosts' messages, encrypted by that same device, are refused: Rust crypto's
+    trust requirement wants the event's sender to own the session's device (measured here; docs/appservice.md)."""
+    from interop.jspeer import INSTALL_COMMAND, JsPeer, js_available
+
+    require_tool(js_available(), f"node or the matrix-js-sdk peer is not installed; run: {INSTALL_COMMAND}")
+    user = env.server.register_user("dave", "dave-password-1")
+    peer = JsPeer(tmp_path / "logs", name="dave")
+    await peer.start()
+    try:
+        await peer.login(env.server.url, user.user_id, user.password, device_name="interop dave")
+        await peer.bootstrap_cross_signing(user.password)
+        await peer.set_isolation("only_signed")
+        await env.member.client.room_invite(env.room, user.user_id)
+        await peer.join_room(env.room)
+        await env.member.wait_joined(env.room, user.user_id)
+        status = await peer.device_status(BOT, env.device_id(), expect_signed=True)
+        assert status.get("signed_by_owner") is True, status
+        trigger = await env.member.send(env.room, "ghost erin hello strict js")
+        ghost_msg = await env.member.expect_reply(env.room, trigger, sender="@irc_erin:localhost")
+        ping = await env.member.send(env.room, "!ping")
+        bot_msg = await env.member.expect_reply(env.room, ping, sender=BOT)
+        ghost_info = await peer.event_info(env.room, ghost_msg.event_id)
+        bot_info = await peer.event_info(env.room, bot_msg.event_id)
+        print("js peer, only signed devices: ghost", ghost_info, "bot", bot_info)
+        assert bot_info["decryption_failure"] is None and "pong" in bot_info["body"]
+        assert (bot_info["shield_colour"], bot_info["shield_reason"]) == ("NONE", None)
+        assert ghost_info["body"] is None and ghost_info["decryption_failure"] == "UNKNOWN_ERROR"
+        assert "The sender of the event does not match the owner of the device" in ghost_info["failure_detail"]
+    finally:
+        await peer.close()
+
+
+async def test_a_room_key_in_a_later_transaction_still_unlocks_its_message(env):
+    event_id, release = await env.member.send_with_late_key(env.room, "!ping")
+    await env.bridge.wait_for_log(f"cannot decrypt {event_id}", 30)
+    await release()  # the key goes out now, in a later transaction than the message
+    reply = await env.member.expect_reply(env.room, event_id, sender=BOT)
+    assert "pong" in reply.body and _was_encrypted(reply)
+    assert f"decrypted {event_id} after its key arrived" in env.bridge.log_text()
+
+
+async def _claim(env, device_id: str) -> dict:
+    """One one-time key of the bot's device, claimed as the member (as any peer starting an Olm session does)."""
+    body = {"one_time_keys": {BOT: {device_id: "signed_curve25519"}}}
+    resp = await env.member.client.send(
+        "POST", "/_matrix/client/v3/keys/claim", json.dumps(body),
+        headers={"Authorization": f"Bearer {env.member.client.access_token}"},
+    )
+    answer = await resp.json()
+    keys = answer["one_time_keys"].get(BOT, {}).get(device_id, {})
+    assert len(keys) == 1, answer
+    return next(iter(keys.values()))
+
+
+async def test_one_time_keys_claimed_away_are_replenished_from_the_transactions_counts(env):
+    device_id = env.device_id()
+    for _ in range(200):  # every one-time key, until the server hands out the fallback key
+        if (await _claim(env, device_id)).get("fallback"):
+            break
+    else:
+        raise AssertionError("the bot's one-time keys never ran out")
+    # The next transaction tells the bridge its count is 0 and its fallback key was used.
+    event_id = await env.member.send(env.room, "!ping after the claims")
+    await env.member.expect_reply(env.room, event_id, sender=BOT)
+    for _ in range(100):
+        key = await _claim(env, device_id)
+        if not key.get("fallback"):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no new one-time keys were uploaded")
+    log = env.bridge.log_text()
+    assert "the bot's device has 0 one-time keys left on the server; uploading more" in log
+    assert "the fallback key was used by a new peer; rotating it" in log
+
+
+async def test_restart_keeps_the_device_and_its_identity(env):
+    device_id = env.device_id()
+    client = env.member.client
+    identity = client.device_store[BOT][device_id].curve25519
+    await env.stop_bridge()
+    await env.start_bridge()
+    assert env.device_id() == device_id
+    assert f"using the bot's device {device_id}" in env.bridge.log_text()
+    client.users_for_key_query.add(BOT)
+    await client.keys_query()
+    assert [d.id for d in client.device_store.active_user_devices(BOT)] == [device_id]
+    assert client.device_store[BOT][device_id].curve25519 == identity
+    event_id = await env.member.send(env.room, "!ping after restart")
+    reply = await env.member.expect_reply(env.room, event_id, sender=BOT)
+    assert _was_encrypted(reply) and reply.sender_key == identity
+    trigger = await env.member.send(env.room, "ghost alice back after restart")
+    ghost_msg = await env.member.expect_reply(env.room, trigger, sender="@irc_alice:localhost")
+    assert _was_encrypted(ghost_msg) and ghost_msg.sender_key == identity
+    assert not env.member.undecryptable(env.room)

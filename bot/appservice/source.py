@@ -186,7 +186,11 @@ class TransactionSource:
         if olm is None:
             return
         if device.one_time_key_counts is not None:
-            olm.uploaded_key_count = device.one_time_key_counts.get("signed_curve25519", 0)
+            count = device.one_time_key_counts.get("signed_curve25519", 0)
+            target = olm.account.max_one_time_keys // 2
+            if count < target and olm.uploaded_key_count != count:
+                log.info("the bot's device has %d one-time keys left on the server; uploading more", count)
+            olm.uploaded_key_count = count
         self.client.fallback.observe_sync(body)
 
     async def ensure_room(self, room_id: str) -> None:

@@ -267,7 +267,8 @@ class JsPeer:
 
     async def event_info(self, room_id: str, event_id: str, *, timeout: float = 30) -> dict[str, Any]:
         """What this client shows for one event once its decryption was attempted: ``{event_id, sender, type,
-        encrypted, body, decryption_failure, shield_colour, shield_reason, sender_curve25519, claimed_ed25519}``;
+        encrypted, body, decryption_failure, failure_detail, shield_colour, shield_reason, sender_curve25519,
+        claimed_ed25519}``;
         ``shield_colour`` is the name of a js-sdk ``EventShieldColour`` (``NONE``, ``GREY``, ``RED``) and
         ``shield_reason`` of an ``EventShieldReason`` (e.g. ``MISMATCHED_SENDER``, ``UNSIGNED_DEVICE``) or None."""
         return await self.call("event_info", room_id=room_id, event_id=event_id, timeout_ms=int(timeout * 1000))

@@ -502,6 +502,8 @@ const commands = {
             encrypted: ev.isEncrypted(),
             body: ev.isDecryptionFailure() ? null : ev.getContent()?.body ?? null,
             decryption_failure: ev.isDecryptionFailure() ? ev.decryptionFailureReason ?? "UNKNOWN" : null,
+            // The SDK's text for a failure (e.g. Rust crypto's "trust requirement not satisfied: ...").
+            failure_detail: ev.isDecryptionFailure() ? String(ev.getContent()?.body ?? "") : null,
             shield_colour: info ? cryptoApi.EventShieldColour[info.shieldColour] ?? String(info.shieldColour) : null,
             shield_reason:
                 info && info.shieldReason !== null
