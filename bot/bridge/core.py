@@ -1376,6 +1376,9 @@ class Bridge(Plugin):
                 lines.append(line)
             for channel, waiting in sorted(pending.items()):
                 lines.append(f"  - {channel} ↔ {waiting.room}: not linked yet, {waiting.describe(now)} [config]")
+        if self.matrix is not None and self.matrix.ghosts:
+            known = sum(len(names) for names in self.ghost_names.values())
+            lines.append(f"- ghost mode: remote users post as the appservice's ghosts ({known} known)")
         if self._senders.dropped or self.inbound_refused:
             lines.append(f"- incoming: {self._senders.dropped} dropped (senders over the rate limit), "
                          f"{self.inbound_refused} refused (queue full)")
