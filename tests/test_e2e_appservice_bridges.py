@@ -288,3 +288,22 @@ async def test_a_webhook_posts_as_its_ghost(env):
     event = await env.message_from(ghost("hook.ci"), "deploy finished")
     assert event.event_id == answer["event_id"]
     await env.member.wait_for(lambda: env.display_name(ghost("hook.ci")) == "CI", 30, "the hook ghost's name")
+
+
+async def test_after_a_restart_a_renamed_user_keeps_their_ghost_and_departed_ones_leave(env):
+    frank = await IrcClient.connect(env.ircd.port, "frank")
+    await frank.join(CHANNEL)
+    await env.member.wait_joined(env.room, ghost("frank"))
+    await env.bot.stop()
+    env.bot = None
+    await frank.close()  # frank quits while the bridge is down
+    await asyncio.sleep(0.5)
+    env.bot = await InProcessBot(env.config).start()
+    # The member list at the bridge's join: frank's ghost is no longer in the channel, so it leaves.
+    await env.member.wait_for(lambda: not env.joined(ghost("frank")), 30, "frank's ghost to leave")
+    assert env.memberships(ghost("frank"))[-1]["reason"] == f"not in {CHANNEL} any more"
+    # caroline (carol before the rename) still posts as @irc_carol: who has which ghost was kept.
+    await _until(lambda: env.bridge().irc["local"].joined, 30, "the bridge to join the channel again")
+    await env.irc["carol"].say(CHANNEL, "still me after the restart")
+    await env.message_from(ghost("carol"), "still me after the restart")
+    assert not env.joined(ghost("caroline"))

@@ -501,8 +501,11 @@ class Bridge(Plugin):
             if side.is_member(room_id, side.ghost_user_id(localpart)):
                 continue
             identity = GhostIdentity(localpart, ghost_display_name(self.config.ghost_display_template, name))
-            if await side.ghost_join(room_id, identity):
-                changes += 1
+            try:
+                if await side.ghost_join(room_id, identity):
+                    changes += 1
+            except MatrixError as exc:  # banned from the room, say: the others still join
+                self.log.info("%s %s: the ghost of %s cannot join %s: %s", network, portal.channel, name, room_id, exc)
         if len(self.portals_for_room(room_id)) == 1:  # a room with one channel: its ghosts are that channel's
             names = self._ghost_names(network)
             for user_id in list(side.members(room_id)):
@@ -512,8 +515,12 @@ class Bridge(Plugin):
                 if changes >= limit:
                     skipped += 1
                     continue
-                if await side.ghost_leave(room_id, localpart, f"not in {portal.channel} any more"):
-                    changes += 1
+                try:
+                    if await side.ghost_leave(room_id, localpart, f"not in {portal.channel} any more"):
+                        changes += 1
+                except MatrixError as exc:
+                    self.log.info("%s %s: the ghost %s cannot leave %s: %s", network, portal.channel, localpart,
+                                  room_id, exc)
         if skipped:
             self.log.info("%s %s: %d member changes left for later (ghost_sync_limit %d): those ghosts join when "
                           "their users speak or join", network, portal.channel, skipped, limit)
