@@ -4,7 +4,8 @@ clients as the IRC users and a Matrix member with its own client. What is checke
 as ghosts with their nicks as display names (three of them talking as three distinct Matrix users), a nick change
 renaming the ghost, a Matrix reply to a ghost reaching IRC addressed to that nick, joins, parts, quits, kicks and bans
 as memberships both ways (where the bridge has the power, and a notice where it has not), the member list at join
-bounded by ``ghost_sync_limit``, and a webhook posting as its own ghost.
+bounded by ``ghost_sync_limit``, a webhook posting as its own ghost, and in an encrypted room (the appservice's
+encryption on: the bridge bot's device encrypts the ghosts' messages) the same ghosts, decrypted by the member.
 
 One Synapse, one bridge (in this process: its state is inspected) and one room for the module; the tests run in
 order, each building on the channel the previous one left.
@@ -13,7 +14,6 @@ order, each building on the channel the previous one left.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import subprocess
 import sys
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from nio import MegolmEvent
 from test_e2e_appservice import _free_port, _until
 
-from bot.config import AppserviceConfig
 from bot.testing.harness import InProcessBot
 from bot.testing.ircd import IrcClient
 from bot.testing.member import Member
@@ -36,6 +36,13 @@ pytestmark = [pytest.mark.e2e]
 
 BOT = "@bridgebot:localhost"
 CHANNEL = "#ghosts"
+SECRET = "#secret"
+#: Synapse's appservice encryption features (docs/appservice.md, "Encryption").
+EXPERIMENTAL = {
+    "msc2409_to_device_messages_enabled": True,
+    "msc3202_transaction_extensions": True,
+    "msc3983_appservice_otk_claims": True,
+}
 HOOK_SECRET = "hook-secret-0123456789abcdef"
 
 
@@ -57,12 +64,11 @@ class Env:
         self.member: Member
         self.bot: InProcessBot | None = None
         self.room = ""
+        self.secret_room = ""
         self.irc: dict[str, IrcClient] = {}
 
     def write_config(self, homeserver: str, plugins: dict | None = None) -> None:
         appservice: dict = {"id": "ratchet-bridges", "port": self.as_port, "ghost_prefix": "irc_"}
-        if "encryption" in {f.name for f in dataclasses.fields(AppserviceConfig)}:
-            appservice["encryption"] = False  # unencrypted rooms here (the E2EE work has its own tests)
         data = {
             "homeserver": homeserver,
             "user_id": BOT,
@@ -84,7 +90,7 @@ class Env:
                         "tls": False,
                         "nick": "relay",
                         "ping_interval": 30,
-                        "channels": {CHANNEL: self.room},
+                        "channels": {CHANNEL: self.room, SECRET: self.secret_room},
                     }
                 },
                 "reconnect_min_delay": 0.5,
@@ -143,7 +149,7 @@ async def env(tmp_path_factory):
         capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    extra = {"app_service_config_files": [str(e.registration)]}
+    extra = {"app_service_config_files": [str(e.registration)], "experimental_features": EXPERIMENTAL}
     e.server = SynapseServer(base / "hs", port=hs_port, extra_config=extra)
     e.ircd = NgircdServer(base / "ngircd")
     e.server.start()
@@ -152,6 +158,7 @@ async def env(tmp_path_factory):
         user = e.server.register_user("member", "member-password-1")
         e.member = await Member.login(e.server.url, user, base / "member")
         e.room = await e.member.create_room(invite=[BOT], encrypted=False)
+        e.secret_room = await e.member.create_room(invite=[BOT], encrypted=True)
         # The bridge bot may kick and ban in the room (what IRC kicks and bans are mapped to).
         levels = await e.member.client.room_get_state_event(e.room, "m.room.power_levels")
         content = dict(levels.content)
@@ -307,3 +314,21 @@ async def test_after_a_restart_a_renamed_user_keeps_their_ghost_and_departed_one
     await env.irc["carol"].say(CHANNEL, "still me after the restart")
     await env.message_from(ghost("carol"), "still me after the restart")
     assert not env.joined(ghost("caroline"))
+
+
+async def test_in_an_encrypted_room_ghosts_post_encrypted(env):
+    await env.member.wait_joined(env.secret_room, BOT)
+    gina = await IrcClient.connect(env.ircd.port, "gina")
+    env.irc["gina"] = gina
+    await gina.join(SECRET)
+    await env.member.wait_joined(env.secret_room, ghost("gina"))
+    await gina.say(SECRET, "secret hello")
+    event = await env.member.expect(
+        lambda r, e: r == env.secret_room and e.sender == ghost("gina") and getattr(e, "body", None) == "secret hello",
+        30, "gina's message",
+    )
+    assert not isinstance(event, MegolmEvent) and event.decrypted  # encrypted by the bridge bot's device
+    await env.member.send(env.secret_room, "encrypted reply", reply_to=event.event_id)
+    line = await gina.expect(lambda m: m.command == "PRIVMSG" and "encrypted reply" in m.text)
+    assert line.text == "<member> gina: encrypted reply"
+    assert not env.member.undecryptable(env.secret_room)
