@@ -82,17 +82,24 @@ TEMPLATE_OFFLINE = "bench_offline_template"
 TEMPLATE_STARTUP = "bench_startup_template"
 
 
-def _provenance() -> dict[str, Any]:
-    """The commit measured, and whether bot/ had uncommitted changes (the tree is shared while the bench runs)."""
+def _provenance(start: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The commit measured, and the files of bot/ with uncommitted changes (the tree is shared while the bench runs).
+    Called at a scenario's start, then at its end with the start's record: the commits of both are kept, and every
+    file that had changes at either time."""
     import subprocess
 
     def git(*args: str) -> str:
         proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30)
         return proc.stdout
 
-    dirty = git("status", "--porcelain", "--", "bot")
-    return {"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git("rev-parse", "--short", "HEAD").strip(),
-            "bot_uncommitted": [line[3:] for line in dirty.splitlines() if line.strip()]}
+    dirty = [line[3:] for line in git("status", "--porcelain", "--", "bot").splitlines() if line.strip()]
+    out = {"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": git("rev-parse", "--short", "HEAD").strip(),
+           "bot_uncommitted": dirty}
+    if start is not None:
+        out["bot_uncommitted"] = list(dict.fromkeys(start["bot_uncommitted"] + dirty))
+        if start["commit"] != out["commit"]:
+            out["commit"] = f"{start['commit']} (at the start; {out['commit']} at the end)"
+    return out
 
 
 # ============================================================================================ per event, offline
@@ -339,6 +346,7 @@ def offline_scenario(quick: bool = QUICK) -> dict[str, Any]:
     from bench.offline import generate
 
     meta = generate()
+    started = _provenance()
     procs = 1 if quick else 4
     passes = 3 if quick else 4
     load_start = loadavg()
@@ -371,7 +379,7 @@ def offline_scenario(quick: bool = QUICK) -> dict[str, Any]:
     load_end = loadavg()
     s, p, h = samples["sqlite"], samples["postgresql"], samples["pg-state"]
     return {
-        **_provenance(),
+        **_provenance(started),
         "meta": meta,
         "passes": passes - 1,
         "processes": procs,
@@ -490,6 +498,7 @@ def startup_scenario(quick: bool = QUICK) -> dict[str, Any]:
     repeats = 1 if quick else 4
     meta = startup.build(rooms, sessions)
     base = startup._cache_dir(rooms, sessions)
+    started = _provenance()
     load_start = loadavg()
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in STARTUP_BOTS}
     errors: dict[str, str] = {}
@@ -532,7 +541,7 @@ def startup_scenario(quick: bool = QUICK) -> dict[str, Any]:
         return ratio_summary(col(a, key), col(b, key))
 
     return {
-        **_provenance(),
+        **_provenance(started),
         "rooms": rooms,
         "sessions": meta["sessions"],
         "repeats": repeats,
