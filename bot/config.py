@@ -911,6 +911,15 @@ class AppserviceConfig:
     #: device lists and key counts (needs ``receive_ephemeral`` and the homeserver's experimental MSC2409/MSC3202
     #: features, docs/appservice.md "Encryption"). Default true.
     encryption: bool = field(default=True, metadata=_key(_boolean))
+    #: With encryption: each ghost that posts into an encrypted room gets a device of its own (MSC4190), cross-signed
+    #: by the ghost's own keys, and its messages are encrypted by that device, so clients show them as any
+    #: cross-signed user's (docs/appservice.md "Encryption"). False: ghosts' messages are encrypted by the bridge
+    #: bot's device (Element shows a red "mismatched sender" shield, or nothing with "exclude insecure devices").
+    #: Default true.
+    ghost_devices: bool = field(default=True, metadata=_key(_boolean))
+    #: Ghost devices whose Olm machines are kept in memory at once (least recently used beyond that are closed and
+    #: reopened from their store when needed). Default 100.
+    ghost_device_cache: int = field(default=100, metadata=_key(_integer(1)))
 
     def tokens_path(self, data_dir: Path) -> Path:
         """Where generated tokens live: ``tokens_file``, else ``data_dir/appservice-tokens.json``."""

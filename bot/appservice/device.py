@@ -38,7 +38,7 @@ from bot.matrix.session import crypto_store_class, restore_device, upload_device
 from bot.storage.backend import Storage
 from bot.storage.credentials import Credentials
 
-__all__ = ["CROSS_SIGNING_FILE", "NO_TOKEN", "create_device", "new_device_id", "open_bot_device"]
+__all__ = ["CROSS_SIGNING_FILE", "NO_TOKEN", "create_device", "cross_sign", "new_device_id", "open_bot_device"]
 
 log = logging.getLogger("ratchet.appservice")
 
@@ -51,9 +51,9 @@ CROSS_SIGNING_FILE = "appservice-cross-signing.json"
 DEVICE_PREFIX = "RATCHETAS"
 
 
-def new_device_id() -> str:
-    """A fresh device id: :data:`DEVICE_PREFIX` and 10 random capitals."""
-    return DEVICE_PREFIX + "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
+def new_device_id(prefix: str = DEVICE_PREFIX) -> str:
+    """A fresh device id: ``prefix`` (:data:`DEVICE_PREFIX`) and 10 random capitals."""
+    return prefix + "".join(secrets.choice(string.ascii_uppercase) for _ in range(10))
 
 
 async def create_device(client: Any, device_id: str, display_name: str, *, user_id: str | None = None) -> None:
@@ -95,8 +95,9 @@ async def open_bot_device(config: Config, storage: Storage, as_token: str) -> Ra
     else:
         strays = storage.crypto_stores()
         if strays:
+            named = ", ".join(strays[:5]) + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")
             raise SessionError(
-                f"{storage} holds a crypto store ({', '.join(strays)}) but no stored login (credentials.json); "
+                f"{storage} holds a crypto store ({named}) but no stored login (credentials.json); "
                 "restore it, or move the store away to start as a new device on purpose"
             )
         device_id = new_device_id()
@@ -141,29 +142,36 @@ async def ensure_cross_signed(client: RatchetClient, storage: Storage, user_id: 
     with them, unless the server shows that already. Failures are logged, never fatal (the bridge still works; only
     clients that exclude unsigned devices refuse the bot)."""
     try:
-        await _cross_sign(client, storage, user_id, device_id)
+        seeds_file = storage.private_file(CROSS_SIGNING_FILE)
+        text = seeds_file.read_text()
+        if text:
+            seeds = CrossSigningSeeds.from_secrets(json.loads(text))
+        else:
+            seeds = CrossSigningSeeds.generate()
+            seeds_file.write_text(json.dumps(seeds.to_secrets()))  # kept before anything is published
+        await cross_sign(client, seeds, user_id, device_id)
     except (MatrixRequestError, ValueError, KeyError) as exc:
         log.error("appservice: could not cross-sign device %s: %s", device_id, exc)
 
 
-async def _cross_sign(client: RatchetClient, storage: Storage, user_id: str, device_id: str) -> None:
+async def cross_sign(client: RatchetClient, seeds: CrossSigningSeeds, user_id: str, device_id: str) -> bool:
+    """Publish ``user_id``'s cross-signing keys made from ``seeds`` unless the server has them, and sign the
+    client's device ``device_id`` with them unless it is signed already; True if anything was uploaded.
+
+    Raises MatrixRequestError, or ValueError when the server does not list the device's keys or refuses a signature.
+    """
     assert client.olm is not None
-    seeds_file = storage.private_file(CROSS_SIGNING_FILE)
-    text = seeds_file.read_text()
-    if text:
-        seeds = CrossSigningSeeds.from_secrets(json.loads(text))
-    else:
-        seeds = CrossSigningSeeds.generate()
-        seeds_file.write_text(json.dumps(seeds.to_secrets()))  # kept before anything is published
     keys = CrossSigningKeys.from_seeds(user_id, seeds)
     own = await query_own_keys(client, user_id)
+    uploaded = False
     if not own.matches(keys):
         upload = keys.device_signing_upload_body()
         await request_json(client, "POST", api_path("keys", "device_signing", "upload"), upload)
         log.info("appservice: published cross-signing keys for %s (master %s)", user_id, keys.master_public)
         own = await query_own_keys(client, user_id)
+        uploaded = True
     if own.device_signed(device_id):
-        return
+        return uploaded
     device = own.devices.get(device_id)
     ours = client.olm.account.identity_keys["ed25519"]
     if device is None or (device.get("keys") or {}).get(f"ed25519:{device_id}") != ours:
@@ -176,3 +184,4 @@ async def _cross_sign(client: RatchetClient, storage: Storage, user_id: str, dev
     if failures:
         raise ValueError(f"the homeserver refused the signatures: {json.dumps(failures)[:300]}")
     log.info("appservice: device %s is cross-signed by %s's self-signing key", device_id, user_id)
+    return True

@@ -18,13 +18,16 @@ import hashlib
 import logging
 import time
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.appservice.registration import Namespaces
 from bot.content.text import text_content
-from bot.errors import MatrixError, MatrixRequestError
+from bot.errors import MatrixError, MatrixRequestError, SessionError
 from bot.matrix.idempotency import next_txn_id
 from bot.matrix.requests import api_path, request_json
+
+if TYPE_CHECKING:
+    from bot.appservice.ghost_devices import GhostDevices
 
 __all__ = ["Ghost", "Ghosts"]
 
@@ -48,6 +51,9 @@ class Ghosts:
         self._ghosts: dict[str, Ghost] = {}
         #: Rooms seen unencrypted (room id -> when), for a bot without a device.
         self._clear_rooms: dict[str, float] = {}
+        #: The ghosts' own devices (``appservice.ghost_devices``); None: the bot's device encrypts for them.
+        self.devices: GhostDevices | None = None
+        self._fallback_logged: set[str] = set()
 
     def get(self, name: str) -> Ghost:
         """The ghost ``name``: a full user id, a localpart with the prefix, or the part after the prefix.
@@ -74,8 +80,9 @@ class Ghosts:
     async def seal(
         self, user_id: str, room_id: str, event_type: str, content: dict[str, Any]
     ) -> tuple[str, dict[str, Any]]:
-        """The event a ghost sends into ``room_id``: encrypted by the bridge bot's device if the room is encrypted
-        (docs/appservice.md, "Encryption"), else as it is.
+        """The event a ghost sends into ``room_id``: if the room is encrypted, encrypted by the ghost's own device
+        (:mod:`bot.appservice.ghost_devices`), or by the bridge bot's device without ghost devices or when the
+        homeserver refuses the ghost one (docs/appservice.md, "Encryption"); else as it is.
 
         Raises :class:`~bot.errors.MatrixError` rather than post in the clear into an encrypted room the bot cannot
         encrypt for (the bot is not in it, or has no device).
@@ -87,6 +94,16 @@ class Ghosts:
             if room is not None:
                 if not room.encrypted:
                     return event_type, content
+                if self.devices is not None:
+                    try:
+                        return await self.devices.encrypt(user_id, room_id, event_type, content)
+                    except (SessionError, MatrixRequestError) as exc:
+                        if user_id not in self._fallback_logged:
+                            self._fallback_logged.add(user_id)
+                            log.error(
+                                "%s has no device of its own (%s); its messages are encrypted by the bridge bot's "
+                                "device (clients show them with a warning)", user_id, exc,
+                            )
                 return await client.encrypt_for_room(room_id, event_type, content)
         if await self._room_encrypted(user_id, room_id):
             raise MatrixError(

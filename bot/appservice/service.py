@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from bot.appservice.device import open_bot_device
+from bot.appservice.ghost_devices import GhostDevices
 from bot.appservice.ghosts import Ghost, Ghosts
 from bot.appservice.registration import AppserviceTokens, Namespaces, resolve_tokens
 from bot.appservice.server import MAX_TRANSACTION, AppserviceServer, Query
@@ -34,7 +35,9 @@ class Appservice:
     """One appservice: its bot's client (acting with the as_token), its ghosts and, once bound to the runtime's
     state, its transaction source and HTTP server. What bridges see of it is :meth:`ghost` and the query hooks."""
 
-    def __init__(self, config: Config, tokens: AppserviceTokens, client: RatchetClient) -> None:
+    def __init__(
+        self, config: Config, tokens: AppserviceTokens, client: RatchetClient, storage: Storage | None = None
+    ) -> None:
         assert config.appservice is not None
         self.config = config
         self.section = config.appservice
@@ -42,6 +45,13 @@ class Appservice:
         self.client = client
         self.namespaces = Namespaces.from_config(config)
         self.ghosts = Ghosts(client, self.namespaces)
+        self.storage = storage
+        if storage is not None and client.olm is not None and self.section.ghost_devices:
+            self.ghosts.devices = GhostDevices(
+                client, storage, as_token=tokens.as_token, pickle_key=config.pickle_key,
+                device_name=config.device_name, is_ghost=self.namespaces.is_ghost, is_ours=self.namespaces.is_ours,
+                limit=self.section.ghost_device_cache,
+            )
         self.source: TransactionSource | None = None
         self.server: AppserviceServer | None = None
         self._ping_task: asyncio.Task[None] | None = None
@@ -97,14 +107,18 @@ class Appservice:
             client = await open_bot_device(config, storage, tokens.as_token)
         elif section.encryption:
             log.warning("appservice %s: no encryption (receive_ephemeral is off): use unencrypted rooms", section.id)
-        return cls(config, tokens, client)
+        return cls(config, tokens, client, storage if client.olm is not None else None)
 
     def bind(self, state: StateStore, invite_allowed: Callable[[str], bool]) -> TransactionSource:
         """Create the transaction source on the runtime's ``state`` and the server; returns the source."""
         self.source = TransactionSource(self.client, state, self.ghosts, invite_allowed=invite_allowed)
         self.client.room_loader = self.source.ensure_room
         if self.encrypted:
-            self.client.deviceless_user = self.ghosts.is_ghost  # their joins need no new Megolm session
+            # The appservice's own users never get the bot's (or a ghost's) room keys: the bot reads, ghosts write.
+            self.client.deviceless_user = self.ghosts.is_ghost  # so their joins need no new Megolm session
+            self.client.key_share_skip = self.namespaces.is_ours
+        if self.ghosts.devices is not None:
+            self.ghosts.devices.bind(state)
         listener = HttpListener(self.section.host, self.section.port, max_body=MAX_TRANSACTION)
         self.server = AppserviceServer(listener, self._tokens.hs_token, self.source)
         return self.source
@@ -165,3 +179,5 @@ class Appservice:
                 await self._ping_task
         if self.server is not None:
             await self.server.close()
+        if self.ghosts.devices is not None:
+            await self.ghosts.devices.close()

@@ -174,6 +174,8 @@ class TransactionSource:
         batch = await batch_from_body(self.client, body)
         if device is not None:
             self._note_key_counts(body, device)
+        if self.ghosts.devices is not None:  # the ghosts' own devices: their to-device messages and key counts
+            await self.ghosts.devices.feed(txn.to_device, txn.extensions)
         for room in batch.rooms:
             room.events = [e for e in room.events if not self.ghosts.is_ghost(getattr(e, "sender", ""))]
         batch.token = txn.txn_id
@@ -282,3 +284,5 @@ class TransactionSource:
         sessions and send queued to-device messages. Failures are logged."""
         if self.client.olm is not None:
             await self._keys.maintain_keys()
+        if self.ghosts.devices is not None:
+            await self.ghosts.devices.maintain()

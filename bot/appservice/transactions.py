@@ -34,6 +34,7 @@ __all__ = [
     "TransactionError",
     "check_auth",
     "device_extensions",
+    "devices_mentioned",
     "ghost_invites",
     "own_joins",
     "parse_transaction",
@@ -363,6 +364,22 @@ def device_extensions(extensions: Mapping[str, Any], user_id: str, device_id: st
         found.changed = _user_ids(lists.get("changed"))
         found.left = _user_ids(lists.get("left"))
     return found
+
+
+def devices_mentioned(extensions: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``(user_id, device_id)`` pairs a transaction's MSC3202 key counts or fallback key types mention, in order
+    (each once): the appservice's devices whose key state it reports."""
+    found: dict[tuple[str, str], None] = {}
+    for keys in (_OTK_COUNT_KEYS, _FALLBACK_KEYS):
+        value = _first(extensions, keys)
+        if not isinstance(value, dict):
+            continue
+        for user_id, devices in value.items():
+            if isinstance(user_id, str) and isinstance(devices, dict):
+                for device_id in devices:
+                    if isinstance(device_id, str):
+                        found.setdefault((user_id, device_id), None)
+    return list(found)
 
 
 def to_device_for(messages: Iterable[Mapping[str, Any]], user_id: str, device_id: str) -> list[dict[str, Any]]:

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
     from bot.metrics import Metrics
 
-__all__ = ["KeySharePolicy", "RatchetClient", "make_appservice_client", "make_client"]
+__all__ = ["KeySharePolicy", "RatchetClient", "SendOnlyOlm", "make_appservice_client", "make_client"]
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +176,20 @@ class KeySharePolicy(Protocol):
         """Tell the policy's listeners about identity changes."""
 
 
+class SendOnlyOlm(RatchetOlm):
+    """The Olm machine of a device that only writes (an appservice ghost's, bot/appservice/ghost_devices.py): room
+    keys other devices send it are dropped instead of stored. Members share their room keys with every device in the
+    room, ghosts' too; the bridge bot's device is the one that reads, so a ghost's store keeps only its own sessions
+    (and, on PostgreSQL, never takes over a Megolm row the bot's device holds: the table is keyed by session id)."""
+
+    def _handle_room_key_event(self, sender: str, sender_key: str, payload: dict[Any, Any]) -> None:
+        log.debug("%s %s: dropped a room key from %s (this device does not read)", self.user_id, self.device_id, sender)
+        return None
+
+    def _handle_forwarded_room_key_event(self, sender: str, sender_key: str, payload: dict[Any, Any]) -> None:
+        return None
+
+
 class RatchetClient(AsyncClient):
     """nio's AsyncClient with jittered exponential backoff, trust-aware key sharing and fallback keys."""
 
@@ -198,8 +212,17 @@ class RatchetClient(AsyncClient):
         #: Appservice mode: loads a room the client has not seen yet (no ``/sync`` brought it: nothing was pushed
         #: since the start), so that sending into it knows whether it is encrypted and who is in it.
         self.room_loader: Callable[[str], Awaitable[None]] | None = None
-        #: Users whose membership changes need no new Megolm session (an appservice's ghosts without devices).
+        #: Users whose membership changes need no new Megolm session (an appservice's ghosts: they never get the
+        #: bot's room keys, see :attr:`key_share_skip`).
         self.deviceless_user: Callable[[str], bool] | None = None
+        #: Appservice mode: users whose devices never get this device's room keys (the appservice's own users: the
+        #: bot reads, the ghosts only write). None: everyone in the room.
+        self.key_share_skip: Callable[[str], bool] | None = None
+        #: Called with ``(room_id, user_id)`` for each membership change seen in a timeline (appservice mode: the
+        #: ghosts' devices rotate their Megolm sessions as the bot's does).
+        self.membership_listeners: list[Callable[[str, str], None]] = []
+        #: False for a device that only writes (an appservice ghost's): room keys sent to it are dropped, not stored.
+        self.reads_room_keys = True
 
     async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
         return backoff_delay(got_timeouts, cap=self.config.max_timeout_retry_wait_time)
@@ -287,10 +310,11 @@ class RatchetClient(AsyncClient):
         if isinstance(event, (UnknownBadEvent, BadEvent)) or not is_state_shaped(event):
             return decrypted
         if isinstance(event, RoomMemberEvent):
-            if room.handle_membership(event) and not (
-                self.deviceless_user is not None and self.deviceless_user(event.state_key)
-            ):
-                self._invalidate_session_for_member_event(room_id)
+            if room.handle_membership(event):
+                for listener in self.membership_listeners:
+                    listener(room_id, event.state_key)
+                if not (self.deviceless_user is not None and self.deviceless_user(event.state_key)):
+                    self._invalidate_session_for_member_event(room_id)
         else:
             room.handle_event(event)
         return decrypted
@@ -314,7 +338,8 @@ class RatchetClient(AsyncClient):
         self.store = self.config.store(
             self.user_id, self.device_id, self.store_path, self.config.pickle_key, self.config.store_name
         )
-        self.olm = RatchetOlm(self.user_id, self.device_id, self.store)
+        olm_class = RatchetOlm if self.reads_room_keys else SendOnlyOlm
+        self.olm = olm_class(self.user_id, self.device_id, self.store)
         self.encrypted_rooms = self.store.load_encrypted_rooms()
         if self.config.store_sync_tokens:
             self.loaded_sync_token = self.store.load_sync_token()
@@ -502,7 +527,7 @@ class RatchetClient(AsyncClient):
         """nio's list of devices lacking an Olm session, without those the trust policy excludes from the
         session being shared (no one-time key of theirs is claimed for nothing)."""
         missing = super().get_missing_sessions(room_id)
-        session = self.olm.outbound_group_sessions.get(room_id) if self.olm is not None and self.trust else None
+        session = self.olm.outbound_group_sessions.get(room_id) if self.olm is not None else None
         if session is None or session.shared:
             return missing
         filtered = {u: [d for d in devs if (u, d) not in session.users_ignored] for u, devs in missing.items()}
@@ -518,6 +543,8 @@ class RatchetClient(AsyncClient):
         """
         olm, trust = self.olm, self.trust
         room = self.rooms.get(room_id)
+        if olm is not None and room is not None and room.encrypted and room_id not in self.sharing_session:
+            self._skip_own_users(room_id, room, olm)
         if trust is None or olm is None or room is None or not room.encrypted or room_id in self.sharing_session:
             return await super().share_group_session(room_id, ignore_unverified_devices=ignore_unverified_devices)
         lock = self._share_locks.setdefault(room_id, asyncio.Lock())
@@ -526,6 +553,23 @@ class RatchetClient(AsyncClient):
             if contended and not olm.should_share_group_session(room_id):
                 return ShareGroupSessionResponse(room_id, set())  # a concurrent call just shared it
             return await self._share_by_policy(room_id, room, olm, trust)
+
+    def _skip_own_users(self, room_id: str, room: MatrixRoom, olm: RatchetOlm) -> None:
+        """Appservice mode: the session about to be shared is marked as not for the devices of
+        :attr:`key_share_skip`'s users (no one-time key claimed, no room key, no withheld notice for them)."""
+        skip = self.key_share_skip
+        if skip is None:
+            return
+        skipped = [u for u in room.users if skip(u)]
+        if not skipped:
+            return
+        session = olm.outbound_group_sessions.get(room_id)
+        if session is None or session.shared:
+            olm.create_outbound_group_session(room_id)
+            session = olm.outbound_group_sessions[room_id]
+        for user_id in skipped:
+            for device in olm.device_store.active_user_devices(user_id):
+                session.users_ignored.add((user_id, device.id))
 
     async def _share_by_policy(self, room_id: str, room, olm: RatchetOlm, trust: KeySharePolicy):
         unknown = [u for u in room.users if trust.wants_query(u)]
