@@ -29,7 +29,10 @@ change (MSC3202 device lists, then a key query before the next send).
 Bounded: at most ``appservice.ghost_device_cache`` machines are open at once; beyond that the least recently used
 one (not in the middle of a send) is closed, and reopened from its store when needed (a new Megolm session then:
 nio does not keep outbound sessions). Transactions' to-device messages for a ghost's device (MSC2409
-``to_user_id``/``to_device_id``) open its machine; so does a one-time-key count below half or a used fallback key.
+``to_user_id``/``to_device_id``) go to its machine when it is open. For a closed machine they are dropped: they are
+the room keys every member shares with every device in the room, which a ghost does not keep, and opening every
+ghost's store at each member's session rotation would cost one store load per ghost in the room. A ghost's
+one-time-key count below half, or its fallback key used, opens its machine to publish more.
 """
 
 from __future__ import annotations
@@ -349,6 +352,11 @@ class GhostDevices:
                 keys[user_id] = found
         lists = device_extensions(extensions, "", "")
         changed = set(lists.changed) | set(lists.left)
+        closed = [u for u in messages if u not in self._machines and u not in keys]
+        if closed:  # room keys members share with a ghost it would drop anyway: not worth opening its machine
+            log.debug("to-device messages for %d closed ghost machine(s) dropped", len(closed))
+            for user_id in closed:
+                del messages[user_id]
         for user_id in dict.fromkeys([*messages, *keys]):
             try:
                 machine = await self.machine(user_id)
