@@ -73,8 +73,9 @@ GHOST_DEVICE_PREFIX = "RATCHETGH"
 GHOST_KEYS_FILE = "appservice-ghost-keys.json"
 #: The runtime state key of a ghost's device id (followed by the ghost's user id).
 STATE_PREFIX = "appservice.ghost_device:"
-#: Below this many one-time keys on the server a ghost's device gets more (half of what nio keeps published).
-LOW_ONE_TIME_KEYS = 25
+#: Below this many one-time keys on the server a ghost's closed machine is opened to publish more (an open one tops
+#: up at every count below half of the 50 nio keeps, as the bot's device does; the fallback key covers the rest).
+LOW_ONE_TIME_KEYS = 10
 
 
 def ghost_seeds(secret: bytes, user_id: str) -> CrossSigningSeeds:
@@ -348,7 +349,13 @@ class GhostDevices:
             if not self.is_ghost(user_id) or device_id != self.device_id(user_id):
                 continue
             found = device_extensions(extensions, user_id, device_id)
-            if user_id in self._machines or user_id in messages or _runs_low(found):
+            if user_id in self._machines:
+                keys[user_id] = found
+            elif _runs_low(found):
+                log.info(
+                    "appservice: %s's closed device %s reports one-time keys %s, unused fallback keys %s; opening it",
+                    user_id, device_id, found.one_time_key_counts, found.unused_fallback_key_types,
+                )
                 keys[user_id] = found
         lists = device_extensions(extensions, "", "")
         changed = set(lists.changed) | set(lists.left)
