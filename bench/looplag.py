@@ -86,8 +86,32 @@ class LagSampler:
     def window(self, t0: float, t1: float) -> list[float]:
         return [late for before, woke, late in self.all if woke >= t0 and before <= t1]
 
+    def window_outside_gc(self, t0: float, t1: float, pauses: list[tuple[float, float]]) -> list[float]:
+        """The window's samples whose wait overlaps no full garbage collection."""
+        return [late for before, woke, late in self.all if woke >= t0 and before <= t1
+                and not any(start <= woke and start + length >= before for start, length in pauses)]
+
+
+class FullCollections:
+    """Records CPython's full (generation 2) garbage collections: (start, duration). A collection stops every thread,
+    so it stalls the event loop wherever the work runs; the report separates those stalls from the work's own."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float]] = []
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        elif info.get("generation") == 2:
+            self.pauses.append((self._start, time.perf_counter() - self._start))
+
+    def window(self, t0: float, t1: float) -> list[tuple[float, float]]:
+        return [(s, d) for s, d in self.pauses if s + d >= t0 and s <= t1]
+
     @contextlib.asynccontextmanager
-    async def measure(self):
+    async def measure(self, collections: FullCollections):
         gc.collect()
         await asyncio.sleep(0.3)  # settle: whatever ran before is not this item's
         t0 = time.perf_counter()
@@ -98,9 +122,12 @@ class LagSampler:
             self.duration = t1 - t0
             await asyncio.sleep(self.interval * 3)  # the sample that straddles the end
             self.samples = self.window(t0, t1)
+            self.pauses = collections.window(t0, t1)
+            self.outside_gc = self.window_outside_gc(t0, t1, self.pauses)
 
 
-def lag_figures(lags: list[float], duration: float) -> dict[str, Any]:
+def lag_figures(lags: list[float], duration: float, pauses: list[tuple[float, float]] | None = None,
+                outside_gc: list[float] | None = None) -> dict[str, Any]:
     ms = [v * 1000 for v in lags]
     hist = [0] * (len(EDGES_MS) + 1)
     for v in ms:
@@ -115,6 +142,10 @@ def lag_figures(lags: list[float], duration: float) -> dict[str, Any]:
         "max_ms": max(ms) if ms else float("nan"),
         "duration_s": duration,
         "hist": hist,
+        "gc2_n": len(pauses or []),
+        "gc2_max_ms": max((d * 1000 for _, d in pauses or []), default=0.0),
+        "max_outside_gc_ms": max((v * 1000 for v in outside_gc or []), default=0.0),
+        "p99_outside_gc_ms": percentile([v * 1000 for v in outside_gc or []], 99),
     }
 
 
@@ -164,13 +195,16 @@ async def _run(variant: str, homeserver: str, base: Path, meta: dict[str, Any], 
     out: dict[str, Any] = {"variant": variant, "items": {}}
     sampler = LagSampler()
     sampler.start()
+    collections = FullCollections()
 
     async def item(name: str, work_fn) -> Any:
-        async with sampler.measure():
+        async with sampler.measure(collections):
             result = await work_fn()
-        out["items"][name] = lag_figures(sampler.samples, sampler.duration)
-        log(f"looplag {variant} {name}: {sampler.duration:.2f}s, p50 {out['items'][name]['p50_ms']:.1f} ms, "
-            f"p99 {out['items'][name]['p99_ms']:.1f} ms, max {out['items'][name]['max_ms']:.1f} ms")
+        out["items"][name] = lag_figures(sampler.samples, sampler.duration, sampler.pauses, sampler.outside_gc)
+        fig = out["items"][name]
+        log(f"looplag {variant} {name}: {sampler.duration:.2f}s, p50 {fig['p50_ms']:.1f} ms, "
+            f"p99 {fig['p99_ms']:.1f} ms, max {fig['max_ms']:.1f} ms; {fig['gc2_n']} full GCs (longest "
+            f"{fig['gc2_max_ms']:.0f} ms), max outside them {fig['max_outside_gc_ms']:.1f} ms")
         return result
 
     if "idle" in items:
@@ -386,7 +420,9 @@ def _summaries(runs: list[dict[str, Any]]) -> dict[str, Any]:
         per = [r["items"][name] for r in runs if name in r.get("items", {})]
         if not per:
             continue
-        out[name] = {key: summary([p[key] for p in per]) for key in ("p50_ms", "p99_ms", "max_ms", "duration_s")}
+        keys = ("p50_ms", "p99_ms", "max_ms", "duration_s", "gc2_n", "gc2_max_ms", "max_outside_gc_ms",
+                "p99_outside_gc_ms")
+        out[name] = {key: summary([p[key] for p in per if key in p]) for key in keys}
         out[name]["hist"] = [sum(p["hist"][i] for p in per) for i in range(len(EDGES_MS) + 1)]
     return out
 

@@ -385,3 +385,33 @@ async def test_first_scan_after_start_up_finds_the_same_sessions(tmp_path, monke
     assert turns >= 20 // 3, "the loop ran between slices of the scan"
     done()
     assert backup._added_mark == 0
+
+
+async def test_restore_into_ratchets_sqlite_store_persists_every_session(tmp_path, monkeypatch):
+    """The real store (Ratchet's lazy SQLite store): sessions written in short transactions are all in the database,
+    readable by a new client, and the database's own ``bind_ctx`` is back afterwards."""
+    from bot.matrix.client import make_client
+
+    monkeypatch.setattr(key_backup, "RESTORE_BATCH", 5)
+    key = BackupKey.generate()
+    body, exported = _backup(key, rooms=3, per_room=6, bad=1)
+    (tmp_path / "crypto").mkdir()
+    client = make_client("http://127.0.0.1:9", "@bot:x", tmp_path / "crypto", "pickle-key-0123456789", "DEV")
+    client.restore_login("@bot:x", "DEV", "tok")
+
+    async def send(method, path, data=None, headers=None):
+        return _Response(body)
+
+    monkeypatch.setattr(client, "send", send)
+    database = client.store.database
+    result = await KeyBackup(client, key, "1", tmp_path / "kb.db").restore()
+    assert (result.total, result.imported, result.failed) == (19, 18, 1)
+    assert "bind_ctx" not in vars(database), "the database's bind_ctx is its class's again"
+    await client.close()
+    again = make_client("http://127.0.0.1:9", "@bot:x", tmp_path / "crypto", "pickle-key-0123456789", "DEV")
+    again.restore_login("@bot:x", "DEV", "tok")
+    store = again.olm.inbound_group_store
+    for (room_id, session_id), session_key in exported.items():
+        found = [s for s in store if s.id == session_id]
+        assert len(found) == 1 and found[0].room_id == room_id and found[0].export_session(0) == session_key
+    await again.close()

@@ -350,7 +350,7 @@ class KeyBackup:
             raise KeyBackupError("the client has no crypto store loaded")
         own_key = olm.account.identity_keys["curve25519"]  # restored sessions count as forwarded by the bot itself
         body = await request_json(self.client, "GET", _keys_path(self.version), raw=True)
-        entries = await asyncio.to_thread(backup_entries, body)
+        entries = await asyncio.to_thread(backup_entries, body, raw=True, yield_gil=True)
         del body
         if entries is None:
             raise KeyBackupError("the homeserver's key backup answer has no 'rooms'")
@@ -362,8 +362,10 @@ class KeyBackup:
 
         def prepare(start: int) -> list[tuple[str, str, InboundGroupSession | Exception]]:
             out: list[tuple[str, str, InboundGroupSession | Exception]] = []
-            for room_id, session_id, entry in entries[start : start + RESTORE_BATCH]:
+            for room_id, session_id, text in entries[start : start + RESTORE_BATCH]:
+                time.sleep(0)  # let go of the GIL between keys: the event loop gets it back in µs, not 5 ms
                 try:
+                    entry = json.loads(text)
                     data = backup_key.decrypt_session((entry or {}).get("session_data") or {})
                     out.append((room_id, session_id, import_session(room_id, session_id, data, via=own_key)))
                 except (BackupError, KeyBackupError) as exc:
@@ -420,7 +422,7 @@ class KeyBackup:
 #: Keys decrypted per worker-thread call during a restore.
 RESTORE_BATCH = 1000
 #: A restore stores sessions in transactions of at most this long, letting the event loop run in between.
-RESTORE_SLICE_SECONDS = 0.005
+RESTORE_SLICE_SECONDS = 0.002
 
 
 @dataclass(frozen=True)
@@ -430,23 +432,64 @@ class _Abort:
     exc: BaseException
 
 
+_UNSET = object()
+
+
 def _store_transaction(olm: Any) -> Callable[[], Any]:
-    """One database transaction around many session writes (nio commits each statement on its own otherwise)."""
-    database = getattr(getattr(olm, "store", None), "database", None)
+    """One database transaction around many session writes (nio commits each statement on its own otherwise), with
+    the store's models bound to its database once for all of them.
+
+    Every method of nio's store binds its ten models to the database again (``use_database``: peewee's
+    ``bind_ctx``, which walks the models' graph): two thirds of a restore's time went there (profiled). Inside the
+    transaction a nested ``bind_ctx`` of models already bound to this database is skipped (it would change nothing,
+    on entering or leaving); the database object gets its own ``bind_ctx`` back before the loop runs anything else.
+    """
+    store = getattr(olm, "store", None)
+    database = getattr(store, "database", None)
     atomic = getattr(database, "atomic", None)
-    if callable(atomic):
+    models = getattr(store, "models", None)
+    if not callable(atomic):
+        return contextlib.nullcontext
+    if not callable(getattr(database, "bind_ctx", None)) or not models:
         return atomic
-    return contextlib.nullcontext
+
+    @contextlib.contextmanager
+    def transaction() -> Iterator[None]:
+        original = database.bind_ctx
+
+        def bind_ctx(bound: Any, *args: Any, **kwargs: Any) -> Any:
+            if not args and not kwargs and all(m._meta.database is database for m in bound):
+                return contextlib.nullcontext()
+            return original(bound, *args, **kwargs)
+
+        own = vars(database).get("bind_ctx", _UNSET)
+        with original(models), atomic():
+            database.bind_ctx = bind_ctx
+            try:
+                yield
+            finally:
+                if own is _UNSET:
+                    del database.bind_ctx  # the class's method again
+                else:
+                    database.bind_ctx = own
+
+    return transaction
 
 
-def backup_entries(body: bytes | str) -> list[tuple[str, str, Any]] | None:
+def backup_entries(
+    body: bytes | str, *, raw: bool = False, yield_gil: bool = False
+) -> list[tuple[str, str, Any]] | None:
     """``(room id, session id, KeyBackupData)`` of every key in a ``GET /room_keys/keys`` answer, in its order; None
     if the answer is not a JSON object with a ``rooms`` object.
 
     The same result as walking ``json.loads(body)["rooms"]`` (for an answer without duplicate keys; with them, the
     entries of every copy are kept, a later one winning per key), but parsed one key at a time: a single
     ``json.loads`` of a 40 MB answer holds the GIL for its whole duration (measured: 160 ms), so the event loop
-    would stall even with the parse in a worker thread.
+    would stall even with the parse in a worker thread. With ``raw`` each entry is its JSON text (for
+    ``json.loads`` later): 50,000 strings are nothing to the garbage collector, 50,000 parsed entries are 250,000
+    objects that every full collection walks while the restore runs. ``yield_gil``: let go of the GIL between keys
+    (for a worker thread; a thread running Python code otherwise keeps it up to 5 ms, the switch interval, each
+    time the event loop's thread wants it back).
     """
     try:
         text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
@@ -457,8 +500,10 @@ def backup_entries(body: bytes | str) -> list[tuple[str, str, Any]] | None:
 
     def on_session(room_id: str) -> Callable[[str, int], int]:
         def member(session_id: str, i: int) -> int:
+            if yield_gil and len(found) % 20 == 0:
+                time.sleep(0)  # in a worker thread: let the event loop have the GIL every few keys
             value, end = _DECODER.raw_decode(text, i)
-            found[(room_id, session_id)] = value
+            found[(room_id, session_id)] = text[i:end] if raw else value
             return end
 
         return member
