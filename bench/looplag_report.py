@@ -52,13 +52,13 @@ def verdict(item: dict[str, Any], p99_target: float, max_target: float, min_runs
 def section(r: dict[str, Any]) -> list[str]:
     ll = r.get("looplag") or {}
     if ll.get("failed"):
-        return ["", "## 5. Event-loop lag under heavy work", "", f"The scenario failed: {ll['failed']}"]
+        return ["", "## Event-loop lag under heavy work", "", f"The scenario failed: {ll['failed']}"]
     if not ll.get("summary"):
         return []
     p = ll["params"]
     out = [
         "",
-        "## 5. Event-loop lag under heavy work (issue 20, target 2)",
+        "## Event-loop lag under heavy work (issue 20, target 2)",
         "",
         f"A task on the bot's event loop wakes every {p['interval_ms']:g} ms and records how late it woke; each piece "
         f"of work runs alone and its samples are its figures (ms: median over {p['repeats']} run(s), spread "
