@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -64,8 +65,10 @@ def _free_port() -> int:
 class Env:
     """The module's homeserver, the running bridge, the member and the encrypted room."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, database: str | None = None) -> None:
         self.base = base
+        #: PostgreSQL storage (the module runs once per engine), or None for SQLite files under data_dir.
+        self.database = database
         self.config = base / "bridge.yaml"
         self.registration = base / "registration.yaml"
         self.data = base / "data"
@@ -91,6 +94,8 @@ class Env:
                 "id": "ratchet-e2ee", "port": _free_port(), "ghost_prefix": "irc_", "ghost_device_cache": 2,
             },
         }
+        if self.database is not None:
+            data["database"] = self.database
         self.config.write_text(yaml.safe_dump(data, sort_keys=False))
 
     def set_ghost_devices(self, enabled: bool) -> None:
@@ -109,13 +114,23 @@ class Env:
             self.bridge = None
 
     def device_id(self) -> str:
-        return json.loads((self.data / "credentials.json").read_text())["device_id"]
+        if self.database is None:
+            return json.loads((self.data / "credentials.json").read_text())["device_id"]
+        logs = "".join(log.read_text() for log in sorted(self.base.glob("bridge-*.log")))
+        found = re.findall(r"(?:created|using) the bot's device (\w+)", logs)
+        assert found and len(set(found)) == 1, found
+        return found[0]
 
 
-@pytest.fixture(scope="module")
-async def env(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+async def env(request, tmp_path_factory):
+    """The whole module runs once with SQLite storage and once with PostgreSQL (the bot's and the ghosts' crypto
+    stores, device ids and state in the database)."""
     base = tmp_path_factory.mktemp("appservice-e2ee")
-    e = Env(base)
+    database = None
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres").create_database("appservice_e2ee")
+    e = Env(base, database)
     hs_port = _free_port()
     e.write_config(f"http://127.0.0.1:{hs_port}")
     done = await asyncio.to_thread(
@@ -150,8 +165,9 @@ def _was_encrypted(event) -> bool:
 async def test_the_bridge_bot_has_a_cross_signed_device_created_with_msc4190(env):
     device_id = env.device_id()
     assert device_id.startswith("RATCHETAS")
-    creds = json.loads((env.data / "credentials.json").read_text())
-    assert creds["access_token"] == "appservice:as_token"  # the as_token is not copied into the stored login
+    if env.database is None:
+        creds = json.loads((env.data / "credentials.json").read_text())
+        assert creds["access_token"] == "appservice:as_token"  # the as_token is not copied into the stored login
     client = env.member.client
     client.users_for_key_query.add(BOT)
     await client.keys_query()
