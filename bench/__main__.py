@@ -1,4 +1,4 @@
-"""``make bench`` / ``python -m bench``: run the four scenarios and write ``bench/results/``.
+"""``make bench`` / ``python -m bench``: run the scenarios and write ``bench/results/``.
 
 ``BENCH_QUICK=1`` is the smoke run (about 4 minutes once the caches exist); ``--only offline,startup`` runs a subset
 (the others are kept from the previous ``results.json`` when it exists, so a report can be completed scenario by
@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.common import QUICK, RESULTS, log, write_json
 
-SCENARIOS = ("offline", "roundtrip", "startup", "load")
+SCENARIOS = ("offline", "roundtrip", "startup", "load", "looplag", "pg-offline", "pg-startup")
 
 
 def _environment() -> dict[str, Any]:
@@ -77,6 +77,18 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import load
 
                 results["load"] = load.scenario()
+            elif name == "looplag":
+                from bench import looplag
+
+                results["looplag"] = looplag.scenario()
+            elif name == "pg-offline":  # PostgreSQL vs SQLite (bench/postgres.py)
+                from bench import postgres
+
+                results["pg-offline"] = postgres.offline_scenario()
+            elif name == "pg-startup":
+                from bench import postgres
+
+                results["pg-startup"] = postgres.startup_scenario()
         except Exception as exc:  # one broken scenario must not lose the others
             log(f"scenario {name} failed: {exc!r}")
             results[name] = {"failed": f"{type(exc).__name__}: {exc}"[:3000]}
@@ -94,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
 
         png = write_plot(RESULTS / "results.json", RESULTS / "bench.png")
         log(f"wrote {png}" if png else "no plot (see above)")
+        if results.get("looplag", {}).get("summary"):
+            from bench.looplag_report import write_looplag_plot
+
+            png = write_looplag_plot(RESULTS / "results.json", RESULTS / "looplag.png")
+            log(f"wrote {png}" if png else "no loop-lag plot (see above)")
     return 0
 
 

@@ -16,7 +16,7 @@ from bench.common import RESULTS, ROOT, log
 from bench.report import _num, _spread, _table, write_report
 
 
-def section(r: dict[str, Any], heading: str = "## 5. PostgreSQL vs SQLite") -> list[str]:
+def section(r: dict[str, Any], heading: str = "## PostgreSQL vs SQLite (pg-offline, pg-startup)") -> list[str]:
     """The PostgreSQL-vs-SQLite tables (scenarios ``pg-offline`` and ``pg-startup``, ``bench/postgres.py``), as in
     ``results.md``; also what ``python -m bench.postgres_report --docs`` puts into docs/performance.md."""
     off = r.get("pg-offline") or {}

@@ -247,6 +247,12 @@ def write_report(r: dict[str, Any], path: Path) -> Path:
                   + ", ".join(f"{n} {_spread(s)} ms" for n, s in cpu.items()) + "."]
         for name, why in (ld.get("errors") or {}).items():
             lines.append(f"- {name}: {why[:500]}")
+    from bench.postgres_report import section as postgres_section  # scenario 5, bench/postgres.py
+
+    lines += postgres_section(r)
+    from bench.looplag_report import section as looplag_section
+
+    lines += looplag_section(r)
     timings = r.get("timings_s") or {}
     if timings:
         lines += ["", "Wall time of this run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."]
