@@ -92,6 +92,22 @@ class LagSampler:
                 and not any(start <= woke and start + length >= before for start, length in pauses)]
 
 
+    @contextlib.asynccontextmanager
+    async def measure(self, collections: FullCollections):
+        gc.collect()
+        await asyncio.sleep(0.3)  # settle: whatever ran before is not this item's
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            t1 = time.perf_counter()
+            self.duration = t1 - t0
+            await asyncio.sleep(self.interval * 3)  # the sample that straddles the end
+            self.samples = self.window(t0, t1)
+            self.pauses = collections.window(t0, t1)
+            self.outside_gc = self.window_outside_gc(t0, t1, self.pauses)
+
+
 class FullCollections:
     """Records CPython's full (generation 2) garbage collections: (start, duration). A collection stops every thread,
     so it stalls the event loop wherever the work runs; the report separates those stalls from the work's own."""
@@ -109,21 +125,6 @@ class FullCollections:
 
     def window(self, t0: float, t1: float) -> list[tuple[float, float]]:
         return [(s, d) for s, d in self.pauses if s + d >= t0 and s <= t1]
-
-    @contextlib.asynccontextmanager
-    async def measure(self, collections: FullCollections):
-        gc.collect()
-        await asyncio.sleep(0.3)  # settle: whatever ran before is not this item's
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            t1 = time.perf_counter()
-            self.duration = t1 - t0
-            await asyncio.sleep(self.interval * 3)  # the sample that straddles the end
-            self.samples = self.window(t0, t1)
-            self.pauses = collections.window(t0, t1)
-            self.outside_gc = self.window_outside_gc(t0, t1, self.pauses)
 
 
 def lag_figures(lags: list[float], duration: float, pauses: list[tuple[float, float]] | None = None,
