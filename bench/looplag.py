@@ -239,7 +239,8 @@ async def _run(variant: str, homeserver: str, base: Path, meta: dict[str, Any], 
             store = client2.store
             count = store.database.execute_sql("SELECT count(*) FROM megolminboundsessions").fetchone()[0]
             out["restore"]["rows"] = count
-            assert result.imported == result.total == count == SCALE[1], out["restore"]
+            # the start-up scenario's runs add a few keys to this backup (its pongs), so at least 50,000
+            assert result.imported == result.total == count >= SCALE[1], out["restore"]
         finally:
             await client2.close()
 
