@@ -2,7 +2,8 @@
 
 :class:`IrcServer` runs `miniircd <https://pypi.org/project/miniircd/>`_ (pure Python, from the ``dev`` extra) as a
 subprocess on 127.0.0.1 and a free port; ``stop()``/``start()``/``restart()`` keep the port, so a bridge reconnects
-to the same address::
+to the same address (:class:`IrcServerProcess` is the process handling it shares with
+:class:`~bot.testing.ngircd.NgircdServer`)::
 
     with IrcServer(tmp_path) as ircd:
         peer = await IrcClient.connect(ircd.port, "carol")
@@ -27,8 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Self
 
-__all__ = ["IrcClient", "IrcLine", "IrcServer", "IrcServerError"]
+__all__ = ["IrcClient", "IrcLine", "IrcServer", "IrcServerError", "IrcServerProcess"]
 
 
 class IrcServerError(RuntimeError):
@@ -51,24 +53,26 @@ def _miniircd() -> list[str]:
     return [sys.executable, "-m", "miniircd"]
 
 
-class IrcServer:
-    """miniircd on 127.0.0.1 (see the module docstring). ``available()`` says whether miniircd is installed."""
+class IrcServerProcess:
+    """An IRC server as a subprocess on 127.0.0.1 and a free port, the part :class:`IrcServer` (miniircd) and
+    :class:`~bot.testing.ngircd.NgircdServer` share: :meth:`start` waits until it accepts connections (trying again
+    while a restart's port is still in TIME_WAIT), :meth:`stop` ends it, the port stays across restarts. A subclass
+    gives :meth:`_command` (and writes what the server needs before it starts there)."""
 
-    def __init__(self, base_dir: Path, port: int | None = None, *, ssl_pem: Path | None = None) -> None:
-        """``ssl_pem``: a PEM file with the certificate and key to serve TLS instead of plain text."""
-        self.ssl_pem = ssl_pem
+    #: The server's name in errors.
+    server_name = "the IRC server"
+    #: The server's output, in ``base_dir``.
+    log_name = "server.log"
+    #: The subprocess's stdin (None: inherited).
+    stdin: int | None = None
+
+    def __init__(self, base_dir: Path, port: int | None = None) -> None:
         self.base_dir = Path(base_dir)
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port()
         self.host = "127.0.0.1"
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log = None
-
-    @staticmethod
-    def available() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("miniircd") is not None
+        self._log: BinaryIO | None = None
 
     @property
     def running(self) -> bool:
@@ -76,7 +80,78 @@ class IrcServer:
 
     @property
     def log_path(self) -> Path:
-        return self.base_dir / "miniircd.log"
+        return self.base_dir / self.log_name
+
+    def _command(self) -> list[str]:
+        """The command line that runs the server in the foreground (called by :meth:`start`)."""
+        raise NotImplementedError
+
+    def start(self, timeout: float = 15) -> None:
+        """Start the server and wait until it accepts connections."""
+        if self.running:
+            return
+        cmd = self._command()
+        self._log = self.log_path.open("ab")
+        deadline = time.monotonic() + timeout
+        while True:
+            self._proc = subprocess.Popen(
+                cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=self.stdin, cwd=self.base_dir
+            )
+            while time.monotonic() < deadline:
+                if self._proc.poll() is not None:
+                    break  # died (port still in TIME_WAIT after a restart?): try again below
+                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+                time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise IrcServerError(f"{self.server_name} did not start on port {self.port}: {self.log_tail()}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stop the server (every client is disconnected)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class IrcServer(IrcServerProcess):
+    """miniircd on 127.0.0.1 (see the module docstring). ``available()`` says whether miniircd is installed."""
+
+    server_name = "miniircd"
+    log_name = "miniircd.log"
+
+    def __init__(self, base_dir: Path, port: int | None = None, *, ssl_pem: Path | None = None) -> None:
+        """``ssl_pem``: a PEM file with the certificate and key to serve TLS instead of plain text."""
+        self.ssl_pem = ssl_pem
+        super().__init__(base_dir, port)
+
+    @staticmethod
+    def available() -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec("miniircd") is not None
 
     @property
     def log_dir(self) -> Path:
@@ -102,10 +177,7 @@ class IrcServer:
                 out.append((nick, text))
         return out
 
-    def start(self, timeout: float = 15) -> None:
-        """Start the server and wait until it accepts connections."""
-        if self.running:
-            return
+    def _command(self) -> list[str]:
         self.log_dir.mkdir(exist_ok=True)
         cmd = [*_miniircd(), "--listen", self.host, "--ports", str(self.port), "--debug",
                "--channel-log-dir", str(self.log_dir)]
@@ -113,34 +185,7 @@ class IrcServer:
             cmd += ["--ssl-pem-file", str(self.ssl_pem)]
         if os.geteuid() == 0:
             cmd += ["--setuid", "root"]  # miniircd refuses to run as root unless told so (CI runs as root)
-        self._log = self.log_path.open("ab")
-        deadline = time.monotonic() + timeout
-        while True:
-            self._proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=self.base_dir)
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    break  # died (port still in TIME_WAIT after a restart?): try again below
-                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-                time.sleep(0.05)
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise IrcServerError(f"miniircd did not start on port {self.port}: {self.log_tail()}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Stop the server (every client is disconnected)."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        return cmd
 
     def restart(self, down_for: float = 0.0) -> None:
         """Stop, wait ``down_for`` seconds, start again on the same port."""
@@ -148,19 +193,6 @@ class IrcServer:
         if down_for:
             time.sleep(down_for)
         self.start()
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> IrcServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @dataclass(frozen=True)

@@ -15,26 +15,17 @@ As root, ngircd reads its config first, then drops to the ``nobody`` user.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from bot.testing.ircd import IrcServerError
+from bot.testing.ircd import IrcServerError, IrcServerProcess
 
 __all__ = ["NgircdServer"]
 
 #: Where Debian installs the daemon (not on a normal user's PATH).
 _CANDIDATES = ("/usr/sbin/ngircd", "/usr/local/sbin/ngircd")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ngircd_binary() -> str | None:
@@ -45,33 +36,24 @@ def ngircd_binary() -> str | None:
     return next((path for path in _CANDIDATES if os.access(path, os.X_OK)), None)
 
 
-class NgircdServer:
+class NgircdServer(IrcServerProcess):
     """ngircd on 127.0.0.1 (see the module docstring)."""
 
+    server_name = "ngircd"
+    log_name = "ngircd.log"
+    stdin = subprocess.DEVNULL
+
     def __init__(self, base_dir: Path, port: int | None = None, *, name: str = "irc.ratchet.test") -> None:
-        self.base_dir = Path(base_dir)
-        self.base_dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or _free_port()
-        self.host = "127.0.0.1"
+        super().__init__(base_dir, port)
         self.name = name
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log = None
 
     @staticmethod
     def available() -> bool:
         return ngircd_binary() is not None
 
     @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
     def config_path(self) -> Path:
         return self.base_dir / "ngircd.conf"
-
-    @property
-    def log_path(self) -> Path:
-        return self.base_dir / "ngircd.log"
 
     def write_config(self) -> Path:
         """Write the server's config (done by :meth:`start`); returns its path."""
@@ -97,55 +79,9 @@ class NgircdServer:
         self.config_path.chmod(0o644)  # readable for the "nobody" ngircd switches to when started as root (REHASH)
         return self.config_path
 
-    def start(self, timeout: float = 15) -> None:
-        """Start the server and wait until it accepts connections."""
-        if self.running:
-            return
+    def _command(self) -> list[str]:
         binary = ngircd_binary()
         if binary is None:
             raise IrcServerError("ngircd is not installed (apt-get install ngircd)")
         self.write_config()
-        self._log = self.log_path.open("ab")
-        deadline = time.monotonic() + timeout
-        while True:
-            self._proc = subprocess.Popen(
-                [binary, "--nodaemon", "--config", str(self.config_path)],
-                stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.base_dir,
-            )
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    break  # died (port still in TIME_WAIT after a restart?): try again below
-                with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
-                time.sleep(0.05)
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise IrcServerError(f"ngircd did not start on port {self.port}: {self.log_tail()}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Stop the server (every client is disconnected)."""
-        proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> NgircdServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return [binary, "--nodaemon", "--config", str(self.config_path)]
