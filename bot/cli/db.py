@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sqlite3
 import sys
 import time
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from bot.e2ee.control import CONTROL_SOCKET
+from bot.e2ee.control import CONTROL_SOCKET, control_socket_alive
 from bot.errors import PluginLoadError, SessionError, StorageError
 from bot.storage.backend import BACKUP_TRACKER_FILE, SqliteStorage
 from bot.storage.credentials import Credentials
@@ -219,20 +218,6 @@ class _Source:
     skipped: list[str] = field(default_factory=list)
 
 
-def _bot_running(data_dir: Path) -> bool:
-    """True if something answers on ``data_dir/control.sock`` (the running bot's control channel)."""
-    path = data_dir / CONTROL_SOCKET
-    if not (path.exists() or path.is_symlink()):
-        return False
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(1)
-        try:
-            sock.connect(str(path))
-        except OSError:
-            return False
-    return True
-
-
 def _sqlite_version(path: Path) -> int:
     with closing(_read_only(path)) as conn:
         return int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -247,7 +232,7 @@ def _inspect_source(config: Config, data_dir: Path, skip: Sequence[str]) -> _Sou
     """Check the SQLite data_dir (read only); MigrateError with code 2 for what the operator must fix."""
     if not data_dir.is_dir():
         raise MigrateError(f"{data_dir} is not a folder (--from: the bot's SQLite data_dir)", EXIT_CONFIG)
-    if _bot_running(data_dir):
+    if control_socket_alive(data_dir / CONTROL_SOCKET):
         raise MigrateError(
             f"the bot is running on {data_dir} (its control socket {data_dir / CONTROL_SOCKET} answers): stop it "
             "first; a running bot keeps writing keys and state the copy would miss"

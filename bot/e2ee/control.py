@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CONTROL_SOCKET", "ControlError", "ControlServer", "call", "verification_commands"]
+__all__ = ["CONTROL_SOCKET", "ControlError", "ControlServer", "call", "control_socket_alive", "verification_commands"]
 
 log = logging.getLogger("ratchet.control")
 
@@ -58,7 +58,7 @@ class ControlServer:
 
     async def start(self) -> ControlServer:
         if self.path.exists() or self.path.is_symlink():
-            if _alive(self.path):
+            if control_socket_alive(self.path):
                 raise ControlError(f"{self.path} is in use: is another instance of this bot running?")
             self.path.unlink()
         old = os.umask(0o177)
@@ -133,7 +133,9 @@ def _peer_uid(sock: socket.socket) -> int | None:
     return uid
 
 
-def _alive(path: Path) -> bool:
+def control_socket_alive(path: Path) -> bool:
+    """True if something answers on the control socket at ``path`` (a bot is running there); False if nothing is
+    there or nothing listens on it (a socket left behind by a bot that died)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1)
         try:
