@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.common import QUICK, RESULTS, log, write_json
 
-SCENARIOS = ("offline", "roundtrip", "startup", "load", "looplag", "pg-offline", "pg-startup")
+SCENARIOS = ("offline", "roundtrip", "startup", "load", "looplag", "pg-offline", "pg-startup", "appservice")
 
 
 def _environment() -> dict[str, Any]:
@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import postgres
 
                 results["pg-startup"] = postgres.startup_scenario()
+            elif name == "appservice":  # appservice vs relay mode (bench/appservice.py)
+                from bench import appservice
+
+                results["appservice"] = appservice.scenario()
         except Exception as exc:  # one broken scenario must not lose the others
             log(f"scenario {name} failed: {exc!r}")
             results[name] = {"failed": f"{type(exc).__name__}: {exc}"[:3000]}

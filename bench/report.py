@@ -253,6 +253,9 @@ def write_report(r: dict[str, Any], path: Path) -> Path:
     from bench.looplag_report import section as looplag_section
 
     lines += looplag_section(r)
+    from bench.appservice_report import section as appservice_section  # bench/appservice.py
+
+    lines += appservice_section(r)
     timings = r.get("timings_s") or {}
     if timings:
         lines += ["", "Wall time of this run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."]
