@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import stat
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from appservice_support import appservice_synapse, free_port, until
 
 from bot.testing.harness import BotProcess
 from bot.testing.member import Member
@@ -77,12 +77,6 @@ class Asbridge(Plugin):
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Env:
     """The module's homeserver, bridge config, member and room."""
 
@@ -96,7 +90,7 @@ class Env:
         self.server: SynapseServer
         self.member: Member
         self.room = ""
-        self.as_port = _free_port()
+        self.as_port = free_port()
         self.runs = 0
 
     def write_config(self, homeserver: str) -> None:
@@ -148,16 +142,9 @@ class Env:
 async def env(tmp_path_factory):
     base = tmp_path_factory.mktemp("appservice")
     e = Env(base)
-    hs_port = _free_port()
+    hs_port = free_port()
     e.write_config(f"http://127.0.0.1:{hs_port}")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bot", "appservice", "registration", "-c", str(e.config), "-o", str(e.registration)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    extra = {"app_service_config_files": [str(e.registration)]}
-    e.server = SynapseServer(base / "hs", port=hs_port, extra_config=extra)
+    e.server = await appservice_synapse(base / "hs", hs_port, e.config, e.registration)
     e.server.start()
     try:
         user = e.server.register_user("member", "member-password-1")
@@ -171,14 +158,6 @@ async def env(tmp_path_factory):
         if getattr(e, "member", None) is not None:
             await e.member.close()
         e.server.stop()
-
-
-async def _until(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    for _ in range(int(timeout / 0.1)):
-        if condition():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _request(method: str, url: str, body: bytes | None = None, token: str | None = None) -> tuple[int, dict]:
@@ -278,14 +257,14 @@ async def test_kill_9_mid_transaction_is_retried_and_nothing_is_posted_twice(env
     await bot.run_ready()
     retries = env.synapse_retries()
     crash = await env.member.send(env.room, "crash now")
-    await _until(lambda: bot.proc.poll() is not None, 30, "the bridge to kill itself")
+    await until(lambda: bot.proc.poll() is not None, 30, "the bridge to kill itself")
     assert bot.proc.returncode == -9
     assert not env.crash_marker.exists()
     # Restarted: Synapse sends the transaction again (the start-up ping makes it retry at once).
     await bot.run_ready()
     try:
         after = await env.member.send(env.room, "count after the crash")
-        await _until(lambda: any(line[0] == after for line in env.lines()), 30, "the next message")
+        await until(lambda: any(line[0] == after for line in env.lines()), 30, "the next message")
         await asyncio.sleep(1.5)
         runs = [line for line in env.lines() if line[0] == crash]
         assert len(runs) == 2, runs  # handled again after the kill...
@@ -303,7 +282,7 @@ async def test_stopped_mid_transaction_answers_503_and_the_retry_handles_it_once
     await bot.run_ready()
     retries = env.synapse_retries()
     slow = await env.member.send(env.room, "slow one")
-    await _until(lambda: not env.slow_marker.exists(), 30, "the slow handler to start")
+    await until(lambda: not env.slow_marker.exists(), 30, "the slow handler to start")
     started = asyncio.get_running_loop().time()
     assert await bot.stop() == 0  # SIGTERM: the handler is cut short after the grace, the transaction gets a 503
     assert asyncio.get_running_loop().time() - started < 10
@@ -312,7 +291,7 @@ async def test_stopped_mid_transaction_answers_503_and_the_retry_handles_it_once
     assert "received code=503" in env.server.log_path.read_text()  # Synapse saw the 503 and keeps the transaction
     await bot.run_ready()
     try:
-        await _until(lambda: any(line[0] == slow for line in env.lines()), 30, "the retried transaction")
+        await until(lambda: any(line[0] == slow for line in env.lines()), 30, "the retried transaction")
         await asyncio.sleep(1.0)
         assert [line[0] for line in env.lines()].count(slow) == 1
         assert env.synapse_retries() > retries
@@ -327,7 +306,7 @@ async def test_downtime_then_restart_delivers_everything_once_in_order(env):
     await asyncio.sleep(1.0)  # Synapse fails to deliver and backs off
     await bot.run_ready()
     try:
-        await _until(lambda: len(env.lines()) >= before + 3, 40, "the offline messages")
+        await until(lambda: len(env.lines()) >= before + 3, 40, "the offline messages")
         await asyncio.sleep(1.0)
         new = env.lines()[before:]
         assert [line[0] for line in new] == sent
@@ -336,7 +315,7 @@ async def test_downtime_then_restart_delivers_everything_once_in_order(env):
         assert await bot.stop() == 0
         await bot.run_ready()
         last = await env.member.send(env.room, "count sentinel")
-        await _until(lambda: env.lines()[-1][0] == last, 30, "the sentinel")
+        await until(lambda: env.lines()[-1][0] == last, 30, "the sentinel")
         ids = [line[0] for line in env.lines() if not line[1].startswith("crash")]  # (a deliberate re-run there)
         assert len(ids) == len(set(ids))
     finally:
@@ -382,6 +361,41 @@ async def test_bad_requests_are_refused_and_logged_without_effect(env):
     finally:
         assert await bot.stop() == 0
     assert env.as_token() not in bot.log_text() and env.hs_token() not in bot.log_text()
+
+
+async def test_a_transaction_arriving_in_pieces_is_read_whole(env):
+    """Synapse's transactions of up to 100 events reach the bridge in several TCP segments; the body is read whole
+    (it used to be cut at the first segment and refused as M_NOT_JSON until a retry happened to arrive at once)."""
+    bot = await env.bot().run_ready()
+    event = {
+        "type": "m.room.message",
+        "room_id": env.room,
+        "sender": "@member:localhost",
+        "event_id": "$in-pieces-by-test",
+        "origin_server_ts": 1,
+        "content": {"msgtype": "m.text", "body": "count in pieces " + "x" * 3000},
+    }
+    body = json.dumps({"events": [event]}).encode()
+    try:
+        before = len(env.lines())
+        reader, writer = await asyncio.open_connection("127.0.0.1", env.as_port)
+        writer.write(
+            f"PUT /_matrix/app/v1/transactions/pieces-1 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {env.hs_token()}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for start in range(0, len(body), 1000):  # three pieces, each after a pause
+            writer.write(body[start : start + 1000])
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        writer.close()
+        assert status_line.split()[1] == b"200", status_line
+        await asyncio.sleep(0.5)
+        assert [line[1][:15] for line in env.lines()[before:]] == ["count in pieces"]
+        assert "M_NOT_JSON" not in bot.log_text()
+    finally:
+        assert await bot.stop() == 0
 
 
 async def test_synapse_ping_reaches_the_bridge(env):

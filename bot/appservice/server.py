@@ -95,7 +95,11 @@ class AppserviceServer:
     async def _transaction(self, request: web.Request, txn_id: str) -> web.StreamResponse:
         if request.content_length is not None and request.content_length > MAX_TRANSACTION:
             raise TransactionError(413, "M_TOO_LARGE", "the transaction is too large")
-        body = await request.content.read(MAX_TRANSACTION + 1)
+        try:
+            # the whole body, however many pieces it arrives in (aiohttp stops at client_max_size = MAX_TRANSACTION)
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise TransactionError(413, "M_TOO_LARGE", "the transaction is too large") from None
         if len(body) > MAX_TRANSACTION:
             raise TransactionError(413, "M_TOO_LARGE", "the transaction is too large")
         txn = parse_transaction(txn_id, body)
