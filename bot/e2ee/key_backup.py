@@ -228,8 +228,8 @@ class KeyBackup:
 
     def pending(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
         """Sessions not yet backed up, and what to call once they are (remembers how far the store was looked at)."""
-        store = getattr(getattr(self.client, "olm", None), "inbound_group_store", None)
-        if callable(getattr(store, "added_since", None)) and callable(getattr(store, "session_keys", None)):
+        store = self._lazy_store()
+        if store is not None:
             return self._pending_lazy(store)
         new: list[InboundGroupSession] = []
         counts: dict[str, int] = {}
@@ -244,6 +244,14 @@ class KeyBackup:
                         new.append(session)
         return new, lambda: self._room_counts.update(counts)
 
+    def _lazy_store(self) -> Any | None:
+        """The client's store of inbound group sessions if it is the lazy one (it lists the stored ids without loading
+        a session, and what was added since a mark), else None."""
+        store = getattr(getattr(self.client, "olm", None), "inbound_group_store", None)
+        if callable(getattr(store, "added_since", None)) and callable(getattr(store, "session_keys", None)):
+            return store
+        return None
+
     def _pending_lazy(self, store: Any) -> tuple[list[InboundGroupSession], Callable[[], None]]:
         """The lazy store: never load a session that is backed up already (50,000 of them would be read per sync)."""
         steps = self._pending_lazy_steps(store)
@@ -255,8 +263,8 @@ class KeyBackup:
 
     async def _pending_async(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
         """:meth:`pending`, letting the event loop run every :data:`SCAN_SLICE` stored sessions looked at."""
-        store = getattr(getattr(self.client, "olm", None), "inbound_group_store", None)
-        if not (callable(getattr(store, "added_since", None)) and callable(getattr(store, "session_keys", None))):
+        store = self._lazy_store()
+        if store is None:
             return self.pending()
         steps = self._pending_lazy_steps(store)
         while True:
