@@ -25,6 +25,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from bot.appservice import Appservice  # [appservice]
@@ -335,21 +336,13 @@ class Runtime:
         try:
             while not self._stop.is_set():
                 fetch_started = time.monotonic()
-                fetch = asyncio.ensure_future(
-                    self.source.fetch(
-                        token,
-                        timeout_ms=0 if first else SYNC_TIMEOUT_MS,
-                        full_state=True if first and not initial else None,
-                    )
+                fetch = self.source.fetch(
+                    token,
+                    timeout_ms=0 if first else SYNC_TIMEOUT_MS,
+                    full_state=True if first and not initial else None,
                 )
-                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not fetch.done():
-                    fetch.cancel()
-                    with contextlib.suppress(BaseException):
-                        await fetch
-                    break
                 try:
-                    batch = fetch.result()
+                    batch = await self._unless_stopped(fetch, stop_wait)
                 except SyncFailed as exc:
                     failures += 1
                     self.stats.sync_errors += 1
@@ -364,6 +357,8 @@ class Runtime:
                         raise
                     self._storage_failed(exc)  # the crypto store could not be written: memory and disk disagree
                     break
+                if batch is None:
+                    break  # stopping
                 failures = 0
                 self.metrics.sync_succeeded(time.monotonic() - fetch_started)
                 self.stats.rooms = self.source.room_count()
@@ -381,6 +376,19 @@ class Runtime:
                 await self.source.maintain_keys()
         finally:
             stop_wait.cancel()
+
+    @staticmethod
+    async def _unless_stopped(fetch: Awaitable[SyncBatch], stop_wait: asyncio.Future[Any]) -> SyncBatch | None:
+        """What ``fetch`` returns (or raises), or None if ``stop_wait`` (the runtime is stopping) comes first: the
+        fetch is then cancelled. The sync loop's and the transaction pump's wait for their next batch."""
+        task = asyncio.ensure_future(fetch)
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            return None
+        return task.result()
 
     # -- appservice mode: transactions instead of the sync loop ---------------------------------------------------
 
@@ -400,20 +408,15 @@ class Runtime:
             self.ready.set()
             log.info("synced; appservice mode, handling transactions as %s", source.own_user_id)
             while not self._stop.is_set():
-                fetch = asyncio.ensure_future(source.fetch(None, timeout_ms=SYNC_TIMEOUT_MS))
-                await asyncio.wait({fetch, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-                if not fetch.done():
-                    fetch.cancel()
-                    with contextlib.suppress(BaseException):
-                        await fetch
-                    break
                 try:
-                    batch = fetch.result()
+                    batch = await self._unless_stopped(source.fetch(None, timeout_ms=SYNC_TIMEOUT_MS), stop_wait)
                 except SyncFailed as exc:
                     self.stats.sync_errors += 1
                     self.metrics.sync_failed()
                     log.warning("could not read a transaction (%s); answered 503, the homeserver sends it again", exc)
                     continue
+                if batch is None:
+                    break  # stopping
                 self.metrics.sync_succeeded(0.0)  # the event source is alive (quiet times bring no transactions)
                 if not batch.token:
                     continue
