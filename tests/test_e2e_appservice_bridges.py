@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from appservice_support import appservice_synapse, free_port, until
 from nio import MegolmEvent
-from test_e2e_appservice import _free_port, _until
 
 from bot.testing.harness import InProcessBot
 from bot.testing.ircd import IrcClient
@@ -37,12 +35,6 @@ pytestmark = [pytest.mark.e2e]
 BOT = "@bridgebot:localhost"
 CHANNEL = "#ghosts"
 SECRET = "#secret"
-#: Synapse's appservice encryption features (docs/appservice.md, "Encryption").
-EXPERIMENTAL = {
-    "msc2409_to_device_messages_enabled": True,
-    "msc3202_transaction_extensions": True,
-    "msc3983_appservice_otk_claims": True,
-}
 HOOK_SECRET = "hook-secret-0123456789abcdef"
 
 
@@ -57,8 +49,8 @@ class Env:
         self.base = base
         self.config = base / "bridge.yaml"
         self.registration = base / "registration.yaml"
-        self.as_port = _free_port()
-        self.hook_port = _free_port()
+        self.as_port = free_port()
+        self.hook_port = free_port()
         self.server: SynapseServer
         self.ircd: NgircdServer
         self.member: Member
@@ -141,16 +133,9 @@ async def env(tmp_path_factory):
     require_tool(NgircdServer.available(), "ngircd is not installed (apt-get install ngircd; .ci/run installs it)")
     base = tmp_path_factory.mktemp("appservice-bridges")
     e = Env(base)
-    hs_port = _free_port()
+    hs_port = free_port()
     e.write_config(f"http://127.0.0.1:{hs_port}")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bot", "appservice", "registration", "-c", str(e.config), "-o", str(e.registration)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    extra = {"app_service_config_files": [str(e.registration)], "experimental_features": EXPERIMENTAL}
-    e.server = SynapseServer(base / "hs", port=hs_port, extra_config=extra)
+    e.server = await appservice_synapse(base / "hs", hs_port, e.config, e.registration, encryption=True)
     e.ircd = NgircdServer(base / "ngircd")
     e.server.start()
     e.ircd.start()
@@ -184,7 +169,7 @@ async def test_irc_users_become_ghosts_named_by_their_nicks(env):
         await env.irc[nick].join(CHANNEL)
     env.bot = await InProcessBot(env.config).start()
     await env.member.wait_joined(env.room, BOT)
-    await _until(lambda: env.bridge().irc["local"].joined, 30, "the bridge to join the channel")
+    await until(lambda: env.bridge().irc["local"].joined, 30, "the bridge to join the channel")
     # NAMES at the bridge's join: at most ghost_sync_limit (2) of the three ghosts join now, not all.
     await env.member.wait_for(lambda: sum(env.joined(ghost(n)) for n in ("oper", "dave", "erin")) == 2, 30,
                               "two ghosts from NAMES")
@@ -274,7 +259,7 @@ async def test_kicks_and_bans_map_where_the_bridge_has_the_power(env):
     assert "not an operator in #ghosts" in notice.body
     # Made an operator on IRC, the bridge kicks there too: bob sees the KICK with who did it on Matrix.
     oper.send_raw(f"MODE {CHANNEL} +o relay")
-    await _until(lambda: env.bridge().irc["local"].is_op(CHANNEL), 20, "the bridge to be an operator")
+    await until(lambda: env.bridge().irc["local"].is_op(CHANNEL), 20, "the bridge to be an operator")
     bob = env.irc["bob"]
     await bob.say(CHANNEL, "back again")  # bob's ghost rejoins with his next message
     await env.message_from(ghost("bob"), "back again")
@@ -310,7 +295,7 @@ async def test_after_a_restart_a_renamed_user_keeps_their_ghost_and_departed_one
     await env.member.wait_for(lambda: not env.joined(ghost("frank")), 30, "frank's ghost to leave")
     assert env.memberships(ghost("frank"))[-1]["reason"] == f"not in {CHANNEL} any more"
     # caroline (carol before the rename) still posts as @irc_carol: who has which ghost was kept.
-    await _until(lambda: env.bridge().irc["local"].joined, 30, "the bridge to join the channel again")
+    await until(lambda: env.bridge().irc["local"].joined, 30, "the bridge to join the channel again")
     await env.irc["carol"].say(CHANNEL, "still me after the restart")
     await env.message_from(ghost("carol"), "still me after the restart")
     assert not env.joined(ghost("caroline"))

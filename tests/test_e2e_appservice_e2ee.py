@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from appservice_support import appservice_synapse, free_port
 from nio import MegolmEvent
 
 from bot.testing.harness import BotProcess
@@ -48,19 +46,6 @@ class Asbridge(Plugin):
         await ghost.set_display_name(match.group(1).title() + " (IRC)")
         await ghost.send_text(ctx.room_id, match.group(2), reply_to=ctx.event_id)
 '''
-
-EXPERIMENTAL = {
-    "msc2409_to_device_messages_enabled": True,
-    "msc3202_transaction_extensions": True,
-    "msc3983_appservice_otk_claims": True,
-}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 class Env:
     """The module's homeserver, the running bridge, the member and the encrypted room."""
@@ -91,7 +76,7 @@ class Env:
             "plugin_dirs": [str(plugins)],
             "plugins": {"ping": {}, "asbridge": {}},
             "appservice": {
-                "id": "ratchet-e2ee", "port": _free_port(), "ghost_prefix": "irc_", "ghost_device_cache": 2,
+                "id": "ratchet-e2ee", "port": free_port(), "ghost_prefix": "irc_", "ghost_device_cache": 2,
             },
         }
         if self.database is not None:
@@ -131,16 +116,9 @@ async def env(request, tmp_path_factory):
     if request.param == "postgresql":
         database = request.getfixturevalue("postgres").create_database("appservice_e2ee")
     e = Env(base, database)
-    hs_port = _free_port()
+    hs_port = free_port()
     e.write_config(f"http://127.0.0.1:{hs_port}")
-    done = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "bot", "appservice", "registration", "-c", str(e.config), "-o", str(e.registration)],
-        capture_output=True, text=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    extra = {"app_service_config_files": [str(e.registration)], "experimental_features": EXPERIMENTAL}
-    e.server = SynapseServer(base / "hs", port=hs_port, extra_config=extra)
+    e.server = await appservice_synapse(base / "hs", hs_port, e.config, e.registration, encryption=True)
     e.server.start()
     try:
         user = e.server.register_user("member", "member-password-1")
