@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.plugin.loader import import_plugin
-from bot.testing.ircd import IrcClient, IrcServer
+from bot.testing.ircd import IrcClient, IrcServer, self_signed_pem
 from bot.testing.ngircd import NgircdServer
 from bot.testing.tools import require_tool
 
@@ -384,27 +384,7 @@ async def test_sasl_plain_through_the_library_state_machine():
 
 async def test_tls_with_and_without_certificate_checks(tmp_path):
     require_tool(IrcServer.available(), MINIIRCD_MISSING)
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem = tmp_path / "ircd.pem"
-    pem.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                          serialization.NoEncryption())
-        + cert.public_bytes(serialization.Encoding.PEM)
-    )
+    pem = self_signed_pem(tmp_path / "ircd.pem")
     with IrcServer(tmp_path / "tls", ssl_pem=pem) as ircd:
         trusting = _connection(ircd.port, tls=True, tls_verify=False)
         await asyncio.wait_for(trusting.connect(), 10)

@@ -350,27 +350,10 @@ async def test_the_probe_says_no_for_a_silent_port_or_a_closed_one(tmp_path):
 
 
 async def test_plain_text_against_a_tls_only_port_says_to_set_tls_true(tmp_path):
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    from bot.testing.ircd import IrcServer
+    from bot.testing.ircd import IrcServer, self_signed_pem
 
     require_tool(IrcServer.available(), "miniircd is not installed (pip install -e '.[dev]')")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    pem = tmp_path / "ircd.pem"
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM))
+    pem = self_signed_pem(tmp_path / "ircd.pem")
     with IrcServer(tmp_path / "tls", ssl_pem=pem) as ircd:
         conn = irc_connection.IrcConnection("t", host="127.0.0.1", port=ircd.port, nick="relay", tls=False)
         with pytest.raises(ConnectionError, match=r"closed the connection before saying anything .*set tls: true"):

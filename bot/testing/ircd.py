@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Self
 
-__all__ = ["IrcClient", "IrcLine", "IrcServer", "IrcServerError", "IrcServerProcess"]
+__all__ = ["IrcClient", "IrcLine", "IrcServer", "IrcServerError", "IrcServerProcess", "self_signed_pem"]
 
 
 class IrcServerError(RuntimeError):
@@ -51,6 +51,31 @@ def _miniircd() -> list[str]:
     if found:
         return [found]
     return [sys.executable, "-m", "miniircd"]
+
+
+def self_signed_pem(path: Path, host: str = "localhost") -> Path:
+    """Write a new self-signed certificate for ``host`` (valid for a day) and its key to the PEM file ``path``, for
+    ``IrcServer(..., ssl_pem=path)``; returns ``path``. Needs the ``cryptography`` package (Synapse brings it)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        + cert.public_bytes(serialization.Encoding.PEM)
+    )
+    return path
 
 
 class IrcServerProcess:
