@@ -87,9 +87,14 @@ class LagSampler:
         return [late for before, woke, late in self.all if woke >= t0 and before <= t1]
 
     def window_outside_gc(self, t0: float, t1: float, pauses: list[tuple[float, float]]) -> list[float]:
-        """The window's samples whose wait overlaps no full garbage collection."""
-        return [late for before, woke, late in self.all if woke >= t0 and before <= t1
-                and not any(start <= woke and start + length >= before for start, length in pauses)]
+        """The window's samples with the time full garbage collections took during each sample's wait taken off:
+        the lag the work itself caused."""
+        out = []
+        for before, woke, late in self.all:
+            if woke >= t0 and before <= t1:
+                in_gc = sum(max(0.0, min(woke, start + length) - max(before, start)) for start, length in pauses)
+                out.append(max(0.0, late - in_gc))
+        return out
 
 
     @contextlib.asynccontextmanager
@@ -407,8 +412,11 @@ def gil_check() -> dict[str, Any]:
                 pass
         gaps.append(time.perf_counter() - last)  # the gap in which the call ended
         th.join()
+        # one long call: does it let go of the GIL? (2,000 short calls in a Python loop hand it over at the 5 ms
+        # switch interval whatever each call does, so there the answer is left open)
+        releases = None if fn.__name__.endswith("_x2000") else max(gaps) < min(alone / 2, 0.02)
         results[fn.__name__] = {"alone_ms": alone * 1000, "longest_gap_ms": max(gaps) * 1000,
-                                "releases_gil": max(gaps) < min(alone / 2, 0.02)}
+                                "releases_gil": releases}
         log(f"gil {fn.__name__}: call {alone * 1000:.1f} ms, main thread's longest gap {max(gaps) * 1000:.1f} ms")
     return results
 

@@ -63,7 +63,9 @@ def section(r: dict[str, Any]) -> list[str]:
         f"A task on the bot's event loop wakes every {p['interval_ms']:g} ms and records how late it woke; each piece "
         f"of work runs alone and its samples are its figures (ms: median over {p['repeats']} run(s), spread "
         "min–max over the runs). *before*: the code paths this target changed patched back to what they were "
-        "(`bench/looplag_before.py`); *after*: the code as it is; runs interleaved. Target: p99 ≤ "
+        "(`bench/looplag_before.py`); *after*: the code as it is; runs interleaved. *max without GC time*: the largest "
+        "lag once the time CPython's full garbage collections took during that sample is taken off (a collection "
+        "stops every thread). Target: p99 ≤ "
         f"{p['target_p99_ms']:g} ms and max ≤ {p['target_max_ms']:g} ms in every run.",
         "",
     ]
@@ -76,8 +78,11 @@ def section(r: dict[str, Any]) -> list[str]:
             rows.append([label if variant == "before" or not (ll["summary"].get("before") or {}).get(name) else "",
                          variant, _spread(item["p50_ms"]), _spread(item["p99_ms"]), _spread(item["max_ms"]),
                          _spread(item["duration_s"], 2),
+                         f"{_spread(item.get('gc2_n'), 0)} ({_spread(item.get('gc2_max_ms'), 0)})",
+                         _spread(item.get("max_outside_gc_ms")),
                          "" if name == "idle" else verdict(item, p["target_p99_ms"], p["target_max_ms"])])
-    out += ["| work | code | p50 | p99 | max | duration (s) | target |", "|---|---|---|---|---|---|---|"]
+    out += ["| work | code | p50 | p99 | max | duration (s) | full GCs (longest, ms) | max without GC time | target |",
+            "|---|---|---|---|---|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     if MAIN_RECORD.exists():
         rec = json.loads(MAIN_RECORD.read_text())
@@ -93,8 +98,9 @@ def section(r: dict[str, Any]) -> list[str]:
                 "it ran):", "", "| call | alone (ms) | main thread's longest pause (ms) | releases the GIL |",
                 "|---|---|---|---|"]
         for name, g in gil.items():
+            answer = {True: "yes", False: "**no**", None: "n/a (short calls: handed over at the switch interval)"}
             out.append(f"| `{name}` | {_num(g['alone_ms'])} | {_num(g['longest_gap_ms'])} | "
-                       f"{'yes' if g['releases_gil'] else '**no**'} |")
+                       f"{answer[g['releases_gil']]} |")
     for name, why in (ll.get("errors") or {}).items():
         out.append(f"- {name}: {why[:500]}")
     return out
