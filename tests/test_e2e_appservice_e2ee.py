@@ -12,6 +12,7 @@ transaction than its message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import textwrap
@@ -227,21 +228,34 @@ def _shield(info: dict) -> tuple:
     return info["shield_colour"], info["shield_reason"]
 
 
+@contextlib.asynccontextmanager
+async def _js_peer_in_room(env, tmp_path, name: str, *, only_signed: bool = False):
+    """A js peer (matrix-js-sdk with Rust crypto) logged in as a new user ``name`` and joined to the room, closed on
+    exit; ``only_signed``: cross-signed, and excluding insecure devices (MSC4153)."""
+    from interop.jspeer import INSTALL_COMMAND, JsPeer, js_available
+
+    require_tool(js_available(), f"node or the matrix-js-sdk peer is not installed; run: {INSTALL_COMMAND}")
+    user = env.server.register_user(name, f"{name}-password-1")
+    peer = JsPeer(tmp_path / "logs", name=name)
+    await peer.start()
+    try:
+        await peer.login(env.server.url, user.user_id, user.password, device_name=f"interop {name}")
+        if only_signed:
+            await peer.bootstrap_cross_signing(user.password)
+            await peer.set_isolation("only_signed")
+        await env.member.client.room_invite(env.room, user.user_id)
+        await peer.join_room(env.room)
+        await env.member.wait_joined(env.room, user.user_id)
+        yield peer
+    finally:
+        await peer.close()
+
+
 async def test_js_peer_shows_a_ghost_message_as_the_bots_own(env, tmp_path):
     """Element's default ("all devices"): a ghost's message, encrypted by the ghost's own cross-signed device, gets
     the shield of the bridge bot's own message (a cross-signed device of a user nobody verified: none). A plain nio
     member (no cross-signing) is measured too, for comparison."""
-    from interop.jspeer import INSTALL_COMMAND, JsPeer, js_available
-
-    require_tool(js_available(), f"node or the matrix-js-sdk peer is not installed; run: {INSTALL_COMMAND}")
-    user = env.server.register_user("carol", "carol-password-1")
-    peer = JsPeer(tmp_path / "logs", name="carol")
-    await peer.start()
-    try:
-        await peer.login(env.server.url, user.user_id, user.password, device_name="interop carol")
-        await env.member.client.room_invite(env.room, user.user_id)
-        await peer.join_room(env.room)
-        await env.member.wait_joined(env.room, user.user_id)
+    async with _js_peer_in_room(env, tmp_path, "carol") as peer:
         trigger = await env.member.send(env.room, "ghost bob hello js")
         ghost_msg = await env.member.expect_reply(env.room, trigger, sender=BOB)
         ping = await env.member.send(env.room, "!ping")
@@ -258,26 +272,12 @@ async def test_js_peer_shows_a_ghost_message_as_the_bots_own(env, tmp_path):
         assert _shield(ghost_info) == _shield(bot_info)  # no MISMATCHED_SENDER: the ghost owns the device
         assert member_info["decryption_failure"] is None
         assert _shield(member_info) == ("RED", "UNSIGNED_DEVICE")  # nio has no cross-signing: its own device
-    finally:
-        await peer.close()
 
 
 async def test_js_peer_excluding_insecure_devices_decrypts_ghosts_as_the_bot(env, tmp_path):
     """Element's "exclude insecure devices" (MSC4153): the ghost's device is cross-signed by the ghost, so the peer
     decrypts its messages and shows them as the bot's own (measured here; docs/appservice.md)."""
-    from interop.jspeer import INSTALL_COMMAND, JsPeer, js_available
-
-    require_tool(js_available(), f"node or the matrix-js-sdk peer is not installed; run: {INSTALL_COMMAND}")
-    user = env.server.register_user("dave", "dave-password-1")
-    peer = JsPeer(tmp_path / "logs", name="dave")
-    await peer.start()
-    try:
-        await peer.login(env.server.url, user.user_id, user.password, device_name="interop dave")
-        await peer.bootstrap_cross_signing(user.password)
-        await peer.set_isolation("only_signed")
-        await env.member.client.room_invite(env.room, user.user_id)
-        await peer.join_room(env.room)
-        await env.member.wait_joined(env.room, user.user_id)
+    async with _js_peer_in_room(env, tmp_path, "dave", only_signed=True) as peer:
         status = await peer.device_status(BOT, env.device_id(), expect_signed=True)
         assert status.get("signed_by_owner") is True, status
         trigger = await env.member.send(env.room, "ghost erin hello strict js")
@@ -294,8 +294,6 @@ async def test_js_peer_excluding_insecure_devices_decrypts_ghosts_as_the_bot(env
         assert _shield(bot_info) == ("NONE", None)
         assert ghost_info["decryption_failure"] is None and ghost_info["body"] == "hello strict js"
         assert _shield(ghost_info) == ("NONE", None)
-    finally:
-        await peer.close()
 
 
 async def test_a_room_key_in_a_later_transaction_still_unlocks_its_message(env):
