@@ -78,10 +78,10 @@ def section(r: dict[str, Any]) -> list[str]:
             rows.append([label if variant == "before" or not (ll["summary"].get("before") or {}).get(name) else "",
                          variant, _spread(item["p50_ms"]), _spread(item["p99_ms"]), _spread(item["max_ms"]),
                          _spread(item["duration_s"], 2),
-                         f"{_spread(item.get('gc2_n'), 0)} ({_spread(item.get('gc2_max_ms'), 0)})",
+                         f"{_spread(item.get('gc2_n'), 0)}; {_spread(item.get('gc2_max_ms'), 0)}",
                          _spread(item.get("max_outside_gc_ms")),
                          "" if name == "idle" else verdict(item, p["target_p99_ms"], p["target_max_ms"])])
-    out += ["| work | code | p50 | p99 | max | duration (s) | full GCs (longest, ms) | max without GC time | target |",
+    out += ["| work | code | p50 | p99 | max | duration (s) | full GCs; longest (ms) | max without GC time | target |",
             "|---|---|---|---|---|---|---|---|---|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     if MAIN_RECORD.exists():

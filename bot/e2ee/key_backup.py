@@ -135,7 +135,7 @@ class UploadTracker:
                 " PRIMARY KEY (version, room_id, session_id))"
             )
             conn.commit()
-        #: read when first needed: :meth:`ready` reads it in a worker thread (50,000 rows take ~100 ms)
+        #: read when first needed: :meth:`ready` reads it in a worker thread (50,000 rows would stall the loop)
         self._loaded: set[tuple[str, str]] | None = None
 
     def _read(self) -> set[tuple[str, str]]:
@@ -448,7 +448,7 @@ def _store_transaction(olm: Any) -> Callable[[], Any]:
     the store's models bound to its database once for all of them.
 
     Every method of nio's store binds its ten models to the database again (``use_database``: peewee's
-    ``bind_ctx``, which walks the models' graph): two thirds of a restore's time went there (profiled). Inside the
+    ``bind_ctx``, which walks the models' graph): the largest cost in a profile of the restore. Inside the
     transaction a nested ``bind_ctx`` of models already bound to this database is skipped (it would change nothing,
     on entering or leaving); the database object gets its own ``bind_ctx`` back before the loop runs anything else.
     """
@@ -492,8 +492,8 @@ def backup_entries(
 
     The same result as walking ``json.loads(body)["rooms"]`` (for an answer without duplicate keys; with them, the
     entries of every copy are kept, a later one winning per key), but parsed one key at a time: a single
-    ``json.loads`` of a 40 MB answer holds the GIL for its whole duration (measured: 160 ms), so the event loop
-    would stall even with the parse in a worker thread. With ``raw`` each entry is its JSON text (for
+    ``json.loads`` of a 40 MB answer holds the GIL for its whole duration, so the event loop would stall even with
+    the parse in a worker thread. With ``raw`` each entry is its JSON text (for
     ``json.loads`` later): 50,000 strings are nothing to the garbage collector, 50,000 parsed entries are 250,000
     objects that every full collection walks while the restore runs. ``yield_gil``: let go of the GIL between keys
     (for a worker thread; a thread running Python code otherwise keeps it up to 5 ms, the switch interval, each
