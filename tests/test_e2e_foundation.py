@@ -14,7 +14,7 @@ import yaml
 
 from bot.testing.proxy import Rule
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_engines]
+pytestmark = pytest.mark.e2e
 
 
 def _devices(synapse, admin, user_id):
@@ -22,6 +22,7 @@ def _devices(synapse, admin, user_id):
     return synapse.admin_request("GET", path, admin.access_token)["devices"]
 
 
+@pytest.mark.both_engines  # what it checks lives in the storage: run on SQLite and PostgreSQL
 async def test_encrypted_ping_restart_same_device_and_clean_log(synapse, new_user, bot_in_room):
     admin = new_user("admin", admin=True)
     t = await bot_in_room(synapse)
@@ -67,6 +68,7 @@ async def test_encrypted_ping_restart_same_device_and_clean_log(synapse, new_use
     assert "synced;" in log
 
 
+@pytest.mark.both_engines  # what it checks lives in the storage: run on SQLite and PostgreSQL
 async def test_offline_messages_handled_exactly_once(synapse, tmp_path, test_plugins_dir, bot_in_room):
     counts = tmp_path / "counts.tsv"
     t = await bot_in_room(
@@ -140,6 +142,7 @@ async def test_invites_follow_the_allow_list(synapse, new_user, bot_in_room):
     assert f"rejected invite to {bad_room} from {stranger.user_id}" in proc.log_text()
 
 
+@pytest.mark.both_engines  # what it checks lives in the storage: run on SQLite and PostgreSQL
 async def test_gap_longer_than_one_sync_page_is_filled(synapse, tmp_path, test_plugins_dir, bot_in_room):
     """More messages while the bot is down than one sync's timeline holds (100): all handled, once, in order."""
     counts = tmp_path / "counts.tsv"
@@ -157,6 +160,7 @@ async def test_gap_longer_than_one_sync_page_is_filled(synapse, tmp_path, test_p
     assert "filled a timeline gap" in proc.log_text()
 
 
+@pytest.mark.both_engines  # what it checks lives in the storage: run on SQLite and PostgreSQL
 async def test_late_room_key_delivers_the_event_once_even_across_a_restart(
     synapse, tmp_path, test_plugins_dir, bot_in_room
 ):

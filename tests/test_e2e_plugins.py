@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_engines]
+pytestmark = pytest.mark.e2e
 
 TEST_PLUGINS = Path(__file__).resolve().parent / "plugins"
 
@@ -118,6 +118,7 @@ async def test_events_of_a_room_reach_a_plugin_in_order(ratchet, tmp_path):
     assert sorted(met) == sorted([room.room_id, "barrier met"] for room in rooms), met
 
 
+@pytest.mark.both_engines  # what it checks lives in the storage: run on SQLite and PostgreSQL
 async def test_storage_and_scheduled_task_survive_a_restart(ratchet):
     plugins = {"reminders": {"check_interval": 0.5}}
     room = await ratchet.room(plugins=plugins)
@@ -146,6 +147,7 @@ async def test_storage_and_scheduled_task_survive_a_restart(ratchet):
     assert "not a delay" in bad.body
 
 
+@pytest.mark.both_engines  # what it checks lives in the storage: run on SQLite and PostgreSQL
 async def test_hot_reload_changes_behaviour_without_a_new_device(ratchet, tmp_path):
     plugin_dir = tmp_path / "hot"
     plugin_dir.mkdir()

@@ -12,13 +12,14 @@ from bot.testing.member import Member
 
 from .support import assert_exactly_once_in_order, wait_handled_then_sentinels
 
-pytestmark = [pytest.mark.e2e, pytest.mark.both_engines]
+pytestmark = pytest.mark.e2e
 
 #: Fault 7: members x messages each, every message under a new Megolm session (one to-device room key each).
 SENDERS = 3
 PER_SENDER = 40
 
 
+@pytest.mark.both_engines  # what it checks lives in the storage: run on SQLite and PostgreSQL
 async def test_more_than_100_room_keys_queued_while_offline_all_decrypt(
     synapse, tmp_path, test_plugins_dir, bot_in_room
 ):
