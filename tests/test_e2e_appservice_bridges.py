@@ -5,7 +5,8 @@ as ghosts with their nicks as display names (three of them talking as three dist
 renaming the ghost, a Matrix reply to a ghost reaching IRC addressed to that nick, joins, parts, quits, kicks and bans
 as memberships both ways (where the bridge has the power, and a notice where it has not), the member list at join
 bounded by ``ghost_sync_limit``, a webhook posting as its own ghost, and in an encrypted room (the appservice's
-encryption on: the bridge bot's device encrypts the ghosts' messages) the same ghosts, decrypted by the member.
+encryption on: each ghost encrypts with a device of its own) the same ghosts, decrypted by the member and by Element's
+stack (the js peer).
 
 One Synapse, one bridge (in this process: its state is inspected) and one room for the module; the tests run in
 order, each building on the channel the previous one left.
@@ -312,8 +313,64 @@ async def test_in_an_encrypted_room_ghosts_post_encrypted(env):
         lambda r, e: r == env.secret_room and e.sender == ghost("gina") and getattr(e, "body", None) == "secret hello",
         30, "gina's message",
     )
-    assert not isinstance(event, MegolmEvent) and event.decrypted  # encrypted by the bridge bot's device
+    assert not isinstance(event, MegolmEvent) and event.decrypted  # encrypted by the ghost's own device
     await env.member.send(env.secret_room, "encrypted reply", reply_to=event.event_id)
     line = await gina.expect(lambda m: m.command == "PRIVMSG" and "encrypted reply" in m.text)
     assert line.text == "<member> gina: encrypted reply"
     assert not env.member.undecryptable(env.secret_room)
+
+
+async def test_the_issues_showcase_three_irc_users_in_an_encrypted_room_at_elements_client(env, tmp_path):
+    """Issue 16's demonstration in one scenario: an IRC channel linked to an encrypted room; three IRC users appear as
+    three ghosts with their nicks; their messages decrypt at Element's stack (the js peer, matrix-js-sdk with Rust
+    crypto, cross-signed and excluding insecure devices) with no shield, as a cross-signed user's would; a nick change
+    renames the ghost; a reply sent from the js peer to a ghost reaches IRC addressed to that nick."""
+    from interop.jspeer import INSTALL_COMMAND, JsPeer, js_available
+
+    require_tool(js_available(), f"node or the matrix-js-sdk peer is not installed; run: {INSTALL_COMMAND}")
+    user = env.server.register_user("judy", "judy-password-1")
+    peer = JsPeer(tmp_path / "logs", name="judy")
+    await peer.start()
+    try:
+        await peer.login(env.server.url, user.user_id, user.password, device_name="interop judy")
+        await peer.bootstrap_cross_signing(user.password)
+        await peer.set_isolation("only_signed")  # Element's "exclude insecure devices"
+        await env.member.client.room_invite(env.secret_room, user.user_id)
+        await peer.join_room(env.secret_room)
+        await env.member.wait_joined(env.secret_room, user.user_id)
+
+        nicks = ("ivy", "jack", "kim")
+        for nick in nicks:
+            env.irc[nick] = await IrcClient.connect(env.ircd.port, nick)
+            await env.irc[nick].join(SECRET)
+            await env.member.wait_joined(env.secret_room, ghost(nick))
+        events = {}
+        for nick in nicks:
+            await env.irc[nick].say(SECRET, f"secret from {nick}")
+            events[nick] = await env.member.expect(
+                lambda r, e, n=nick: r == env.secret_room and e.sender == ghost(n)
+                and getattr(e, "body", None) == f"secret from {n}",
+                30, f"{nick}'s message",
+            )
+        assert len({e.sender for e in events.values()}) == 3
+        for nick, event in events.items():
+            assert not isinstance(event, MegolmEvent) and event.decrypted
+            info = await peer.event_info(env.secret_room, event.event_id)
+            assert info["decryption_failure"] is None and info["body"] == f"secret from {nick}", info
+            assert info["encrypted"] is True and info["sender"] == ghost(nick)
+            assert (info["shield_colour"], info["shield_reason"]) == ("NONE", None), info
+
+        kim = env.irc["kim"]
+        kim.send_raw("NICK kimberly")
+        await kim.expect(lambda m: m.command == "NICK" and m.text == "kimberly")
+        room = env.member.client.rooms[env.secret_room]
+        await env.member.wait_for(
+            lambda: room.users.get(ghost("kim")) is not None and room.users[ghost("kim")].display_name == "kimberly",
+            30, "kim's ghost renamed",
+        )
+
+        await peer.send_text(env.secret_room, "welcome, jack", reply_to=events["jack"].event_id)
+        line = await env.irc["jack"].expect(lambda m: m.command == "PRIVMSG" and "welcome, jack" in m.text)
+        assert line.text.endswith("jack: welcome, jack") and line.text.startswith("<judy")
+    finally:
+        await peer.close()
