@@ -179,12 +179,7 @@ class RelayMatrixSide(MatrixSide):
             raise ValueError(f"cannot resolve {room}: {exc}") from exc
 
     def room_alias(self, room_id: str) -> str | None:
-        # The canonical alias from the room state the bot has synced. MatrixActions has no accessor for it yet, so
-        # this reads the client's room the way MatrixActions.members() does; anything unexpected means "unknown".
-        rooms = getattr(getattr(self.api, "_client", None), "rooms", None)
-        room = rooms.get(room_id) if isinstance(rooms, dict) else None
-        alias = getattr(room, "canonical_alias", None)
-        return alias if isinstance(alias, str) and alias else None
+        return self.api.room_alias(room_id)
 
     async def ensure_joined(self, room_id: str) -> bool:
         if room_id in self.api.joined_rooms():

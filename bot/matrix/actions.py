@@ -442,6 +442,12 @@ class MatrixActions:
         """The rooms the bot is joined to, as far as it has synced."""
         return list(self._client.rooms)
 
+    def room_alias(self, room_id: str) -> str | None:
+        """The room's canonical alias as far as the bot has synced (``#name:server``), or None."""
+        room = self._client.rooms.get(room_id)
+        alias = getattr(room, "canonical_alias", None)
+        return alias if isinstance(alias, str) and alias else None
+
     def members(self, room_id: str) -> dict[str, str]:
         """Joined members of ``room_id`` (invited ones excluded), mapped to their display names."""
         room = self._client.rooms.get(room_id)
