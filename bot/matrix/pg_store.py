@@ -68,6 +68,7 @@ from playhouse.psycopg3_ext import Psycopg3Database
 
 from bot.matrix.store import LazyStoreMixin
 from bot.storage.pg_connection import CRYPTO_SCHEMA, connect, redact_url
+from bot.storage.postgres import crypto_store_accounts
 
 __all__ = [
     "CryptoDatabase",
@@ -303,20 +304,12 @@ def postgres_crypto_store(url: str, settings: Mapping[str, str] | None = None, *
     )
 
 
-def _accounts(url: str) -> list[tuple[str, str]]:
-    with connect(url, application_name="ratchet crypto store") as conn:
-        if conn.execute("SELECT to_regclass(%s)", (f'"{CRYPTO_SCHEMA}".accounts',)).fetchone()[0] is None:
-            return []
-        query = f'SELECT user_id, device_id FROM "{CRYPTO_SCHEMA}".accounts ORDER BY id'
-        return [(user_id, device_id) for user_id, device_id in conn.execute(query).fetchall()]
-
-
 def postgres_crypto_store_exists(url: str, user_id: str, device_id: str) -> bool:
     """True if ``url``'s crypto store holds the Olm account of ``user_id``'s device ``device_id`` (read only:
     nothing is created)."""
-    return (user_id, device_id) in _accounts(url)
+    return (user_id, device_id) in crypto_store_accounts(url)
 
 
 def postgres_crypto_stores(url: str) -> list[str]:
     """``"<user id> <device id>"`` of every account in ``url``'s crypto store, oldest first (read only)."""
-    return [f"{user_id} {device_id}" for user_id, device_id in _accounts(url)]
+    return [f"{user_id} {device_id}" for user_id, device_id in crypto_store_accounts(url)]

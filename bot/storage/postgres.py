@@ -38,7 +38,7 @@ from bot.storage.plugin_storage import Migration
 from bot.storage.private_files import DatabaseFile
 from bot.storage.state import StateStore
 
-__all__ = ["PostgresStorage"]
+__all__ = ["PostgresStorage", "crypto_store_accounts"]
 
 _CREDENTIALS = "credentials.json"
 _REPLACED_DEVICES = "crypto.replaced"
@@ -54,6 +54,16 @@ CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.uploaded (
 );
 CREATE SCHEMA IF NOT EXISTS {CRYPTO_SCHEMA};
 """
+
+
+def crypto_store_accounts(url: str) -> list[tuple[str, str]]:
+    """(user id, device id) of every Olm account in ``url``'s crypto store (nio's ``accounts`` table), oldest first;
+    read only, nothing is created."""
+    with connect(url, application_name="ratchet crypto store") as conn:
+        if conn.execute("SELECT to_regclass(%s)", (f'"{CRYPTO_SCHEMA}".accounts',)).fetchone()[0] is None:
+            return []
+        query = f'SELECT user_id, device_id FROM "{CRYPTO_SCHEMA}".accounts ORDER BY id'
+        return [(user_id, device_id) for user_id, device_id in conn.execute(query).fetchall()]
 
 
 def _credentials_key(pickle_key: str) -> bytes:
@@ -212,13 +222,8 @@ class PostgresStorage:
     # -- the crypto store --------------------------------------------------------------------------------------
 
     def _accounts(self) -> list[tuple[str, str]]:
-        with connect(self.url) as conn:
-            exists = conn.execute("SELECT to_regclass(%s)", (f"{CRYPTO_SCHEMA}.accounts",)).fetchone()[0]
-            if exists is None:
-                return []
-            rows = conn.execute(f"SELECT user_id, device_id FROM {CRYPTO_SCHEMA}.accounts").fetchall()
         replaced = set(json.loads(self.private_file(_REPLACED_DEVICES).read_text() or "[]"))
-        return [(u, d) for u, d in rows if f"{u} {d}" not in replaced]
+        return [(u, d) for u, d in crypto_store_accounts(self.url) if f"{u} {d}" not in replaced]
 
     def has_crypto_store(self, user_id: str, device_id: str) -> bool:
         """True if the crypto store holds this device's Olm account."""
