@@ -111,6 +111,7 @@ def test_bad_config_exits_2_naming_the_key(installed: InstalledWheel):
     assert result.returncode == 2 and "BOT_PASSWORD" in result.stderr, result.stderr
 
 
+@pytest.mark.both_engines  # the [postgresql] extra, installed as operators install it
 async def test_installed_bot_answers_ping_in_an_encrypted_room(installed: InstalledWheel, synapse, bot_in_room):
     env = clean_env()
     t = await bot_in_room(

@@ -100,7 +100,8 @@ def ratchet_venv(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
     started = time.monotonic()
     venv = base / "venv"
     check([sys.executable, "-m", "venv", venv], cwd=base)
-    check([venv / "bin" / "python", "-m", "pip", "install", "-q", wheel], cwd=base)
+    # with the PostgreSQL extra, as an operator running on PostgreSQL installs it (matrix-ratchet[postgresql])
+    check([venv / "bin" / "python", "-m", "pip", "install", "-q", f"{wheel}[postgresql]"], cwd=base)
     timings["install"] = time.monotonic() - started
 
     (site_packages,) = (venv / "lib").glob("python3*/site-packages")
