@@ -28,12 +28,11 @@ from bot.matrix.olm import RatchetOlm
 from bot.matrix.pg_store import (
     PostgresCryptoStore,
     postgres_crypto_store,
-    postgres_crypto_store_exists,
-    postgres_crypto_stores,
     replace_target,
 )
 from bot.matrix.store import LazyGroupSessionStore
 from bot.storage.pg_connection import CRYPTO_SCHEMA
+from bot.storage.postgres import crypto_store_accounts
 from bot.testing.member import Member
 from bot.testing.postgres import PostgresCluster
 
@@ -222,8 +221,8 @@ def test_pickles_at_rest_are_encrypted_under_the_pickle_key(postgres_dsn: str, o
 
 
 def test_each_device_loads_its_own_account_in_a_shared_schema(postgres_dsn: str, opened: list[Any]) -> None:
-    assert not postgres_crypto_store_exists(postgres_dsn, USER, "OLD")
-    assert postgres_crypto_stores(postgres_dsn) == []
+    assert (USER, "OLD") not in crypto_store_accounts(postgres_dsn)
+    assert crypto_store_accounts(postgres_dsn) == []
     assert _rows(postgres_dsn, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (CRYPTO_SCHEMA,))[0][0] == 0
     old = _open(opened, postgres_dsn, device="OLD")
     old_account = _with_account(old)
@@ -238,9 +237,9 @@ def test_each_device_loads_its_own_account_in_a_shared_schema(postgres_dsn: str,
     assert new.load_account() is None  # not the old device's account
     new_account = _with_account(new)
     assert new_account.identity_keys != old_account.identity_keys
-    assert postgres_crypto_stores(postgres_dsn) == [f"{USER} OLD", f"{USER} NEW"]
-    assert postgres_crypto_store_exists(postgres_dsn, USER, "NEW")
-    assert not postgres_crypto_store_exists(postgres_dsn, "@someone:example.org", "NEW")
+    assert crypto_store_accounts(postgres_dsn) == [(USER, "OLD"), (USER, "NEW")]
+    assert (USER, "NEW") in crypto_store_accounts(postgres_dsn)
+    assert ("@someone:example.org", "NEW") not in crypto_store_accounts(postgres_dsn)
     # the same room key, shared with the new device too (the sender's session did not rotate)
     new.save_inbound_group_session(
         InboundGroupSession(outbound.session_key.to_base64(), shared.ed25519, shared.sender_key, ROOM)
@@ -446,7 +445,7 @@ async def test_a_bot_on_postgresql_decrypts_restarts_as_the_same_device_and_load
         again = _bot(synapse.url, bot_user.user_id, store_cls, tmp_path)
         opened.append(again)
         again.restore_login(bot_user.user_id, device_id, access_token)
-        assert postgres_crypto_store_exists(postgres_dsn, bot_user.user_id, device_id)
+        assert (bot_user.user_id, device_id) in crypto_store_accounts(postgres_dsn)
         assert again.olm.account.identity_keys["ed25519"] == ed25519
         sessions = again.olm.inbound_group_store
         assert isinstance(sessions, LazyGroupSessionStore) and sessions.loaded_from_db == 0

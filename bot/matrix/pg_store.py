@@ -68,15 +68,12 @@ from playhouse.psycopg3_ext import Psycopg3Database
 
 from bot.matrix.store import LazyStoreMixin
 from bot.storage.pg_connection import CRYPTO_SCHEMA, connect, redact_url
-from bot.storage.postgres import crypto_store_accounts
 
 __all__ = [
     "CryptoDatabase",
     "PostgresCryptoStore",
     "PostgresNioStore",
     "postgres_crypto_store",
-    "postgres_crypto_store_exists",
-    "postgres_crypto_stores",
     "replace_target",
 ]
 
@@ -302,14 +299,3 @@ def postgres_crypto_store(url: str, settings: Mapping[str, str] | None = None, *
         (base,),
         {"database_url": url, "connection_settings": dict(settings or {}), "__module__": __name__},
     )
-
-
-def postgres_crypto_store_exists(url: str, user_id: str, device_id: str) -> bool:
-    """True if ``url``'s crypto store holds the Olm account of ``user_id``'s device ``device_id`` (read only:
-    nothing is created)."""
-    return (user_id, device_id) in crypto_store_accounts(url)
-
-
-def postgres_crypto_stores(url: str) -> list[str]:
-    """``"<user id> <device id>"`` of every account in ``url``'s crypto store, oldest first (read only)."""
-    return [f"{user_id} {device_id}" for user_id, device_id in crypto_store_accounts(url)]
