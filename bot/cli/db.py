@@ -51,6 +51,7 @@ from bot.storage.pg_connection import (
     redact_url,
 )
 from bot.storage.plugin_storage import Migration, plugin_db_path
+from bot.storage.state import StateStore
 
 if TYPE_CHECKING:  # nio's models are imported when a migration runs, not by every ratchet command
     from bot.config import Config
@@ -615,6 +616,8 @@ def _copy_everything(
             # 3. the runtime state and the key-backup tracker
             state_db = source.data_dir / "state.db"
             tracker_db = source.data_dir / BACKUP_TRACKER_FILE
+            if state_db.exists():  # folds in the handled records a crash left in its journal
+                StateStore.open(state_db).close()
             for path, tables in ((state_db, _STATE_TABLES), (tracker_db, (_TRACKER_TABLE,))):
                 copies += _copy_state(path, tables, target, progress)
 

@@ -154,6 +154,9 @@ class UserKeys:
     devices: Mapping[str, Mapping[str, Any]]
     #: Signature checks already done (the object never changes, so neither do their results).
     _checked: dict[tuple[str, str], bool] = field(default_factory=dict, compare=False, repr=False)
+    #: Values derived from the keys, computed once (the tofu verdict asks for them with every message; issue 20):
+    #: ``"master"`` the master public key, ``"curve25519"`` the devices by identity key.
+    _derived: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def _memo(self, what: str, device_id: str, check: Callable[[], bool]) -> bool:
         key = (what, device_id)
@@ -185,7 +188,11 @@ class UserKeys:
     @property
     def master_public(self) -> str:
         """The master key's public key (unpadded base64), ``""`` if the user has no (well-formed) master key."""
-        return master_public(self.master, self.user_id) if self.master is not None else ""
+        found = self._derived.get("master")
+        if found is None:
+            found = master_public(self.master, self.user_id) if self.master is not None else ""
+            self._derived["master"] = found
+        return found
 
     @property
     def self_signing_valid(self) -> bool:
@@ -217,11 +224,16 @@ class UserKeys:
         return value if isinstance(value, str) else None
 
     def device_by_curve25519(self, curve25519: str) -> str | None:
-        """The id of the device whose identity (curve25519) key is ``curve25519``."""
-        for device_id in self.devices:
-            if self.device_key(device_id, "curve25519") == curve25519:
-                return device_id
-        return None
+        """The id of the device whose identity (curve25519) key is ``curve25519`` (the first listed, if several)."""
+        index = self._derived.get("curve25519")
+        if index is None:
+            index = {}
+            for device_id in self.devices:
+                key = self.device_key(device_id, "curve25519")
+                if key is not None:
+                    index.setdefault(key, device_id)
+            self._derived["curve25519"] = index
+        return index.get(curve25519)
 
     def digest(self) -> str:
         """A fingerprint of everything trust depends on (changes when keys or signatures change)."""

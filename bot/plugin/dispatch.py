@@ -105,7 +105,9 @@ class Dispatcher:
             async with self._sem:
                 start = time.monotonic()
                 log.debug("plugin %s: running %s", lane[1], job.label)
-                await asyncio.wait_for(self._timed(lane, job), self.timeout)
+                # in the lane's own task: no task per job (asyncio.wait_for would start one; issue 20)
+                async with asyncio.timeout(self.timeout):
+                    await self._timed(lane, job)
             return JobOutcome("ok", seconds=time.monotonic() - start)
         except TimeoutError as exc:
             outcome = JobOutcome("timeout", exc, time.monotonic() - start)

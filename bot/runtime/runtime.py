@@ -470,6 +470,9 @@ class Runtime:
             futures += await self._retry_pending(batch.room_keys)
         now_ms = int(time.time() * 1000)
         own_user_id = self.source.own_user_id
+        # which plugin handled which of the batch's events before (a redelivery after a crash): one query, not one
+        # per event and plugin
+        self.state.prefetch_handled(getattr(event, "event_id", None) for room in batch.rooms for event in room.events)
         for room in batch.rooms:
             self._note_creators(room.room_id, room.state, room.events)
             self._note_encryption(room.room_id, room.state, room.events)
