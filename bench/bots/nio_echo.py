@@ -3,8 +3,10 @@
 ``python bench/bots/nio_echo.py HOMESERVER USER_ID PASSWORD STORE_DIR`` (runs in the project venv, without
 anything from Ratchet). The first start logs in and keeps the credentials in STORE_DIR; later starts restore them
 and resume from nio's stored sync token (``store_sync_tokens``), so messages sent while it was down are answered.
-With BENCH_MARK_FILE set, the wall-clock time of each handled ``!ping`` is appended to that file;
-BENCH_PICKLE_KEY overrides the store's pickle key (the start-up benchmark opens Ratchet's store with it).
+With BENCH_MARK_FILE set, the wall-clock time of each handled ``!ping`` is appended to that file; with
+BENCH_SYNC_MARK_FILE set, the wall-clock time at which its first sync was handled (nio's response callbacks run after
+the event callbacks) is written to that file; BENCH_PICKLE_KEY overrides the store's pickle key (the start-up
+benchmark opens Ratchet's store with it).
 """
 
 import asyncio
@@ -15,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from nio import AsyncClient, AsyncClientConfig, InviteMemberEvent, LoginResponse, RoomMessageText
+from nio import AsyncClient, AsyncClientConfig, InviteMemberEvent, LoginResponse, RoomMessageText, SyncResponse
 from nio.store import SqliteStore
 
 
@@ -59,6 +61,17 @@ async def main() -> None:
 
     client.add_event_callback(on_message, RoomMessageText)
     client.add_event_callback(on_invite, InviteMemberEvent)
+    sync_mark = os.environ.get("BENCH_SYNC_MARK_FILE")
+    if sync_mark:
+        marked = []
+
+        async def on_sync(_resp) -> None:
+            if not marked:
+                marked.append(True)
+                with open(sync_mark, "w") as fh:  # noqa: ASYNC230 - once
+                    fh.write(f"{time.time()}\n")
+
+        client.add_response_callback(on_sync, SyncResponse)
     if client.should_upload_keys:
         await client.keys_upload()
     loop = asyncio.get_running_loop()
