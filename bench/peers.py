@@ -29,6 +29,22 @@ BOTS_DIR = BENCH / "bots"
 #: The Ratchet variants, and those of them that run with the peers' e2ee settings instead of the shipped defaults.
 RATCHETS = ("ratchet", "ratchet-peer", "ratchet-before", "ratchet-mc64")
 PEER_SETTINGS = ("ratchet-peer", "ratchet-before")
+#: ``ratchet-mc<N>``: Ratchet's defaults with ``max_concurrency: N`` (bench/concurrency.py sweeps N).
+MC_PREFIX = "ratchet-mc"
+
+
+def is_ratchet(name: str) -> bool:
+    """One of the Ratchet variants (the fixed ones, or ``ratchet-mc<N>``)."""
+    return name in RATCHETS or (name.startswith(MC_PREFIX) and name[len(MC_PREFIX):].isdigit())
+
+
+def label(name: str) -> str:
+    """How a bot is named in the reports."""
+    if name in LABELS:
+        return LABELS[name]
+    if is_ratchet(name):
+        return f"Ratchet, defaults but max_concurrency: {name[len(MC_PREFIX):]}"
+    return name
 
 #: name -> (pip requirements, extra pip steps, why)
 PEER_REQUIREMENTS: dict[str, list[list[str]]] = {
@@ -219,8 +235,8 @@ def prepare_bot(
     """Write the bot's config into ``work`` and return how to start it (raises RuntimeError if it cannot)."""
     work.mkdir(parents=True, exist_ok=True)
     store = work / "store"
-    if name in RATCHETS:
-        extra: dict[str, Any] = {"max_concurrency": 64} if name == "ratchet-mc64" else {}
+    if is_ratchet(name):
+        extra: dict[str, Any] = {"max_concurrency": int(name[len(MC_PREFIX):])} if name.startswith(MC_PREFIX) else {}
         cfg = ratchet_config(
             work / "config.yaml",
             homeserver=homeserver,

@@ -32,7 +32,7 @@ from typing import Any
 from bench.common import CACHE, QUICK, log, percentile, proc_cpu_seconds, ratio_summary, summary
 from bench.homeserver import start_server
 from bench.member import BenchMember
-from bench.peers import LABELS, prepare_bot
+from bench.peers import label, prepare_bot
 
 ALL_BOTS = ("ratchet", "nio", "ratchet-peer", "niobot", "smbl", "maubot", "opsdroid", "ratchet-mc64")
 #: Ratchet with one setting changed (not a peer): ``max_concurrency`` (default 8) raised to 64, since 50 rooms send at
@@ -87,11 +87,21 @@ async def _measure(member: BenchMember, bot_user: str, rooms: list[str], n_singl
     }
 
 
-async def _scenario(quick: bool, bots: tuple[str, ...]) -> dict[str, Any]:
+async def _scenario(
+    quick: bool,
+    bots: tuple[str, ...],
+    *,
+    n_single: int | None = None,
+    per_room: int | None = None,
+    variants: tuple[str, ...] = VARIANTS,
+    mine: tuple[str, ...] = ("ratchet", "ratchet-peer"),
+) -> dict[str, Any]:
+    """Run the bots; ``variants`` run once, after the interleaved repetitions of the others; ratios are computed
+    for the bots in ``mine`` and ``variants`` against the rest."""
     # full mode: 3 runs of every bot; 100 pings in 1 room and 6 per room keep the scenario near 12 minutes
-    n_single = 30 if quick else 100
+    n_single = n_single if n_single is not None else (30 if quick else 100)
     n_rooms = 10 if quick else 50
-    per_room = 3 if quick else 6
+    per_room = per_room if per_room is not None else (3 if quick else 6)
     repeats = 1 if quick else 3
     base = Path(tempfile.mkdtemp(prefix="ratchet-bench-rt-", dir=CACHE if CACHE.exists() else None))
     result: dict[str, Any] = {
@@ -126,9 +136,9 @@ async def _scenario(quick: bool, bots: tuple[str, ...]) -> dict[str, Any]:
             await member.wait_rooms(rooms[name], users[name])
         schedule: list[str] = []
         for rep in range(repeats):  # alternating order; the single-setting variants once, last
-            names = [n for n in setups if n not in VARIANTS]
+            names = [n for n in setups if n not in variants]
             schedule += names if rep % 2 == 0 else names[::-1]
-        schedule += [n for n in setups if n in VARIANTS]
+        schedule += [n for n in setups if n in variants]
         for name in schedule:
             if name in result["unavailable"]:
                 continue
@@ -161,11 +171,16 @@ async def _scenario(quick: bool, bots: tuple[str, ...]) -> dict[str, Any]:
             await member.close()
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-    result["summary"] = _summarize(result["runs"])
+    result["summary"] = _summarize(result["runs"], mine=(*mine, *variants), variants=variants)
     return result
 
 
-def _summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _summarize(
+    runs: dict[str, list[dict[str, Any]]],
+    *,
+    mine: tuple[str, ...] = ("ratchet", "ratchet-peer", *VARIANTS),
+    variants: tuple[str, ...] = VARIANTS,
+) -> dict[str, Any]:
     out: dict[str, Any] = {"bots": {}, "ratios": {}}
     for name, reps in runs.items():
         entry = {}
@@ -174,18 +189,18 @@ def _summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
                 key: summary([r[kind][key] for r in reps])
                 for key in ("p50", "p95", "p99", "failed", "bot_cpu_ms_per_ping")
             }
-        entry["label"] = LABELS.get(name, name)
+        entry["label"] = label(name)
         out["bots"][name] = entry
-    for mine in ("ratchet", "ratchet-peer", *VARIANTS):
-        if mine not in runs:
+    for this in mine:
+        if this not in runs:
             continue
         for other in runs:
-            if other == mine or other in VARIANTS or (mine != "ratchet" and other.startswith("ratchet")):
+            if other == this or other in variants or (this != "ratchet" and other.startswith("ratchet")):
                 continue
             for kind in ("single", "multi"):
                 for key in ("p50", "p99"):
-                    out["ratios"][f"{kind} {key} {mine}/{other}"] = ratio_summary(
-                        [r[kind][key] for r in runs[mine]], [r[kind][key] for r in runs[other]]
+                    out["ratios"][f"{kind} {key} {this}/{other}"] = ratio_summary(
+                        [r[kind][key] for r in runs[this]], [r[kind][key] for r in runs[other]]
                     )
     return out
 
