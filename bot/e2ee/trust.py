@@ -204,6 +204,9 @@ class UserKeys:
 
     def device_valid(self, device_id: str) -> bool:
         """The device is listed and its keys are signed by its own ed25519 key."""
+        known = self._checked.get(("self", device_id))
+        if known is not None:
+            return known
         keys = self.devices.get(device_id)
         if keys is None or keys.get("device_id") != device_id:
             return False
@@ -211,6 +214,14 @@ class UserKeys:
 
     def device_cross_signed(self, device_id: str) -> bool:
         """The full chain holds: device <- self-signing key <- master key."""
+        known = self._checked.get(("chain", device_id))
+        if known is not None:
+            return known
+        result = self._device_chain(device_id)
+        self._checked["chain", device_id] = result
+        return result
+
+    def _device_chain(self, device_id: str) -> bool:
         keys = self.devices.get(device_id)
         if keys is None or not self.device_valid(device_id) or not self.self_signing_valid:
             return False
