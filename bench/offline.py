@@ -21,11 +21,9 @@ crypto store holding the 100 inbound sessions. Each variant then handles the sam
 * ``ratchet-before``: ``ratchet-peer`` with nio's own validation and store (``bot.matrix.schemas`` uninstalled), i.e.
   what Ratchet cost before issue 8.
 
-Two diagnostic variants split the difference: ``ratchet-fastpath-only`` (the fast path with nio's plain
-``SqliteStore``) and ``ratchet-proposed``, an experiment that exists only in this benchmark: Ratchet plus two
-runtime changes outside issue 8's files, patched in for the measurement (``handled`` rows written in one transaction
-per event-loop turn instead of one per event, and the dispatcher's per-job ``asyncio.wait_for`` task replaced by
-``asyncio.timeout`` in the lane's own task). See docs/performance.md.
+A diagnostic variant splits the difference: ``ratchet-fastpath-only`` (the fast path with nio's plain
+``SqliteStore``). (``ratchet-proposed``, the experiment with one transaction per loop turn for the handled records
+and no task per handler job, became Ratchet's code in issue 20 and was removed.)
 
 ``ratchet-protections`` (issue 19) is ``ratchet`` with the bundled protections plugin loaded beside the no-op handler,
 every message checked and none breaking a limit: its ratio to ``ratchet`` is the protections' cost on the hot path.
@@ -68,7 +66,7 @@ N_SENDERS = 10
 BASE_TS = 1_760_000_000_000
 VARIANTS = ("floor", "nio", "ratchet", "ratchet-peer", "ratchet-before")
 #: Diagnostic variants (``python -m bench.offline run NAME``; ``scenario(extra=True)``): where the cost goes.
-EXTRA_VARIANTS = ("ratchet-fastpath-only", "ratchet-proposed", "ratchet-protections")
+EXTRA_VARIANTS = ("ratchet-fastpath-only", "ratchet-protections")
 
 
 def _event_id(*parts: Any) -> str:
@@ -393,61 +391,16 @@ class OfflineBot:
         await self.client.close()
 
 
-def _install_proposed_runtime_changes() -> None:
-    """The benchmark-only experiment behind ``ratchet-proposed`` (not Ratchet's code; see the module docstring)."""
-    import types
-
-    from bot.plugin import dispatch
-    from bot.storage.state import StateStore
-
-    def flush(self: Any) -> None:
-        rows = self.__dict__.pop("_bench_marks", None)
-        if rows:
-            self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO handled (event_id, plugin, ts) VALUES (?, ?, ?)", rows)
-            self._db.execute("COMMIT")
-
-    def mark_handled(self: Any, event_id: str, plugin: str) -> None:
-        rows = self.__dict__.setdefault("_bench_marks", [])
-        if not rows:
-            asyncio.get_running_loop().call_soon(flush, self)
-        rows.append((event_id, plugin, int(time.time())))
-
-    original_is_handled = StateStore.is_handled
-    original_save_token = StateStore.save_sync_token
-
-    def is_handled(self: Any, event_id: str, plugin: str) -> bool:
-        if any(r[0] == event_id and r[1] == plugin for r in self.__dict__.get("_bench_marks", ())):
-            return True
-        return original_is_handled(self, event_id, plugin)
-
-    def save_sync_token(self: Any, *args: Any) -> None:
-        flush(self)  # marks before the token, as now
-        original_save_token(self, *args)
-
-    StateStore.mark_handled = mark_handled
-    StateStore.is_handled = is_handled
-    StateStore.save_sync_token = save_sync_token  # the db stays in autocommit mode; BEGIN/COMMIT group the inserts
-
-    async def wait_for(aw: Any, timeout: float | None) -> Any:
-        async with asyncio.timeout(timeout):
-            return await aw
-
-    dispatch.asyncio = types.SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for})
-
-
 #: ``ratchet-protections``: the bundled protections plugin beside the no-op handler, every protection on, with a flood
 #: burst no sender reaches in the batch (each sends 20 messages per room at once): the cost of checking every message,
 #: not of acting on a violation (which waits on the homeserver anyway).
 PROTECTIONS = ", protections: {flood: {burst: 100000}}"
 
 
-async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True, proposed: bool = False,
-                       extra_plugins: str = "", peer_settings: bool = False) -> tuple[list[float], dict]:
+async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True, extra_plugins: str = "",
+                       peer_settings: bool = False) -> tuple[list[float], dict]:
     from bot.matrix import schemas as fastpath
 
-    if proposed:
-        _install_proposed_runtime_changes()
     ob = OfflineBot(work, fast=fast, lazy=lazy, extra_plugins=extra_plugins, peer_settings=peer_settings)
     await ob.open()
     out = []
@@ -493,8 +446,6 @@ async def run_variant(variant: str, passes: int, profile: str | None = None) -> 
             values, extra = await _run_ratchet(passes + 1, work, fast=True, lazy=False)
         elif variant == "ratchet-protections":
             values, extra = await _run_ratchet(passes + 1, work, fast=True, extra_plugins=PROTECTIONS)
-        elif variant == "ratchet-proposed":
-            values, extra = await _run_ratchet(passes + 1, work, fast=True, proposed=True)
         else:
             raise SystemExit(f"unknown variant {variant}")
         if profiler:
