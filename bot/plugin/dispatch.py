@@ -45,6 +45,17 @@ class _Job:
     run: Callable[[], Awaitable[object]]
     label: str
     future: asyncio.Future[JobOutcome]
+    on_done: Callable[[JobOutcome], None] | None = None
+
+    def finish(self, outcome: JobOutcome) -> None:
+        """Call ``on_done`` (in this step: no callback scheduled per job), then resolve the future."""
+        if self.on_done is not None:
+            try:
+                self.on_done(outcome)
+            except Exception:
+                log.exception("job completion callback failed")
+        if not self.future.done():
+            self.future.set_result(outcome)
 
 
 @dataclass
@@ -71,15 +82,27 @@ class Dispatcher:
         self._on_error = on_error
         self._closed = False
 
-    def submit(self, lane: Lane, run: Callable[[], Awaitable[object]], label: str = "") -> asyncio.Future[JobOutcome]:
-        """Queue ``run()`` on ``lane``; the returned future resolves with its :class:`JobOutcome` (never raises)."""
+    def submit(
+        self,
+        lane: Lane,
+        run: Callable[[], Awaitable[object]],
+        label: str = "",
+        *,
+        on_done: Callable[[JobOutcome], None] | None = None,
+    ) -> asyncio.Future[JobOutcome]:
+        """Queue ``run()`` on ``lane``; the returned future resolves with its :class:`JobOutcome` (never raises).
+
+        ``on_done(outcome)`` is called just before the future resolves, in the same step as the job's end (a done
+        callback on the future would wait for a later turn of the event loop, and costs a scheduled call per job).
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[JobOutcome] = loop.create_future()
+        job = _Job(run, label, fut, on_done)
         if self._closed:
-            fut.set_result(JobOutcome("cancelled"))
+            job.finish(JobOutcome("cancelled"))
             return fut
         state = self._lanes.setdefault(lane, _LaneState())
-        state.queue.append(_Job(run, label, fut))
+        state.queue.append(job)
         if state.worker is None or state.worker.done():
             state.worker = loop.create_task(self._work(lane, state), name=f"lane {lane[0]} {lane[1]}")
         return fut
@@ -94,8 +117,7 @@ class Dispatcher:
             job = state.queue[0]
             outcome = await self._run(lane, job)
             state.queue.popleft()
-            if not job.future.done():
-                job.future.set_result(outcome)
+            job.finish(outcome)
         if self._lanes.get(lane) is state and not state.queue:
             del self._lanes[lane]
 
@@ -165,7 +187,7 @@ class Dispatcher:
         for state in list(self._lanes.values()):
             for job in state.queue:
                 if not job.future.done():
-                    job.future.set_result(JobOutcome("cancelled"))
+                    job.finish(JobOutcome("cancelled"))
             if state.worker and not state.worker.done():
                 state.worker.cancel()
                 workers.append(state.worker)

@@ -284,25 +284,29 @@ class Router:
         key = (event.event_id, loaded.name)
         self._inflight.add(key)
         metrics = self.metrics
+        fut: asyncio.Future[JobOutcome] | None = None
 
-        def finished(fut: asyncio.Future[JobOutcome]) -> None:
+        def finished(outcome: JobOutcome) -> None:
             # A handler that failed or timed out has had its turn: it is not retried after a restart (a poison
             # message must not hang the bot forever). Only jobs cut short by shutdown are left for redelivery.
             self._inflight.discard(key)
-            status = fut.result().status
+            if fut is not None:
+                loaded.jobs.discard(fut)
+            status = outcome.status
             if status not in ("cancelled", "ok"):
                 with contextlib.suppress(StateError):
                     self.state.mark_handled(event.event_id, loaded.name)
                 if status == "timeout":
                     if metrics is not None:
-                        metrics.handler_finished(loaded.name, label, "timeout", fut.result().seconds)
+                        metrics.handler_finished(loaded.name, label, "timeout", outcome.seconds)
                     self.api.stats.handler_failed(loaded.name, label, "timeout")
             if status != "cancelled" and metrics is not None:
                 metrics.handled(loaded.name)
 
         label = ", ".join(label for label, _ in calls)
-        fut = loaded.track(self.dispatcher.submit((room_id, loaded.name), run, label))
-        fut.add_done_callback(finished)
+        fut = self.dispatcher.submit((room_id, loaded.name), run, label, on_done=finished)
+        if not fut.done():  # (a closed dispatcher answers at once)
+            loaded.jobs.add(fut)
         return fut
 
 
