@@ -79,3 +79,47 @@ async def test_close_cancels_and_resolves(grace):
     await d.close()
     assert (await f1).status == "cancelled"
     assert (await f2).status == "cancelled"
+
+
+async def test_on_done_runs_once_with_the_outcome_before_the_future_resolves():
+    """``on_done`` replaces done-callbacks (issue 20): called in the step the job ends, for every way a job ends."""
+    d = Dispatcher(max_concurrency=2, timeout=0.2)
+    seen: list[tuple[str, str, bool]] = []
+    futures: dict[str, asyncio.Future] = {}
+
+    def on_done(name: str):
+        def done(outcome):
+            seen.append((name, outcome.status, futures[name].done()))
+        return done
+
+    async def fine():
+        return None
+
+    async def boom():
+        raise RuntimeError("plugin bug")
+
+    async def hang():
+        await asyncio.sleep(60)
+
+    async def bad_callback_job():
+        return None
+
+    for name, run in (("ok", fine), ("error", boom), ("timeout", hang)):
+        futures[name] = d.submit(("r", name), run, name, on_done=on_done(name))
+
+    def raising(outcome):
+        raise ValueError("callback bug")
+
+    futures["raising"] = d.submit(("r", "x"), bad_callback_job, "x", on_done=raising)
+    futures["queued"] = d.submit(("r", "timeout"), fine, "queued", on_done=on_done("queued"))
+    outcomes = await asyncio.gather(futures["ok"], futures["error"], futures["timeout"], futures["raising"])
+    assert [o.status for o in outcomes] == ["ok", "error", "timeout", "ok"], "a failing callback changes nothing"
+    assert ("ok", "ok", False) in seen and ("error", "error", False) in seen and ("timeout", "timeout", False) in seen
+    await d.close()
+    await asyncio.sleep(0)
+    statuses = {name: status for name, status, _ in seen}
+    assert statuses["queued"] in ("ok", "cancelled")
+    assert len(seen) == 4, "once per job"
+    late: list[str] = []
+    fut = d.submit(("r", "after"), fine, "after", on_done=lambda o: late.append(o.status))
+    assert fut.done() and fut.result().status == "cancelled" and late == ["cancelled"]
