@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import sqlite3
@@ -259,7 +260,8 @@ class StateStore:
         try:
             os.write(self._journal_fd, _journal_line(event_id, plugin, ts))
         except OSError as exc:
-            self._report(StateError(f"cannot write {self._journal_path}: {exc}"), exc)
+            full = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
+            self._report(StateError(f"cannot write {self._journal_path}: {exc.strerror or exc}{full}"), exc)
         self._unflushed.append((event_id, plugin, ts))
         self._unflushed_keys.add(key)
         if not self._flush_scheduled:
