@@ -15,7 +15,7 @@ BOT = ROOT / "bot"
 
 #: Bottom to top; a module may import its own layer and the layers below it.
 LAYERS: list[tuple[str, ...]] = [
-    ("bot.errors", "bot.log", "bot.config", "bot.stats", "bot.metrics", "bot.http_listener"),
+    ("bot.errors", "bot.log", "bot.config", "bot.stats", "bot.metrics", "bot.http_listener", "bot.timeslice"),
     ("bot.content", "bot.crypto"),
     ("bot.storage",),
     ("bot.matrix",),

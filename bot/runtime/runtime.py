@@ -53,6 +53,7 @@ from bot.stats import BotStats
 from bot.storage.backend import Storage, open_storage
 from bot.storage.lease import LeaseLost, is_fenced
 from bot.storage.state import StateStore
+from bot.timeslice import TimeSlice
 
 __all__ = ["Runtime"]
 
@@ -473,6 +474,7 @@ class Runtime:
         # which plugin handled which of the batch's events before (a redelivery after a crash): one query, not one
         # per event and plugin
         self.state.prefetch_handled(getattr(event, "event_id", None) for room in batch.rooms for event in room.events)
+        turn = TimeSlice()
         for room in batch.rooms:
             self._note_creators(room.room_id, room.state, room.events)
             self._note_encryption(room.room_id, room.state, room.events)
@@ -495,6 +497,8 @@ class Runtime:
             )
             for event in events:
                 futures += await self._deliver(room.room_id, event)
+                if turn.due():  # a burst of hundreds of events: let the handlers already submitted run meanwhile
+                    await turn.pause()
         return futures
 
     def _note_creators(self, room_id: str, state: list[Event], events: list[Event]) -> None:
