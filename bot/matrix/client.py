@@ -60,6 +60,7 @@ from bot.crypto.withheld import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_con
 from bot.matrix.events import is_state_shaped
 from bot.matrix.fallback_keys import FallbackKeys
 from bot.matrix.olm import RatchetOlm
+from bot.timeslice import TimeSlice
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -223,6 +224,8 @@ class RatchetClient(AsyncClient):
         self.membership_listeners: list[Callable[[str, str], None]] = []
         #: False for a device that only writes (an appservice ghost's): room keys sent to it are dropped, not stored.
         self.reads_room_keys = True
+        #: nio decrypts and parses a sync's timeline events one by one in one call; every few ms it pauses.
+        self._event_turn = TimeSlice()
 
     async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
         return backoff_delay(got_timeouts, cap=self.config.max_timeout_retry_wait_time)
@@ -343,6 +346,16 @@ class RatchetClient(AsyncClient):
         self.encrypted_rooms = self.store.load_encrypted_rooms()
         if self.config.store_sync_tokens:
             self.loaded_sync_token = self.store.load_sync_token()
+
+    async def _on_event(self, event: Any, room: Any) -> None:
+        """nio's per-event callbacks, and a turn of the event loop every few milliseconds.
+
+        nio handles a sync's timeline (decryption, parsing, room state) in one call that awaits only this per event:
+        a burst of 500 encrypted messages would hold the loop for tens of milliseconds (issue 20). nio already lets
+        its event callbacks suspend here (they commonly send), so pausing here is within its contract."""
+        await super()._on_event(event, room)
+        if self._event_turn.due():
+            await self._event_turn.pause()
 
     async def receive_response(self, response: Response) -> None:
         """nio's handling, a guard against misparsed soft logouts, and the E2EE hooks.
