@@ -8,7 +8,9 @@ ones in the benchmark's process only (as ``bench/bots/ratchet_before.py`` does f
 * ``KeyBackup.restore``: one pass on the event loop (``json.loads`` of the answer, every key decrypted and stored,
   each store write committed on its own);
 * ``KeyBackup.upload_new`` and ``UploadTracker``: the tracker's table read when it is made, the first scan after
-  start-up in one pass.
+  start-up in one pass;
+* ``bot.timeslice.TimeSlice``: never due, so nio's timeline loop and the routing of a sync batch run without a pause
+  (the burst; the per-event savings of target 1 stay in both variants).
 """
 
 # ruff: noqa
@@ -300,3 +302,6 @@ def install() -> None:
     key_backup.KeyBackup.restore = _old_restore
     key_backup.KeyBackup.upload_new = _old_upload_new
     key_backup.UploadTracker.__init__ = _old_tracker_init
+    from bot import timeslice
+
+    timeslice.TimeSlice.due = lambda self: False  # no pauses in long loops, as before
