@@ -18,7 +18,7 @@ from typing import Any
 
 from bench.common import QUICK, RESULTS, log, write_json
 
-SCENARIOS = ("offline", "roundtrip", "startup", "load", "looplag", "pg-offline", "pg-startup", "appservice")
+SCENARIOS = ("offline", "roundtrip", "startup", "load", "looplag", "pg-offline", "pg-startup", "appservice", "scale")
 
 
 def _environment() -> dict[str, Any]:
@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import appservice
 
                 results["appservice"] = appservice.scenario()
+            elif name == "scale":  # a bot in 2,000 encrypted rooms (bench/scale.py)
+                from bench import scale
+
+                results["scale"] = scale.scenario()
         except Exception as exc:  # one broken scenario must not lose the others
             log(f"scenario {name} failed: {exc!r}")
             results[name] = {"failed": f"{type(exc).__name__}: {exc}"[:3000]}

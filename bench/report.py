@@ -256,6 +256,9 @@ def write_report(r: dict[str, Any], path: Path) -> Path:
     from bench.appservice_report import section as appservice_section  # bench/appservice.py
 
     lines += appservice_section(r)
+    from bench.scale_report import section as scale_section  # bench/scale.py
+
+    lines += scale_section(r)
     timings = r.get("timings_s") or {}
     if timings:
         lines += ["", "Wall time of this run: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + "."]
