@@ -346,6 +346,10 @@ class OfflineBot:
         from nio import SyncResponse
 
         await client.receive_response(SyncResponse.from_dict(json.loads((DATA / "warm.json").read_bytes())))
+        if self.fast:  # what the runtime does once its first sync is handled (not in 'before': it did not)
+            from bot.runtime.runtime import freeze_long_lived
+
+            freeze_long_lived()
 
     async def fresh_state(self, k: int) -> None:
         """A new state.db, plugin host and dispatcher (so no event counts as handled already)."""

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.timeslice import TimeSlice
+
 __all__ = ["Dispatcher", "JobOutcome"]
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ class Dispatcher:
         self._lanes: dict[Lane, _LaneState] = {}
         self._on_error = on_error
         self._closed = False
+        #: Shared by the lanes: a lane whose jobs do not suspend pauses every few milliseconds.
+        self._turn = TimeSlice()
 
     def submit(
         self,
@@ -118,6 +122,8 @@ class Dispatcher:
             outcome = await self._run(lane, job)
             state.queue.popleft()
             job.finish(outcome)
+            if self._turn.due():  # handlers that never suspend (a no-op, a counter): other tasks get a turn too
+                await self._turn.pause()
         if self._lanes.get(lane) is state and not state.queue:
             del self._lanes[lane]
 

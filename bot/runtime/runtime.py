@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -374,6 +375,7 @@ class Runtime:
                     await self._retry_pending(None)  # keys stored before a restart or crash
                     self.ready.set()
                     log.info("synced; %d rooms, handling events", self.source.room_count())
+                    freeze_long_lived()
                 await self.source.maintain_keys()
         finally:
             stop_wait.cancel()
@@ -408,6 +410,7 @@ class Runtime:
             await self._retry_pending(None)
             self.ready.set()
             log.info("synced; appservice mode, handling transactions as %s", source.own_user_id)
+            freeze_long_lived()
             while not self._stop.is_set():
                 try:
                     batch = await self._unless_stopped(source.fetch(None, timeout_ms=SYNC_TIMEOUT_MS), stop_wait)
@@ -695,6 +698,18 @@ def _clear_state(state: list[Event], events: list[Event], event_type: str) -> li
         for event in (*state, *events)
         if event_type_of(event) == event_type and is_state_shaped(event) and not getattr(event, "decrypted", False)
     ]
+
+
+def freeze_long_lived() -> None:
+    """Take what start-up built (modules, nio's rooms and loaded sessions, plugins) out of the garbage collector's
+    full collections (``gc.freeze()``).
+
+    A full collection walks every tracked object; in a bot that has loaded its rooms and keys that is some 50 ms in
+    which the event loop stands still, at a random moment (measured during a 500-message burst, issue 20). Frozen
+    objects are still freed by reference counting when nothing uses them any more; only a reference cycle among them
+    would be kept (the few cycles still waiting for a collection at that moment: measured in the tens of objects).
+    """
+    gc.freeze()
 
 
 def _exit_after_lease_loss() -> None:
