@@ -511,7 +511,9 @@ class Runtime:
                 self.api.creators[room_id] = creators_from_create_event(event.source)
 
     async def _commit_when_done(self, batch: int, futures: list[asyncio.Future[JobOutcome]]) -> None:
-        outcomes = await asyncio.gather(*futures)
+        # one after another rather than asyncio.gather: most jobs have ended by the time their turn comes, and awaiting
+        # a finished future does not suspend, while gather schedules a callback for every one of them
+        outcomes = [await future for future in futures]
         if any(o.status == "cancelled" for o in outcomes) or self._fatal is not None:
             return  # shutting down: leave the token where it is, the events come again
         with contextlib.suppress(StateError):  # reported by _storage_failed
