@@ -347,3 +347,36 @@ def test_encrypted_rooms_are_saved_like_nio(engine: Engine) -> None:
     lazy.save_encrypted_rooms({ROOMS[0], ROOMS[2]})  # saved again after the delete
     plain = engine.open(place.plain, place)
     assert plain.load_encrypted_rooms() == set(ROOMS) == lazy.load_encrypted_rooms()
+
+
+def test_peek_many_reads_like_get_without_keeping(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Key backup reads a backlog with peek_many: the same sessions get() would give (memory wins), one query per
+    few ids, none of them kept in memory."""
+    import bot.matrix.store as store_module
+
+    monkeypatch.setattr(store_module, "_ID_BATCH", 4)
+    place = engine.place("store")
+    made = _fill(_new_store(engine, place.plain, place), count=13)
+    eager = engine.open(place.plain, place).load_inbound_group_sessions()
+    lazy = engine.open(place.lazy, place).load_inbound_group_sessions()
+    keys = [(room, sender, session_id) for session_id, (room, sender, _o) in made.items()]
+    in_memory = lazy.get(*keys[3])
+    wrong = [(ROOMS[0] if keys[0][0] != ROOMS[0] else ROOMS[1], keys[0][1], keys[0][2]),  # another room
+             (keys[1][0], "other-sender-key", keys[1][2]), (ROOMS[0], SENDERS[0][2], "no-such-session")]
+    asked = [*keys[:6], *wrong, *keys[6:]]
+    got = lazy.peek_many(asked)
+    assert [_describe(s) for s in got] == [_describe(eager.get(*key)) for key in keys]  # in order, wrong ones out
+    assert got[3] is in_memory
+    assert lazy.in_memory == 1 and lazy.loaded_from_db == 1 + 12
+    assert lazy.peek_many([]) == []
+
+
+def test_session_keys_stream_every_row_without_loading(engine: Engine) -> None:
+    place = engine.place("store")
+    made = _fill(_new_store(engine, place.plain, place), count=11)
+    store = engine.open(place.lazy, place)
+    lazy = store.load_inbound_group_sessions()
+    expected = sorted((room, sender, session_id) for session_id, (room, sender, _o) in made.items())
+    assert sorted(store.iter_inbound_group_session_keys(batch=3)) == expected
+    assert all(type(part) is str for key in store.iter_inbound_group_session_keys(batch=4) for part in key)
+    assert sorted(lazy.session_keys()) == expected and lazy.in_memory == 0

@@ -10,15 +10,18 @@ The pure crypto lives in :mod:`bot.crypto.megolm_backup`; this module talks to t
 
 Finding new sessions is cheap and loads none that are backed up already. With Ratchet's lazy session store
 (:class:`bot.matrix.store.LazyGroupSessionStore`) the first upload after start-up reads the ids of the stored sessions
-(one query, nothing unpickled) and loads only those not in the backup; later ones look only at the sessions added to
-the store since the previous upload. With nio's in-memory store (everything loaded anyway) we keep the number of
-sessions per room seen at the last upload and only look inside rooms whose count changed.
+(paged queries, nothing unpickled), asks the tracker which of them it lacks (one indexed query per
+:data:`PROBE_BATCH` ids: the tracker's table is not held in memory) and reads only those, a batch at a time, uploading
+each batch before looking further (a backlog of any size is backed up holding a batch in memory); later uploads look
+only at the sessions added to the store since the previous one. With nio's in-memory store (everything loaded anyway)
+we keep the number of sessions per room seen at the last upload and only look inside rooms whose count changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import re
@@ -49,6 +52,7 @@ from bot.matrix.room_keys import (
 )
 
 __all__ = [
+    "PROBE_BATCH",
     "RESTORE_PROGRESS_EVERY",
     "TRACK_FILE",
     "UPLOAD_BATCH",
@@ -68,8 +72,11 @@ log = logging.getLogger("ratchet.key_backup")
 TRACK_FILE = "key_backup.db"
 #: Sessions per ``PUT /room_keys/keys`` request.
 UPLOAD_BATCH = 200
-#: The first upload after start-up lets the event loop run every this many stored sessions it looks at.
+#: The first upload after start-up lets the event loop run every this many stored sessions it looks at (and asks the
+#: tracker about them in one go).
 SCAN_SLICE = 1000
+#: Keys per query when asking the tracker which keys it lacks (two parameters each: under SQLite's old limit of 999).
+PROBE_BATCH = 400
 #: A restore logs its progress every this many keys.
 RESTORE_PROGRESS_EVERY = 500
 
@@ -118,11 +125,16 @@ def backup_entry(session: InboundGroupSession, backup_key: BackupKey) -> dict[st
 
 
 class UploadTracker:
-    """Which sessions (room id, session id) are in which backup version: a small table, kept in memory too.
+    """Which sessions (room id, session id) are in which backup version: a table, asked in batches.
 
     ``db`` is the table's place: a path (``data_dir/key_backup.db``, a SQLite file made 0600) or a callable giving a
     sqlite3-style connection (``Storage.open_backup_tracker``: the same file, or a table in PostgreSQL). The SQL runs
     on both engines.
+
+    The table is not kept in memory: 500,000 backed-up keys would take 175 MiB as a set of tuples (measured at the
+    start-up benchmark's 500,000 sessions). :meth:`missing` answers for many keys at once with one indexed query per
+    :data:`PROBE_BATCH` keys; only the number of rows is kept (read by :meth:`ready`, counted up by
+    :meth:`add_many`).
     """
 
     def __init__(self, db: Path | Callable[[], Any], version: str) -> None:
@@ -135,48 +147,69 @@ class UploadTracker:
                 " PRIMARY KEY (version, room_id, session_id))"
             )
             conn.commit()
-        #: read when first needed: :meth:`ready` reads it in a worker thread (50,000 rows would stall the loop)
-        self._loaded: set[tuple[str, str]] | None = None
+        #: the number of rows of this version: read when first needed (:meth:`ready` reads it in a worker thread)
+        self._count: int | None = None
 
-    def _read(self) -> set[tuple[str, str]]:
+    def _read_count(self) -> int:
         with contextlib.closing(self._open()) as conn:
-            rows = conn.execute(
-                "SELECT room_id, session_id FROM uploaded WHERE version = ?", (self.version,)
-            ).fetchall()
-        return {(r, s) for r, s in rows}
-
-    @property
-    def _done(self) -> set[tuple[str, str]]:
-        if self._loaded is None:
-            self._loaded = self._read()
-        return self._loaded
+            return int(conn.execute("SELECT count(*) FROM uploaded WHERE version = ?", (self.version,)).fetchone()[0])
 
     async def ready(self) -> None:
-        """Read the table in a worker thread unless it is read already (so the event loop does not wait on it)."""
-        if self._loaded is None:
-            done = await asyncio.to_thread(self._read)
-            if self._loaded is None:
-                self._loaded = done
+        """Count the rows in a worker thread unless they are counted already (the event loop does not wait on it)."""
+        if self._count is None:
+            count = await asyncio.to_thread(self._read_count)
+            if self._count is None:
+                self._count = count
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        """One connection for many :meth:`missing` calls (a scan asks hundreds of times)."""
+        with contextlib.closing(self._open()) as conn:
+            yield conn
+
+    def missing(self, keys: Iterable[tuple[str, str]], conn: Any = None) -> list[tuple[str, str]]:
+        """The keys of ``keys`` that are not recorded in this version, in their order (each once)."""
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return []
+        if conn is None:
+            with self.connection() as own:
+                return self.missing(wanted, own)
+        absent: set[tuple[str, str]] = set()
+        for start in range(0, len(wanted), PROBE_BATCH):
+            chunk = wanted[start : start + PROBE_BATCH]
+            params: list[str] = [part for key in chunk for part in key]
+            params.append(self.version)
+            rows = conn.execute(
+                "SELECT v.column1, v.column2 FROM (VALUES " + ", ".join(["(?, ?)"] * len(chunk)) + ") AS v"
+                " WHERE NOT EXISTS (SELECT 1 FROM uploaded AS u"
+                " WHERE u.version = ? AND u.room_id = v.column1 AND u.session_id = v.column2)",
+                params,
+            ).fetchall()
+            absent.update((r, s) for r, s in rows)
+        return [key for key in wanted if key in absent]
 
     def __contains__(self, key: tuple[str, str]) -> bool:
-        return key in self._done
+        return not self.missing([key])
 
     def __len__(self) -> int:
-        return len(self._done)
+        if self._count is None:
+            self._count = self._read_count()
+        return self._count
 
     def add_many(self, keys: Iterable[tuple[str, str]]) -> None:
         """Record sessions as backed up in this version."""
-        done = self._done
-        new = [k for k in dict.fromkeys(keys) if k not in done]
-        if not new:
-            return
-        with contextlib.closing(self._open()) as conn:
+        with self.connection() as conn:
+            new = self.missing(keys, conn)
+            if not new:
+                return
             conn.executemany(
                 "INSERT INTO uploaded (version, room_id, session_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                 [(self.version, r, s) for r, s in new],
             )
             conn.commit()
-        done.update(new)
+        if self._count is not None:
+            self._count += len(new)
 
 
 def _open_file(path: Path) -> sqlite3.Connection:
@@ -228,21 +261,29 @@ class KeyBackup:
 
     def pending(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
         """Sessions not yet backed up, and what to call once they are (remembers how far the store was looked at)."""
-        store = self._lazy_store()
-        if store is not None:
-            return self._pending_lazy(store)
-        new: list[InboundGroupSession] = []
-        counts: dict[str, int] = {}
-        for room_id, senders in self._store_rooms():
-            count = sum(len(s) for s in senders.values())
-            if self._room_counts.get(room_id) == count:
-                continue
-            counts[room_id] = count
-            for sessions in senders.values():
-                for session_id, session in sessions.items():
-                    if (room_id, session_id) not in self.tracker:
-                        new.append(session)
-        return new, lambda: self._room_counts.update(counts)
+        steps = self._unbacked_steps()
+        found: list[InboundGroupSession] = []
+        while True:
+            try:
+                batch = next(steps)
+            except StopIteration as stop:
+                return found, stop.value
+            if batch:
+                found.extend(batch)
+
+    async def _pending_async(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
+        """:meth:`pending`, letting the event loop run every :data:`SCAN_SLICE` stored sessions looked at."""
+        steps = self._unbacked_steps()
+        found: list[InboundGroupSession] = []
+        while True:
+            try:
+                batch = next(steps)
+            except StopIteration as stop:
+                return found, stop.value
+            if batch:
+                found.extend(batch)
+            else:
+                await asyncio.sleep(0)
 
     def _lazy_store(self) -> Any | None:
         """The client's store of inbound group sessions if it is the lazy one (it lists the stored ids without loading
@@ -252,94 +293,137 @@ class KeyBackup:
             return store
         return None
 
-    def _pending_lazy(self, store: Any) -> tuple[list[InboundGroupSession], Callable[[], None]]:
+    def _unbacked_steps(
+        self, *, uploading: bool = False
+    ) -> Generator[list[InboundGroupSession] | None, None, Callable[[], None]]:
+        """The sessions not backed up yet, in batches of at most :data:`UPLOAD_BATCH` (yielded as lists; ``None`` is
+        a pause for the event loop), then what to call once all of them are uploaded.
+
+        ``uploading``: the consumer uploads (and records) each batch before it asks for the next, so the tracker
+        already answers for it and the scan need not remember it: a store with a backlog of 500,000 sessions is then
+        backed up holding a batch or two in memory, not all of them."""
+        with self.tracker.connection() as conn:
+            store = self._lazy_store()
+            if store is not None:
+                return (yield from self._unbacked_lazy(store, conn, uploading))
+            return (yield from self._unbacked_in_memory(conn))
+
+    def _unbacked_in_memory(
+        self, conn: Any
+    ) -> Generator[list[InboundGroupSession] | None, None, Callable[[], None]]:
+        """nio's in-memory store (everything loaded anyway): look only inside rooms whose count changed. nio's dicts
+        are read in one go (they may change while a batch is uploaded)."""
+        counts: dict[str, int] = {}
+        candidates: dict[tuple[str, str], InboundGroupSession] = {}
+        for room_id, senders in self._store_rooms():
+            count = sum(len(s) for s in senders.values())
+            if self._room_counts.get(room_id) == count:
+                continue
+            counts[room_id] = count
+            for sessions in senders.values():
+                for session_id, session in sessions.items():
+                    candidates.setdefault((room_id, session_id), session)
+        yield from self._batches([candidates[k] for k in self.tracker.missing(candidates, conn)])
+        return lambda: self._room_counts.update(counts)
+
+    def _unbacked_lazy(
+        self, store: Any, conn: Any, uploading: bool
+    ) -> Generator[list[InboundGroupSession] | None, None, Callable[[], None]]:
         """The lazy store: never load a session that is backed up already (50,000 of them would be read per sync)."""
-        steps = self._pending_lazy_steps(store)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
-
-    async def _pending_async(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
-        """:meth:`pending`, letting the event loop run every :data:`SCAN_SLICE` stored sessions looked at."""
-        store = self._lazy_store()
-        if store is None:
-            return self.pending()
-        steps = self._pending_lazy_steps(store)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
-            await asyncio.sleep(0)
-
-    def _pending_lazy_steps(
-        self, store: Any
-    ) -> Generator[None, None, tuple[list[InboundGroupSession], Callable[[], None]]]:
-        """:meth:`_pending_lazy` as a generator that pauses every :data:`SCAN_SLICE` sessions looked at."""
         mark = store.added_count
-        found: dict[tuple[str, str], InboundGroupSession] = {}
-        if self._added_mark is None:  # first upload since start-up: the stored ids, one query, nothing unpickled
-            looked = 0
-            for room_id, sender_key, session_id in store.session_keys():
-                looked += 1
-                if looked % SCAN_SLICE == 0:
-                    yield
-                if (room_id, session_id) in self.tracker or (room_id, session_id) in found:
-                    continue
-                session = store.get(room_id, sender_key, session_id)
-                if session is not None:
-                    found[(room_id, session_id)] = session
-        else:  # later: only what was added to the store since the last upload (in memory already)
-            for session in store.added_since(self._added_mark):
-                key = (session.room_id, session.id)
-                if key not in self.tracker:
-                    found[key] = store.get(session.room_id, session.sender_key, session.id) or session
 
         def done() -> None:
             self._added_mark = mark
 
-        return list(found.values()), done
+        if self._added_mark is not None:  # later: only what was added to the store since the last upload (in memory)
+            added = {(s.room_id, s.id): s for s in store.added_since(self._added_mark)}
+            new = [added[key] for key in self.tracker.missing(added, conn)]
+            yield from self._batches([store.get(s.room_id, s.sender_key, s.id) or s for s in new])
+            return done
+        # first upload since start-up: the stored ids (nothing unpickled), the tracker asked a slice at a time
+        wanted: dict[tuple[str, str], str] = {}  # found, not handed out yet -> its sender key
+        handed: set[tuple[str, str]] = set()  # collecting (not uploading): found and handed out already
+        keys = iter(store.session_keys())  # a session in memory and in the database comes twice
+        while True:
+            slice_: dict[tuple[str, str], str] = {}
+            for room_id, sender_key, session_id in keys:
+                slice_.setdefault((room_id, session_id), sender_key)
+                if len(slice_) >= SCAN_SLICE:
+                    break
+            last = len(slice_) < SCAN_SLICE
+            for key in self.tracker.missing(slice_, conn):
+                if key not in wanted and key not in handed:
+                    wanted[key] = slice_[key]
+            while len(wanted) >= UPLOAD_BATCH or (last and wanted):
+                batch = [(key, wanted.pop(key)) for key in list(itertools.islice(wanted, UPLOAD_BATCH))]
+                if not uploading:
+                    handed.update(key for key, _sender in batch)
+                yield from self._batches(_load_sessions(store, [(r, sender, s) for (r, s), sender in batch]))
+            if last:
+                return done
+            yield None
+
+    @staticmethod
+    def _batches(sessions: list[InboundGroupSession]) -> Iterator[list[InboundGroupSession]]:
+        for start in range(0, len(sessions), UPLOAD_BATCH):
+            yield sessions[start : start + UPLOAD_BATCH]
 
     async def upload_new(self) -> int:
-        """Upload the inbound sessions that are not in the backup yet; returns how many were uploaded."""
+        """Upload the inbound sessions that are not in the backup yet; returns how many were uploaded.
+
+        The sessions are found and uploaded a batch at a time (:meth:`_unbacked_steps`); the store counts as looked
+        at only once every batch is in the backup, so a failed upload is looked for again after the next sync."""
         if self.disabled_reason:
             return 0
         await self.tracker.ready()
-        sessions, done = await self._pending_async()
+        steps = self._unbacked_steps(uploading=True)
         uploaded = 0
-        for start in range(0, len(sessions), UPLOAD_BATCH):
-            batch = sessions[start : start + UPLOAD_BATCH]
-            bodies = []
-            keys = []
-            for session in batch:
-                try:
-                    data = backup_entry(session, self.backup_key)
-                except Exception as exc:  # a session vodozemac cannot export: skip it, do not block the rest
-                    log.warning("cannot back up session %s in %s: %s", session.id, session.room_id, exc)
-                    keys.append((session.room_id, session.id))
-                    continue
-                bodies.append({"rooms": {session.room_id: {"sessions": {session.id: data}}}})
-                keys.append((session.room_id, session.id))
-            if bodies:
-                try:
-                    await request_json(self.client, "PUT", _keys_path(self.version), merge_key_backup_bodies(bodies))
-                except MatrixRequestError as err:
-                    if err.errcode == "M_WRONG_ROOM_KEYS_VERSION" or err.status == 404:
-                        self.disabled_reason = (
-                            f"backup version {self.version} is no longer the current one ({err.errcode or err.status})"
-                        )
-                        log.warning("key backup stopped: %s; restart the bot to pick up the new backup",
-                                    self.disabled_reason)
-                        return uploaded
-                    raise
-            self.tracker.add_many(keys)
-            uploaded += len(bodies)
+        while True:
+            try:
+                batch = next(steps)
+            except StopIteration as stop:
+                done = stop.value
+                break
+            if batch is None:
+                await asyncio.sleep(0)
+                continue
+            count = await self._upload_batch(batch)
+            if count is None:  # the backup version was replaced: stop looking
+                steps.close()
+                return uploaded
+            uploaded += count
         done()
         if uploaded:
             log.info("backed up %d room key%s (version %s)", uploaded, "" if uploaded == 1 else "s", self.version)
         return uploaded
+
+    async def _upload_batch(self, batch: list[InboundGroupSession]) -> int | None:
+        """Upload one batch and record it; how many were uploaded, or None if the server refused our version."""
+        bodies = []
+        keys = []
+        for session in batch:
+            try:
+                data = backup_entry(session, self.backup_key)
+            except Exception as exc:  # a session vodozemac cannot export: skip it, do not block the rest
+                log.warning("cannot back up session %s in %s: %s", session.id, session.room_id, exc)
+                keys.append((session.room_id, session.id))
+                continue
+            bodies.append({"rooms": {session.room_id: {"sessions": {session.id: data}}}})
+            keys.append((session.room_id, session.id))
+        if bodies:
+            try:
+                await request_json(self.client, "PUT", _keys_path(self.version), merge_key_backup_bodies(bodies))
+            except MatrixRequestError as err:
+                if err.errcode == "M_WRONG_ROOM_KEYS_VERSION" or err.status == 404:
+                    self.disabled_reason = (
+                        f"backup version {self.version} is no longer the current one ({err.errcode or err.status})"
+                    )
+                    log.warning("key backup stopped: %s; restart the bot to pick up the new backup",
+                                self.disabled_reason)
+                    return None
+                raise
+        self.tracker.add_many(keys)
+        return len(bodies)
 
     # -- restore -----------------------------------------------------------------------------------------------
 
@@ -425,6 +509,16 @@ class KeyBackup:
             log.warning("%d of %d backed-up keys could not be decrypted with this backup key", failed, total)
         log.info("key backup restore done: %d new keys imported of %d", imported, total)
         return RestoreResult(self.version, total, imported, failed)
+
+
+def _load_sessions(store: Any, keys: list[tuple[str, str, str]]) -> list[InboundGroupSession]:
+    """The sessions of ``keys`` (room id, sender key, session id) for uploading: with the lazy store's ``peek_many``
+    one query for those not in memory, and none of them kept in memory; else ``get`` one by one. Keys without a
+    session (or whose row names another room or sender) are left out, as ``get`` answers None for them."""
+    peek_many = getattr(store, "peek_many", None)
+    if callable(peek_many):
+        return list(peek_many(keys))
+    return [s for s in (store.get(*key) for key in keys) if s is not None]
 
 
 #: Keys decrypted per worker-thread call during a restore.

@@ -15,8 +15,9 @@ message needs them; :class:`LazyStoreMixin` does the same on nio's own tables, w
   plain nio and vice versa (old libolm pickles are upgraded on first use, as nio
   upgrades them at load).
 * Key backup finds the sessions it has not uploaded yet without loading any: once at start-up from their ids
-  (:meth:`LazyGroupSessionStore.session_keys`, one query), then per sync from the sessions ``add()``-ed since its last
-  upload (:meth:`LazyGroupSessionStore.added_since`).
+  (:meth:`LazyGroupSessionStore.session_keys`, paged queries), then per sync from the sessions ``add()``-ed since its
+  last upload (:meth:`LazyGroupSessionStore.added_since`); it reads the ones to upload with
+  :meth:`LazyGroupSessionStore.peek_many` (one query per few hundred, not kept in memory).
 * nio asks the store whether a message's sending device is verified for every decrypted event, and ``SqliteStore``
   answers with three queries each time. The answer only changes through the store's own methods, so it is cached
   here and the cache is dropped by every method that writes trust state or device rows.
@@ -48,6 +49,7 @@ __all__ = ["LazyGroupSessionStore", "LazySqliteStore", "LazyStoreMixin"]
 log = logging.getLogger(__name__)
 
 _NO_ROW = object()  # the device has no row in the database (nio: "not verified", "not blacklisted", ...)
+_ID_BATCH = 400  # session ids per query of read_inbound_group_sessions_by_id (under SQLite's old limit of 999)
 
 
 class LazyGroupSessionStore(GroupSessionStore):
@@ -139,6 +141,31 @@ class LazyGroupSessionStore(GroupSessionStore):
         if not self._all_loaded:
             assert self._store is not None
             yield from self._store.iter_inbound_group_session_keys()
+
+    def peek_many(self, keys: list[tuple[str, str, str]]) -> list[InboundGroupSession]:
+        """The sessions of ``keys`` (room id, sender key, session id), for reading once (key backup uploading a
+        backlog): those in memory as they are, the others read from the database in one query and *not* kept in
+        memory. Keys without a session (or whose row names another room or sender) are left out, as ``get`` answers
+        None for them."""
+        found: dict[tuple[str, str, str], InboundGroupSession] = {}
+        absent: list[tuple[str, str, str]] = []
+        for key in keys:
+            room_id, sender_key, session_id = key
+            session = self._loaded.get(room_id, {}).get(sender_key, {}).get(session_id)
+            if session is not None:
+                found[key] = session
+            elif not (self._all_loaded or room_id in self._rooms_loaded):
+                absent.append(key)
+        if absent:
+            assert self._store is not None
+            read = self._store.read_inbound_group_sessions_by_id([session_id for _r, _s, session_id in absent])
+            by_id = {session.id: session for session in read}
+            for key in absent:
+                session = by_id.get(key[2])
+                if session is not None and session.room_id == key[0] and session.sender_key == key[1]:
+                    found[key] = session
+                    self.loaded_from_db += 1  # counted as get() counts: the sessions it answers with
+        return [found[key] for key in keys if key in found]
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -270,6 +297,31 @@ class LazyStoreMixin:
         ]
         return self._unpickle(row, chains)
 
+    @use_database
+    def read_inbound_group_sessions_by_id(self, session_ids: list[str]) -> list[InboundGroupSession]:
+        """The sessions with these ids (those that exist for this account), two queries per :data:`_ID_BATCH` ids."""
+        account = self.account_id()
+        if account is None:
+            return []
+        out: list[InboundGroupSession] = []
+        for start in range(0, len(session_ids), _ID_BATCH):
+            ids = session_ids[start : start + _ID_BATCH]
+            rows = list(
+                MegolmInboundSessions.select(*self._COLUMNS)
+                .where((MegolmInboundSessions.account == account) & MegolmInboundSessions.session_id.in_(ids))
+                .tuples()
+            )
+            chains: defaultdict[str, list[str]] = defaultdict(list)
+            for session_id, sender_key in (
+                ForwardedChains.select(ForwardedChains.session, ForwardedChains.sender_key)
+                .where(ForwardedChains.session.in_(ids))
+                .order_by(ForwardedChains.id)
+                .tuples()
+            ):
+                chains[session_id].append(sender_key)
+            out.extend(self._unpickle(row, chains.get(row[4], [])) for row in rows)
+        return out
+
     def iter_inbound_group_session_keys(self, batch: int = 2000) -> Iterator[tuple[str, str, str]]:
         """(room id, sender key, session id) of every session row of this account, in nio's load order, read
         ``batch`` rows at a time (50,000 of them as one list would cost tens of MiB at start-up)."""
@@ -287,7 +339,7 @@ class LazyStoreMixin:
         if account is None:
             return []
         order = self._session_order
-        return list(
+        query = (
             MegolmInboundSessions.select(
                 order,
                 MegolmInboundSessions.room_id,
@@ -297,8 +349,9 @@ class LazyStoreMixin:
             .where((MegolmInboundSessions.account == account) & (order > after))
             .order_by(order)
             .limit(limit)
-            .tuples()
         )
+        # the driver's rows as they are: peewee's row wrapper took most of the time of a 500,000-session scan
+        return self.database.execute_sql(*query.sql()).fetchall()
 
     @use_database
     def read_inbound_group_sessions(self, *, room_id: str | None = None) -> list[InboundGroupSession]:
