@@ -380,3 +380,18 @@ def test_session_keys_stream_every_row_without_loading(engine: Engine) -> None:
     assert sorted(store.iter_inbound_group_session_keys(batch=3)) == expected
     assert all(type(part) is str for key in store.iter_inbound_group_session_keys(batch=4) for part in key)
     assert sorted(lazy.session_keys()) == expected and lazy.in_memory == 0
+
+
+def test_peek_many_reads_this_accounts_sessions_only(engine: Engine) -> None:
+    """Another device's store in the same database (PostgreSQL keeps every account in the same tables): its sessions
+    are not this account's, for peek_many as for get."""
+    place = engine.place("store")
+    mine = _fill(_new_store(engine, place.plain, place), count=3)
+    other = engine.open(place.plain, place).__class__("@bot:example.org", "OTHERDEVICE", str(place.path), KEY)
+    engine.opened.append(other)
+    other.save_account(OlmAccount())
+    theirs = _fill(other, count=3)
+    lazy = engine.open(place.lazy, place).load_inbound_group_sessions()
+    keys = [(room, sender, session_id) for session_id, (room, sender, _o) in [*mine.items(), *theirs.items()]]
+    assert [s.id for s in lazy.peek_many(keys)] == list(mine)
+    assert [lazy.get(*key) is not None for key in keys] == [True] * 3 + [False] * 3

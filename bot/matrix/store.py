@@ -306,11 +306,15 @@ class LazyStoreMixin:
         out: list[InboundGroupSession] = []
         for start in range(0, len(session_ids), _ID_BATCH):
             ids = session_ids[start : start + _ID_BATCH]
-            rows = list(
-                MegolmInboundSessions.select(*self._COLUMNS)
-                .where((MegolmInboundSessions.account == account) & MegolmInboundSessions.session_id.in_(ids))
+            # by the primary key alone, the account checked here: with ``account == ...`` in the query SQLite's
+            # planner walks the account's index, every row of it (0.5 ms per session at 500,000 sessions)
+            rows = [
+                row[1:]
+                for row in MegolmInboundSessions.select(MegolmInboundSessions.account, *self._COLUMNS)
+                .where(MegolmInboundSessions.session_id.in_(ids))
                 .tuples()
-            )
+                if row[0] == account
+            ]
             chains: defaultdict[str, list[str]] = defaultdict(list)
             for session_id, sender_key in (
                 ForwardedChains.select(ForwardedChains.session, ForwardedChains.sender_key)
