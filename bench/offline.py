@@ -21,6 +21,11 @@ crypto store holding the 100 inbound sessions. Each variant then handles the sam
 * ``ratchet-before``: ``ratchet-peer`` with nio's own validation and store (``bot.matrix.schemas`` uninstalled), i.e.
   what Ratchet cost before issue 8.
 
+``ratchet-nio-part`` is ``ratchet`` stopped once nio has handled the batch (``json.loads``, ``SyncResponse.from_dict``,
+``receive_response`` through Ratchet's client: fast path, lazy store, the state-event guard, decryption), before
+Ratchet routes anything: ``ratchet`` minus ``ratchet-nio-part`` is the runtime's share per event (routing, trust,
+dispatch, handler, exactly-once records), ``ratchet-nio-part`` minus ``floor`` nio's event objects and checks.
+
 A diagnostic variant splits the difference: ``ratchet-fastpath-only`` (the fast path with nio's plain
 ``SqliteStore``). (``ratchet-proposed``, the experiment with one transaction per loop turn for the handled records
 and no task per handler job, became Ratchet's code in issue 20 and was removed.)
@@ -64,7 +69,7 @@ PER_ROOM = 100
 SENDERS_PER_ROOM = 5
 N_SENDERS = 10
 BASE_TS = 1_760_000_000_000
-VARIANTS = ("floor", "nio", "ratchet", "ratchet-peer", "ratchet-before")
+VARIANTS = ("floor", "nio", "ratchet", "ratchet-peer", "ratchet-before", "ratchet-nio-part")
 #: Diagnostic variants (``python -m bench.offline run NAME``; ``scenario(extra=True)``): where the cost goes.
 EXTRA_VARIANTS = ("ratchet-fastpath-only", "ratchet-protections")
 
@@ -373,8 +378,10 @@ class OfflineBot:
         await self.client.receive_response(resp)
         assert not self.client.olm.users_for_key_query & set(body["device_keys"]), "senders still outdated"
 
-    async def feed(self, raw: bytes) -> None:
-        """What the sync loop does with one response: parse, let nio handle it, route, wait until handled."""
+    async def feed(self, raw: bytes, *, route: bool = True) -> int:
+        """What the sync loop does with one response: parse, let nio handle it, route, wait until handled.
+
+        ``route=False`` stops after nio (``ratchet-nio-part``); returns how many timeline events nio decrypted."""
         from nio import SyncResponse
 
         from bot.matrix.sync import SyncBatch
@@ -382,9 +389,15 @@ class OfflineBot:
         bot = self.bot
         resp = SyncResponse.from_dict(json.loads(raw))
         await bot.client.receive_response(resp)
+        decrypted = sum(
+            1 for room in resp.rooms.join.values() for e in room.timeline.events if getattr(e, "decrypted", False)
+        )
+        if not route:
+            return decrypted
         await bot._handle_sync(SyncBatch.from_response(resp, BOT_USER), initial=False, resumed=False)
         while bot._background:
             await asyncio.gather(*list(bot._background))
+        return decrypted
 
     async def close(self) -> None:
         bot = self.bot
@@ -402,7 +415,7 @@ PROTECTIONS = ", protections: {flood: {burst: 100000}}"
 
 
 async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True, extra_plugins: str = "",
-                       peer_settings: bool = False) -> tuple[list[float], dict]:
+                       peer_settings: bool = False, route: bool = True) -> tuple[list[float], dict]:
     from bot.matrix import schemas as fastpath
 
     ob = OfflineBot(work, fast=fast, lazy=lazy, extra_plugins=extra_plugins, peer_settings=peer_settings)
@@ -415,8 +428,13 @@ async def _run_ratchet(passes: int, work: Path, *, fast: bool, lazy: bool = True
         fastpath.stats.reset()
         gc.collect()
         t0 = time.process_time()
-        await ob.feed(raw)
+        decrypted = await ob.feed(raw, route=route)
         elapsed = time.process_time() - t0
+        if not route:  # nio's part only: every event decrypted, nothing routed
+            assert decrypted == N_ROOMS * PER_ROOM, decrypted
+            handled = decrypted
+            out.append(elapsed / handled * 1e6)
+            continue
         handled = ob.bot.stats.events_routed - before
         rows = ob.bot.state._db.execute("SELECT count(*) FROM handled WHERE plugin = 'benchnoop'").fetchone()[0]
         assert handled == N_ROOMS * PER_ROOM and rows == handled, (handled, rows)
@@ -446,6 +464,8 @@ async def run_variant(variant: str, passes: int, profile: str | None = None) -> 
             values, extra = await _run_ratchet(passes + 1, work, fast=True, peer_settings=True)
         elif variant == "ratchet-before":
             values, extra = await _run_ratchet(passes + 1, work, fast=False, lazy=False, peer_settings=True)
+        elif variant == "ratchet-nio-part":
+            values, extra = await _run_ratchet(passes + 1, work, fast=True, route=False)
         elif variant == "ratchet-fastpath-only":
             values, extra = await _run_ratchet(passes + 1, work, fast=True, lazy=False)
         elif variant == "ratchet-protections":
@@ -493,6 +513,7 @@ def scenario(quick: bool = QUICK) -> dict[str, Any]:
             "nio/floor": ratio_summary(samples["nio"], samples["floor"]),
             "ratchet-before/nio": ratio_summary(samples["ratchet-before"], samples["nio"]),
             "ratchet-peer/ratchet-before": ratio_summary(samples["ratchet-peer"], samples["ratchet-before"]),
+            "ratchet-nio-part/floor": ratio_summary(samples["ratchet-nio-part"], samples["floor"]),
         },
     }
     return result
