@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 #: The sync filter: enough timeline per room that a short outage leaves no gap.
 SYNC_FILTER: dict[str, Any] = {"room": {"timeline": {"limit": 100}}}
+#: The filter of an initial sync (no token: a new bot or a new login). Its timeline is history the runtime skips
+#: (:func:`bot.runtime.timeline.select_events`), so none is asked for; every room's current state still comes in full
+#: (the ``state`` section). Synapse answers it about 2.5 times faster (2,000 rooms: ~6 s instead of ~15 s,
+#: bench/scale.py) and it is a third smaller, so the bot parses less and is ready sooner.
+INITIAL_SYNC_FILTER: dict[str, Any] = {"room": {"timeline": {"limit": 0}}}
 
 
 @dataclass
@@ -191,14 +196,17 @@ class SyncSource:
         return len(self.client.rooms)
 
     async def fetch(self, since: str | None, *, timeout_ms: int, full_state: bool | None = None) -> SyncBatch:
-        """Long-poll the next batch after ``since``.
+        """Long-poll the next batch after ``since`` (``None``: an initial sync, without timelines).
 
         Raises :class:`SyncFailed` for an error answer or a transport or parse error nio did not retry; a storage
         error (the crypto store could not be written) propagates as is, see :func:`is_storage_error`.
         """
         try:
             resp = await self.client.sync(
-                timeout=timeout_ms, sync_filter=SYNC_FILTER, since=since, full_state=full_state
+                timeout=timeout_ms,
+                sync_filter=SYNC_FILTER if since is not None else INITIAL_SYNC_FILTER,
+                since=since,
+                full_state=full_state,
             )
         except Exception as exc:  # malformed responses, transport errors nio did not retry
             if is_storage_error(exc):
