@@ -502,7 +502,7 @@ def startup_scenario(quick: bool = QUICK) -> dict[str, Any]:
     load_start = loadavg()
     runs: dict[str, list[dict[str, Any]]] = {e: [] for e in STARTUP_BOTS}
     errors: dict[str, str] = {}
-    server = startup._server(base)
+    server = startup._server(base, measuring=True)  # its sync response cache off, as in bench/startup.py
     try:
         startup._warm_synapse(server, base, meta)
         with tempfile.TemporaryDirectory(prefix="ratchet-bench-pgstart-", dir=CACHE) as tmp, \
