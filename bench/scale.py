@@ -42,7 +42,8 @@ Per run (the bot's process start is t0):
 * **round trip**: :data:`PINGS` encrypted ``!ping`` → ``pong`` in the busy room, one after the other (at the member,
   :class:`bench.member.BenchMember`), p50/p99;
 * from the access log too: Synapse's time for the bot's initial sync and the bytes it sent (the filters differ:
-  Ratchet asks for 100 timeline events per room, maubot 50, nio none, i.e. Synapse's 10).
+  Ratchet's initial sync asks for no timeline, ``bot.matrix.sync.INITIAL_SYNC_FILTER``; maubot for 50 events per
+  room, nio for none, i.e. Synapse's 10).
 
 Three runs of each bot (one in quick mode), interleaved, the order reversed each repetition. 10,000 rooms are built
 and measured only if the measured room creation rate builds them in :data:`MAX_BUILD_S` (otherwise the result says
