@@ -18,7 +18,10 @@ from typing import Any
 
 from bench.common import QUICK, RESULTS, log, write_json
 
-SCENARIOS = ("offline", "roundtrip", "startup", "load", "looplag", "pg-offline", "pg-startup", "appservice", "scale")
+SCENARIOS = (
+    "offline", "roundtrip", "startup", "load", "looplag", "pg-offline", "pg-startup", "appservice", "scale",
+    "concurrency",
+)
 
 
 def _environment() -> dict[str, Any]:
@@ -97,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 from bench import scale
 
                 results["scale"] = scale.scenario()
+            elif name == "concurrency":  # the 50-room tail against max_concurrency (bench/concurrency.py)
+                from bench import concurrency
+
+                results["concurrency"] = concurrency.scenario()
         except Exception as exc:  # one broken scenario must not lose the others
             log(f"scenario {name} failed: {exc!r}")
             results[name] = {"failed": f"{type(exc).__name__}: {exc}"[:3000]}

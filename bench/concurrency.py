@@ -54,3 +54,35 @@ if __name__ == "__main__":
     print(json.dumps({"summary": res["summary"], "choice": res["choice"]},
                      default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
     sys.exit(0)
+
+
+def section(r: dict[str, Any]) -> list[str]:
+    """The scenario's part of results.md."""
+    c = r.get("concurrency") or {}
+    if not c.get("summary"):
+        return ["", "## Choosing max_concurrency", "", f"The scenario failed: {c['failed']}"] if c.get("failed") else []
+    from bench.report import _num, _spread, _table
+
+    p = c["params"]
+    bots = c["summary"]["bots"]
+    lines = ["", "## Choosing max_concurrency (the 50-room tail)", "",
+             f"{p['rooms']} rooms pinging at once, {p['pings_per_room']} pings each (and {p['pings_1_room']} pings in "
+             f"one room); Ratchet with its defaults but `max_concurrency` set as shown, and maubot; {p['repeats']} "
+             "interleaved runs each (ms at the member; ratios to maubot paired by run).", ""]
+    rows = []
+    for name, b in bots.items():
+        mine = name.startswith(MC_PREFIX)
+        ratio = c["summary"]["ratios"].get(f"multi p99 {name}/maubot") if mine else None
+        rows.append([b["label"], _spread(b["multi"]["p50"], 0), _spread(b["multi"]["p99"], 0),
+                     _spread(ratio) if ratio else "", _spread(b["single"]["p50"], 1),
+                     _spread(b["single"]["bot_cpu_ms_per_ping"], 2)])
+    lines += _table(["bot", f"{p['rooms']} rooms p50", "p99", "p99 / maubot's", "1 room p50", "bot CPU ms/ping"],
+                    rows)
+    choice = c.get("choice") or {}
+    chosen = choice.get("chosen")
+    lines += ["", "Smallest setting whose 50-room p99 is at most maubot's in every run: "
+              + (f"**{chosen}**." if chosen else "none.")]
+    for n, v in (choice.get("verdicts") or {}).items():
+        lines.append(f"- {n}: p99 / maubot's {_num(v['median'])} (worst run {_num(v['max'])})"
+                     + (" — clears 1 in every run" if v["clears"] else ""))
+    return lines

@@ -277,6 +277,9 @@ def write_report(r: dict[str, Any], path: Path) -> Path:
     from bench.appservice_report import section as appservice_section  # bench/appservice.py
 
     lines += appservice_section(r)
+    from bench.concurrency import section as concurrency_section  # bench/concurrency.py
+
+    lines += concurrency_section(r)
     from bench.scale_report import section as scale_section  # bench/scale.py
 
     lines += scale_section(r)
