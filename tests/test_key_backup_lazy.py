@@ -33,13 +33,7 @@ def _session(room: str) -> InboundGroupSession:
 
 
 def _open(path: Path) -> tuple[LazySqliteStore, LazyGroupSessionStore]:
-    path.mkdir(parents=True, exist_ok=True)
-    store = LazySqliteStore(USER, DEVICE, str(path), PICKLE_KEY)
-    if store.load_account() is None:
-        store.save_account(OlmAccount())
-    sessions = store.load_inbound_group_sessions()
-    assert isinstance(sessions, LazyGroupSessionStore)
-    return store, sessions
+    return _open_on(LazySqliteStore, path)
 
 
 def _client(store: LazySqliteStore, sessions: LazyGroupSessionStore) -> Any:
