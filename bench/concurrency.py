@@ -51,8 +51,7 @@ def choose(summary: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     res = scenario()
-    print(json.dumps({"summary": res["summary"], "choice": res["choice"]},
-                     default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+    print(json.dumps(res, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
     sys.exit(0)
 
 

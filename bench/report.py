@@ -194,7 +194,7 @@ def write_report(r: dict[str, Any], path: Path) -> Path:
         lines += ["", "## 2. Round trip `!ping` → `pong` through Synapse (ms, at the member)", "",
                   f"1 room: {p['pings_1_room']} pings one after another; {p['rooms']} rooms: "
                   f"{p['pings_per_room']} pings each, all rooms at once. Every bot: {p['repeats']} run(s), "
-                  "interleaved, the order reversed each repetition (Ratchet with `max_concurrency: 64`: one run).",
+                  "interleaved, the order reversed each repetition.",
                   ""]
         rows = []
         for b in rt["summary"]["bots"].values():
@@ -211,17 +211,6 @@ def write_report(r: dict[str, Any], path: Path) -> Path:
                       "the others, same run:", ""]
             rows = []
             for key, value in peer:
-                kind, pct, pair = key.split(" ", 2)
-                other = pair.split("/", 1)[1]
-                label = rt["summary"]["bots"].get(other, {}).get("label", other)
-                room_label = "1 room" if kind == "single" else f"{p['rooms']} rooms"
-                rows.append([f"{room_label} {pct}", label, _spread(value)])
-            lines += _table(["figure", "vs", "ratio"], rows)
-        tuned = [(k, v) for k, v in rt["summary"].get("ratios", {}).items() if " ratchet-mc64/" in k]
-        if tuned:
-            lines += ["", "Ratchet with `max_concurrency: 64` (default 8; one run) against the others, same run:", ""]
-            rows = []
-            for key, value in tuned:
                 kind, pct, pair = key.split(" ", 2)
                 other = pair.split("/", 1)[1]
                 label = rt["summary"]["bots"].get(other, {}).get("label", other)

@@ -8,8 +8,8 @@ answers (keys exchanged). Then:
 * **50 rooms**: 50 rooms pinging concurrently, M pings each (one after the other within a room).
 
 ``ratchet`` runs with Ratchet's shipped defaults (``e2ee``: tofu trust, cross-signing, key backup), ``ratchet-peer``
-with the peers' settings (``trust: all``, neither of the other two). ``ratchet-mc64`` is Ratchet's defaults with
-``max_concurrency: 64`` instead of 8 (run once, shown apart, no verdict).
+with the peers' settings (``trust: all``, neither of the other two). Other values of ``max_concurrency`` are
+``bench/concurrency.py``'s subject.
 
 The latency of a ping is from just before the member's ``room_send`` to the moment its sync delivers the decrypted
 pong. Every bot runs three times (once in quick mode), interleaved: each repetition runs all bots, in the opposite
@@ -34,10 +34,10 @@ from bench.homeserver import start_server
 from bench.member import BenchMember
 from bench.peers import label, prepare_bot
 
-ALL_BOTS = ("ratchet", "nio", "ratchet-peer", "niobot", "smbl", "maubot", "opsdroid", "ratchet-mc64")
-#: Ratchet with one setting changed (not a peer): ``max_concurrency`` (default 8) raised to 64, since 50 rooms send at
-#: once in the second part; run once, like the peers, and compared in a table of its own.
-VARIANTS = ("ratchet-mc64",)
+ALL_BOTS = ("ratchet", "nio", "ratchet-peer", "niobot", "smbl", "maubot", "opsdroid")
+#: Bots run once, after the interleaved repetitions of the others, and shown apart (none by default;
+#: ``bench/concurrency.py`` passes its own).
+VARIANTS: tuple[str, ...] = ()
 
 
 def _pcts(values: list[float]) -> dict[str, float]:

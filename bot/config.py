@@ -959,7 +959,8 @@ class Config:
         catch_up: handle messages that arrived while the bot was down. Default true.
         catch_up_max_age: seconds; older missed messages are not handled. Default 86400 (1 day).
         handler_timeout: seconds a handler may run before it is cancelled. Default 60.
-        max_concurrency: how many handlers may run at once (at least 1). Default 8.
+        max_concurrency: how many handlers may run at once (at least 1). Default 32 (measured: the smallest bound
+            at which 50 rooms pinging at once get a p99 no worse than maubot's; docs/performance.md).
         log_level: DEBUG, INFO, WARNING or ERROR. Default INFO.
         log_format: ``text`` or ``json``. Default ``text``.
         http: the optional HTTP listener (:class:`HttpConfig`): metrics, health, status page. Default off.
@@ -989,7 +990,7 @@ class Config:
     catch_up: bool = field(default=True, metadata=_key(_boolean))
     catch_up_max_age: float = field(default=86400.0, metadata=_key(_duration(positive=False)))
     handler_timeout: float = field(default=60.0, metadata=_key(_duration(positive=True)))
-    max_concurrency: int = field(default=8, metadata=_key(_integer(1)))
+    max_concurrency: int = field(default=32, metadata=_key(_integer(1)))
     log_level: str = field(
         default="INFO",
         metadata=_key(_then(_string(_choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True)), str.upper)),

@@ -102,7 +102,7 @@ def test_minimal_config_has_documented_defaults() -> None:
     assert config.catch_up is True
     assert config.catch_up_max_age == 86400
     assert config.handler_timeout == 60
-    assert config.max_concurrency == 8
+    assert config.max_concurrency == 32
     assert config.log_level == "INFO"
     assert config.log_format == "text"
     assert config.source == "config.yaml"

@@ -72,7 +72,7 @@ class Dispatcher:
     def __init__(
         self,
         *,
-        max_concurrency: int = 8,
+        max_concurrency: int = 32,
         timeout: float = 60.0,
         on_error: Callable[[Lane, str, JobOutcome], None] | None = None,
         block_warning: float = BLOCK_WARNING,
