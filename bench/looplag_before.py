@@ -287,7 +287,12 @@ async def _old_upload_new(self) -> int:
 
 def _old_tracker_init(self: Any, db: Any, version: str) -> None:
     _new_tracker_init(self, db, version)
-    self._loaded = self._read()  # the table read when the tracker is made, as before
+    # the whole table read into a set on the event loop when the tracker is made, as before (the tracker no longer
+    # keeps it since issue 20 target 5: this emulates the old read, the set is not used)
+    with self.connection() as conn:
+        self._old_rows = {
+            (r[0], r[1]) for r in conn.execute("SELECT room_id, session_id FROM uploaded WHERE version = ?", (version,))
+        }
 
 
 _new_tracker_init = key_backup.UploadTracker.__init__
