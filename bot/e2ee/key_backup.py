@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -30,6 +31,7 @@ import sqlite3
 import time
 import urllib.parse
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -442,8 +444,17 @@ class KeyBackup:
         if olm is None:
             raise KeyBackupError("the client has no crypto store loaded")
         own_key = olm.account.identity_keys["curve25519"]  # restored sessions count as forwarded by the bot itself
+        # One worker thread, started before the heavy work: starting a thread waits until it runs, and while another
+        # worker decrypts keys that wait took the loop 44 ms (issue 20; asyncio.to_thread starts threads on demand).
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ratchet-restore") as pool:
+            await loop.run_in_executor(pool, int)
+            return await self._restore(olm, own_key, pool, progress_every)
+
+    async def _restore(self, olm: Any, own_key: str, pool: ThreadPoolExecutor, progress_every: int) -> RestoreResult:
+        loop = asyncio.get_running_loop()
         body = await request_json(self.client, "GET", _keys_path(self.version), raw=True)
-        entries = await asyncio.to_thread(backup_entries, body, raw=True, yield_gil=True)
+        entries = await loop.run_in_executor(pool, functools.partial(backup_entries, body, raw=True, yield_gil=True))
         del body
         if entries is None:
             raise KeyBackupError("the homeserver's key backup answer has no 'rooms'")
@@ -468,12 +479,12 @@ class KeyBackup:
             return out
 
         transaction = _store_transaction(olm)
-        next_batch = asyncio.ensure_future(asyncio.to_thread(prepare, 0)) if total else None
+        next_batch = loop.run_in_executor(pool, prepare, 0) if total else None
         for start in range(0, total, RESTORE_BATCH):
             assert next_batch is not None
             batch = await next_batch
             following = start + RESTORE_BATCH
-            next_batch = asyncio.ensure_future(asyncio.to_thread(prepare, following)) if following < total else None
+            next_batch = loop.run_in_executor(pool, prepare, following) if following < total else None
             i = 0
             try:
                 while i < len(batch):
@@ -511,7 +522,7 @@ class KeyBackup:
             entries[start:following] = [None] * (min(following, total) - start)
             del batch
             gc.freeze()
-        await asyncio.to_thread(self.tracker.add_many, restored)
+        await loop.run_in_executor(pool, self.tracker.add_many, restored)
         if failed:
             log.warning("%d of %d backed-up keys could not be decrypted with this backup key", failed, total)
         log.info("key backup restore done: %d new keys imported of %d", imported, total)
