@@ -193,6 +193,21 @@ async def test_a_backlog_is_uploaded_a_batch_at_a_time_exactly_once(
     assert await backup.upload_new() == 0 and uploads == []
 
 
+def _fail_requests(monkeypatch: pytest.MonkeyPatch, fails: Any, status: int, body: dict) -> list[int]:
+    """Make the n-th request to the homeserver fail with ``status``/``body`` when ``fails(n)``; returns the calls."""
+    fake = key_backup.request_json
+    calls: list[int] = []
+
+    async def failing(client: Any, method: str, path: str, body_: Any = None) -> dict:
+        calls.append(len(calls) + 1)
+        if fails(len(calls)):
+            raise key_backup.MatrixRequestError(method, path, status, body)
+        return await fake(client, method, path, body_)
+
+    monkeypatch.setattr(key_backup, "request_json", failing)
+    return calls
+
+
 async def test_a_failed_batch_leaves_the_rest_for_the_next_sync(
     tmp_path: Path, uploads: list, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,17 +217,7 @@ async def test_a_failed_batch_leaves_the_rest_for_the_next_sync(
     store, sessions = _open(tmp_path / "store")
     old = [_receive(store, sessions, ROOMS[i % len(ROOMS)]) for i in range(18)]
     store, sessions = _open(tmp_path / "store")
-    fake = key_backup.request_json
-    calls = 0
-
-    async def failing_third(client: Any, method: str, path: str, body: Any = None) -> dict:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise key_backup.MatrixRequestError(method, path, 502, {"errcode": "M_UNKNOWN", "error": "bad gateway"})
-        return await fake(client, method, path, body)
-
-    monkeypatch.setattr(key_backup, "request_json", failing_third)
+    _fail_requests(monkeypatch, lambda n: n == 3, 502, {"errcode": "M_UNKNOWN", "error": "bad gateway"})
     backup = KeyBackup(_client(store, sessions), key, "1", tmp_path / "kb.db")
     with pytest.raises(key_backup.MatrixRequestError):
         await backup.upload_new()
@@ -228,18 +233,8 @@ async def test_a_replaced_version_stops_the_backlog(tmp_path: Path, uploads: lis
     for i in range(10):
         _receive(store, sessions, ROOMS[i % len(ROOMS)])
     store, sessions = _open(tmp_path / "store")
-    fake = key_backup.request_json
-    calls = 0
-
-    async def replaced_after_two(client: Any, method: str, path: str, body: Any = None) -> dict:
-        nonlocal calls
-        calls += 1
-        if calls > 2:
-            raise key_backup.MatrixRequestError(method, path, 403, {"errcode": "M_WRONG_ROOM_KEYS_VERSION"})
-        return await fake(client, method, path, body)
-
-    monkeypatch.setattr(key_backup, "request_json", replaced_after_two)
+    calls = _fail_requests(monkeypatch, lambda n: n > 2, 403, {"errcode": "M_WRONG_ROOM_KEYS_VERSION"})
     backup = KeyBackup(_client(store, sessions), BackupKey.generate(), "1", tmp_path / "kb.db")
-    assert await backup.upload_new() == 6 and calls == 3
-    assert backup.disabled_reason and await backup.upload_new() == 0 and calls == 3
+    assert await backup.upload_new() == 6 and len(calls) == 3
+    assert backup.disabled_reason and await backup.upload_new() == 0 and len(calls) == 3
     assert len(key_backup.UploadTracker(tmp_path / "kb.db", "1")) == 6
