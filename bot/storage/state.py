@@ -15,7 +15,7 @@ written once (``INSERT ... ON CONFLICT`` runs on both engines); only the schema 
 Handled-event records on SQLite go through a journal first (``data_dir/handled.journal``, mode 0600): the record is
 appended with one ``write()`` in the same step as the handler's return, so a ``kill -9`` cannot separate "the plugin
 did it" from "the framework knows" any more than a commit per event could, and the rows reach ``state.db`` in one
-transaction per event-loop turn (a SQLite commit costs about 16 µs, the append about 1.5 µs; issue 20). Opening the
+transaction per event-loop turn (a commit per record was much of the runtime's per-event cost; issue 20). Opening the
 store folds a journal left by a crash into ``state.db`` before anything reads it. On PostgreSQL every record is its
 own autocommitted ``INSERT``: the journal would be on one machine's disk, and the standby that takes over runs on
 another. Both engines look up a whole sync batch's records with one query (:meth:`StateStore.prefetch_handled`).
