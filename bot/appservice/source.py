@@ -127,6 +127,10 @@ class TransactionSource:
         """How many rooms the appservice has seen events of in this process."""
         return len(self.client.rooms)
 
+    def restore_rooms(self) -> None:
+        """None: an appservice loads each room's state when it first needs it (:meth:`ensure_room`)."""
+        return None
+
     async def fetch(self, since: str | None, *, timeout_ms: int, full_state: bool | None = None) -> SyncBatch:
         """The next transaction as a batch whose ``token`` is the transaction id; an empty batch (token ``""``) if
         none came within ``timeout_ms``. ``since`` and ``full_state`` mean nothing here.

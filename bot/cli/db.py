@@ -5,7 +5,7 @@ What is copied, from ``--from DATA_DIR`` to ``--to postgresql://...``:
 * ``crypto/<user_id>_<device_id>.db``, nio's crypto store, every table of it (the Olm account, Olm and Megolm sessions,
   device keys and trust, outgoing key requests, encrypted rooms, sync token) through nio's own models, primary keys
   kept (:mod:`bot.matrix.store_copy`), into schema ``ratchet_crypto``;
-* ``state.db`` (sync token and trust pins in ``kv``, ``handled``, ``pending_utd`` in arrival order) and
+* ``state.db`` (sync token and trust pins in ``kv``, ``handled``, ``pending_utd`` in arrival order, ``room_state``) and
   ``key_backup.db`` (``uploaded``) into schema ``ratchet``; ``secrets.json`` as it is (its secrets are encrypted);
 * ``plugins/<name>.db`` of every plugin in the config: the plugin's migrations are run on PostgreSQL as the bot
   would run them (``ratchet_plugin_<name>``), then every table's rows are copied (the key-value table
@@ -72,6 +72,7 @@ _STATE_TABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ("handled", ("event_id", "plugin", "ts"), "ts, event_id, plugin"),
     # arrival order: PostgreSQL numbers the rows (seq) in the order they are copied, as SQLite's rowid did
     ("pending_utd", ("event_id", "room_id", "session_id", "source", "received_ts"), "rowid"),
+    ("room_state", ("room_id", "type", "state_key", "event"), "room_id, type, state_key"),
 )
 _TRACKER_TABLE = ("uploaded", ("version", "room_id", "session_id"), "version, room_id, session_id")
 
@@ -85,9 +86,10 @@ DESCRIPTION = (
     "database --to URL (default: database of the config): the login (same device), nio's whole crypto store (Olm "
     "account and sessions, every Megolm session, device keys and trust, key requests, encrypted rooms), "
     "secrets.json, the key-backup tracker, the runtime state (sync token, handled events, events waiting for keys, "
-    "trust pins) and the data of every plugin in the config (its migrations are run on PostgreSQL first). Every "
-    "table is counted on both sides afterwards. DATA_DIR is only read. Progress goes to stderr, the summary to "
-    "stdout. Then set database: in the config and start the bot (data_dir may be empty on PostgreSQL)."
+    "trust pins, the rooms' state) and the data of every plugin in the config (its migrations are run on "
+    "PostgreSQL first). Every table is counted on both sides afterwards. DATA_DIR is only read. Progress goes to "
+    "stderr, the summary to stdout. Then set database: in the config and start the bot (data_dir may be empty on "
+    "PostgreSQL)."
 )
 EPILOG = (
     "Refused: a bot running on DATA_DIR (its control socket answers) or on the target (it holds the lease), exit 1; "

@@ -144,6 +144,15 @@ class _ToDeviceSent(Response):
         return cls()
 
 
+@dataclass
+class _StateOnly:
+    """What nio's ``_handle_joined_state`` reads of a joined room's sync entry: its state events only."""
+
+    state: list[Any]
+    summary: None = None
+    unread_notifications: None = None
+
+
 def _chunks(messages: dict[str, dict[str, Any]], size: int) -> Iterator[dict[str, dict[str, Any]]]:
     chunk: dict[str, dict[str, Any]] = {}
     count = 0
@@ -321,6 +330,25 @@ class RatchetClient(AsyncClient):
         else:
             room.handle_event(event)
         return decrypted
+
+    def restore_rooms(self, rooms: Mapping[str, list[Event]]) -> None:
+        """Rebuild joined rooms from saved state events (by room id) as a full sync's ``state`` sections would build
+        them: members, power levels, encryption and the rest, and the encrypted rooms' members tracked for their device
+        keys. A room whose state does not have the bot in it is dropped."""
+        encrypted: set[str] = set()
+        for room_id, state in rooms.items():
+            self._handle_joined_state(room_id, _StateOnly(state), encrypted)
+            if self.user_id not in self.rooms[room_id].users:
+                del self.rooms[room_id]
+                encrypted.discard(room_id)
+        self.encrypted_rooms.update(encrypted)
+        if self.store is not None and encrypted:
+            self.store.save_encrypted_rooms(encrypted)
+        if self.olm is not None:
+            for room_id in rooms:
+                room = self.rooms.get(room_id)
+                if room is not None and room.encrypted:
+                    self.olm.update_tracked_users(room)
 
     # -- raw bodies --------------------------------------------------------------------------------------------
 

@@ -98,14 +98,14 @@ class Runtime:
         self.client = client
         #: Where everything that survives a restart lives (SQLite files under data_dir by default).
         self.storage = storage
-        #: Sync token, handled-event records, waiting events, trust pins.
+        #: Sync token, handled-event records, waiting events, trust pins, the rooms' state.
         self.state: StateStore = storage.open_state()
         self.state.on_write_error = self._storage_failed
         #: Appservice mode: transactions, ghosts (bot/appservice); None in relay mode (one account's /sync).
         self.appservice = appservice
         #: How events come in: this account's /sync, or the appservice's transactions.
         self.source: EventSource = (
-            SyncSource(client) if appservice is None else appservice.bind(self.state, self._invite_allowed)
+            SyncSource(client, self.state) if appservice is None else appservice.bind(self.state, self._invite_allowed)
         )
         self.stats = BotStats()
         #: Prometheus metrics (served at ``/metrics`` when the ``http`` listener is on).
@@ -336,12 +336,25 @@ class Runtime:
         failures = 0
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
+            # the rooms as the last run left them; without them a restart asks for every room's full state
+            restored = False
+            if not initial:
+                try:
+                    rooms = self.source.restore_rooms()
+                except Exception as exc:
+                    if not is_storage_error(exc):
+                        raise
+                    self._storage_failed(exc)
+                    return
+                restored = rooms is not None
+                for room in rooms or ():
+                    self._note_room_state(room.room_id, room.state, room.events)
             while not self._stop.is_set():
                 fetch_started = time.monotonic()
                 fetch = self.source.fetch(
                     token,
                     timeout_ms=0 if first else SYNC_TIMEOUT_MS,
-                    full_state=True if first and not initial else None,
+                    full_state=True if first and not initial and not restored else None,
                 )
                 try:
                     batch = await self._unless_stopped(fetch, stop_wait)
@@ -479,8 +492,7 @@ class Runtime:
         self.state.prefetch_handled(getattr(event, "event_id", None) for room in batch.rooms for event in room.events)
         turn = TimeSlice()
         for room in batch.rooms:
-            self._note_creators(room.room_id, room.state, room.events)
-            self._note_encryption(room.room_id, room.state, room.events)
+            self._note_room_state(room.room_id, room.state, room.events)
             timeline = room.events
             self.metrics.events_received.inc(len(timeline))
             if (
@@ -503,6 +515,11 @@ class Runtime:
                 if turn.due():  # a burst of hundreds of events: let the handlers already submitted run meanwhile
                     await turn.pause()
         return futures
+
+    def _note_room_state(self, room_id: str, state: list[Event], events: list[Event]) -> None:
+        """What the runtime keeps of a room's state besides nio's room: its creators and Megolm rotation period."""
+        self._note_creators(room_id, state, events)
+        self._note_encryption(room_id, state, events)
 
     def _note_creators(self, room_id: str, state: list[Event], events: list[Event]) -> None:
         """Room v12 creators, only from the real ``m.room.create`` (in the clear, empty state key)."""

@@ -5,7 +5,9 @@ It holds what makes "nothing lost, nothing twice" true across restarts and crash
 * the sync token, written only once every event of the batches up to it has been handled;
 * which plugin has handled which event (so a redelivered event is skipped per plugin);
 * events that could not be decrypted yet, with their raw JSON, so a key that arrives after a restart still unlocks
-  them.
+  them;
+* every joined room's current state as the bot last synced it (one row per state event), so that a restart loads the
+  rooms from here and resumes with an incremental sync instead of asking the server for every room's full state.
 
 Writes are small, so they run synchronously on the event loop: SQLite through the standard library's ``sqlite3`` (WAL
 mode; every call is microseconds and would cost more if bounced through a thread), PostgreSQL through one psycopg
@@ -30,7 +32,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,12 @@ __all__ = ["PendingEvent", "StateError", "StateStore", "secure_file"]
 HANDLED_JOURNAL = "handled.journal"
 #: Event ids looked up per ``SELECT ... IN (...)`` by :meth:`StateStore.prefetch_handled`.
 PREFETCH_CHUNK = 500
+#: The ``kv`` key saying that ``room_state`` holds every joined room (written with the rows of a full sync).
+ROOM_STATE_COMPLETE = "room_state_complete"
+_UPSERT_ROOM_STATE = (
+    "INSERT INTO room_state (room_id, type, state_key, event) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event = excluded.event"
+)
 _INSERT_HANDLED = "INSERT INTO handled (event_id, plugin, ts) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 
 _SQLITE_SCHEMA = """
@@ -57,6 +65,10 @@ CREATE TABLE IF NOT EXISTS pending_utd (
     event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, session_id TEXT NOT NULL,
     source TEXT NOT NULL, received_ts INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS room_state (
+    room_id TEXT NOT NULL, type TEXT NOT NULL, state_key TEXT NOT NULL, event TEXT NOT NULL,
+    PRIMARY KEY (room_id, type, state_key)
+) WITHOUT ROWID;
 """
 
 _POSTGRES_SCHEMA = """
@@ -69,6 +81,10 @@ CREATE INDEX IF NOT EXISTS handled_ts ON handled (ts);
 CREATE TABLE IF NOT EXISTS pending_utd (
     event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, session_id TEXT NOT NULL,
     source TEXT NOT NULL, received_ts BIGINT NOT NULL, seq BIGSERIAL
+);
+CREATE TABLE IF NOT EXISTS room_state (
+    room_id TEXT NOT NULL, type TEXT NOT NULL, state_key TEXT NOT NULL, event TEXT NOT NULL,
+    PRIMARY KEY (room_id, type, state_key)
 );
 """
 
@@ -284,13 +300,8 @@ class StateStore:
         if not rows:
             return
         try:
-            self._db.execute("BEGIN")
-            try:
+            with self._transaction():
                 self._db.executemany(_INSERT_HANDLED, rows)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
         except self._errors as exc:
             self._report(StateError(f"cannot write {self.path}: {exc}"), exc)
         self._unflushed = []
@@ -361,6 +372,70 @@ class StateStore:
     def count_pending(self) -> int:
         """How many events are waiting for keys."""
         return self._read("SELECT count(*) FROM pending_utd").fetchone()[0]
+
+
+    # -- the rooms' state ------------------------------------------------------------------------------------
+
+    @property
+    def room_state_complete(self) -> bool:
+        """True once ``room_state`` holds every joined room (since the first full sync that was saved)."""
+        return self.get(ROOM_STATE_COMPLETE) == "1"
+
+    def save_room_state(
+        self,
+        events: Iterable[tuple[str, str, str, str]],
+        *,
+        left: Iterable[str] = (),
+        replace_all: bool = False,
+    ) -> None:
+        """Apply one sync's state to ``room_state`` in one transaction.
+
+        ``events`` are ``(room_id, type, state_key, event JSON)``, later ones replacing earlier ones of the same key;
+        the rows of the rooms in ``left`` are removed. ``replace_all`` (a full sync: initial or ``full_state``) first
+        removes every row, then marks the table complete (:attr:`room_state_complete`). A failed write raises
+        :class:`StateError`."""
+        rows = list(events)
+        gone = [(room_id,) for room_id in left]
+        if not rows and not gone and not replace_all:
+            return
+        try:
+            with self._transaction():
+                if replace_all:
+                    self._db.execute("DELETE FROM room_state")
+                if gone:
+                    self._db.executemany("DELETE FROM room_state WHERE room_id = ?", gone)
+                if rows:
+                    self._db.executemany(_UPSERT_ROOM_STATE, rows)
+                if replace_all:
+                    self._db.execute(
+                        "INSERT INTO kv (key, value) VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",
+                        (ROOM_STATE_COMPLETE,),
+                    )
+        except self._errors as exc:
+            self._report(StateError(f"cannot write {self.path}: {exc}"), exc)
+
+    def load_room_state(self) -> dict[str, list[str]]:
+        """Every saved room's state events (JSON texts), by room id."""
+        rooms: dict[str, list[str]] = {}
+        for room_id, event in self._read("SELECT room_id, event FROM room_state").fetchall():
+            rooms.setdefault(room_id, []).append(event)
+        return rooms
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Statements run in one transaction (SQLite: BEGIN/COMMIT on the autocommit connection; PostgreSQL: a
+        transaction block of the driver)."""
+        if isinstance(self._db, SqlConnection):
+            with self._db.raw.transaction():
+                yield
+            return
+        self._db.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
 
 def _journal_line(event_id: str, plugin: str, ts: int) -> bytes:
