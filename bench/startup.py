@@ -21,10 +21,12 @@ session set-up took 13 minutes here (6 to create the rooms, 5 for Ratchet to bac
 Each run restores that data dir (so every run starts from the same state), the member sends an encrypted
 ``!ping``, and the bot process starts; the figure is the time from the process's start to the moment its handler
 ran (the handler appends the time to ``BENCH_MARK_FILE``), and the process's peak RSS (VmHWM) at that moment. The
-bare-nio bot opens the *same* device, store and sync token (a copy): same keys, same server-side state. Both resume
-with a full-state sync, as after any restart; Synapse's sync response cache is off, so every run's full-state sync is
-computed by Synapse (see :class:`_StartupSynapse`), and the time Synapse took for it is recorded per run (its access
-log) with the rest, the bot's own share, next to it. ``ratchet`` runs with the shipped defaults (tofu trust,
+bare-nio bot opens the *same* device, store and sync token (a copy): same keys, same server-side state. Bare nio
+resumes with a full-state sync (it keeps no room state); Ratchet loads its rooms from ``state.db`` and resumes with an
+incremental sync (a data dir built before it kept them gets them from one run first, :func:`_with_room_state`).
+Synapse's sync response cache is off, so every run's first sync is computed by Synapse (see
+:class:`_StartupSynapse`), and the time Synapse took for it is recorded per run (its access log) with the rest, the
+bot's own share, next to it. ``ratchet`` runs with the shipped defaults (tofu trust,
 cross-signing, key backup), ``ratchet-peer`` with the peers' settings (``trust: all``, neither of the others) on the
 same data dir; ``ratchet-before`` is the latter without the issue-8 changes (``bench/bots/ratchet_before.py``), for the
 before/after figure (not at 500,000 sessions, see :data:`SCALES`). The order of the bots alternates between
@@ -102,10 +104,10 @@ _ACCESS = re.compile(r'Processed request: ([0-9.]+)sec/.*"GET (/_matrix/client/[
 
 
 def _first_sync_seconds(log_text: str) -> float | None:
-    """Synapse's processing time of the first full-state ``/sync`` in this piece of its access log."""
+    """Synapse's processing time of the first ``/sync`` in this piece of its access log (a full-state one for bare
+    nio, an incremental one for Ratchet, which keeps its rooms' state)."""
     for match in _ACCESS.finditer(log_text):
-        if "full_state=true" in match.group(2):
-            return float(match.group(1))
+        return float(match.group(1))
     return None
 
 
@@ -490,10 +492,45 @@ def _run_timeout(sessions: int) -> float:
     return max(BOT_TIMEOUT, sessions * 0.002)
 
 
+def _with_room_state(base: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Give a data dir built before Ratchet kept its rooms' state (issue 20, target 5) that state: one run of the
+    current Ratchet on it (its first sync is then a full-state one, as any upgraded bot's first start), so that every
+    measured run restarts as a bot of this version that has been running does. The sync token moves on with it (bare
+    nio's copy gets the new one too)."""
+    if meta.get("room_state"):
+        return meta
+    work = base / "with-room-state"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    shutil.copytree(base / "pristine", work / "data")
+    server = _server(base)
+    try:
+        cfg = ratchet_config(work / "config.yaml", homeserver=server.url, user_id=meta["bot"]["user_id"],
+                             password=BOT_PASSWORD, data_dir=work / "data", plugins={"benchping": {}},
+                             log_level="INFO")
+        _first_run(work, cfg, _setup_timeout(meta["rooms"]))
+    finally:
+        server.stop()
+    db = sqlite3.connect(work / "data" / "state.db")
+    try:
+        complete = db.execute("SELECT value FROM kv WHERE key = 'room_state_complete'").fetchone()
+    finally:
+        db.close()
+    if not complete:
+        raise RuntimeError("the run did not save the rooms' state")
+    shutil.rmtree(base / "pristine")
+    shutil.move(str(work / "data"), str(base / "pristine"))
+    shutil.rmtree(work, ignore_errors=True)
+    meta = {**meta, "token": _state_token(base / "pristine" / "state.db"), "room_state": True}
+    (base / "meta.json").write_text(json.dumps(meta))
+    log(f"startup: the data dir of {meta['rooms']} rooms now holds the rooms' state")
+    return meta
+
+
 def scale(rooms: int, sessions: int, bots: tuple[str, ...] = BOTS, repeats: int = 3) -> dict[str, Any]:
     """One scale: build (once) and measure ``bots`` ``repeats`` times, interleaved, in alternating order."""
-    meta = build(rooms, sessions)
     base = _cache_dir(rooms, sessions)
+    meta = _with_room_state(base, build(rooms, sessions))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in bots}
     server = _server(base, measuring=True)
     errors: dict[str, str] = {}
