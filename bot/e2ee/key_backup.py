@@ -263,19 +263,10 @@ class KeyBackup:
             yield from sessions_by_room(olm)
 
     def pending(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
-        """Sessions not yet backed up, and what to call once they are (remembers how far the store was looked at)."""
-        steps = self._unbacked_steps()
-        found: list[InboundGroupSession] = []
-        while True:
-            try:
-                batch = next(steps)
-            except StopIteration as stop:
-                return found, stop.value
-            if batch:
-                found.extend(batch)
+        """Sessions not yet backed up, and what to call once they are (remembers how far the store was looked at).
 
-    async def _pending_async(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
-        """:meth:`pending`, letting the event loop run every :data:`SCAN_SLICE` stored sessions looked at."""
+        All at once, without uploading: :meth:`upload_new` walks the same scan a batch at a time instead. For tests
+        and the loop-lag bench's old-code baseline (bench/looplag_before.py)."""
         steps = self._unbacked_steps()
         found: list[InboundGroupSession] = []
         while True:
@@ -285,8 +276,6 @@ class KeyBackup:
                 return found, stop.value
             if batch:
                 found.extend(batch)
-            else:
-                await asyncio.sleep(0)
 
     def _lazy_store(self) -> Any | None:
         """The client's store of inbound group sessions if it is the lazy one (it lists the stored ids without loading
