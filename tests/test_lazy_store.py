@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -193,6 +194,28 @@ def test_memory_wins_over_the_database_and_add_follows_nio(engine: Engine) -> No
     eager[room][sender].pop(session_id)
     assert lazy.get(room, sender, session_id) is None and eager.get(room, sender, session_id) is None
 
+
+def test_a_better_copy_replaces_a_session_without_reading_its_room(engine: Engine) -> None:
+    """A room key from an earlier index (key backup, a forward) replaces the stored copy: only that session is read,
+    not every session of its room (thousands in a busy room)."""
+    from bot.matrix.room_keys import store_session
+
+    place = engine.place("store")
+    store = _new_store(engine, place.lazy, place)
+    _fill(store)
+    _user, _dev, curve, acc = SENDERS[0]
+    outbound = vodozemac.GroupSession()
+    full = InboundGroupSession(outbound.session_key.to_base64(), acc.ed25519_key.to_base64(), curve, ROOMS[0])
+    later = InboundGroupSession.import_session(full.export_session(5), acc.ed25519_key.to_base64(), curve, ROOMS[0])
+    store.save_inbound_group_session(later)
+    lazy = store.load_inbound_group_sessions()
+    olm = SimpleNamespace(inbound_group_store=lazy, save_inbound_group_session=store.save_inbound_group_session)
+    assert store_session(olm, ROOMS[0], full) is True
+    assert lazy.in_memory == 1, "only the replaced session is read"
+    assert lazy.get(ROOMS[0], curve, full.id).first_known_index == 0
+    assert store_session(olm, ROOMS[0], later) is False  # a worse copy changes nothing
+    reopened = engine.open(place.lazy, place).load_inbound_group_sessions()
+    assert reopened.get(ROOMS[0], curve, full.id).first_known_index == 0
 
 def _megolm_event(room: str, sender_idx: int, outbound: vodozemac.GroupSession, body: str) -> MegolmEvent:
     user, dev, curve, _acc = SENDERS[sender_idx]

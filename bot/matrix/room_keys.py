@@ -82,7 +82,12 @@ def store_session(olm: RatchetOlm, room_id: str, session: InboundGroupSession) -
     if existing is not None and existing.first_known_index <= session.first_known_index:
         return False
     if existing is not None:
-        olm.inbound_group_store[room_id][session.sender_key].pop(session.id, None)
+        store = olm.inbound_group_store
+        discard = getattr(store, "discard", None)  # the lazy store: without reading the room's other sessions
+        if discard is not None:
+            discard(room_id, session.sender_key, session.id)
+        else:
+            store[room_id][session.sender_key].pop(session.id, None)
     olm.inbound_group_store.add(session)
     olm.save_inbound_group_session(session)
     return True

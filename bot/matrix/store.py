@@ -102,6 +102,11 @@ class LazyGroupSessionStore(GroupSessionStore):
         self._load_room(room_id)
         return self._loaded[room_id]
 
+    def discard(self, room_id: str, sender_key: str, session_id: str) -> None:
+        """Forget the in-memory copy of a session about to be replaced (a copy from an earlier index came), without
+        reading the room's other sessions as ``store[room_id]`` would."""
+        self._loaded[room_id][sender_key].pop(session_id, None)
+
     def __iter__(self) -> Iterator[InboundGroupSession]:
         self.load_all()
         for room_sessions in self._loaded.values():
