@@ -410,9 +410,20 @@ async def test_restore_into_ratchets_sqlite_store_persists_every_session(tmp_pat
 
     monkeypatch.setattr(client, "send", send)
     database = client.store.database
+    assert database.execute_sql("PRAGMA journal_mode").fetchone() == ("wal",)
+    levels: list[int] = []
+    save = client.store.save_inbound_group_session
+
+    def watched(session):  # the level each restored key is written at
+        levels.append(database.execute_sql("PRAGMA synchronous").fetchone()[0])
+        return save(session)
+
+    monkeypatch.setattr(client.store, "save_inbound_group_session", watched)
     result = await KeyBackup(client, key, "1", tmp_path / "kb.db").restore()
     assert (result.total, result.imported, result.failed) == (19, 18, 1)
     assert "bind_ctx" not in vars(database), "the database's bind_ctx is its class's again"
+    assert levels == [1] * 18, "restored keys are committed without an fsync (synchronous=NORMAL)"
+    assert database.execute_sql("PRAGMA synchronous").fetchone() == (2,), "and the store is back to FULL"
     await client.close()
     again = make_client("http://127.0.0.1:9", "@bot:x", tmp_path / "crypto", "pickle-key-0123456789", "DEV")
     again.restore_login("@bot:x", "DEV", "tok")
