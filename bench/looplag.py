@@ -464,9 +464,10 @@ def scenario(quick: bool = QUICK, variants: tuple[str, ...] | None = None) -> di
             server.stop()
     import subprocess
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    root = Path(__file__).resolve().parent.parent  # "bot" is a path from the repository's root
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root)
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "bot"], capture_output=True, text=True,
-                           cwd=Path(__file__).parent).stdout.strip()
+                           cwd=root).stdout.strip()
     return {
         "code": {"commit": commit.stdout.strip(), "bot_changes_uncommitted": bool(dirty)},
         "params": {"interval_ms": INTERVAL * 1000, "media_bytes": MEDIA_BYTES, "restore_keys": SCALE[1],
