@@ -14,6 +14,7 @@ __all__ = [
     "MegolmEvent",
     "RoomMessageText",
     "event_type",
+    "is_room_state",
     "is_state_shaped",
     "is_text_message",
     "parse_event",
@@ -41,3 +42,9 @@ def is_state_shaped(event: Event) -> bool:
     are state; a decrypted one is a forgery by whoever sent it (state is never encrypted)."""
     source = event.source if isinstance(getattr(event, "source", None), dict) else {}
     return isinstance(source.get("state_key"), str)
+
+
+def is_room_state(event: Event) -> bool:
+    """True if ``event`` is room state that may change the bot's view of the room: state-shaped and not decrypted
+    (a decrypted event claiming to be state is a forgery, :func:`is_state_shaped`)."""
+    return is_state_shaped(event) and not getattr(event, "decrypted", False)

@@ -31,7 +31,7 @@ from nio import (
 )
 
 from bot.errors import StateError
-from bot.matrix.events import is_state_shaped
+from bot.matrix.events import is_room_state
 
 if TYPE_CHECKING:
     from bot.matrix.client import RatchetClient
@@ -137,16 +137,13 @@ def room_state_rows(resp: SyncResponse) -> list[tuple[str, str, str, str]]:
     are left out, as the client leaves them out of its rooms."""
     rows: list[tuple[str, str, str, str]] = []
     for room_id, info in resp.rooms.join.items():
-        for events, from_timeline in ((info.state, False), (info.timeline.events, True)):
-            for event in events:
-                if isinstance(event, (BadEvent, UnknownBadEvent)) or not is_state_shaped(event):
-                    continue
-                if from_timeline and getattr(event, "decrypted", False):
-                    continue
-                source = event.source
-                kind = source.get("type")
-                if isinstance(kind, str):
-                    rows.append((room_id, kind, source["state_key"], json.dumps(source, separators=(",", ":"))))
+        for event in (*info.state, *info.timeline.events):
+            if isinstance(event, (BadEvent, UnknownBadEvent)) or not is_room_state(event):
+                continue
+            source = event.source
+            kind = source.get("type")
+            if isinstance(kind, str):
+                rows.append((room_id, kind, source["state_key"], json.dumps(source, separators=(",", ":"))))
     return rows
 
 

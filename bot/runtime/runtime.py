@@ -38,7 +38,7 @@ from bot.e2ee.verification_service import VerificationService, accept_from_confi
 from bot.errors import IdentityError, SessionError, StateError
 from bot.http_listener import HttpListener, ListenerError
 from bot.matrix.client import RatchetClient, backoff_delay
-from bot.matrix.events import Event, is_state_shaped
+from bot.matrix.events import Event, is_room_state, is_state_shaped
 from bot.matrix.events import event_type as event_type_of
 from bot.matrix.power import creators_from_create_event
 from bot.matrix.session import open_session
@@ -715,7 +715,7 @@ def _clear_state(state: list[Event], events: list[Event], event_type: str) -> li
     return [
         event
         for event in (*state, *events)
-        if event_type_of(event) == event_type and is_state_shaped(event) and not getattr(event, "decrypted", False)
+        if event_type_of(event) == event_type and is_room_state(event)
     ]
 
 
