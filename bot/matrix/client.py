@@ -53,7 +53,7 @@ from nio import (
     UnknownToDeviceEvent,
 )
 from nio.api import Api
-from nio.responses import EmptyResponse
+from nio.responses import EmptyResponse, RoomInfo, Timeline
 from nio.store import SqliteMemoryStore
 
 from bot.crypto.withheld import CODE_NO_OLM, WITHHELD_EVENT, Verdict, no_olm_content, withheld_content
@@ -142,15 +142,6 @@ class _ToDeviceSent(Response):
         if isinstance(parsed_dict, dict) and "errcode" in parsed_dict:
             return ErrorResponse.from_dict(parsed_dict)
         return cls()
-
-
-@dataclass
-class _StateOnly:
-    """What nio's ``_handle_joined_state`` reads of a joined room's sync entry: its state events only."""
-
-    state: list[Any]
-    summary: None = None
-    unread_notifications: None = None
 
 
 def _chunks(messages: dict[str, dict[str, Any]], size: int) -> Iterator[dict[str, dict[str, Any]]]:
@@ -337,7 +328,7 @@ class RatchetClient(AsyncClient):
         keys. A room whose state does not have the bot in it is dropped."""
         encrypted: set[str] = set()
         for room_id, state in rooms.items():
-            self._handle_joined_state(room_id, _StateOnly(state), encrypted)
+            self._handle_joined_state(room_id, RoomInfo(Timeline([], False, None), state, [], []), encrypted)
             if self.user_id not in self.rooms[room_id].users:
                 del self.rooms[room_id]
                 encrypted.discard(room_id)
