@@ -44,6 +44,6 @@ async def test_a_restart_resumes_from_the_saved_rooms_and_sees_what_changed(ratc
     reply = await theirs.ask("!mods")
     assert reply.body == "hello moderator", "the power levels changed while the bot was down must apply"
     assert reply.decrypted, "the restored room must be known as encrypted: the reply is encrypted"
-    client = bot.runtime.client
-    assert room.room_id in client.rooms and kicked.room_id not in client.rooms
-    assert client.rooms[room.room_id].power_levels.get_user_level(other.user_id) == 50
+    api = bot.runtime.api  # what plugins see (`self.bot`)
+    assert room.room_id in api.joined_rooms() and kicked.room_id not in api.joined_rooms()
+    assert api.power_level(room.room_id, other.user_id) == 50

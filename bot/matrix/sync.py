@@ -235,7 +235,8 @@ class SyncSource:
         """Long-poll the next batch after ``since`` (``None``: an initial sync, without timelines).
 
         Raises :class:`SyncFailed` for an error answer or a transport or parse error nio did not retry; a storage
-        error (the crypto store could not be written) propagates as is, see :func:`is_storage_error`.
+        error (the crypto store, or the rooms' saved state, could not be written) propagates as is, see
+        :func:`is_storage_error`.
         """
         try:
             resp = await self.client.sync(
@@ -250,8 +251,13 @@ class SyncSource:
             raise SyncFailed(describe(exc)) from exc
         if not isinstance(resp, SyncResponse):
             raise SyncFailed(describe(resp))
+        # rooms the bot left or was removed from: nio keeps them until they are forgotten (a full-state sync would
+        # not bring them back either), so they are dropped here, from the saved state first
+        left = [room_id for room_id in resp.rooms.leave if room_id not in resp.rooms.join]
         if self.state is not None:
-            self._save_room_state(resp, full=since is None or bool(full_state))
+            self.state.save_room_state(room_state_rows(resp), left=left, replace_all=since is None or bool(full_state))
+        for room_id in left:
+            self.client.rooms.pop(room_id, None)
         return SyncBatch.from_response(resp, self.client.user_id)
 
     def restore_rooms(self) -> list[RoomTimeline] | None:
@@ -271,17 +277,6 @@ class SyncSource:
             len(self.client.rooms), time.monotonic() - started,
         )
         return [RoomTimeline(room_id, [], state) for room_id, state in rooms.items() if room_id in self.client.rooms]
-
-    def _save_room_state(self, resp: SyncResponse, *, full: bool) -> None:
-        """Write what ``resp`` changed in the joined rooms' state (all of it after a full sync), and forget the rooms
-        the bot left or was removed from, in the store and in the client (nio keeps a room it left until it is
-        forgotten; a full-state sync would not bring it back either). Raises :class:`~bot.errors.StateError` if it
-        cannot be written."""
-        assert self.state is not None
-        left = [room_id for room_id in resp.rooms.leave if room_id not in resp.rooms.join]
-        self.state.save_room_state(room_state_rows(resp), left=left, replace_all=full)
-        for room_id in left:
-            self.client.rooms.pop(room_id, None)
 
     async def backfill(self, room_id: str, prev_batch: str, stop_ms: int, max_pages: int) -> list[Event]:
         """Events of ``room_id`` before ``prev_batch`` back to ``stop_ms`` (server time), oldest first."""
