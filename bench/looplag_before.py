@@ -245,11 +245,24 @@ async def _old_restore(self, *, progress_every: int = RESTORE_PROGRESS_EVERY) ->
     return RestoreResult(self.version, total, imported, failed)
 
 
+def _old_pending(self) -> tuple[list[Any], Any]:
+    """The old ``KeyBackup.pending``: every session not yet backed up, found in one pass, and what to call after."""
+    steps = self._unbacked_steps()
+    found: list[Any] = []
+    while True:
+        try:
+            batch = next(steps)
+        except StopIteration as stop:
+            return found, stop.value
+        if batch:
+            found.extend(batch)
+
+
 async def _old_upload_new(self) -> int:
     """Upload the inbound sessions that are not in the backup yet; returns how many were uploaded."""
     if self.disabled_reason:
         return 0
-    sessions, done = self.pending()
+    sessions, done = _old_pending(self)
     uploaded = 0
     for start in range(0, len(sessions), UPLOAD_BATCH):
         batch = sessions[start : start + UPLOAD_BATCH]

@@ -367,7 +367,6 @@ async def test_first_scan_after_start_up_finds_the_same_sessions(tmp_path, monke
     UploadTracker(tmp_path / "t.db", "1").add_many([(s.room_id, s.id) for s in sessions[::2]])
     store = _LazyStore(sessions)
     client = SimpleNamespace(olm=SimpleNamespace(inbound_group_store=store))
-    sync_found, _ = KeyBackup(client, BackupKey.generate(), "1", tmp_path / "t.db").pending()
     backup = KeyBackup(client, BackupKey.generate(), "1", tmp_path / "t.db")
     turns = 0
 
@@ -388,7 +387,7 @@ async def test_first_scan_after_start_up_finds_the_same_sessions(tmp_path, monke
     counter = asyncio.ensure_future(count_turns())
     assert await backup.upload_new() == 10
     counter.cancel()
-    assert sorted(s.id for s in uploaded) == sorted(s.id for s in sync_found) == sorted(s.id for s in sessions[1::2])
+    assert sorted(s.id for s in uploaded) == sorted(s.id for s in sessions[1::2])  # exactly those not backed up
     assert turns >= 20 // 3, "the loop ran between slices of the scan"
     assert backup._added_mark == 0
 

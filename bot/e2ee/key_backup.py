@@ -262,21 +262,6 @@ class KeyBackup:
         if olm is not None:
             yield from sessions_by_room(olm)
 
-    def pending(self) -> tuple[list[InboundGroupSession], Callable[[], None]]:
-        """Sessions not yet backed up, and what to call once they are (remembers how far the store was looked at).
-
-        All at once, without uploading: :meth:`upload_new` walks the same scan a batch at a time instead. For tests
-        and the loop-lag bench's old-code baseline (bench/looplag_before.py)."""
-        steps = self._unbacked_steps()
-        found: list[InboundGroupSession] = []
-        while True:
-            try:
-                batch = next(steps)
-            except StopIteration as stop:
-                return found, stop.value
-            if batch:
-                found.extend(batch)
-
     def _lazy_store(self) -> Any | None:
         """The client's store of inbound group sessions if it is the lazy one (it lists the stored ids without loading
         a session, and what was added since a mark), else None."""
