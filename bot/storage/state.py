@@ -407,10 +407,7 @@ class StateStore:
                 if rows:
                     self._db.executemany(_UPSERT_ROOM_STATE, rows)
                 if replace_all:
-                    self._db.execute(
-                        "INSERT INTO kv (key, value) VALUES (?, '1') ON CONFLICT(key) DO UPDATE SET value = '1'",
-                        (ROOM_STATE_COMPLETE,),
-                    )
+                    self.set(ROOM_STATE_COMPLETE, "1")
         except self._errors as exc:
             self._report(StateError(f"cannot write {self.path}: {exc}"), exc)
 
