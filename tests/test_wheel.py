@@ -127,4 +127,10 @@ async def test_installed_bot_answers_ping_in_an_encrypted_room(installed: Instal
     help_reply = await t.ask("!help")
     assert help_reply.decrypted and "ping" in help_reply.body
     assert await t.proc.stop() == 0, t.proc.log_text()[-3000:]
+    # a restart, as operators restart: the room comes from the saved state, and the room is still known as encrypted
+    await t.proc.run_ready()
+    again = await t.ask("!ping")
+    assert again.decrypted and again.body.startswith("pong")
+    assert "loaded 1 rooms as the last run left them" in t.proc.log_text()
+    assert await t.proc.stop() == 0, t.proc.log_text()[-3000:]
     assert "Traceback" not in t.proc.log_text()
