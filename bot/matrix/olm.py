@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from nio.crypto import Olm
+from nio.exceptions import EncryptionError
 
 __all__ = ["RatchetOlm", "SenderDevice"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class SenderDevice:
 
 
 class RatchetOlm(Olm):
-    """nio's Olm machine with three fixes, made per client by :meth:`RatchetClient.load_store`.
+    """nio's Olm machine with four fixes, made per client by :meth:`RatchetClient.load_store`.
 
     * One-time keys are saved as soon as they are generated, before they are uploaded. nio's ``share_keys()`` saves
       the account only once the server answered; a crash in between left the server with keys whose private halves
@@ -39,6 +43,8 @@ class RatchetOlm(Olm):
     * Outbound Megolm sessions rotate as each room's ``m.room.encryption`` asks (``rotation_period_msgs``,
       ``rotation_period_ms``); nio gives every session its defaults (100 messages, a week).
     * nio's own (legacy) SAS verification is switched off: see :meth:`handle_key_verification`.
+    * A payload that decrypts but cannot be parsed is an undecryptable event, not an exception: see
+      :meth:`decrypt_megolm_event` and :meth:`decrypt`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -51,6 +57,41 @@ class RatchetOlm(Olm):
         answer a modern flow with its own key or cancel messages. :mod:`bot.e2ee.verification_service` handles them
         (delivered through :meth:`RatchetClient.on_to_device`)."""
         return None
+
+    # -- payloads that decrypt but do not parse -------------------------------------------------------------------
+
+    def decrypt_megolm_event(self, event: Any, room_id: str | None = None) -> Any:
+        """nio's Megolm decryption of a room event, where a payload that is not UTF-8, or JSON nested deeper than
+        Python's parser goes, raises :class:`EncryptionError` like any other undecryptable event.
+
+        nio decodes the plaintext strictly and lets ``json.loads`` raise ``RecursionError``; both escaped its
+        decryption as exceptions, out of the client's handling of the whole sync, so the batch failed and failed again
+        on every retry (its token never committed): one message from any member of an encrypted room stalled the bot
+        for good. Only the room's Megolm session protects the payload, so any member can put any bytes in it. The log
+        line names the event, never what it holds.
+        """
+        try:
+            return super().decrypt_megolm_event(event, room_id)
+        except (UnicodeDecodeError, RecursionError) as exc:
+            what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "JSON nested too deeply to parse"
+            log.warning(
+                "could not decrypt %s from %s in %s: its payload is %s",
+                getattr(event, "event_id", "?"), getattr(event, "sender", "?"), room_id or event.room_id, what,
+            )
+            raise EncryptionError(f"the payload is {what}") from None
+
+    def decrypt(self, sender: str, sender_key: str, message: Any) -> Any:
+        """nio's Olm decryption of a to-device message, where a payload nested deeper than Python's JSON parser goes
+        is dropped (None, as nio drops one that is not JSON) instead of raising ``RecursionError`` out of the sync.
+
+        Anyone who can claim one of the bot's one-time keys can send it an Olm message: no room is needed for this.
+        (nio decodes Olm plaintexts with ``errors="replace"``, so bytes that are not UTF-8 do not raise here.)
+        """
+        try:
+            return super().decrypt(sender, sender_key, message)
+        except RecursionError:
+            log.warning("dropped an Olm message from %s: its payload is JSON nested too deeply to parse", sender)
+            return None
 
     def share_keys(self) -> dict[str, Any]:
         content = super().share_keys()

@@ -6,6 +6,7 @@ a /sync body, then the runtime's handling and the plugin host's routing) and nev
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,11 @@ class _Encrypter:
         )
 
     def event(self, plaintext: dict[str, Any]) -> dict[str, Any]:
-        ciphertext = self.outbound.encrypt(json.dumps({**plaintext, "room_id": ROOM}).encode()).to_base64()
+        return self.raw_event(json.dumps({**plaintext, "room_id": ROOM}).encode())
+
+    def raw_event(self, payload: bytes) -> dict[str, Any]:
+        """An ``m.room.encrypted`` event whose Megolm payload is ``payload``, whatever its bytes are."""
+        ciphertext = self.outbound.encrypt(payload).to_base64()
         content = {
             "algorithm": "m.megolm.v1.aes-sha2",
             "sender_key": self.keys["curve25519"],
@@ -340,3 +345,55 @@ async def test_a_state_typed_message_event_without_state_key_changes_nothing(har
     # PUT /send/m.room.power_levels: a timeline event of a state type, but no state_key: not state
     await harness.feed(_sync([_event({"users": {alice: 100}}, etype="m.room.power_levels")], batch="pl-message"))
     assert harness.bot.api.power_level(ROOM, alice) == 0
+
+
+# -- payloads that decrypt but are not events (a member's own Megolm or Olm session, any bytes inside) ----------------
+
+#: JSON nested deeper than Python's parser takes (it raises RecursionError, not a JSON error), and bytes that are not
+#: UTF-8: both used to escape nio's decryption as exceptions, so the sync batch carrying them failed, and failed again
+#: on every retry (the token never moved past it): one message from any member stalled the bot for good.
+POISON_PAYLOADS = {"too deep": b"[" * 20_000, "not utf-8": b'{"type":"m.room.message","content":{"body":"\xff"}}'}
+
+
+async def test_megolm_payloads_that_are_not_events_are_skipped_and_the_batch_goes_on(harness, caplog):
+    alice_encrypts = _Encrypter(harness)
+    poison = [alice_encrypts.raw_event(payload) for payload in POISON_PAYLOADS.values()]
+    after = alice_encrypts.event({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "still here"}})
+    before = len(harness.seen)
+    with caplog.at_level("INFO"):
+        await harness.feed(_sync([*poison, after], batch="poison"))
+    assert [(kind, event_id) for kind, _, _, event_id in harness.seen[before:]] == [("message", after["event_id"])]
+    assert harness.bot.state.sync_token == "poison", "the batch was handled to its end and its token committed"
+    for event in poison:
+        assert f"could not decrypt {event['event_id']}" in caplog.text
+    assert "\\xff" not in caplog.text and "[[[[" not in caplog.text, "what a payload holds is never logged"
+
+
+async def test_an_olm_payload_too_deep_to_parse_is_dropped_and_the_batch_goes_on(harness, caplog):
+    import vodozemac
+
+    bot_keys = harness.client.olm.account.identity_keys
+    harness.client.olm.account.generate_one_time_keys(1)
+    otk = next(iter(harness.client.olm.account.one_time_keys["curve25519"].values()))
+    mallory = vodozemac.Account()
+    key = vodozemac.Curve25519PublicKey.from_base64
+    session = mallory.create_outbound_session(key(bot_keys["curve25519"]), key(otk))
+    message_type, body = session.encrypt(POISON_PAYLOADS["too deep"]).to_parts()
+    body_b64 = base64.b64encode(body).decode().rstrip("=")
+    to_device = {
+        "type": "m.room.encrypted",
+        "sender": "@mallory:localhost",
+        "content": {
+            "algorithm": "m.olm.v1.curve25519-aes-sha2",
+            "sender_key": mallory.curve25519_key.to_base64(),
+            "ciphertext": {bot_keys["curve25519"]: {"type": message_type, "body": body_b64}},
+        },
+    }
+    alice_encrypts = _Encrypter(harness)
+    after = alice_encrypts.event({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "still here"}})
+    before = len(harness.seen)
+    with caplog.at_level("WARNING"):
+        await harness.feed(_sync([after], batch="olm-poison", to_device=[to_device]))
+    assert [event_id for _, _, _, event_id in harness.seen[before:]] == [after["event_id"]]
+    assert harness.bot.state.sync_token == "olm-poison"
+    assert "[[[[" not in caplog.text
