@@ -337,6 +337,38 @@ def test_device_trust_answers_follow_every_change(engine: Engine) -> None:
         check()
 
 
+def test_a_key_query_forgets_only_the_trust_answers_of_the_devices_it_saved(engine: Engine) -> None:
+    place = engine.place("store")
+    lazy = _new_store(engine, place.lazy, place)
+    devices = {
+        user: {dev: OlmDevice(user, dev, {"ed25519": acc.ed25519_key.to_base64(), "curve25519": curve})}
+        for user, dev, curve, acc in SENDERS
+    }
+    lazy.save_device_keys(devices)
+    (first_user, first_dev, *_), (second_user, second_dev, *_) = SENDERS[:2]
+    first, second = devices[first_user][first_dev], devices[second_user][second_dev]
+    lazy.verify_device(first)
+    reads: list[str] = []
+    read = lazy._read_trust_state
+
+    def counting(device: OlmDevice) -> Any:
+        reads.append(device.id)
+        return read(device)
+
+    lazy._read_trust_state = counting
+    assert lazy.is_device_verified(first) and not lazy.is_device_verified(second)
+    assert reads == [first_dev, second_dev]
+    lazy.save_device_keys({})  # nio saves what a key query changed: mostly nothing
+    lazy.save_device_keys({second_user: {second_dev: second}})
+    assert lazy.is_device_verified(first) and not lazy.is_device_verified(second)
+    assert reads == [first_dev, second_dev, second_dev], "only the saved device is read again"
+    lazy.save_device_keys({first_user: {first_dev: first}})
+    fresh = engine.open(place.plain, place)
+    assert lazy.is_device_verified(first) == fresh.is_device_verified(first)
+    assert reads[-1] == first_dev
+    fresh.database.close()
+
+
 def test_libolm_pickles_are_upgraded_on_first_use(engine: Engine) -> None:
     olm = pytest.importorskip("olm")
     from nio.store.models import MegolmInboundSessions

@@ -309,6 +309,20 @@ def test_signature_changes_are_reported_as_changed_users(alice):
 # -- messages -------------------------------------------------------------------------------------------------------
 
 
+def test_an_unchanged_key_query_keeps_the_signature_checks_already_done(alice):
+    policy = TrustPolicy("tofu")
+    policy.observe_keys_query(alice_body(alice))
+    keys = policy._users[ALICE]
+    assert keys.device_cross_signed("ASIGNED")
+    checked = dict(keys._checked)
+    changes, changed = policy.observe_keys_query(alice_body(alice))  # nio asks again: nothing changed
+    assert (changes, changed) == ([], set())
+    assert policy._users[ALICE] is keys and keys._checked == checked, "the same keys are not checked again"
+    _changes, changed = policy.observe_keys_query(alice_body(alice, identity(ALICE)))  # a new identity
+    assert changed == {ALICE} and policy._users[ALICE] is not keys, "new keys are checked afresh"
+    assert policy._users[ALICE]._checked == {}
+
+
 def test_sender_verdict_traces_the_session_to_the_device(alice):
     _, signed, unsigned = alice
     policy = TrustPolicy("tofu")

@@ -399,10 +399,12 @@ class TrustPolicy:
         if not isinstance(device_keys, Mapping):
             return new_changes, changed_users
         usks = body.get("user_signing_keys")
+        own_usk_changed = False
         if self.own_user_id is not None and isinstance(usks, Mapping):
             own_usk = usks.get(self.own_user_id)
             if isinstance(own_usk, Mapping) and own_usk != self._own_usk:
                 self._own_usk = own_usk
+                own_usk_changed = True
                 changed_users.update(u for u in self._users if u != self.own_user_id)  # verdicts may change
         for user_id in device_keys:
             if not isinstance(user_id, str):
@@ -414,6 +416,10 @@ class TrustPolicy:
             previous = self._digests.get(user_id)
             if previous is not None and previous != digest:
                 changed_users.add(user_id)
+            elif previous == digest and not own_usk_changed and user_id in self._users:
+                # the same keys and signatures (nio asks again whenever any device list in a shared room changes):
+                # keep the object that has checked their signatures already, instead of checking them all again
+                keys = self._users[user_id]
             self._users[user_id] = keys
             self._digests[user_id] = digest
             change = self._check_identity(keys)

@@ -472,10 +472,14 @@ class LazyStoreMixin:
             self._forget_trust()
 
     def save_device_keys(self, device_keys: dict[str, dict[str, OlmDevice]]) -> None:
+        """nio's method; only the saved devices' cached trust answers are dropped (their rows may be replaced, which
+        resets their trust). nio calls it after every key query, mostly with no device or a few."""
         try:
             return super().save_device_keys(device_keys)
         finally:
-            self._forget_trust()
+            for devices in device_keys.values():
+                for device in devices.values():
+                    self._forget_trust(device)
 
     # -- encrypted rooms: nio saves the set after every sync, in a transaction, even when it is empty ----------------
 
