@@ -14,6 +14,10 @@ __all__ = ["RatchetOlm", "SenderDevice"]
 
 log = logging.getLogger(__name__)
 
+#: What nio's decryption raises for a payload that decrypts but is not an event (see
+#: :meth:`RatchetOlm.decrypt_megolm_event`); none of them is a storage error, which must still propagate.
+_UNPARSABLE = (UnicodeDecodeError, RecursionError, TypeError, AttributeError, KeyError, IndexError, ValueError)
+
 
 @dataclass(frozen=True)
 class SenderDevice:
@@ -61,19 +65,27 @@ class RatchetOlm(Olm):
     # -- payloads that decrypt but do not parse -------------------------------------------------------------------
 
     def decrypt_megolm_event(self, event: Any, room_id: str | None = None) -> Any:
-        """nio's Megolm decryption of a room event, where a payload that is not UTF-8, or JSON nested deeper than
-        Python's parser goes, raises :class:`EncryptionError` like any other undecryptable event.
+        """nio's Megolm decryption of a room event, where a payload that decrypts but is not an event raises
+        :class:`EncryptionError` like any other undecryptable event.
 
-        nio decodes the plaintext strictly and lets ``json.loads`` raise ``RecursionError``; both escaped its
-        decryption as exceptions, out of the client's handling of the whole sync, so the batch failed and failed again
-        on every retry (its token never committed): one message from any member of an encrypted room stalled the bot
-        for good. Only the room's Megolm session protects the payload, so any member can put any bytes in it. The log
-        line names the event, never what it holds.
+        Only the room's Megolm session protects the payload, so any member can put any bytes in it, and nio lets
+        several of them raise out of its decryption: bytes that are not UTF-8 (it decodes strictly), JSON nested deeper
+        than Python's parser goes (``RecursionError``), JSON that is not an object (``null``, a list: its fallback
+        builds a ``BadEvent`` from it) and objects its event parsers index blindly (``"unsigned": []``). Raised out of
+        the client's handling of the whole sync, each failed the batch, and failed it again on every retry (the token
+        never committed): one message from any member stalled the bot for good. Such an event now waits for a key like
+        any other it cannot decrypt (and is dropped after the catch-up window). The log line names the event and the
+        reason, never what the payload holds.
         """
         try:
             return super().decrypt_megolm_event(event, room_id)
-        except (UnicodeDecodeError, RecursionError) as exc:
-            what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "JSON nested too deeply to parse"
+        except _UNPARSABLE as exc:
+            if isinstance(exc, UnicodeDecodeError):
+                what = "not UTF-8"
+            elif isinstance(exc, RecursionError):
+                what = "JSON nested too deeply to parse"
+            else:
+                what = f"not an event ({type(exc).__name__} while parsing it)"
             log.warning(
                 "could not decrypt %s from %s in %s: its payload is %s",
                 getattr(event, "event_id", "?"), getattr(event, "sender", "?"), room_id or event.room_id, what,
@@ -81,16 +93,21 @@ class RatchetOlm(Olm):
             raise EncryptionError(f"the payload is {what}") from None
 
     def decrypt(self, sender: str, sender_key: str, message: Any) -> Any:
-        """nio's Olm decryption of a to-device message, where a payload nested deeper than Python's JSON parser goes
-        is dropped (None, as nio drops one that is not JSON) instead of raising ``RecursionError`` out of the sync.
+        """nio's Olm decryption of a to-device message, where a payload that decrypts but is not a well-formed Olm
+        event is dropped (None, as nio drops one that is not JSON) instead of raising out of the sync.
 
         Anyone who can claim one of the bot's one-time keys can send it an Olm message: no room is needed for this.
-        (nio decodes Olm plaintexts with ``errors="replace"``, so bytes that are not UTF-8 do not raise here.)
+        nio raises for JSON nested too deeply (``RecursionError``) and for payloads its checks index blindly
+        (``"keys": {}`` is a ``KeyError`` in ``_verify_olm_payload``); the sync batch carrying the message failed
+        (the retry then drops it, its message key being used up). nio decodes Olm plaintexts with ``errors="replace"``.
         """
         try:
             return super().decrypt(sender, sender_key, message)
-        except RecursionError:
-            log.warning("dropped an Olm message from %s: its payload is JSON nested too deeply to parse", sender)
+        except _UNPARSABLE as exc:
+            log.warning(
+                "dropped an Olm message from %s: its payload is not an Olm event (%s while parsing it)",
+                sender, type(exc).__name__,
+            )
             return None
 
     def share_keys(self) -> dict[str, Any]:

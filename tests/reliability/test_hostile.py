@@ -397,3 +397,84 @@ async def test_an_olm_payload_too_deep_to_parse_is_dropped_and_the_batch_goes_on
     assert [event_id for _, _, _, event_id in harness.seen[before:]] == [after["event_id"]]
     assert harness.bot.state.sync_token == "olm-poison"
     assert "[[[[" not in caplog.text
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    payloads=st.lists(
+        st.one_of(
+            st.fixed_dictionaries(
+                {"type": event_types, "content": contents},
+                optional={"room_id": st.sampled_from([ROOM, "!other:localhost", 5]), "state_key": json_values,
+                          "sender": senders, "event_id": json_values, "unsigned": json_values},
+            ),
+            json_values,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    relates=st.one_of(st.none(), json_values),
+)
+async def test_any_decrypted_payload_never_raises_nor_stalls_the_batch(harness, payloads, relates):
+    # what only the Megolm session protects: the server never sees it, so nothing checked it before the bot does
+    alice_encrypts = _Encrypter(harness)
+    events = [alice_encrypts.raw_event(json.dumps(p).encode()) for p in payloads]
+    if relates is not None:  # the clear m.relates_to nio copies into the decrypted content
+        for event in events:
+            event["content"]["m.relates_to"] = relates
+    batch = f"d{next(_counter)}"
+    await harness.feed(_sync(events, batch=batch))
+    assert harness.bot.state.sync_token == batch
+    for kind, room, _sender, _ in harness.seen:
+        assert room == ROOM and kind != "sudo"
+
+
+_olm_types = st.sampled_from(["m.room_key", "m.forwarded_room_key", "m.dummy", "m.secret.send", "m.room_key_request",
+                              "m.key.verification.request", "x.unknown"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    kind=_olm_types,
+    content=st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"algorithm": st.sampled_from(["m.megolm.v1.aes-sha2", "x"]), "room_id": st.sampled_from([ROOM, 5])},
+            optional={"session_id": json_values, "session_key": json_values, "sender_key": json_values,
+                      "forwarding_curve25519_key_chain": json_values, "sender_claimed_ed25519_key": json_values,
+                      "name": json_values, "secret": json_values, "request_id": json_values},
+        ),
+    ),
+    extra=st.dictionaries(st.sampled_from(["keys", "recipient_keys", "sender", "recipient", "type"]), json_values,
+                          max_size=2),
+)
+async def test_any_olm_payload_from_a_real_session_never_raises_nor_stalls_the_batch(harness, kind, content, extra):
+    # an Olm message made with one of the bot's one-time keys, as anyone on any server can make one
+    import vodozemac
+
+    olm = harness.client.olm
+    bot_keys = olm.account.identity_keys
+    olm.account.generate_one_time_keys(1)
+    otk = next(iter(olm.account.one_time_keys["curve25519"].values()))
+    olm.account.mark_keys_as_published()
+    mallory = vodozemac.Account()
+    key = vodozemac.Curve25519PublicKey.from_base64
+    session = mallory.create_outbound_session(key(bot_keys["curve25519"]), key(otk))
+    payload = {
+        "type": kind, "content": content, "sender": "@mallory:localhost", "recipient": BOT,
+        "recipient_keys": {"ed25519": bot_keys["ed25519"]}, "keys": {"ed25519": mallory.ed25519_key.to_base64()},
+        **extra,
+    }
+    message_type, body = session.encrypt(json.dumps(payload).encode()).to_parts()
+    to_device = {
+        "type": "m.room.encrypted",
+        "sender": "@mallory:localhost",
+        "content": {
+            "algorithm": "m.olm.v1.curve25519-aes-sha2",
+            "sender_key": mallory.curve25519_key.to_base64(),
+            "ciphertext": {bot_keys["curve25519"]: {"type": message_type, "body": base64.b64encode(body).decode()}},
+        },
+    }
+    batch = f"o{next(_counter)}"
+    await harness.feed(_sync([], batch=batch, to_device=[to_device]))
+    assert harness.bot.state.sync_token == batch
