@@ -22,15 +22,16 @@ async def test_a_long_loop_lets_other_tasks_run_within_a_slice() -> None:
     turn = TimeSlice(0.002)
     start = time.perf_counter()
     pauses = 0
-    while time.perf_counter() - start < 0.05:  # 50 ms of "work" in small items
+    while pauses < 10:  # "work" in small items until the slice ran out ten times (however loaded the machine is)
         sum(range(2000))
         if turn.due():
             pauses += 1
             await turn.pause()
+    end = time.perf_counter()
     stop.set()
     await task
-    during = [t for t in ticks if start <= t <= start + 0.05]
-    assert pauses >= 10 and len(during) >= pauses, "the other task ran at every pause"
+    during = [t for t in ticks if start <= t <= end]
+    assert len(during) >= pauses, "the other task ran at every pause"
 
 
 async def test_a_slice_not_used_up_does_not_pause() -> None:
