@@ -159,10 +159,11 @@ async def test_a_restart_rebuilds_the_rooms_and_syncs_incrementally(
     # Restart: a new client, the rooms from the store, no request made for them.
     store = reopen(engine, store, tmp_path)
     fresh = ScriptedClient([])
-    rooms = SyncSource(fresh, store).restore_rooms()
+    seen: list[tuple[str, list]] = []
+    count = SyncSource(fresh, store).restore_rooms(lambda room_id, state: seen.append((room_id, state)))
     assert fresh.calls == []
-    assert rooms is not None and [r.room_id for r in rooms] == ["!a:x"]
-    assert {e.source["type"] for e in rooms[0].state} >= {"m.room.create", "m.room.encryption"}
+    assert count == 1 and [room_id for room_id, _ in seen] == ["!a:x"]
+    assert {e.source["type"] for e in seen[0][1]} >= {"m.room.create", "m.room.encryption"}
     room = fresh.rooms["!a:x"]
     assert room.encrypted and "!a:x" in fresh.encrypted_rooms
     assert room.name == "room !a:x"
@@ -195,7 +196,32 @@ def test_a_saved_room_without_the_bot_is_not_restored(tmp_path: Path) -> None:
             for e in events]
     store.save_room_state(rows, replace_all=True)
     client = ScriptedClient([])
-    rooms = SyncSource(client, store).restore_rooms()
-    assert rooms is not None and [r.room_id for r in rooms] == ["!a:x"]
+    seen: list[str] = []
+    count = SyncSource(client, store).restore_rooms(lambda room_id, state: seen.append(room_id))
+    assert count == 1 and seen == ["!a:x"], "on_room is called for the rooms kept only"
     assert set(client.rooms) == {"!a:x"}
+    store.close()
+
+
+def test_a_restart_reads_and_builds_one_room_at_a_time(tmp_path: Path) -> None:
+    """The saved state is read room by room (in room id order) and each room is built before the next one's events are
+    read: with thousands of rooms, parsing all of them first leaves the rooms scattered through memory the allocator
+    cannot give back (bench/memrooms.py)."""
+    store = StateStore.open(tmp_path / "state.db")
+    rows = [(room, e["type"], e["state_key"], json.dumps(e)) for room in ("!c:x", "!a:x", "!b:x")
+            for e in room_state(room)]
+    store.save_room_state(rows, replace_all=True)
+    reading = store.iter_room_state()
+    assert next(reading)[0] == "!a:x", "a generator: rows are read as the rooms are asked for"
+    reading.close()
+    assert [(room_id, len(texts)) for room_id, texts in store.iter_room_state()] == [
+        (room_id, len(room_state(room_id))) for room_id in ("!a:x", "!b:x", "!c:x")
+    ]
+    client = ScriptedClient([])
+    built: list[tuple[str, int]] = []
+    count = SyncSource(client, store).restore_rooms(lambda room_id, state: built.append((room_id, len(client.rooms))))
+    assert count == 3
+    assert built == [("!a:x", 1), ("!b:x", 2), ("!c:x", 3)], "each room is built when its events have been read"
+    assert all(client.rooms[r].encrypted and set(client.rooms[r].users) >= {BOT} for r in ("!a:x", "!b:x", "!c:x"))
+    assert client.encrypted_rooms >= {"!a:x", "!b:x", "!c:x"}
     store.close()

@@ -127,7 +127,7 @@ class TransactionSource:
         """How many rooms the appservice has seen events of in this process."""
         return len(self.client.rooms)
 
-    def restore_rooms(self) -> None:
+    def restore_rooms(self, on_room: Callable[[str, list[Event]], None] | None = None) -> None:
         """None: an appservice loads each room's state when it first needs it (:meth:`ensure_room`)."""
         return None
 

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import random
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -63,8 +63,6 @@ from bot.matrix.olm import RatchetOlm
 from bot.timeslice import TimeSlice
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
-
     from bot.metrics import Metrics
 
 __all__ = ["KeySharePolicy", "RatchetClient", "SendOnlyOlm", "make_appservice_client", "make_client"]
@@ -322,24 +320,34 @@ class RatchetClient(AsyncClient):
             room.handle_event(event)
         return decrypted
 
-    def restore_rooms(self, rooms: Mapping[str, list[Event]]) -> None:
-        """Rebuild joined rooms from saved state events (by room id) as a full sync's ``state`` sections would build
-        them: members, power levels, encryption and the rest, and the encrypted rooms' members tracked for their device
-        keys. A room whose state does not have the bot in it is dropped."""
+    def restore_rooms(
+        self,
+        rooms: Mapping[str, list[Event]] | Iterable[tuple[str, list[Event]]],
+        on_room: Callable[[str, list[Event]], None] | None = None,
+    ) -> None:
+        """Rebuild joined rooms from saved state events (by room id, or ``(room_id, events)`` pairs) as a full sync's
+        ``state`` sections would build them: members, power levels, encryption and the rest, and the encrypted rooms'
+        members tracked for their device keys. A room whose state does not have the bot in it is dropped.
+
+        Rooms are built one at a time, ``on_room`` called with each one kept: given pairs read lazily, only one room's
+        events need to be in memory at once. (Thousands of rooms' events parsed at once leave what the rooms keep
+        scattered through all of their memory, which the allocator then cannot give back: bench/memrooms.py.)"""
         encrypted: set[str] = set()
-        for room_id, state in rooms.items():
+        pairs = rooms.items() if isinstance(rooms, Mapping) else rooms
+        for room_id, state in pairs:
             self._handle_joined_state(room_id, RoomInfo(Timeline([], False, None), state, [], []), encrypted)
-            if self.user_id not in self.rooms[room_id].users:
+            room = self.rooms[room_id]
+            if self.user_id not in room.users:
                 del self.rooms[room_id]
                 encrypted.discard(room_id)
+                continue
+            if self.olm is not None and room.encrypted:
+                self.olm.update_tracked_users(room)
+            if on_room is not None:
+                on_room(room_id, state)
         self.encrypted_rooms.update(encrypted)
         if self.store is not None and encrypted:
             self.store.save_encrypted_rooms(encrypted)
-        if self.olm is not None:
-            for room_id in rooms:
-                room = self.rooms.get(room_id)
-                if room is not None and room.encrypted:
-                    self.olm.update_tracked_users(room)
 
     # -- raw bodies --------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -183,10 +184,10 @@ class EventSource(Protocol):
     def room_count(self) -> int:
         """How many rooms the bot is in."""
 
-    def restore_rooms(self) -> list[RoomTimeline] | None:
-        """Load the rooms saved by the last run before the first :meth:`fetch` after a restart: their state events (as
-        a full sync's ``state`` sections, no timeline), or None if nothing complete was saved (the first fetch then
-        asks for ``full_state``)."""
+    def restore_rooms(self, on_room: Callable[[str, list[Event]], None] | None = None) -> int | None:
+        """Load the rooms saved by the last run before the first :meth:`fetch` after a restart, calling ``on_room``
+        with each room's id and state events (as a full sync's ``state`` section, no timeline); how many rooms, or None
+        if nothing complete was saved (the first fetch then asks for ``full_state``)."""
 
     async def fetch(self, since: str | None, *, timeout_ms: int, full_state: bool | None = None) -> SyncBatch:
         """The next batch after ``since``; :class:`SyncFailed` to back off and retry."""
@@ -260,23 +261,29 @@ class SyncSource:
             self.client.rooms.pop(room_id, None)
         return SyncBatch.from_response(resp, self.client.user_id)
 
-    def restore_rooms(self) -> list[RoomTimeline] | None:
-        """Load every joined room from the state saved by earlier runs into the client, as a full sync would, and
-        return it (each room's state events, no timeline); None if no complete state was saved (the first sync after
-        a restart then asks for every room's full state). A storage error propagates (:func:`is_storage_error`)."""
+    def restore_rooms(self, on_room: Callable[[str, list[Event]], None] | None = None) -> int | None:
+        """Load every joined room from the state saved by earlier runs into the client, as a full sync would, calling
+        ``on_room`` with each room's id and state events (no timeline) once it is built; returns how many rooms were
+        loaded, or None if no complete state was saved (the first sync after a restart then asks for every room's full
+        state). A storage error propagates (:func:`is_storage_error`).
+
+        One room is read, parsed and built at a time (:meth:`StateStore.iter_room_state`): parsing every room's events
+        first and building the rooms after leaves what the rooms keep scattered through the memory of the whole parse,
+        which CPython's allocator then cannot give back (10,000 rooms: bench/memrooms.py)."""
         if self.state is None or not self.state.room_state_complete:
             return None
         started = time.monotonic()
-        rooms = {
-            room_id: [Event.parse_event(json.loads(text)) for text in texts]
-            for room_id, texts in self.state.load_room_state().items()
-        }
-        self.client.restore_rooms(rooms)
+        parse = Event.parse_event
+        loads = json.loads
+        self.client.restore_rooms(
+            ((room_id, [parse(loads(text)) for text in texts]) for room_id, texts in self.state.iter_room_state()),
+            on_room,
+        )
         log.info(
             "loaded %d rooms as the last run left them (%.1fs); resuming with an incremental sync",
             len(self.client.rooms), time.monotonic() - started,
         )
-        return [RoomTimeline(room_id, [], state) for room_id, state in rooms.items() if room_id in self.client.rooms]
+        return len(self.client.rooms)
 
     async def backfill(self, room_id: str, prev_batch: str, stop_ms: int, max_pages: int) -> list[Event]:
         """Events of ``room_id`` before ``prev_batch`` back to ``stop_ms`` (server time), oldest first."""

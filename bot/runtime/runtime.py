@@ -340,15 +340,12 @@ class Runtime:
             restored = False
             if not initial:
                 try:
-                    rooms = self.source.restore_rooms()
+                    restored = self.source.restore_rooms(self._note_restored_room) is not None
                 except Exception as exc:
                     if not is_storage_error(exc):
                         raise
                     self._storage_failed(exc)
                     return
-                restored = rooms is not None
-                for room in rooms or ():
-                    self._note_room_state(room.room_id, room.state, room.events)
             while not self._stop.is_set():
                 fetch_started = time.monotonic()
                 fetch = self.source.fetch(
@@ -515,6 +512,9 @@ class Runtime:
                 if turn.due():  # a burst of hundreds of events: let the handlers already submitted run meanwhile
                     await turn.pause()
         return futures
+
+    def _note_restored_room(self, room_id: str, state: list[Event]) -> None:
+        self._note_room_state(room_id, state, [])
 
     def _note_room_state(self, room_id: str, state: list[Event], events: list[Event]) -> None:
         """What the runtime keeps of a room's state besides nio's room: its creators and Megolm rotation period."""

@@ -418,6 +418,21 @@ class StateStore:
             rooms.setdefault(room_id, []).append(event)
         return rooms
 
+    def iter_room_state(self) -> Iterator[tuple[str, list[str]]]:
+        """Every saved room's state events (JSON texts), one room at a time (by room id), read as they are asked
+        for (SQLite): a restart builds each room and drops its events before the next room's are read, so no more
+        than one room's events are in memory at once (see :meth:`~bot.matrix.sync.SyncSource.restore_rooms`)."""
+        current: str | None = None
+        texts: list[str] = []
+        for room_id, event in self._read("SELECT room_id, event FROM room_state ORDER BY room_id"):
+            if room_id != current:
+                if current is not None:
+                    yield current, texts
+                current, texts = room_id, []
+            texts.append(event)
+        if current is not None:
+            yield current, texts
+
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
         """Statements run in one transaction (SQLite: BEGIN/COMMIT on the autocommit connection; PostgreSQL: a
