@@ -1,16 +1,19 @@
 """The transaction-fed event source without a homeserver: outcomes, retries of the same id, persistence of handled
-ids across a restart, and what reaches the runtime (bot/appservice/source.py)."""
+ids across a restart (one row per id in ``state.db`` or PostgreSQL, the list earlier versions kept moved to rows), and
+what reaches the runtime (bot/appservice/source.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
 import pytest
 
 from bot.appservice.ghosts import Ghosts
 from bot.appservice.registration import Namespaces
-from bot.appservice.source import TransactionSource
-from bot.appservice.transactions import Transaction
+from bot.appservice.source import LEGACY_SEEN_KEY, TransactionSource
+from bot.appservice.transactions import SEEN_LIMIT, SeenTransactions, Transaction
 from bot.matrix.client import make_appservice_client
 from bot.storage.state import StateStore
 
@@ -64,6 +67,95 @@ async def test_a_transaction_is_answered_after_it_is_acknowledged_and_never_agai
     again = await make_source()
     assert await asyncio.wait_for(again.submit(txn), 1) is True
     assert (await again.fetch(None, timeout_ms=50)).token == ""
+
+
+def open_store(engine: str, tmp_path: Path, request: pytest.FixtureRequest, dsn: list[str]) -> StateStore:
+    """The state store as a (re)started process opens it: the same file, or the same PostgreSQL database."""
+    if engine == "sqlite":
+        return StateStore.open(tmp_path / "state.db")
+    if not dsn:
+        dsn.append(request.getfixturevalue("postgres_dsn"))
+    return StateStore.open_postgres(dsn[0])
+
+
+def txn_rows(state: StateStore) -> list[str]:
+    return [row[0] for row in state._db.execute("SELECT txn_id FROM appservice_txn ORDER BY seq").fetchall()]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_handled_transaction_ids_are_appended_rows_bounded_and_kept_across_a_restart(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    dsn: list[str] = []
+    state = open_store(engine, tmp_path, request, dsn)
+    assert state.recent_transactions(4) == []
+    for n in range(1, 9):
+        state.record_transaction(str(n), keep=4)
+        assert len(txn_rows(state)) < 8, "pruned every `keep` records: fewer than 2 * keep rows"
+        if n == 7:
+            assert txn_rows(state) == ["1", "2", "3", "4", "5", "6", "7"]  # appended in order
+    assert txn_rows(state) == ["5", "6", "7", "8"]  # the 8th record pruned all but the newest 4
+    state.record_transaction("5", keep=4)  # recorded again (it had left the window): now the newest
+    assert txn_rows(state) == ["5", "6", "7", "8", "5"]
+    assert list(SeenTransactions(state.recent_transactions(8))) == ["6", "7", "8", "5"]  # its last place counts
+    state.close()
+
+    state = open_store(engine, tmp_path, request, dsn)  # a restart
+    try:
+        assert state.recent_transactions(3) == ["7", "8", "5"]  # the newest 3, oldest first; the rest removed
+        assert txn_rows(state) == ["7", "8", "5"]
+        state.record_transaction("9", keep=3)
+        assert state.recent_transactions(3) == ["8", "5", "9"]
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_a_handled_id_is_answered_at_once_after_a_restart_and_the_old_list_is_moved_to_rows(
+    engine: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    dsn: list[str] = []
+    client = make_appservice_client("http://127.0.0.1:9", BOT, "t" * 40)
+    ghosts = Ghosts(client, Namespaces("x", "bridge", "irc_", None))
+
+    def source_on(state: StateStore) -> TransactionSource:
+        source = TransactionSource(client, state, ghosts, invite_allowed=lambda _: True)
+        source._state_loaded.add(ROOM)
+        return source
+
+    state = open_store(engine, tmp_path, request, dsn)
+    state.set(LEGACY_SEEN_KEY, json.dumps(["old1", "old2"]))  # what an earlier version left
+    try:
+        source = source_on(state)
+        assert state.get(LEGACY_SEEN_KEY) is None and txn_rows(state) == ["old1", "old2"]
+        assert await asyncio.wait_for(source.submit(Transaction("old2", [_msg("$0")])), 1) is True
+        answer = asyncio.create_task(source.submit(Transaction("20", [_msg("$1")])))
+        batch = await source.fetch(None, timeout_ms=1000)
+        source.acknowledge(batch.token)
+        assert await answer is True
+        assert txn_rows(state) == ["old1", "old2", "20"]
+        state.close()
+
+        state = open_store(engine, tmp_path, request, dsn)  # a restart: the ids come from the rows
+        again = source_on(state)
+        assert list(again.seen) == ["old1", "old2", "20"]
+        for txn_id in ("20", "old1"):
+            assert await asyncio.wait_for(again.submit(Transaction(txn_id, [_msg("$1")])), 1) is True
+        assert (await again.fetch(None, timeout_ms=50)).token == "", "nothing handled twice"
+    finally:
+        state.close()
+        await client.close()
+
+
+def test_the_seen_ids_are_bounded_by_the_limit_across_restarts(tmp_path: Path) -> None:
+    state = StateStore.open(tmp_path / "state.db")
+    try:
+        for n in range(SEEN_LIMIT + 10):
+            state.record_transaction(str(n), keep=SEEN_LIMIT)
+        recent = state.recent_transactions(SEEN_LIMIT)
+        assert recent == [str(n) for n in range(10, SEEN_LIMIT + 10)] and txn_rows(state) == recent
+    finally:
+        state.close()
 
 
 async def test_a_rejected_transaction_is_answered_try_again_and_can_come_back(make_source):

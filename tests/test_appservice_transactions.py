@@ -90,7 +90,7 @@ def test_transaction_id_length():
     assert _error(parse_transaction, "x" * 256, b'{"events": []}').status == 400
 
 
-def test_seen_transactions_bounded_in_order_and_persisted():
+def test_seen_transactions_bounded_in_order_and_read_from_the_old_list():
     seen = SeenTransactions(limit=3)
     for txn_id in ("1", "2", "3", "4"):
         seen.add(txn_id)
@@ -98,8 +98,10 @@ def test_seen_transactions_bounded_in_order_and_persisted():
     seen.add("2")  # handled again: now the newest
     seen.add("5")
     assert "3" not in seen and "2" in seen
-    again = SeenTransactions.load(seen.dump(), limit=3)
-    assert [t in again for t in ("2", "4", "5")] == [True, True, True]
+    assert list(seen) == ["4", "2", "5"]  # oldest first
+    # the JSON list earlier versions persisted (moved to rows by the source, tests/test_appservice_source.py)
+    again = SeenTransactions.load(json.dumps(list(seen)), limit=3)
+    assert list(again) == ["4", "2", "5"]
     assert len(SeenTransactions.load(None)) == 0
     assert len(SeenTransactions.load("{damaged")) == 0
     assert len(SeenTransactions.load('{"a": 1}')) == 0

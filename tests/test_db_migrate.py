@@ -179,6 +179,8 @@ def _sqlite_deployment(data_dir: Path, sessions: int = SESSIONS) -> dict[str, ob
     for n in (2, 0, 1):  # arrival order is not the ids' order
         state.add_pending(f"$wait{n}", "!room0:x", f"sess{n}", {"event_id": f"$wait{n}"})
     pending = [e.event_id for e in state.pending()]
+    for txn_id in ("t1", "t3", "t2"):  # appservice mode's handled transaction ids, in the order handled
+        state.record_transaction(txn_id, keep=512)
     state.close()
     UploadTracker(data_dir / "key_backup.db", "7").add_many([("!room0:x", f"s{n}") for n in range(40)])
     (data_dir / "secrets.json").write_text('{"version": 1, "secrets": {}}')
@@ -235,6 +237,7 @@ def test_a_store_of_5000_megolm_sessions_moves_whole_with_progress_and_summary(t
         assert rows[f"ratchet_crypto.{table}"][0] >= 1, table
     assert rows["ratchet_crypto.encryptedrooms"] == (9, 9)
     assert rows["ratchet.handled"] == (3, 3) and rows["ratchet.pending_utd"] == (3, 3)
+    assert rows["ratchet.appservice_txn"] == (3, 3)
     assert rows["ratchet.uploaded"] == (40, 40)
     assert rows["ratchet_plugin_reminders.reminder"] == (30, 30)
     assert rows["ratchet_plugin_reminders.ratchet_kv"] == (1, 1)
@@ -282,6 +285,7 @@ def test_a_store_of_5000_megolm_sessions_moves_whole_with_progress_and_summary(t
         assert state.sync_token == "s123_456" and state.sync_token_ms == 1_700_000_000_000
         assert [e.event_id for e in state.pending()] == made["pending"]
         assert state.is_handled("$handled1", "ping")
+        assert state.recent_transactions(512) == ["t1", "t3", "t2"]
         assert json.loads(state.get("trust.pin:@alice:x")) == {"master": "abc"}
         state.close()
 
@@ -372,7 +376,9 @@ def test_a_migration_that_fails_midway_leaves_the_target_unusable_and_force_runs
         storage.release()
     with pytest.raises(MigrateError) as refused:
         migrate(config, data_dir, postgres_dsn, out=io.StringIO(), err=io.StringIO())
-    assert refused.value.code == 2 and "is not empty: ratchet.handled (3), ratchet.kv (3)" in str(refused.value)
+    assert refused.value.code == 2 and (
+        "is not empty: ratchet.appservice_txn (3), ratchet.handled (3), ratchet.kv (3)" in str(refused.value)
+    )
 
     with closing(sqlite3.connect(plugin_db)) as conn, conn:
         conn.execute("UPDATE reminder SET due = 1700000000 WHERE id = 20")

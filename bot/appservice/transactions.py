@@ -8,8 +8,9 @@ functions and classes tested without a network (tests/test_appservice_transactio
   parameter), compared in constant time: missing -> 401 ``M_UNAUTHORIZED``, wrong -> 403 ``M_FORBIDDEN``;
 * :func:`parse_transaction`: malformed JSON -> 400 ``M_NOT_JSON``, JSON of the wrong shape -> 400 ``M_BAD_JSON``;
   the MSC2409/MSC3202 fields are kept as they came for the E2EE work;
-* :class:`SeenTransactions`: the ids already handled (bounded, in order), persisted by the source after a
-  transaction's events are handled, so a repeated id is answered 200 without effect, also after a restart;
+* :class:`SeenTransactions`: the ids already handled (bounded, in order), persisted by the source (one row per id in
+  ``state.db``) after a transaction's events are handled, so a repeated id is answered 200 without effect, also after
+  a restart;
 * :func:`sync_body`: the transaction's events as a ``/sync`` response body (joined rooms' timelines and state, the
   bot's invites, rooms the bot left), so nio's parsing and room model and the runtime's routing work unchanged;
 * :func:`device_extensions` / :func:`to_device_for`: what the transaction carries for one device (the bridge bot's):
@@ -22,7 +23,7 @@ from __future__ import annotations
 import hmac
 import json
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,10 @@ class SeenTransactions:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def __iter__(self) -> Iterator[str]:
+        """The ids, oldest first."""
+        return iter(self._ids)
+
     def add(self, txn_id: str) -> None:
         """Remember ``txn_id`` as handled (the oldest is forgotten beyond the limit)."""
         self._ids[txn_id] = None
@@ -155,13 +160,11 @@ class SeenTransactions:
         while len(self._ids) > self.limit:
             self._ids.popitem(last=False)
 
-    def dump(self) -> str:
-        """The ids as JSON, to persist."""
-        return json.dumps(list(self._ids))
-
     @classmethod
     def load(cls, text: str | None, limit: int = SEEN_LIMIT) -> SeenTransactions:
-        """Read what :meth:`dump` wrote (None or damaged text: nothing seen yet)."""
+        """Read the JSON list of ids earlier versions persisted as one value (None or damaged text: nothing seen
+        yet); the source moves them to one row per id once (:meth:`~bot.storage.state.StateStore.import_transactions`).
+        """
         try:
             ids = json.loads(text) if text else []
         except ValueError:

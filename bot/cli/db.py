@@ -5,7 +5,8 @@ What is copied, from ``--from DATA_DIR`` to ``--to postgresql://...``:
 * ``crypto/<user_id>_<device_id>.db``, nio's crypto store, every table of it (the Olm account, Olm and Megolm sessions,
   device keys and trust, outgoing key requests, encrypted rooms, sync token) through nio's own models, primary keys
   kept (:mod:`bot.matrix.store_copy`), into schema ``ratchet_crypto``;
-* ``state.db`` (sync token and trust pins in ``kv``, ``handled``, ``pending_utd`` in arrival order, ``room_state``) and
+* ``state.db`` (sync token and trust pins in ``kv``, ``handled``, ``pending_utd`` in arrival order, ``room_state``,
+  ``appservice_txn``) and
   ``key_backup.db`` (``uploaded``) into schema ``ratchet``; ``secrets.json`` as it is (its secrets are encrypted);
 * ``plugins/<name>.db`` of every plugin in the config: the plugin's migrations are run on PostgreSQL as the bot
   would run them (``ratchet_plugin_<name>``), then every table's rows are copied (the key-value table
@@ -73,6 +74,9 @@ _STATE_TABLES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     # arrival order: PostgreSQL numbers the rows (seq) in the order they are copied, as SQLite's rowid did
     ("pending_utd", ("event_id", "room_id", "session_id", "source", "received_ts"), "rowid"),
     ("room_state", ("room_id", "type", "state_key", "event"), "room_id, type, state_key"),
+    # appservice mode: the latest handled transaction ids (none is handled twice after the move), numbered by
+    # PostgreSQL in the order they are copied, as SQLite numbered them
+    ("appservice_txn", ("txn_id",), "seq"),
 )
 _TRACKER_TABLE = ("uploaded", ("version", "room_id", "session_id"), "version, room_id, session_id")
 

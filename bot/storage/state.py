@@ -7,7 +7,9 @@ It holds what makes "nothing lost, nothing twice" true across restarts and crash
 * events that could not be decrypted yet, with their raw JSON, so a key that arrives after a restart still unlocks
   them;
 * every joined room's current state as the bot last synced it (one row per state event), so that a restart loads the
-  rooms from here and resumes with an incremental sync instead of asking the server for every room's full state.
+  rooms from here and resumes with an incremental sync instead of asking the server for every room's full state;
+* in appservice mode, the ids of the latest handled transactions (one row each, appended as each is acknowledged), so
+  that a transaction the homeserver sends again, also after a restart, is answered without being handled twice.
 
 Writes are small, so they run synchronously on the event loop: SQLite through the standard library's ``sqlite3`` (WAL
 mode; every call is microseconds and would cost more if bounced through a thread), PostgreSQL through one psycopg
@@ -53,6 +55,10 @@ _UPSERT_ROOM_STATE = (
     "ON CONFLICT (room_id, type, state_key) DO UPDATE SET event = excluded.event"
 )
 _INSERT_HANDLED = "INSERT INTO handled (event_id, plugin, ts) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
+#: One handled transaction id, appended (numbered after the newest by the table itself: one index to write, not two).
+_RECORD_TRANSACTION = "INSERT INTO appservice_txn (txn_id) VALUES (?)"
+#: Forget all but the newest ``?`` transaction ids.
+_PRUNE_TRANSACTIONS = "DELETE FROM appservice_txn WHERE seq <= (SELECT MAX(seq) FROM appservice_txn) - ?"
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -69,6 +75,7 @@ CREATE TABLE IF NOT EXISTS room_state (
     room_id TEXT NOT NULL, type TEXT NOT NULL, state_key TEXT NOT NULL, event TEXT NOT NULL,
     PRIMARY KEY (room_id, type, state_key)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS appservice_txn (seq INTEGER PRIMARY KEY, txn_id TEXT NOT NULL);
 """
 
 _POSTGRES_SCHEMA = """
@@ -86,6 +93,7 @@ CREATE TABLE IF NOT EXISTS room_state (
     room_id TEXT NOT NULL, type TEXT NOT NULL, state_key TEXT NOT NULL, event TEXT NOT NULL,
     PRIMARY KEY (room_id, type, state_key)
 );
+CREATE TABLE IF NOT EXISTS appservice_txn (seq BIGSERIAL PRIMARY KEY, txn_id TEXT NOT NULL);
 """
 
 
@@ -134,6 +142,8 @@ class StateStore:
         self._prefetched_hits: set[tuple[str, str]] = set()
         self._journal_path = journal
         self._journal_fd: int | None = None
+        #: Transaction ids recorded since the table was last pruned (:meth:`record_transaction`).
+        self._txns_since_prune = 0
         if journal is not None:
             self._replay_journal(journal)
             self._journal_fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -432,6 +442,38 @@ class StateStore:
             texts.append(event)
         if current is not None:
             yield current, texts
+
+    # -- appservice transactions ---------------------------------------------------------------------------
+
+    def record_transaction(self, txn_id: str, *, keep: int) -> None:
+        """Record that transaction ``txn_id`` is handled: one row appended (one statement, one commit), instead of
+        rewriting the whole list of recent ids per transaction. Every ``keep`` records, all but the newest ``keep``
+        rows are forgotten, so the table holds fewer than ``2 * keep`` rows. A failed write raises
+        :class:`StateError`."""
+        self._write(_RECORD_TRANSACTION, (txn_id,))
+        self._txns_since_prune += 1
+        if self._txns_since_prune >= keep:
+            self._write(_PRUNE_TRANSACTIONS, (keep,))
+            self._txns_since_prune = 0
+
+    def recent_transactions(self, limit: int) -> list[str]:
+        """The ids of the newest ``limit`` rows, oldest first (older rows are removed). An id recorded twice (it came
+        again after it had left the reader's window) is listed twice: its last place is the one that counts."""
+        self._write(_PRUNE_TRANSACTIONS, (limit,))
+        self._txns_since_prune = 0
+        rows = self._read("SELECT txn_id FROM appservice_txn ORDER BY seq").fetchall()
+        return [row[0] for row in rows]
+
+    def import_transactions(self, txn_ids: Iterable[str], *, drop_key: str) -> None:
+        """Append ``txn_ids`` (oldest first) as handled and delete the key/value entry ``drop_key`` that held them,
+        in one transaction: the one-time move of the ids an earlier version kept as one JSON list in ``kv``. A failed
+        write raises :class:`StateError` (and changes nothing)."""
+        try:
+            with self._transaction():
+                self._db.executemany(_RECORD_TRANSACTION, [(txn_id,) for txn_id in txn_ids])
+                self._db.execute("DELETE FROM kv WHERE key = ?", (drop_key,))
+        except self._errors as exc:
+            self._report(StateError(f"cannot write {self.path}: {exc}"), exc)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
