@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +90,8 @@ class TransactionSource:
         self._inflight: dict[str, _Delivery] = {}
         self._state_loaded: set[str] = set()
         self._closed = False
+        #: Numbers the batches handed to nio (their ``next_batch``); a counter, not a uuid4 (a getrandom per batch).
+        self._deliveries = itertools.count(1)
         #: Decryption, key requests and key upkeep work as for ``/sync`` (the same nio machine, fed differently).
         self._keys = SyncSource(client)
 
@@ -143,9 +145,13 @@ class TransactionSource:
         Raises :class:`~bot.matrix.sync.SyncFailed` when nio cannot parse it (the transaction is answered 500).
         """
         try:
-            delivery = await asyncio.wait_for(self._queue.get(), timeout_ms / 1000)
-        except TimeoutError:
-            return SyncBatch("", [])
+            delivery = self._queue.get_nowait()  # came while the last one was handled: no timer, no task
+        except asyncio.QueueEmpty:
+            try:
+                async with asyncio.timeout(timeout_ms / 1000):  # unlike wait_for, no task around the get
+                    delivery = await self._queue.get()
+            except TimeoutError:
+                return SyncBatch("", [])
         if delivery.done.done():  # answered meanwhile (the source was closed)
             return SyncBatch("", [])
         txn = delivery.txn
@@ -176,8 +182,10 @@ class TransactionSource:
             device = device_extensions(txn.extensions, own, device_id)
         else:
             to_device, device = [], None
+        # a token of its own per delivery: nio ignores a body whose next_batch is its current one (a transaction
+        # rejected and sent again must still be handled)
         body = sync_body(
-            txn.events, own_user_id=own, next_batch=f"as-{txn.txn_id}-{uuid.uuid4().hex[:8]}", state=states,
+            txn.events, own_user_id=own, next_batch=f"as-{txn.txn_id}-{next(self._deliveries)}", state=states,
             to_device=to_device, device=device,
         )
         batch = await batch_from_body(self.client, body)
