@@ -158,6 +158,17 @@ def test_the_seen_ids_are_bounded_by_the_limit_across_restarts(tmp_path: Path) -
         state.close()
 
 
+def test_pruning_keeps_the_newest_rows_even_with_gaps_in_their_numbers(tmp_path: Path) -> None:
+    state = StateStore.open(tmp_path / "state.db")
+    try:
+        for n in range(6):
+            state.record_transaction(str(n), keep=100)
+        state._db.execute("UPDATE appservice_txn SET seq = seq * 10")  # as a PostgreSQL sequence may number them
+        assert state.recent_transactions(4) == ["2", "3", "4", "5"]
+    finally:
+        state.close()
+
+
 async def test_a_rejected_transaction_is_answered_try_again_and_can_come_back(make_source):
     source = await make_source()
     txn = Transaction("8", [_msg("$1")])

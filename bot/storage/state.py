@@ -57,8 +57,11 @@ _UPSERT_ROOM_STATE = (
 _INSERT_HANDLED = "INSERT INTO handled (event_id, plugin, ts) VALUES (?, ?, ?) ON CONFLICT DO NOTHING"
 #: One handled transaction id, appended (numbered after the newest by the table itself: one index to write, not two).
 _RECORD_TRANSACTION = "INSERT INTO appservice_txn (txn_id) VALUES (?)"
-#: Forget all but the newest ``?`` transaction ids.
-_PRUNE_TRANSACTIONS = "DELETE FROM appservice_txn WHERE seq <= (SELECT MAX(seq) FROM appservice_txn) - ?"
+#: Forget all rows older than the ``?``-th newest (counted from 0): exactly that many + 1 stay, gaps in the numbering
+#: (a PostgreSQL sequence skips the values of failed inserts) or not.
+_PRUNE_TRANSACTIONS = (
+    "DELETE FROM appservice_txn WHERE seq < (SELECT seq FROM appservice_txn ORDER BY seq DESC LIMIT 1 OFFSET ?)"
+)
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -453,13 +456,13 @@ class StateStore:
         self._write(_RECORD_TRANSACTION, (txn_id,))
         self._txns_since_prune += 1
         if self._txns_since_prune >= keep:
-            self._write(_PRUNE_TRANSACTIONS, (keep,))
+            self._write(_PRUNE_TRANSACTIONS, (keep - 1,))
             self._txns_since_prune = 0
 
     def recent_transactions(self, limit: int) -> list[str]:
         """The ids of the newest ``limit`` rows, oldest first (older rows are removed). An id recorded twice (it came
         again after it had left the reader's window) is listed twice: its last place is the one that counts."""
-        self._write(_PRUNE_TRANSACTIONS, (limit,))
+        self._write(_PRUNE_TRANSACTIONS, (limit - 1,))
         self._txns_since_prune = 0
         rows = self._read("SELECT txn_id FROM appservice_txn ORDER BY seq").fetchall()
         return [row[0] for row in rows]
