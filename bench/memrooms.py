@@ -177,20 +177,21 @@ def generate(n: int, shape: str) -> Path:
 # -- measuring ------------------------------------------------------------------------------------------------------
 
 
-def rss_mib() -> float:
+def _status_mib(field: str) -> float:
+    """A memory field of this process's ``/proc/self/status`` (``VmRSS``, ``VmHWM``), in MiB."""
     with open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field}")
+
+
+def rss_mib() -> float:
+    return _status_mib("VmRSS")
 
 
 def hwm_mib() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+    return _status_mib("VmHWM")
 
 
 def malloc_trim() -> None:

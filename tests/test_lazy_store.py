@@ -309,13 +309,18 @@ def test_key_requests_find_the_same_sessions(engine: Engine) -> None:
         assert ("No session found" in messages[0]) == (sid == "missing-session")
 
 
-def test_device_trust_answers_follow_every_change(engine: Engine) -> None:
-    place = engine.place("store")
-    lazy = _new_store(engine, place.lazy, place)
-    devices = {
+def _sender_devices() -> dict[str, dict[str, OlmDevice]]:
+    """The senders' devices, as nio's key query saves them (user id -> device id -> device)."""
+    return {
         user: {dev: OlmDevice(user, dev, {"ed25519": acc.ed25519_key.to_base64(), "curve25519": curve})}
         for user, dev, curve, acc in SENDERS
     }
+
+
+def test_device_trust_answers_follow_every_change(engine: Engine) -> None:
+    place = engine.place("store")
+    lazy = _new_store(engine, place.lazy, place)
+    devices = _sender_devices()
     unknown = OlmDevice("@nobody:example.org", "NODEV", {"ed25519": "x", "curve25519": "y"})
 
     def check() -> None:
@@ -340,10 +345,7 @@ def test_device_trust_answers_follow_every_change(engine: Engine) -> None:
 def test_a_key_query_forgets_only_the_trust_answers_of_the_devices_it_saved(engine: Engine) -> None:
     place = engine.place("store")
     lazy = _new_store(engine, place.lazy, place)
-    devices = {
-        user: {dev: OlmDevice(user, dev, {"ed25519": acc.ed25519_key.to_base64(), "curve25519": curve})}
-        for user, dev, curve, acc in SENDERS
-    }
+    devices = _sender_devices()
     lazy.save_device_keys(devices)
     (first_user, first_dev, *_), (second_user, second_dev, *_) = SENDERS[:2]
     first, second = devices[first_user][first_dev], devices[second_user][second_dev]

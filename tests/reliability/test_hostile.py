@@ -369,26 +369,33 @@ async def test_megolm_payloads_that_are_not_events_are_skipped_and_the_batch_goe
     assert "\\xff" not in caplog.text and "[[[[" not in caplog.text, "what a payload holds is never logged"
 
 
-async def test_an_olm_payload_too_deep_to_parse_is_dropped_and_the_batch_goes_on(harness, caplog):
+def _olm_message(harness: Harness, payload: Any) -> dict[str, Any]:
+    """An Olm to-device message from @mallory, made with a fresh one-time key of the bot (as anyone on any server can
+    make one), whose plaintext is ``payload(mallory's vodozemac account)``, whatever its bytes are."""
     import vodozemac
 
-    bot_keys = harness.client.olm.account.identity_keys
-    harness.client.olm.account.generate_one_time_keys(1)
-    otk = next(iter(harness.client.olm.account.one_time_keys["curve25519"].values()))
+    account = harness.client.olm.account
+    bot_keys = account.identity_keys
+    account.generate_one_time_keys(1)
+    otk = next(iter(account.one_time_keys["curve25519"].values()))
+    account.mark_keys_as_published()
     mallory = vodozemac.Account()
     key = vodozemac.Curve25519PublicKey.from_base64
     session = mallory.create_outbound_session(key(bot_keys["curve25519"]), key(otk))
-    message_type, body = session.encrypt(POISON_PAYLOADS["too deep"]).to_parts()
-    body_b64 = base64.b64encode(body).decode().rstrip("=")
-    to_device = {
+    message_type, body = session.encrypt(payload(mallory)).to_parts()
+    return {
         "type": "m.room.encrypted",
         "sender": "@mallory:localhost",
         "content": {
             "algorithm": "m.olm.v1.curve25519-aes-sha2",
             "sender_key": mallory.curve25519_key.to_base64(),
-            "ciphertext": {bot_keys["curve25519"]: {"type": message_type, "body": body_b64}},
+            "ciphertext": {bot_keys["curve25519"]: {"type": message_type, "body": base64.b64encode(body).decode()}},
         },
     }
+
+
+async def test_an_olm_payload_too_deep_to_parse_is_dropped_and_the_batch_goes_on(harness, caplog):
+    to_device = _olm_message(harness, lambda _mallory: POISON_PAYLOADS["too deep"])
     alice_encrypts = _Encrypter(harness)
     after = alice_encrypts.event({"type": "m.room.message", "content": {"msgtype": "m.text", "body": "still here"}})
     before = len(harness.seen)
@@ -449,32 +456,16 @@ _olm_types = st.sampled_from(["m.room_key", "m.forwarded_room_key", "m.dummy", "
                           max_size=2),
 )
 async def test_any_olm_payload_from_a_real_session_never_raises_nor_stalls_the_batch(harness, kind, content, extra):
-    # an Olm message made with one of the bot's one-time keys, as anyone on any server can make one
-    import vodozemac
+    bot_ed25519 = harness.client.olm.account.identity_keys["ed25519"]
 
-    olm = harness.client.olm
-    bot_keys = olm.account.identity_keys
-    olm.account.generate_one_time_keys(1)
-    otk = next(iter(olm.account.one_time_keys["curve25519"].values()))
-    olm.account.mark_keys_as_published()
-    mallory = vodozemac.Account()
-    key = vodozemac.Curve25519PublicKey.from_base64
-    session = mallory.create_outbound_session(key(bot_keys["curve25519"]), key(otk))
-    payload = {
-        "type": kind, "content": content, "sender": "@mallory:localhost", "recipient": BOT,
-        "recipient_keys": {"ed25519": bot_keys["ed25519"]}, "keys": {"ed25519": mallory.ed25519_key.to_base64()},
-        **extra,
-    }
-    message_type, body = session.encrypt(json.dumps(payload).encode()).to_parts()
-    to_device = {
-        "type": "m.room.encrypted",
-        "sender": "@mallory:localhost",
-        "content": {
-            "algorithm": "m.olm.v1.curve25519-aes-sha2",
-            "sender_key": mallory.curve25519_key.to_base64(),
-            "ciphertext": {bot_keys["curve25519"]: {"type": message_type, "body": base64.b64encode(body).decode()}},
-        },
-    }
+    def payload(mallory: Any) -> bytes:
+        return json.dumps({
+            "type": kind, "content": content, "sender": "@mallory:localhost", "recipient": BOT,
+            "recipient_keys": {"ed25519": bot_ed25519}, "keys": {"ed25519": mallory.ed25519_key.to_base64()},
+            **extra,
+        }).encode()
+
+    to_device = _olm_message(harness, payload)
     batch = f"o{next(_counter)}"
     await harness.feed(_sync([], batch=batch, to_device=[to_device]))
     assert harness.bot.state.sync_token == batch
