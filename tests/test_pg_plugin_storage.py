@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from bot.errors import StorageError
-from bot.storage.pg_connection import SqlConnection
+from bot.storage.pg_connection import SqlConnection, ensure_schema
 from bot.storage.pg_plugin_storage import PostgresPluginStorage, portable_sql
 from bot.storage.plugin_storage import BasePluginStorage, Migration, PluginStorage, plugin_db_path
 
@@ -197,6 +197,48 @@ async def test_two_processes_opening_at_once_apply_each_migration_once(postgres_
     finally:
         for store in stores:
             await store.close()
+
+
+def test_a_schema_created_by_another_session_at_the_same_moment_is_not_an_error(postgres_dsn: str) -> None:
+    # The race behind the test above, made certain: session A has created the schema but not committed, so B's
+    # CREATE SCHEMA IF NOT EXISTS waits on pg_namespace's unique index and, once A commits, fails with a unique
+    # violation (IF NOT EXISTS is not atomic). ensure_schema takes that as "it exists".
+    import threading
+
+    schema = f"race_{time.monotonic_ns()}"
+    first = psycopg.connect(postgres_dsn)  # a transaction, left open
+    second = psycopg.connect(postgres_dsn, autocommit=True)
+    watcher = psycopg.connect(postgres_dsn, autocommit=True)
+    outcome: list[BaseException | None] = []
+    try:
+        first.execute(f'CREATE SCHEMA "{schema}"')
+
+        def create() -> None:
+            try:
+                ensure_schema(second, schema)
+                outcome.append(None)
+            except BaseException as exc:  # reported below
+                outcome.append(exc)
+
+        thread = threading.Thread(target=create)
+        thread.start()
+        pid = second.info.backend_pid
+        for _ in range(500):  # until B waits for A's lock (not a timing assertion: the loop only waits)
+            row = watcher.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+            if row is not None and row[0] == "Lock":
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the second session never waited for the first one's schema")
+        first.commit()
+        thread.join(30)
+        assert outcome == [None], outcome
+        assert second.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() == (1,)
+    finally:
+        first.rollback()
+        watcher.execute(f'DROP SCHEMA IF EXISTS "{schema}"')
+        for conn in (first, second, watcher):
+            conn.close()
 
 
 # -- the dialect ------------------------------------------------------------------------------------------------

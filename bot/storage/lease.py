@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.errors import StorageError
-from bot.storage.pg_connection import STATE_SCHEMA, connect, redact_url
+from bot.storage.pg_connection import STATE_SCHEMA, connect, ensure_schema, redact_url
 
 __all__ = [
     "EPOCH_SETTING",
@@ -95,7 +95,7 @@ def is_fenced(exc: BaseException | None) -> bool:
 
 def install_lease_schema(conn: Any) -> None:
     """Create the lease table and the fence function if missing (``conn``: an autocommit psycopg connection)."""
-    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA}")
+    ensure_schema(conn, STATE_SCHEMA)
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_ADVISORY_KEY + 1,))  # concurrent installs would race
     conn.execute(_LEASE_SCHEMA.encode())
 

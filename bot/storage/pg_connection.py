@@ -36,6 +36,7 @@ __all__ = [
     "STATE_SCHEMA",
     "SqlConnection",
     "connect",
+    "ensure_schema",
     "is_postgres_url",
     "plugin_schema",
     "redact_url",
@@ -140,7 +141,7 @@ def connect(
             if schema is not None:
                 # only when missing: a role without CREATE on the database can use schemas made for it
                 if conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone() is None:
-                    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                    ensure_schema(conn, schema)
                 conn.execute(f'SET search_path TO "{schema}"')
             for name, value in (settings or {}).items():
                 conn.execute("SELECT set_config(%s, %s, false)", (name, value))
@@ -148,6 +149,23 @@ def connect(
         conn.close()
         raise StorageError(f"cannot prepare {redact_url(url)}: {str(exc).strip()}") from exc
     return conn
+
+
+def ensure_schema(conn: Any, schema: str) -> None:
+    """``CREATE SCHEMA IF NOT EXISTS schema``, also when another session creates it at the same moment.
+
+    PostgreSQL's ``IF NOT EXISTS`` is not atomic: two sessions that both find the schema missing both insert it, and
+    the one that waited for the other's commit fails with a unique violation on ``pg_namespace`` (two processes of a
+    bot, or two plugins' stores, opening at once). That error means the schema exists now, which is all the caller
+    asked for. The statement runs in a savepoint (a transaction block under autocommit) so the failure does not abort
+    the caller's transaction.
+    """
+    psycopg = _driver()
+    try:
+        with conn.transaction():
+            conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateSchema):
+        pass
 
 
 class _nullcontext:
