@@ -132,7 +132,7 @@ async def test_a_restart_rebuilds_the_rooms_and_syncs_incrementally(
     engine: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     store = open_store(engine, tmp_path, request)
-    assert not store.room_state_complete and store.load_room_state() == {}
+    assert not store.room_state_complete and dict(store.iter_room_state()) == {}
 
     # First run: an initial sync (every room's state), then an incremental one that changes and leaves rooms.
     client = ScriptedClient([
@@ -150,9 +150,9 @@ async def test_a_restart_rebuilds_the_rooms_and_syncs_incrementally(
     assert source.restore_rooms() is None  # nothing saved yet: the first sync after a restart is a full one
     await source.fetch(None, timeout_ms=0)
     assert store.room_state_complete
-    assert set(store.load_room_state()) == {"!a:x", "!b:x"}
+    assert set(dict(store.iter_room_state())) == {"!a:x", "!b:x"}
     await source.fetch("s1", timeout_ms=0)
-    saved = store.load_room_state()
+    saved = dict(store.iter_room_state())
     assert set(saved) == {"!a:x"}, "a room the bot left is forgotten"
     assert len(saved["!a:x"]) == 7  # six events, Mallory's membership; the power levels replaced
 
@@ -183,7 +183,7 @@ async def test_a_full_sync_replaces_everything_saved(
     assert not store.room_state_complete, "rows alone do not make the saved state complete"
     client = ScriptedClient([sync_body("s9", {"!a:x": {"state": room_state("!a:x")}})])
     await SyncSource(client, store).fetch("s8", timeout_ms=0, full_state=True)
-    assert set(store.load_room_state()) == {"!a:x"}
+    assert set(dict(store.iter_room_state())) == {"!a:x"}
     assert store.room_state_complete
     store.close()
 

@@ -322,10 +322,10 @@ class RatchetClient(AsyncClient):
 
     def restore_rooms(
         self,
-        rooms: Mapping[str, list[Event]] | Iterable[tuple[str, list[Event]]],
+        rooms: Iterable[tuple[str, list[Event]]],
         on_room: Callable[[str, list[Event]], None] | None = None,
     ) -> None:
-        """Rebuild joined rooms from saved state events (by room id, or ``(room_id, events)`` pairs) as a full sync's
+        """Rebuild joined rooms from saved state events (``(room_id, events)`` pairs) as a full sync's
         ``state`` sections would build them: members, power levels, encryption and the rest, and the encrypted rooms'
         members tracked for their device keys. A room whose state does not have the bot in it is dropped.
 
@@ -333,8 +333,7 @@ class RatchetClient(AsyncClient):
         events need to be in memory at once. (Thousands of rooms' events parsed at once leave what the rooms keep
         scattered through all of their memory, which the allocator then cannot give back: bench/memrooms.py.)"""
         encrypted: set[str] = set()
-        pairs = rooms.items() if isinstance(rooms, Mapping) else rooms
-        for room_id, state in pairs:
+        for room_id, state in rooms:
             self._handle_joined_state(room_id, RoomInfo(Timeline([], False, None), state, [], []), encrypted)
             room = self.rooms[room_id]
             if self.user_id not in room.users:

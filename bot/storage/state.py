@@ -424,13 +424,6 @@ class StateStore:
         except self._errors as exc:
             self._report(StateError(f"cannot write {self.path}: {exc}"), exc)
 
-    def load_room_state(self) -> dict[str, list[str]]:
-        """Every saved room's state events (JSON texts), by room id."""
-        rooms: dict[str, list[str]] = {}
-        for room_id, event in self._read("SELECT room_id, event FROM room_state").fetchall():
-            rooms.setdefault(room_id, []).append(event)
-        return rooms
-
     def iter_room_state(self) -> Iterator[tuple[str, list[str]]]:
         """Every saved room's state events (JSON texts), one room at a time (by room id), read as they are asked
         for (SQLite): a restart builds each room and drops its events before the next room's are read, so no more
