@@ -10,13 +10,13 @@ from typing import Any
 from nio.crypto import Olm
 from nio.exceptions import EncryptionError
 
-__all__ = ["RatchetOlm", "SenderDevice"]
+__all__ = ["PAYLOAD_PARSE_ERRORS", "RatchetOlm", "SenderDevice"]
 
 log = logging.getLogger(__name__)
 
-#: What nio's decryption raises for a payload that decrypts but is not an event (see
+#: What nio's decryption raises for a payload that decrypts but is not an event (not UTF-8 is a ``ValueError``; see
 #: :meth:`RatchetOlm.decrypt_megolm_event`); none of them is a storage error, which must still propagate.
-_UNPARSABLE = (UnicodeDecodeError, RecursionError, TypeError, AttributeError, KeyError, IndexError, ValueError)
+PAYLOAD_PARSE_ERRORS = (RecursionError, TypeError, AttributeError, KeyError, IndexError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class RatchetOlm(Olm):
         """
         try:
             return super().decrypt_megolm_event(event, room_id)
-        except _UNPARSABLE as exc:
+        except PAYLOAD_PARSE_ERRORS as exc:
             if isinstance(exc, UnicodeDecodeError):
                 what = "not UTF-8"
             elif isinstance(exc, RecursionError):
@@ -103,7 +103,7 @@ class RatchetOlm(Olm):
         """
         try:
             return super().decrypt(sender, sender_key, message)
-        except _UNPARSABLE as exc:
+        except PAYLOAD_PARSE_ERRORS as exc:
             log.warning(
                 "dropped an Olm message from %s: its payload is not an Olm event (%s while parsing it)",
                 sender, type(exc).__name__,

@@ -36,6 +36,8 @@ from nio.crypto.sessions import OutboundGroupSession
 from nio.exceptions import EncryptionError
 from nio.store import SqliteStore
 
+from bot.matrix.olm import PAYLOAD_PARSE_ERRORS
+
 __all__ = ["Member", "MemberError"]
 
 EventPredicate = Callable[[str, Event], bool]
@@ -57,7 +59,7 @@ def _survive_unparsable_payloads(client: AsyncClient) -> None:
     def decrypt_or_fail(event: Any, room_id: str | None = None) -> Any:
         try:
             return decrypt(event, room_id)
-        except (RecursionError, TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        except PAYLOAD_PARSE_ERRORS as exc:
             raise EncryptionError(f"the payload is not an event ({type(exc).__name__})") from None
 
     olm.decrypt_megolm_event = decrypt_or_fail  # type: ignore[method-assign]
